@@ -1,0 +1,3 @@
+from whisperfarm.cli import main
+
+main()

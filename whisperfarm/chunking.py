@@ -1,0 +1,153 @@
+"""Cutting an episode into chunks at pauses.
+
+The cutter reads the decoded PCM as it streams in and, for each chunk, looks at the
+loudness of 20 ms frames between ``min_seconds`` and ``max_seconds`` after the chunk's
+start. It cuts in the middle of the latest pause of at least ``min_pause`` seconds: a gap
+that long is between words, so no word is split and the seam needs no repair.
+
+Where no such pause exists (music under speech, a fast talker), it cuts at the quietest
+moment and the two chunks overlap by ``overlap_seconds`` on each side of the cut. Both
+workers then hear the words at the seam whole, and the stitcher (``stitch.py``) keeps each
+word once by aligning the two transcripts of the overlap.
+
+``max_seconds`` stays under Whisper's 30-second window, so each chunk is one decoder
+window, with no window boundary inside it.
+"""
+
+from __future__ import annotations
+
+import wave
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from whisperfarm.ledger import ChunkPlan
+from whisperfarm.media import SAMPLE_RATE
+
+FRAME = 320  # 20 ms at 16 kHz
+
+
+@dataclass(frozen=True)
+class CutterConfig:
+    min_seconds: float = 12.0
+    max_seconds: float = 29.0
+    overlap_seconds: float = 1.5
+    min_pause: float = 0.3
+    silence_dbfs: float = -50.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_seconds < self.max_seconds:
+            raise ValueError("chunk min seconds must be above 0 and below max seconds")
+        if self.overlap_seconds * 2 >= self.min_seconds:
+            raise ValueError("overlap must be under half the minimum chunk length")
+
+
+def frame_db(samples: np.ndarray) -> np.ndarray:
+    """Loudness in dBFS of each whole 20 ms frame."""
+    usable = len(samples) - len(samples) % FRAME
+    if usable == 0:
+        return np.zeros(0)
+    frames = samples[:usable].astype(np.float32).reshape(-1, FRAME) / 32768.0
+    rms = np.sqrt(np.mean(frames * frames, axis=1))
+    return 20.0 * np.log10(rms + 1e-10)
+
+
+def has_speech(samples: np.ndarray, silence_dbfs: float) -> bool:
+    db = frame_db(samples)
+    if db.size == 0:
+        return False
+    return bool(np.percentile(db, 99) > silence_dbfs)
+
+
+def _quiet_runs(quiet: np.ndarray) -> list[tuple[int, int]]:
+    """(start, end) frame index pairs of consecutive True values."""
+    padded = np.concatenate(([False], quiet, [False])).astype(np.int8)
+    edges = np.flatnonzero(np.diff(padded))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
+
+
+def find_cut(db: np.ndarray, config: CutterConfig) -> tuple[int, bool]:
+    """Pick a cut in a chunk whose frames' loudness is ``db`` (from the chunk's start to at
+    least ``max_seconds``). Returns (frame index of the cut, clean) where clean means the
+    cut sits in a real pause."""
+    frames_per_second = SAMPLE_RATE / FRAME
+    lo = int(config.min_seconds * frames_per_second)
+    hi = min(int(config.max_seconds * frames_per_second), len(db))
+    window = db[lo:hi]
+    floor, loud = np.percentile(db[:hi], [5, 90])
+    if loud - floor >= 15.0:
+        threshold = floor + 0.3 * (loud - floor)
+        min_frames = max(1, int(config.min_pause * frames_per_second))
+        runs = [(a, b) for a, b in _quiet_runs(window < threshold) if b - a >= min_frames]
+        if runs:
+            start, end = runs[-1]
+            return lo + (start + end) // 2, True
+    # No pause: the quietest 100 ms, and the caller overlaps the chunks around it.
+    smooth = np.convolve(window, np.ones(5) / 5, mode="same") if len(window) >= 5 else window
+    return lo + int(np.argmin(smooth)), False
+
+
+def cut(
+    blocks: Iterable[np.ndarray], config: CutterConfig
+) -> Iterator[tuple[ChunkPlan, np.ndarray]]:
+    """Plan chunks over a stream of int16 sample blocks; yields each plan with its audio.
+
+    Memory stays bounded by about ``max_seconds + overlap`` of audio whatever the length.
+    """
+    rate = SAMPLE_RATE
+    max_len = int(config.max_seconds * rate)
+    overlap = int(config.overlap_seconds * rate)
+    buffer = np.zeros(0, dtype=np.int16)
+    origin = 0  # sample index of buffer[0] on the episode timeline
+    keep_start = 0  # where the current chunk's owned part begins
+    audio_start = 0  # where its audio begins (earlier when it overlaps the previous chunk)
+    idx = 0
+
+    def emit(cut_at: int, audio_end: int, next_audio_start: int) -> tuple[ChunkPlan, np.ndarray]:
+        nonlocal buffer, origin, keep_start, audio_start, idx
+        audio = buffer[audio_start - origin : audio_end - origin].copy()
+        plan = ChunkPlan(
+            idx=idx,
+            start=audio_start / rate,
+            end=audio_end / rate,
+            keep_start=keep_start / rate,
+            keep_end=cut_at / rate,
+            speech=has_speech(audio, config.silence_dbfs),
+        )
+        buffer = buffer[next_audio_start - origin :]
+        origin = next_audio_start
+        keep_start, audio_start = cut_at, next_audio_start
+        idx += 1
+        return plan, audio
+
+    def next_cut(available_end: int) -> tuple[ChunkPlan, np.ndarray]:
+        window = buffer[keep_start - origin : keep_start - origin + max_len]
+        frame, clean = find_cut(frame_db(window), config)
+        cut_at = keep_start + frame * FRAME
+        if clean:
+            return emit(cut_at, cut_at, cut_at)
+        return emit(cut_at, min(cut_at + overlap, available_end), cut_at - overlap)
+
+    for block in blocks:
+        buffer = np.concatenate((buffer, block))
+        while origin + len(buffer) >= keep_start + max_len + overlap:
+            yield next_cut(origin + len(buffer))
+    end = origin + len(buffer)
+    while end - keep_start > max_len:
+        yield next_cut(end)
+    if end > keep_start:
+        yield emit(end, end, end)
+
+
+def write_wav(path: Path, samples: np.ndarray) -> None:
+    """16 kHz mono 16-bit WAV, written under a temporary name and renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    with wave.open(str(partial), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(SAMPLE_RATE)
+        handle.writeframes(samples.astype("<i2").tobytes())
+    partial.replace(path)

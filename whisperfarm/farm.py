@@ -1,0 +1,374 @@
+"""A transcription run: register the episodes, serve their chunks, let workers steal them,
+stitch each episode as soon as its last chunk is in.
+
+    Farm.transcribe(paths)
+      ├── check every input and the model up front (clear errors, nothing started)
+      ├── register episodes in the ledger (content hash + model → resume)
+      ├── start the coordinator (thread) and the local workers (processes)
+      ├── cut and queue chunks in a background thread while workers already work
+      └── watch the ledger: stitch and write each finished episode; stop when all are
+          finished, or every worker is gone, or the user presses Ctrl-C
+
+The fleet that runs the workers is a ``Fleet`` (local processes here; Fly machines in
+``whisperfarm.fly``), so this module never knows where workers run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from whisperfarm.chunking import CutterConfig
+from whisperfarm.coordinator import CoordinatorConfig, create_app
+from whisperfarm.errors import InputError, Interrupted, ModelError, UsageError
+from whisperfarm.ingest import EpisodeRequest, chunk_episode, register
+from whisperfarm.ledger import EpisodeProgress, Ledger
+from whisperfarm.media import check_input
+from whisperfarm.server import BackgroundServer, bind
+from whisperfarm.settings import Settings
+from whisperfarm.stitch import ChunkResult, stitch
+from whisperfarm.transcripts import Transcript, write_outputs
+
+
+@dataclass
+class EpisodeStatus:
+    id: str
+    name: str
+    state: str
+    progress: EpisodeProgress
+    duration: float | None = None
+    error: str | None = None
+    files: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    episodes: list[EpisodeStatus]
+    wall_seconds: float
+
+    @property
+    def audio_seconds(self) -> float:
+        return sum(e.duration or 0.0 for e in self.episodes)
+
+    @property
+    def failed(self) -> list[EpisodeStatus]:
+        return [e for e in self.episodes if e.state != "done"]
+
+
+class Reporter(Protocol):
+    def coordinator_ready(self, url: str, token: str, fleet: str) -> None: ...
+    def update(self, episodes: list[EpisodeStatus]) -> None: ...
+    def episode_finished(self, episode: EpisodeStatus) -> None: ...
+
+
+class Fleet(Protocol):
+    """Where workers run. ``start`` is called once the coordinator listens."""
+
+    description: str
+
+    def start(self, url: str, token: str, model: str) -> None: ...
+    def check(self, ledger: Ledger, work_left: bool) -> None:
+        """Called every tick; raise WorkersLost when no worker can finish the work."""
+
+    def stop(self) -> None: ...
+
+
+def resolve_model_for_run(model: str) -> str:
+    """What workers on this machine should load: a directory when we can find or fetch one.
+    Fails here, once, rather than in every worker."""
+    from worker.models import bundled_tiny_en, resolve_model
+
+    resolved = resolve_model(model)
+    path = Path(resolved)
+    if path.is_dir():
+        if not (path / "model.bin").exists():
+            raise ModelError(
+                f"{path} has no model.bin: give a CTranslate2 (faster-whisper) model directory"
+            )
+        return str(path.resolve())
+    from faster_whisper.utils import available_models, download_model
+
+    if model not in available_models():
+        raise ModelError(
+            f"unknown model {model!r}: use a faster-whisper name "
+            f"({', '.join(available_models()[:6])}, …) or a model directory"
+        )
+    try:
+        return str(download_model(model))
+    except Exception as error:
+        hint = ", or --model tiny.en (bundled)" if bundled_tiny_en() else ""
+        raise ModelError(
+            f"can't get model {model!r} ({str(error).splitlines()[0] if str(error) else error}): "
+            f"check the network, or pass a local model directory with --model PATH{hint}"
+        ) from error
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+class Farm:
+    def __init__(
+        self,
+        settings: Settings,
+        fleet: Fleet,
+        reporter: Reporter,
+        *,
+        tick: float = 0.2,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.settings = settings
+        self.fleet = fleet
+        self.reporter = reporter
+        self.tick = tick
+        self.sleep = sleep
+
+    def transcribe(self, paths: list[Path], out_dir: Path, formats: list[str]) -> RunSummary:
+        started = time.monotonic()
+        settings = self.settings
+        infos = [check_input(path) for path in paths]
+        stems = [path.stem for path in paths]
+        clash = {stem for stem in stems if stems.count(stem) > 1}
+        if clash:
+            raise UsageError(
+                f"two inputs would both write {out_dir / next(iter(clash))}.*: "
+                "rename one, or transcribe them in separate runs with different --out"
+            )
+        model_ref = resolve_model_for_run(settings.model)
+        options = {
+            "language": settings.language or ("en" if settings.model.endswith(".en") else None),
+            "beam_size": settings.beam_size,
+            "word_timestamps": settings.word_timestamps,
+            "compute_type": settings.compute_type,
+        }
+        requests = [
+            EpisodeRequest(path, info, settings.model, options)
+            for path, info in zip(paths, infos, strict=True)
+        ]
+
+        ledger = Ledger(settings.ledger_path)
+        run_id = secrets.token_hex(4)
+        token = new_token()
+        registered = [register(ledger, request) for request in requests]
+        episode_ids = [episode_id for episode_id, _ in registered]
+        _refuse_concurrent_runs(ledger, episode_ids)
+        ledger.start_run(
+            run_id, backend=self.fleet.description, episode_ids=episode_ids, pid=os.getpid()
+        )
+
+        coordinator = CoordinatorConfig(
+            ledger_path=settings.ledger_path,
+            token=token,
+            scope=lambda: episode_ids,
+            episodes_dir=settings.episodes_dir,
+            lease_seconds=settings.lease_seconds,
+            max_attempts=settings.max_attempts,
+        )
+        server = BackgroundServer(create_app(coordinator), bind(settings.host, settings.port))
+        cancel = threading.Event()
+        ingest_errors: dict[str, str] = {}
+        state = "failed"
+        try:
+            server.start()
+            url = f"http://{_url_host(settings.host)}:{server.port}"
+            ledger.set_run_url(run_id, url)
+            self.reporter.coordinator_ready(url, token, self.fleet.description)
+            self.fleet.start(url, token, model_ref)
+            ingest = threading.Thread(
+                target=self._ingest_all,
+                args=(requests, registered, cancel, ingest_errors),
+                daemon=True,
+                name="ingest",
+            )
+            ingest.start()
+            statuses = self._watch(ledger, episode_ids, out_dir, formats, ingest_errors)
+            state = "done" if all(s.state == "done" for s in statuses) else "failed"
+        except KeyboardInterrupt:
+            state = "interrupted"
+            cancel.set()
+            progress = [ledger.progress(e) for e in episode_ids]
+            done = sum(p.done for p in progress)
+            total = sum(p.total for p in progress)
+            raise Interrupted(
+                f"interrupted with {done} of {total} chunks done; "
+                "run the same command again to resume"
+            ) from None
+        finally:
+            cancel.set()
+            self.fleet.stop()
+            server.stop()
+            coordinator.close()
+            ledger.end_run(run_id, state)
+            ledger.close()
+        return RunSummary(run_id, statuses, time.monotonic() - started)
+
+    def _ingest_all(
+        self,
+        requests: list[EpisodeRequest],
+        registered: list[tuple[str, bool]],
+        cancel: threading.Event,
+        errors: dict[str, str],
+    ) -> None:
+        settings = self.settings
+        ledger = Ledger(settings.ledger_path)
+        config = CutterConfig(
+            min_seconds=settings.chunk_min_seconds,
+            max_seconds=settings.chunk_max_seconds,
+            overlap_seconds=settings.overlap_seconds,
+        )
+        try:
+            for request, (episode_id, needs_chunking) in zip(requests, registered, strict=True):
+                if cancel.is_set():
+                    return
+                if not needs_chunking:
+                    continue
+                try:
+                    chunk_episode(
+                        ledger,
+                        episode_id,
+                        request,
+                        chunks_dir=settings.episodes_dir / episode_id / "chunks",
+                        config=config,
+                        cancel=cancel,
+                    )
+                except InterruptedError:
+                    return
+                except (InputError, OSError) as error:
+                    errors[episode_id] = str(error)
+                    ledger.update_episode(episode_id, state="failed", error=str(error))
+        finally:
+            ledger.close()
+
+    def _watch(
+        self,
+        ledger: Ledger,
+        episode_ids: list[str],
+        out_dir: Path,
+        formats: list[str],
+        ingest_errors: dict[str, str],
+    ) -> list[EpisodeStatus]:
+        finished: dict[str, EpisodeStatus] = {}
+        while True:
+            statuses = []
+            work_left = False
+            for episode_id in episode_ids:
+                if episode_id in finished:
+                    statuses.append(finished[episode_id])
+                    continue
+                episode = ledger.episode(episode_id)
+                progress = ledger.progress(episode_id)
+                status = EpisodeStatus(
+                    episode_id,
+                    episode["name"],
+                    episode["state"],
+                    progress,
+                    episode["duration"],
+                    episode["error"] or ingest_errors.get(episode_id),
+                )
+                if episode["state"] == "failed":
+                    finished[episode_id] = status
+                    self.reporter.episode_finished(status)
+                elif episode["state"] == "chunking" or not progress.finished:
+                    work_left = True
+                else:
+                    self._finish(ledger, episode, status, out_dir, formats)
+                    finished[episode_id] = status
+                    self.reporter.episode_finished(status)
+                statuses.append(status)
+            self.reporter.update(statuses)
+            if len(finished) == len(episode_ids):
+                return statuses
+            self.fleet.check(ledger, work_left)
+            self.sleep(self.tick)
+
+    def _finish(
+        self,
+        ledger: Ledger,
+        episode: dict[str, Any],
+        status: EpisodeStatus,
+        out_dir: Path,
+        formats: list[str],
+    ) -> None:
+        chunks = ledger.chunks(episode["id"])
+        dead = [c for c in chunks if c["state"] == "dead"]
+        if dead:
+            first = dead[0]
+            reason = (
+                f"{len(dead)} chunk(s) failed after {self.settings.max_attempts} attempts "
+                f"(chunk {first['idx']}: {first['error']}); "
+                "run the same command again, or 'whisperfarm retry', to retry them"
+            )
+            ledger.update_episode(episode["id"], state="failed", error=reason)
+            status.state, status.error = "failed", reason
+            return
+        transcript = assemble(ledger, episode, keep_words=self.settings.word_timestamps)
+        status.files = write_outputs(transcript, out_dir, episode["name"], formats)
+        ledger.update_episode(episode["id"], state="done", finished_at=ledger.clock())
+        status.state = "done"
+
+
+def assemble(ledger: Ledger, episode: dict[str, Any], *, keep_words: bool = False) -> Transcript:
+    """The episode's transcript from its stored chunk results."""
+    parts = []
+    language = None
+    for chunk in ledger.chunks(episode["id"]):
+        result = None
+        if chunk["result_path"]:
+            result = json.loads(Path(chunk["result_path"]).read_text(encoding="utf-8"))
+            language = language or result.get("language")
+        parts.append(
+            ChunkResult(
+                chunk["idx"],
+                chunk["start"],
+                chunk["end"],
+                chunk["keep_start"],
+                chunk["keep_end"],
+                result,
+            )
+        )
+    segments = stitch(parts, keep_words=keep_words)
+    meta = {
+        "id": episode["id"],
+        "name": episode["name"],
+        "source": episode["source"],
+        "content_hash": episode["content_hash"],
+        "duration": episode["duration"],
+        "model": episode["model"],
+        "chunks": len(parts),
+        "created_at": episode["created_at"],
+    }
+    return Transcript(segments, meta, language)
+
+
+def _refuse_concurrent_runs(ledger: Ledger, episode_ids: list[str]) -> None:
+    for run in ledger.running_runs(episode_ids):
+        if run["pid"] and _alive(run["pid"]) and run["pid"] != os.getpid():
+            raise UsageError(
+                f"run {run['id']} (pid {run['pid']}) is already transcribing this episode: "
+                "wait for it, or stop it first"
+            )
+        ledger.end_run(run["id"], "crashed")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,99 @@
+"""Turning an input file into an episode with queued chunk jobs.
+
+An episode is identified by the file's content hash and the model, so running the same
+command again finds it and keeps every finished chunk (the cutter is deterministic).
+Chunks are queued as they are cut, so workers start before decoding ends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from whisperfarm.chunking import CutterConfig, cut, write_wav
+from whisperfarm.errors import InputError
+from whisperfarm.ledger import Ledger
+from whisperfarm.media import AudioInfo, Decoder, content_hash, duration_of
+
+
+@dataclass(frozen=True)
+class EpisodeRequest:
+    path: Path
+    info: AudioInfo
+    model: str
+    options: dict[str, Any]
+
+
+def episode_id_for(digest: str, model: str) -> str:
+    return hashlib.sha256(f"{digest}:{model}".encode()).hexdigest()[:12]
+
+
+def register(ledger: Ledger, request: EpisodeRequest) -> tuple[str, bool]:
+    """Find or create the episode. Returns (episode id, needs chunking)."""
+    digest = content_hash(request.path)
+    existing = ledger.find_episode(digest, request.model)
+    if existing is None:
+        episode = ledger.create_episode(
+            episode_id=episode_id_for(digest, request.model),
+            name=request.path.stem,
+            source=str(request.path.resolve()),
+            content_hash=digest,
+            model=request.model,
+            options=request.options,
+        )
+        return episode["id"], True
+    episode_id = existing["id"]
+    fields: dict[str, Any] = {"source": str(request.path.resolve()), "error": None}
+    if json.loads(existing["options"]) != request.options:
+        # Different decoding options: every chunk's result must be redone.
+        fields["options"] = request.options
+        ledger.requeue(episode_id, states=("done", "leased", "dead"))
+    else:
+        # A rerun: hand back what a dead run held, and give dead chunks a fresh start.
+        ledger.requeue(episode_id)
+    chunking_done = existing["state"] != "chunking" and existing["chunk_count"] is not None
+    if existing["state"] in ("failed", "done"):
+        fields["state"] = "queued" if chunking_done else "chunking"
+    ledger.update_episode(episode_id, **fields)
+    return episode_id, not chunking_done
+
+
+def chunk_episode(
+    ledger: Ledger,
+    episode_id: str,
+    request: EpisodeRequest,
+    *,
+    chunks_dir: Path,
+    config: CutterConfig,
+    cancel: threading.Event | None = None,
+) -> int:
+    """Decode, cut and queue every chunk. Returns the number of chunks."""
+    ledger.update_episode(episode_id, state="chunking")
+    decoder = Decoder(request.path)
+    count = 0
+    try:
+        for plan, audio in cut(decoder.blocks(), config):
+            if cancel is not None and cancel.is_set():
+                decoder.kill()
+                raise InterruptedError("chunking cancelled")
+            audio_path = chunks_dir / f"{plan.idx:05d}.wav"
+            write_wav(audio_path, audio)
+            ledger.add_chunk(episode_id, plan, str(audio_path))
+            count += 1
+    except BaseException:
+        decoder.kill()
+        raise
+    decoder.close()
+    duration = duration_of(decoder.samples)
+    declared = request.info.duration
+    if declared and duration < declared * 0.97 - 1.0:
+        raise InputError(
+            f"{request.path} looks truncated: it declares {declared:.0f}s but only "
+            f"{duration:.0f}s decodes; check the file (re-download or re-export it)"
+        )
+    ledger.finish_chunking(episode_id, duration=duration, chunk_count=count)
+    return count

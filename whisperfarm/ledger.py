@@ -1,0 +1,545 @@
+"""The SQLite ledger: episodes, their chunk jobs, workers and runs.
+
+One ``Ledger`` per thread (SQLite connections are not shared). Every write that must be
+atomic (a claim, a completion) runs in one ``BEGIN IMMEDIATE`` transaction; the database is
+in WAL mode with a busy timeout, so a status reader never blocks the coordinator.
+
+Chunk states::
+
+    queued ──claim──▶ leased ──complete──▶ done
+      ▲                 │  │
+      └──fail/release───┘  └──lease expired, attempts left──▶ (claimable again)
+                        └──fail or expiry at max attempts──▶ dead
+
+A claim bumps ``attempt`` and hands out a fresh ``lease_token``; heartbeat, complete, fail
+and release must present the current token (fencing). Time comes from the injected clock.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlite_utils import Database
+
+from whisperfarm.errors import EpisodeNotFound, LedgerError
+from whisperfarm.migrations import migrations
+
+Clock = Callable[[], float]
+
+
+class LeaseLost(Exception):
+    """The caller's lease token is not the chunk's current one (superseded or expired)."""
+
+
+class UnknownChunk(Exception):
+    """No chunk with that id."""
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """One cut of an episode: ``start``/``end`` is the audio sent to the worker and
+    ``keep_start``/``keep_end`` the part of the timeline this chunk owns in the transcript
+    (they differ only where a cut had no pause and the chunks overlap)."""
+
+    idx: int
+    start: float
+    end: float
+    keep_start: float
+    keep_end: float
+    speech: bool = True
+
+    @property
+    def overlaps(self) -> bool:
+        return self.start < self.keep_start or self.end > self.keep_end
+
+
+@dataclass(frozen=True)
+class Job:
+    chunk_id: int
+    episode_id: str
+    idx: int
+    start: float
+    end: float
+    attempt: int
+    lease_token: str
+    lease_expires_at: float
+    model: str
+    options: dict[str, Any]
+    word_timestamps: bool
+
+
+@dataclass(frozen=True)
+class Claim:
+    status: Literal["job", "wait", "done"]
+    job: Job | None = None
+    retry_after: float = 0.0
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    id: str
+    kind: str = "remote"
+    host: str | None = None
+    machine_id: str | None = None
+    region: str | None = None
+    threads: int | None = None
+
+
+@dataclass
+class EpisodeProgress:
+    episode_id: str
+    total: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    audio_total: float = 0.0
+    audio_done: float = 0.0
+
+    @property
+    def done(self) -> int:
+        return self.counts.get("done", 0)
+
+    @property
+    def dead(self) -> int:
+        return self.counts.get("dead", 0)
+
+    @property
+    def finished(self) -> bool:
+        """Every chunk is done or dead (chunking must also be complete: see Ledger)."""
+        return self.total > 0 and self.done + self.dead == self.total
+
+
+def _new_token() -> str:
+    return secrets.token_urlsafe(18)
+
+
+class Ledger:
+    def __init__(self, path: Path, *, clock: Clock = time.time):
+        self.path = Path(path)
+        self.clock = clock
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, timeout=30.0, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self.db = Database(conn)
+            if migrations.pending(self.db):
+                with self._write():
+                    pass
+                migrations.apply(self.db)
+        except sqlite3.DatabaseError as error:
+            raise LedgerError(
+                f"can't open the ledger at {self.path}: {error}; "
+                "move it aside or point WHISPERFARM_HOME at another directory"
+            ) from error
+        self.conn = conn
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken up front so concurrent writers queue, not deadlock."""
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+        cursor = self.db.conn.execute(sql, tuple(params))
+        names = [col[0] for col in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    # Episodes -------------------------------------------------------------------------
+
+    def find_episode(self, content_hash: str, model: str) -> dict[str, Any] | None:
+        rows = self._rows(
+            "SELECT * FROM episodes WHERE content_hash = ? AND model = ?", (content_hash, model)
+        )
+        return rows[0] if rows else None
+
+    def create_episode(
+        self,
+        *,
+        episode_id: str,
+        name: str,
+        source: str,
+        content_hash: str,
+        model: str,
+        options: dict[str, Any],
+    ) -> dict[str, Any]:
+        now = self.clock()
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO episodes (id, name, source, content_hash, model, options, state,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'chunking', ?, ?)",
+                (episode_id, name, source, content_hash, model, json.dumps(options), now, now),
+            )
+        return self.episode(episode_id)
+
+    def episode(self, episode_id: str) -> dict[str, Any]:
+        rows = self._rows("SELECT * FROM episodes WHERE id = ?", (episode_id,))
+        if not rows:
+            raise EpisodeNotFound(
+                f"no episode {episode_id!r}: 'whisperfarm episodes' lists what the ledger holds"
+            )
+        return rows[0]
+
+    def find_episodes(self, ref: str) -> list[dict[str, Any]]:
+        """Episodes whose id starts with ``ref`` or whose name is ``ref``."""
+        return self._rows(
+            "SELECT * FROM episodes WHERE id LIKE ? OR name = ? ORDER BY created_at",
+            (ref.replace("%", "") + "%", ref),
+        )
+
+    def episodes(self) -> list[dict[str, Any]]:
+        return self._rows("SELECT * FROM episodes ORDER BY created_at")
+
+    def update_episode(self, episode_id: str, **fields: Any) -> None:
+        fields["updated_at"] = self.clock()
+        if "options" in fields and not isinstance(fields["options"], str):
+            fields["options"] = json.dumps(fields["options"])
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        with self._write() as conn:
+            conn.execute(
+                f"UPDATE episodes SET {assignments} WHERE id = ?",
+                (*fields.values(), episode_id),
+            )
+
+    def delete_episode(self, episode_id: str) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM chunks WHERE episode_id = ?", (episode_id,))
+            conn.execute("DELETE FROM run_episodes WHERE episode_id = ?", (episode_id,))
+            conn.execute("DELETE FROM episodes WHERE id = ?", (episode_id,))
+
+    # Chunks ---------------------------------------------------------------------------
+
+    def add_chunk(self, episode_id: str, plan: ChunkPlan, audio_path: str) -> bool:
+        """Record one planned chunk. A finished chunk with the same cut is kept as it is
+        (resume); anything else is (re)queued. Returns True when the chunk needs work."""
+        now = self.clock()
+        with self._write() as conn:
+            existing = conn.execute(
+                "SELECT start, end, state FROM chunks WHERE episode_id = ? AND idx = ?",
+                (episode_id, plan.idx),
+            ).fetchone()
+            if (
+                existing is not None
+                and existing[2] == "done"
+                and abs(existing[0] - plan.start) < 1e-3
+                and abs(existing[1] - plan.end) < 1e-3
+            ):
+                return False
+            state = "queued" if plan.speech else "done"
+            conn.execute(
+                "INSERT OR REPLACE INTO chunks (episode_id, idx, start, end, keep_start,"
+                " keep_end, speech, words, audio_path, state, attempt, finished_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                (
+                    episode_id,
+                    plan.idx,
+                    plan.start,
+                    plan.end,
+                    plan.keep_start,
+                    plan.keep_end,
+                    int(plan.speech),
+                    int(plan.overlaps),
+                    audio_path,
+                    state,
+                    None if plan.speech else now,
+                ),
+            )
+        return plan.speech
+
+    def finish_chunking(self, episode_id: str, *, duration: float, chunk_count: int) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "DELETE FROM chunks WHERE episode_id = ? AND idx >= ?", (episode_id, chunk_count)
+            )
+            conn.execute(
+                "UPDATE episodes SET state = 'queued', duration = ?, chunk_count = ?,"
+                " error = NULL, updated_at = ? WHERE id = ?",
+                (duration, chunk_count, self.clock(), episode_id),
+            )
+
+    def chunks(self, episode_id: str) -> list[dict[str, Any]]:
+        return self._rows("SELECT * FROM chunks WHERE episode_id = ? ORDER BY idx", (episode_id,))
+
+    def chunk(self, chunk_id: int) -> dict[str, Any]:
+        rows = self._rows("SELECT * FROM chunks WHERE id = ?", (chunk_id,))
+        if not rows:
+            raise UnknownChunk(chunk_id)
+        return rows[0]
+
+    def requeue(self, episode_id: str, *, states: tuple[str, ...] = ("leased", "dead")) -> int:
+        """Put unfinished chunks back in the queue (resume after a crash, retry dead ones)."""
+        marks = ", ".join("?" for _ in states)
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE chunks SET state = 'queued', attempt = 0, lease_token = NULL,"
+                " lease_expires_at = NULL, error = NULL"
+                f" WHERE episode_id = ? AND state IN ({marks})",
+                (episode_id, *states),
+            )
+            return cursor.rowcount
+
+    # The queue ------------------------------------------------------------------------
+
+    def claim(
+        self,
+        episode_ids: list[str],
+        worker: WorkerInfo,
+        *,
+        lease_seconds: float,
+        max_attempts: int,
+    ) -> Claim:
+        now = self.clock()
+        scope = json.dumps(episode_ids)
+        token = _new_token()
+        with self._write() as conn:
+            self._touch_worker(conn, worker, now)
+            conn.execute(
+                "UPDATE chunks SET state = 'dead', lease_token = NULL,"
+                " error = coalesce(error, 'lease expired on every attempt (worker lost?)')"
+                " WHERE state = 'leased' AND lease_expires_at < ? AND attempt >= ?"
+                " AND episode_id IN (SELECT value FROM json_each(?))",
+                (now, max_attempts, scope),
+            )
+            row = conn.execute(
+                "UPDATE chunks SET state = 'leased', attempt = attempt + 1, lease_token = ?,"
+                " lease_expires_at = ?, worker_id = ?, claimed_at = ?"
+                " WHERE id = (SELECT id FROM chunks"
+                "   WHERE episode_id IN (SELECT value FROM json_each(?))"
+                "   AND (state = 'queued' OR (state = 'leased' AND lease_expires_at < ?))"
+                "   ORDER BY (end - start) DESC, idx LIMIT 1)"
+                " RETURNING id, episode_id, idx, start, end, attempt, words",
+                (token, now + lease_seconds, worker.id, now, scope, now),
+            ).fetchone()
+            if row is not None:
+                conn.execute(
+                    "UPDATE workers SET current_chunk = ? WHERE id = ?", (row[0], worker.id)
+                )
+                episode = conn.execute(
+                    "SELECT model, options FROM episodes WHERE id = ?", (row[1],)
+                ).fetchone()
+                options = json.loads(episode[1])
+                job = Job(
+                    chunk_id=row[0],
+                    episode_id=row[1],
+                    idx=row[2],
+                    start=row[3],
+                    end=row[4],
+                    attempt=row[5],
+                    lease_token=token,
+                    lease_expires_at=now + lease_seconds,
+                    model=episode[0],
+                    options=options,
+                    word_timestamps=bool(row[6]) or bool(options.get("word_timestamps")),
+                )
+                return Claim("job", job)
+            pending = conn.execute(
+                "SELECT (SELECT count(*) FROM episodes WHERE state = 'chunking'"
+                "        AND id IN (SELECT value FROM json_each(?)))"
+                "     + (SELECT count(*) FROM chunks WHERE state IN ('leased', 'queued')"
+                "        AND episode_id IN (SELECT value FROM json_each(?)))",
+                (scope, scope),
+            ).fetchone()[0]
+        if pending:
+            return Claim("wait", retry_after=1.0)
+        return Claim("done")
+
+    def heartbeat(
+        self, chunk_id: int, token: str, *, lease_seconds: float, worker_id: str | None = None
+    ) -> float:
+        now = self.clock()
+        with self._write() as conn:
+            row = conn.execute(
+                "UPDATE chunks SET lease_expires_at = max(lease_expires_at, ?)"
+                " WHERE id = ? AND lease_token = ? AND state = 'leased'"
+                " RETURNING lease_expires_at, worker_id",
+                (now + lease_seconds, chunk_id, token),
+            ).fetchone()
+            if row is None:
+                self._raise_lost(conn, chunk_id)
+            conn.execute(
+                "UPDATE workers SET last_seen = ? WHERE id = ?", (now, worker_id or row[1])
+            )
+        return float(row[0])
+
+    def complete(
+        self,
+        chunk_id: int,
+        token: str,
+        *,
+        result_path: str,
+        busy_seconds: float = 0.0,
+    ) -> Literal["stored", "duplicate"]:
+        """Mark the chunk done with its result file. Commits before returning, so a result
+        acknowledged to a worker is never lost. A repeated post by the winning attempt is
+        a harmless duplicate; any other token gets LeaseLost."""
+        now = self.clock()
+        with self._write() as conn:
+            row = conn.execute(
+                "UPDATE chunks SET state = 'done', result_path = ?, finished_at = ?,"
+                " lease_expires_at = NULL, error = NULL"
+                " WHERE id = ? AND lease_token = ? AND state = 'leased'"
+                " RETURNING worker_id, end - start",
+                (result_path, now, chunk_id, token),
+            ).fetchone()
+            if row is None:
+                state = conn.execute(
+                    "SELECT state, lease_token FROM chunks WHERE id = ?", (chunk_id,)
+                ).fetchone()
+                if state is None:
+                    raise UnknownChunk(chunk_id)
+                if state[0] == "done" and state[1] == token:
+                    return "duplicate"
+                raise LeaseLost(chunk_id)
+            conn.execute(
+                "UPDATE workers SET chunks_done = chunks_done + 1, audio_seconds ="
+                " audio_seconds + ?, busy_seconds = busy_seconds + ?, current_chunk = NULL,"
+                " last_seen = ? WHERE id = ?",
+                (row[1], busy_seconds, now, row[0]),
+            )
+        return "stored"
+
+    def fail(self, chunk_id: int, token: str, *, error: str, max_attempts: int) -> str:
+        """A worker gave up on its chunk: back to the queue, or dead at the attempt cap."""
+        with self._write() as conn:
+            row = conn.execute(
+                "UPDATE chunks SET state = CASE WHEN attempt >= ? THEN 'dead' ELSE 'queued' END,"
+                " lease_token = NULL, lease_expires_at = NULL, error = ?"
+                " WHERE id = ? AND lease_token = ? AND state = 'leased'"
+                " RETURNING state, worker_id",
+                (max_attempts, error[:2000], chunk_id, token),
+            ).fetchone()
+            if row is None:
+                self._raise_lost(conn, chunk_id)
+            conn.execute("UPDATE workers SET current_chunk = NULL WHERE id = ?", (row[1],))
+        return str(row[0])
+
+    def release(self, chunk_id: int, token: str) -> None:
+        """A worker stopping gracefully hands its chunk back at once, attempt not spent."""
+        with self._write() as conn:
+            row = conn.execute(
+                "UPDATE chunks SET state = 'queued', attempt = max(attempt - 1, 0),"
+                " lease_token = NULL, lease_expires_at = NULL"
+                " WHERE id = ? AND lease_token = ? AND state = 'leased' RETURNING worker_id",
+                (chunk_id, token),
+            ).fetchone()
+            if row is None:
+                self._raise_lost(conn, chunk_id)
+            conn.execute("UPDATE workers SET current_chunk = NULL WHERE id = ?", (row[0],))
+
+    def lease_holder(self, chunk_id: int, token: str) -> dict[str, Any]:
+        """The chunk, if ``token`` holds its lease now; else LeaseLost/UnknownChunk."""
+        chunk = self.chunk(chunk_id)
+        if chunk["state"] != "leased" or chunk["lease_token"] != token:
+            raise LeaseLost(chunk_id)
+        return chunk
+
+    @staticmethod
+    def _raise_lost(conn: sqlite3.Connection, chunk_id: int) -> None:
+        exists = conn.execute("SELECT 1 FROM chunks WHERE id = ?", (chunk_id,)).fetchone()
+        raise LeaseLost(chunk_id) if exists else UnknownChunk(chunk_id)
+
+    @staticmethod
+    def _touch_worker(conn: sqlite3.Connection, worker: WorkerInfo, now: float) -> None:
+        conn.execute(
+            "INSERT INTO workers (id, kind, host, machine_id, region, threads, first_seen,"
+            " last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen",
+            (
+                worker.id,
+                worker.kind,
+                worker.host,
+                worker.machine_id,
+                worker.region,
+                worker.threads,
+                now,
+                now,
+            ),
+        )
+
+    # Progress -------------------------------------------------------------------------
+
+    def progress(self, episode_id: str) -> EpisodeProgress:
+        progress = EpisodeProgress(episode_id)
+        for state, count, seconds in self.db.conn.execute(
+            "SELECT state, count(*), sum(end - start) FROM chunks WHERE episode_id = ?"
+            " GROUP BY state",
+            (episode_id,),
+        ):
+            progress.counts[state] = count
+            progress.total += count
+            progress.audio_total += seconds or 0.0
+            if state == "done":
+                progress.audio_done += seconds or 0.0
+        return progress
+
+    def workers(self) -> list[dict[str, Any]]:
+        return self._rows("SELECT * FROM workers ORDER BY first_seen")
+
+    # Runs -----------------------------------------------------------------------------
+
+    def start_run(
+        self,
+        run_id: str,
+        *,
+        backend: str,
+        episode_ids: list[str],
+        url: str | None = None,
+        pid: int | None = None,
+        budget: float | None = None,
+    ) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO runs (id, backend, url, pid, budget, started_at, state)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'running')",
+                (run_id, backend, url, pid, budget, self.clock()),
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO run_episodes (run_id, episode_id) VALUES (?, ?)",
+                [(run_id, episode_id) for episode_id in episode_ids],
+            )
+
+    def add_run_episode(self, run_id: str, episode_id: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO run_episodes (run_id, episode_id) VALUES (?, ?)",
+                (run_id, episode_id),
+            )
+
+    def set_run_url(self, run_id: str, url: str) -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE runs SET url = ? WHERE id = ?", (url, run_id))
+
+    def running_runs(self, episode_ids: list[str]) -> list[dict[str, Any]]:
+        """Runs marked running that include any of these episodes."""
+        return self._rows(
+            "SELECT DISTINCT r.* FROM runs r JOIN run_episodes e ON e.run_id = r.id"
+            " WHERE r.state = 'running' AND e.episode_id IN (SELECT value FROM json_each(?))",
+            (json.dumps(episode_ids),),
+        )
+
+    def end_run(self, run_id: str, state: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE runs SET state = ?, ended_at = ? WHERE id = ?",
+                (state, self.clock(), run_id),
+            )

@@ -1,0 +1,129 @@
+"""The local fleet: worker processes on this machine, each with its share of the cores."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+from whisperfarm.errors import WorkersLost
+from whisperfarm.ledger import Ledger
+
+
+def default_workers(cpus: int | None = None) -> tuple[int, int]:
+    """(workers, threads each). One single-threaded worker per core beats one worker with
+    every core on small CPU models: beam search parallelises poorly inside one process.
+    On larger machines, two threads per worker keeps memory (one model each) in check."""
+    cpus = cpus or os.cpu_count() or 1
+    workers = cpus if cpus <= 4 else cpus // 2
+    return workers, max(1, cpus // workers)
+
+
+class LocalFleet:
+    def __init__(
+        self,
+        workers: int,
+        threads: int,
+        *,
+        logs_dir: Path,
+        run_id: str,
+        compute_type: str = "int8",
+        give_up_seconds: float = 30.0,
+    ):
+        self.workers = workers
+        self.threads = threads
+        self.logs_dir = logs_dir
+        self.run_id = run_id
+        self.compute_type = compute_type
+        self.give_up_seconds = give_up_seconds
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self._logs: list[IO[bytes]] = []
+        self.description = (
+            f"{workers} local worker{'s' if workers != 1 else ''} × {threads} thread"
+            f"{'s' if threads != 1 else ''}"
+            if workers
+            else "no local workers (join with 'whisperfarm worker')"
+        )
+
+    def log_path(self, n: int) -> Path:
+        return self.logs_dir / f"run-{self.run_id}" / f"worker-{n}.log"
+
+    def start(self, url: str, token: str, model: str) -> None:
+        for n in range(self.workers):
+            env = {
+                **os.environ,
+                "WHISPERFARM_URL": url,
+                "WHISPERFARM_TOKEN": token,
+                "WHISPERFARM_THREADS": str(self.threads),
+                "WHISPERFARM_MODEL": model,
+                "WHISPERFARM_COMPUTE_TYPE": self.compute_type,
+                "WHISPERFARM_WORKER_ID": f"local-{self.run_id}-{n}",
+                "WHISPERFARM_WORKER_KIND": "local",
+                "WHISPERFARM_GIVE_UP_SECONDS": str(self.give_up_seconds),
+                "HF_HUB_OFFLINE": "1",
+                "OMP_NUM_THREADS": str(self.threads),
+            }
+            path = self.log_path(n)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            log = open(path, "ab")  # noqa: SIM115 - closed in stop()
+            self._logs.append(log)
+            self.processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "worker"],
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+
+    def check(self, ledger: Ledger, work_left: bool) -> None:
+        if not self.processes or not work_left:
+            return
+        if any(process.poll() is None for process in self.processes):
+            return
+        # Every local worker is gone. Keep going only if some other worker is active.
+        recent = [
+            w
+            for w in ledger.workers()
+            if w["kind"] != "local" and w["last_seen"] > ledger.clock() - 30
+        ]
+        if recent:
+            return
+        codes = sorted({process.returncode for process in self.processes})
+        raise WorkersLost(
+            f"all local workers exited (exit code {', '.join(map(str, codes))}) with work left: "
+            f"{self._last_words()} — see {self.log_path(0).parent}"
+        )
+
+    def _last_words(self) -> str:
+        for n in range(self.workers):
+            try:
+                lines = self.log_path(n).read_text(errors="replace").strip().splitlines()
+            except OSError:
+                continue
+            for line in reversed(lines):
+                if " ERROR " in line or "Error" in line:
+                    return line.split(" ERROR ", 1)[-1].strip()
+        return "no error in the logs"
+
+    def stop(self, grace: float = 3.0) -> None:
+        deadline = time.monotonic() + grace
+        for process in self.processes:
+            if process.poll() is None:
+                # A worker that got "done" exits by itself; give it a moment first.
+                try:
+                    process.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for log in self._logs:
+            log.close()

@@ -1,0 +1,103 @@
+"""The ledger's schema, as numbered migrations applied whenever the ledger opens.
+
+Never edit a migration that has shipped: add ``m00N_…`` below it instead.
+"""
+
+from __future__ import annotations
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+migrations = Migrations("whisperfarm")
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    db.execute(
+        """
+        CREATE TABLE episodes (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            source TEXT NOT NULL,
+            content_hash TEXT NOT NULL,
+            model TEXT NOT NULL,
+            options TEXT NOT NULL DEFAULT '{}',
+            duration REAL,
+            state TEXT NOT NULL,
+            error TEXT,
+            chunk_count INTEGER,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            finished_at REAL
+        )
+        """
+    )
+    db.execute("CREATE UNIQUE INDEX episodes_hash_model ON episodes (content_hash, model)")
+    db.execute(
+        """
+        CREATE TABLE chunks (
+            id INTEGER PRIMARY KEY,
+            episode_id TEXT NOT NULL REFERENCES episodes(id) ON DELETE CASCADE,
+            idx INTEGER NOT NULL,
+            start REAL NOT NULL,
+            end REAL NOT NULL,
+            keep_start REAL NOT NULL,
+            keep_end REAL NOT NULL,
+            speech INTEGER NOT NULL DEFAULT 1,
+            words INTEGER NOT NULL DEFAULT 0,
+            audio_path TEXT NOT NULL,
+            state TEXT NOT NULL,
+            attempt INTEGER NOT NULL DEFAULT 0,
+            lease_token TEXT,
+            lease_expires_at REAL,
+            worker_id TEXT,
+            claimed_at REAL,
+            finished_at REAL,
+            result_path TEXT,
+            error TEXT,
+            UNIQUE (episode_id, idx)
+        )
+        """
+    )
+    db.execute("CREATE INDEX chunks_state ON chunks (state, episode_id)")
+    db.execute(
+        """
+        CREATE TABLE workers (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            host TEXT,
+            machine_id TEXT,
+            region TEXT,
+            threads INTEGER,
+            first_seen REAL NOT NULL,
+            last_seen REAL NOT NULL,
+            current_chunk INTEGER,
+            chunks_done INTEGER NOT NULL DEFAULT 0,
+            audio_seconds REAL NOT NULL DEFAULT 0,
+            busy_seconds REAL NOT NULL DEFAULT 0
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE runs (
+            id TEXT PRIMARY KEY,
+            backend TEXT NOT NULL,
+            url TEXT,
+            pid INTEGER,
+            budget REAL,
+            started_at REAL NOT NULL,
+            ended_at REAL,
+            state TEXT NOT NULL
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE run_episodes (
+            run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            episode_id TEXT NOT NULL REFERENCES episodes(id) ON DELETE CASCADE,
+            PRIMARY KEY (run_id, episode_id)
+        )
+        """
+    )

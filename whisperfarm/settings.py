@@ -1,0 +1,164 @@
+"""Every setting whisperfarm reads, in one pydantic-settings class.
+
+Precedence, highest first:
+1. command-line flags (passed to ``load_settings(**overrides)``),
+2. environment variables (``WHISPERFARM_*``, plus Fly's own ``FLY_API_TOKEN``/``FLY_APP``),
+3. the config file, TOML, at ``$WHISPERFARM_CONFIG`` or ``<home>/config.toml``,
+4. the defaults below.
+
+The home directory holds the ledger, chunk audio, results and logs. It comes from
+``WHISPERFARM_HOME`` (or ``home`` in an explicitly named config file), else the platform's
+app data directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from whisperfarm.errors import UsageError
+
+DEFAULT_FORMATS = ("txt", "srt", "vtt", "json")
+ALL_FORMATS = ("txt", "srt", "vtt", "json", "tsv")
+DEFAULT_FLY_API_URL = "https://api.machines.dev"
+
+
+def default_home() -> Path:
+    return Path(platformdirs.user_data_dir("whisperfarm", appauthor=False))
+
+
+def config_path() -> Path:
+    explicit = os.environ.get("WHISPERFARM_CONFIG")
+    if explicit:
+        return Path(explicit).expanduser()
+    home = os.environ.get("WHISPERFARM_HOME")
+    return (Path(home).expanduser() if home else default_home()) / "config.toml"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="WHISPERFARM_",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    home: Path = Field(default_factory=default_home)
+
+    # Transcription
+    model: str = "small.en"
+    compute_type: str = "int8"
+    language: str | None = None
+    beam_size: int = Field(5, ge=1, le=10)
+    word_timestamps: bool = False
+
+    # Local farm
+    workers: int | None = Field(None, ge=0)
+    threads: int | None = Field(None, ge=1)
+    host: str = "127.0.0.1"
+    port: int = Field(0, ge=0, le=65535)
+    formats: str = ",".join(DEFAULT_FORMATS)
+
+    # Queue behaviour
+    lease_seconds: float = Field(60.0, gt=0)
+    max_attempts: int = Field(3, ge=1)
+
+    # Chunking: cut at a pause between min and max seconds; max stays under Whisper's
+    # 30-second window so each chunk is decoded in one window.
+    chunk_min_seconds: float = Field(12.0, gt=0)
+    chunk_max_seconds: float = Field(29.0, gt=0)
+    overlap_seconds: float = Field(1.5, ge=0)
+
+    # Fly fleet
+    fly_api_token: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            "fly_api_token", "WHISPERFARM_FLY_API_TOKEN", "FLY_ACCESS_TOKEN", "FLY_API_TOKEN"
+        ),
+    )
+    fly_app: str | None = Field(
+        None, validation_alias=AliasChoices("fly_app", "WHISPERFARM_FLY_APP", "FLY_APP")
+    )
+    fly_api_url: str = Field(
+        DEFAULT_FLY_API_URL,
+        validation_alias=AliasChoices(
+            "fly_api_url", "WHISPERFARM_FLY_API_URL", "FLY_FLAPS_BASE_URL"
+        ),
+    )
+    machine_size: str | None = None
+    region: str | None = None
+    image: str | None = None
+    max_machines: int = Field(10, ge=1)
+    budget: float | None = Field(None, ge=0)
+    advertise_url: str | None = None
+    prices: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=config_path())
+        return (init_settings, env_settings, toml)
+
+    # Derived locations, all under home.
+    @property
+    def ledger_path(self) -> Path:
+        return self.home / "ledger.db"
+
+    @property
+    def episodes_dir(self) -> Path:
+        return self.home / "episodes"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    def format_list(self) -> list[str]:
+        return parse_formats(self.formats)
+
+
+def parse_formats(value: str) -> list[str]:
+    """`"srt, vtt"` → `["srt", "vtt"]`; `"all"` → every format."""
+    names = [part.strip().lower() for part in value.split(",") if part.strip()]
+    if names == ["all"]:
+        return list(ALL_FORMATS)
+    unknown = [name for name in names if name not in ALL_FORMATS]
+    if unknown or not names:
+        raise UsageError(
+            f"unknown format {', '.join(unknown) or '(none)'}: "
+            f"use a comma list of {', '.join(ALL_FORMATS)}, or 'all'"
+        )
+    return list(dict.fromkeys(names))
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings with the flags the user actually gave (``None`` means not given)."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return Settings(**given)
+    except ValueError as error:  # pydantic.ValidationError and TOML errors
+        raise UsageError(f"invalid setting: {_first_line(error)}") from error
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return " ".join(line.strip() for line in text[:3])

@@ -1,0 +1,61 @@
+"""``python -m worker``: join a coordinator and work until the queue is empty."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+from worker.client import CoordinatorClient, CoordinatorError, Unauthorized, Unreachable
+from worker.config import ConfigError, WorkerConfig
+from worker.loop import EXIT_MODEL, EXIT_PROTOCOL, EXIT_UNAUTHORIZED, EXIT_UNREACHABLE, Worker
+from worker.models import ModelLoadError
+from worker.transcriber import Transcriber
+
+
+def main() -> int:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    log = logging.getLogger("worker")
+    try:
+        config = WorkerConfig.from_env()
+    except ConfigError as error:
+        print(f"worker: {error}", file=sys.stderr)
+        return 2
+    client = CoordinatorClient(config.url, config.token, give_up_seconds=config.give_up_seconds)
+    transcriber = Transcriber(
+        threads=config.threads,
+        compute_type=config.compute_type,
+        model_override=config.model_override,
+        model_dir=config.model_dir,
+    )
+    worker = Worker(client, transcriber, config.info())
+    signal.signal(signal.SIGTERM, worker.request_stop)
+    signal.signal(signal.SIGINT, worker.request_stop)
+    log.info("worker %s (%d threads) joining %s", config.worker_id, config.threads, config.url)
+    try:
+        if config.model_override:
+            transcriber.model(config.model_override)  # load while the first chunks are cut
+        return worker.run()
+    except Unauthorized as error:
+        log.error("%s", error)
+        return EXIT_UNAUTHORIZED
+    except Unreachable as error:
+        log.error("%s", error)
+        return EXIT_UNREACHABLE
+    except ModelLoadError as error:
+        log.error("%s", error)
+        return EXIT_MODEL
+    except CoordinatorError as error:
+        log.error("%s", error)
+        return EXIT_PROTOCOL
+    finally:
+        client.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""The worker's side of the coordinator API, over httpx, with retries (tenacity) for a
+coordinator that is briefly unreachable or restarting, and a bounded time before giving up.
+
+    CoordinatorError
+    ├── Unauthorized        401: wrong token (never retried)
+    ├── LeaseLostError      409: another attempt owns the chunk now
+    └── Unreachable         transport errors / 5xx past ``give_up_seconds``
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from tenacity import (
+    Retrying,
+    retry_if_exception,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+
+class CoordinatorError(Exception):
+    pass
+
+
+class Unauthorized(CoordinatorError):
+    pass
+
+
+class LeaseLostError(CoordinatorError):
+    pass
+
+
+class Unreachable(CoordinatorError):
+    pass
+
+
+def _transient(error: BaseException) -> bool:
+    if isinstance(error, httpx.TransportError):
+        return True
+    return isinstance(error, httpx.HTTPStatusError) and (
+        error.response.status_code >= 500 or error.response.status_code == 429
+    )
+
+
+class CoordinatorClient:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        give_up_seconds: float = 120.0,
+        http: httpx.Client | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.http = http or httpx.Client(base_url=url, timeout=httpx.Timeout(30.0, connect=5.0))
+        self.http.headers["Authorization"] = f"Bearer {token}"
+        self.give_up_seconds = give_up_seconds
+        self.sleep = sleep
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _request(
+        self, method: str, path: str, *, retry: bool = True, **kwargs: Any
+    ) -> httpx.Response:
+        def once() -> httpx.Response:
+            response = self.http.request(method, path, **kwargs)
+            if response.status_code == 401:
+                raise Unauthorized(
+                    "the coordinator rejected the token: check WHISPERFARM_TOKEN "
+                    "against the one 'whisperfarm transcribe' or 'serve' printed"
+                )
+            if response.status_code == 409:
+                raise LeaseLostError(response.text)
+            response.raise_for_status()
+            return response
+
+        if not retry:
+            return once()
+        retrying = Retrying(
+            retry=retry_if_exception(_transient),
+            stop=stop_after_delay(self.give_up_seconds),
+            wait=wait_exponential_jitter(initial=0.5, max=10.0),
+            sleep=self.sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(once)
+        except httpx.HTTPStatusError as error:
+            if not _transient(error):
+                raise CoordinatorError(
+                    f"the coordinator refused {method} {path}: "
+                    f"{error.response.status_code} {error.response.text[:300]}"
+                ) from error
+            raise self._unreachable(error) from error
+        except httpx.TransportError as error:
+            raise self._unreachable(error) from error
+
+    def _unreachable(self, error: Exception) -> Unreachable:
+        return Unreachable(
+            f"coordinator at {self.http.base_url} unreachable for "
+            f"{self.give_up_seconds:.0f}s ({error}); giving up"
+        )
+
+    def claim(self, worker: dict[str, Any]) -> dict[str, Any]:
+        return self._request("POST", "/v1/claim", json={"worker": worker}).json()
+
+    def audio(self, job: dict[str, Any]) -> bytes:
+        response = self._request(
+            "GET",
+            f"/v1/jobs/{job['chunk_id']}/audio",
+            headers={"X-Lease-Token": job["lease_token"]},
+        )
+        return response.content
+
+    def heartbeat(self, job: dict[str, Any]) -> dict[str, Any]:
+        return self._request(
+            "POST",
+            f"/v1/jobs/{job['chunk_id']}/heartbeat",
+            json={"lease_token": job["lease_token"]},
+            retry=False,
+        ).json()
+
+    def post_result(
+        self, job: dict[str, Any], result: dict[str, Any], busy_seconds: float
+    ) -> dict[str, Any]:
+        return self._request(
+            "POST",
+            f"/v1/jobs/{job['chunk_id']}/result",
+            json={
+                "lease_token": job["lease_token"],
+                "result": result,
+                "busy_seconds": busy_seconds,
+            },
+        ).json()
+
+    def fail(self, job: dict[str, Any], error: str) -> dict[str, Any]:
+        return self._request(
+            "POST",
+            f"/v1/jobs/{job['chunk_id']}/failure",
+            json={"lease_token": job["lease_token"], "error": error},
+        ).json()
+
+    def release(self, job: dict[str, Any]) -> None:
+        self._request(
+            "POST",
+            f"/v1/jobs/{job['chunk_id']}/release",
+            json={"lease_token": job["lease_token"]},
+            retry=False,
+        )

