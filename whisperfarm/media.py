@@ -140,6 +140,8 @@ class Decoder:
             self.process.stdout.close()
         code = self.process.wait()
         self._stderr_thread.join(timeout=5)
+        if self.process.stderr:
+            self.process.stderr.close()
         errors = b"".join(self._stderr).decode("utf-8", "replace").strip()
         if code != 0 or self.samples == 0:
             detail = errors.splitlines()[-1] if errors else f"ffmpeg exited with {code}"
@@ -148,7 +150,11 @@ class Decoder:
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
-            self.process.wait()
+        self.process.wait()
+        self._stderr_thread.join(timeout=5)
+        for pipe in (self.process.stdout, self.process.stderr):
+            if pipe:
+                pipe.close()
 
     @property
     def decode_errors(self) -> list[str]:

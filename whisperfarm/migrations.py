@@ -101,3 +101,33 @@ def m001_initial(db: Database) -> None:
         )
         """
     )
+
+
+@migrations()
+def m002_machines(db: Database) -> None:
+    """Fly machines a run started, with the times that make its spend."""
+    db.execute(
+        """
+        CREATE TABLE machines (
+            id TEXT PRIMARY KEY,
+            run_id TEXT NOT NULL,
+            name TEXT NOT NULL UNIQUE,
+            app TEXT NOT NULL,
+            region TEXT,
+            size TEXT NOT NULL,
+            cpus INTEGER NOT NULL,
+            memory_mb INTEGER NOT NULL,
+            usd_per_second REAL NOT NULL,
+            state TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            started_at REAL,
+            stopped_at REAL,
+            destroyed_at REAL,
+            updated_at REAL NOT NULL,
+            error TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX machines_run ON machines (run_id)")
+    db.execute("ALTER TABLE runs ADD COLUMN max_machines INTEGER")
+    db.execute("ALTER TABLE runs ADD COLUMN spent REAL NOT NULL DEFAULT 0")

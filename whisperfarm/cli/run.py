@@ -1,62 +1,14 @@
-"""The command line. Each command parses its flags, calls the core, prints, and turns a
-WhisperfarmError into one red line and a non-zero exit."""
+"""Running a farm: ``transcribe`` (local workers) and ``worker`` (join one)."""
 
 from __future__ import annotations
 
-import functools
 import os
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from whisperfarm import __version__
-from whisperfarm.errors import UsageError, WhisperfarmError
-
-app = typer.Typer(
-    name="whisperfarm",
-    help="Transcribe long audio fast: split it at pauses, farm the chunks out to "
-    "work-stealing workers, stitch one transcript.",
-    no_args_is_help=True,
-    rich_markup_mode="rich",
-    pretty_exceptions_enable=False,
-)
-out = Console()
-err = Console(stderr=True)
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def friendly(fn: F) -> F:
-    """Expected failures become one line naming the fix; anything else stays a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except WhisperfarmError as error:
-            err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
-            raise typer.Exit(error.exit_code) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _version(value: bool) -> None:
-    if value:
-        out.print(f"whisperfarm {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def main_options(
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
-    ] = False,
-) -> None:
-    """Transcribe long audio fast on a farm of work-stealing workers."""
+from whisperfarm.cli import app, err, friendly, out
 
 
 @app.command()
@@ -209,15 +161,3 @@ def _warn_if_exposed(host: str) -> None:
             "anyone who can reach it needs the run's token, so keep it private",
             highlight=False,
         )
-
-
-def main() -> None:
-    try:
-        app()
-    except UsageError as error:  # raised before a command's wrapper (e.g. settings)
-        err.print(f"[red]error:[/red] {error}")
-        sys.exit(error.exit_code)
-
-
-if __name__ == "__main__":
-    main()

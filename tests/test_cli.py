@@ -1,0 +1,84 @@
+"""The CLI layer: help texts, and bad input ending in one clear line and a non-zero exit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.conftest import SAMPLE
+from whisperfarm.cli import app
+
+runner = CliRunner()
+
+
+def commands() -> list[str]:
+    import typer.main
+
+    group = typer.main.get_command(app)
+    return sorted(group.commands)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("name", commands())
+def test_every_command_has_help_with_an_example(name: str) -> None:
+    result = runner.invoke(app, [name, "--help"])
+    assert result.exit_code == 0
+    assert "Example:" in result.output
+
+
+def test_every_command_is_in_the_readme() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for name in commands():
+        assert f"whisperfarm {name}" in readme, f"README does not document '{name}'"
+
+
+def _one_line_error(result) -> str:  # type: ignore[no-untyped-def]
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    return errors[0]
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda p: p, "no such file"),
+        (lambda p: (p.mkdir(), p)[1], "directory"),
+        (lambda p: (p.write_bytes(b""), p)[1], "empty"),
+        (lambda p: (p.write_text("not audio at all\n" * 50), p)[1], "not audio"),
+    ],
+    ids=["missing", "directory", "empty", "text-named-mp3"],
+)
+def test_bad_input(tmp_path: Path, make, expected: str, home: Path) -> None:  # type: ignore[no-untyped-def]
+    path = make(tmp_path / "show.mp3")
+    result = runner.invoke(app, ["transcribe", str(path), "-o", str(tmp_path / "out")])
+    assert expected in _one_line_error(result)
+    assert not (tmp_path / "out").exists()
+    assert not (home / "ledger.db").exists(), "a rejected input must not touch the ledger"
+
+
+def test_unknown_format_is_a_usage_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["transcribe", str(SAMPLE), "--format", "srt,docx"])
+    assert result.exit_code == 2
+    assert "docx" in _one_line_error(result)
+
+
+def test_model_directory_without_a_model(tmp_path: Path) -> None:
+    empty = tmp_path / "model"
+    empty.mkdir()
+    result = runner.invoke(app, ["transcribe", str(SAMPLE), "--model", str(empty)])
+    assert "model.bin" in _one_line_error(result)
+
+
+def test_unknown_model_name(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["transcribe", str(SAMPLE), "--model", "enormous.en"])
+    assert "unknown model" in _one_line_error(result)
+
+
+def test_worker_without_a_coordinator_gives_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WHISPERFARM_GIVE_UP_SECONDS", "0")
+    result = runner.invoke(app, ["worker", "--url", "http://127.0.0.1:9", "--token", "x"])
+    assert result.exit_code == 3

@@ -1,0 +1,195 @@
+"""End to end: the real CLI, coordinator and worker processes, the real tiny.en model, the
+real sample episode. Slow (about a minute per full transcription on 2 cores)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SAMPLE, SAMPLE_TEXT
+from whisperfarm.evaluation import word_error_rate
+from whisperfarm.media import check_input
+
+TIMEOUT = 300
+
+
+def cli(*args: str, home: Path, **kwargs) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+    env = {**os.environ, "WHISPERFARM_HOME": str(home)}
+    return subprocess.run(
+        [sys.executable, "-m", "whisperfarm", *args],
+        env=env, capture_output=True, text=True, timeout=TIMEOUT, **kwargs,
+    )
+
+
+def ledger_rows(home: Path, sql: str) -> list[tuple]:  # type: ignore[type-arg]
+    with sqlite3.connect(home / "ledger.db") as conn:
+        return conn.execute(sql).fetchall()
+
+
+def parse_srt_times(text: str, separator: str) -> list[tuple[str, str]]:
+    pattern = rf"(\d\d:\d\d:\d\d{re.escape(separator)}\d\d\d) --> (\d\d:\d\d:\d\d{re.escape(separator)}\d\d\d)"
+    return re.findall(pattern, text)
+
+
+@pytest.fixture(scope="module")
+def farm_run(tmp_path_factory: pytest.TempPathFactory) -> dict:  # type: ignore[type-arg]
+    base = tmp_path_factory.mktemp("e2e")
+    home, out = base / "home", base / "out"
+    started = time.monotonic()
+    result = cli(
+        "transcribe", str(SAMPLE), "--model", "tiny.en", "--workers", "2",
+        "--out", str(out), "--format", "all", "--words", home=home,
+    )
+    return {"home": home, "out": out, "result": result, "wall": time.monotonic() - started}
+
+
+def test_transcribes_the_sample_accurately(farm_run: dict) -> None:  # type: ignore[type-arg]
+    result = farm_run["result"]
+    assert result.returncode == 0, result.stdout + result.stderr
+    txt = (farm_run["out"] / "episode.txt").read_text()
+    wer = word_error_rate(SAMPLE_TEXT.read_text(), txt)
+    assert wer <= 0.03, f"word error rate {wer:.2%}"
+    assert "done: 1 of 1 episode(s)" in result.stdout
+
+
+def test_formats_agree_with_each_other(farm_run: dict) -> None:  # type: ignore[type-arg]
+    out = farm_run["out"]
+    document = json.loads((out / "episode.json").read_text())
+    segments = document["segments"]
+    srt = (out / "episode.srt").read_text()
+    vtt = (out / "episode.vtt").read_text()
+    tsv = (out / "episode.tsv").read_text().splitlines()
+    txt = (out / "episode.txt").read_text().splitlines()
+    assert vtt.startswith("WEBVTT\n\n")
+    srt_times = parse_srt_times(srt, ",")
+    vtt_times = parse_srt_times(vtt, ".")
+    assert len(segments) == len(srt_times) == len(vtt_times) == len(tsv) - 1 == len(txt) > 10
+    assert [a.replace(",", ".") for pair in srt_times for a in pair] == [
+        b for pair in vtt_times for b in pair
+    ]
+    for segment, line, row in zip(segments, txt, tsv[1:], strict=True):
+        assert segment["text"] == line
+        start_ms, end_ms, text = row.split("\t")
+        assert int(start_ms) == round(segment["start"] * 1000)
+        assert text == segment["text"]
+        assert segment["words"], "--words asks for word timestamps"
+    assert re.match(r"^1\n\d\d:\d\d:\d\d,\d\d\d --> ", srt)
+    assert document["text"] == " ".join(s["text"] for s in segments)
+
+
+def test_timestamps_are_on_the_whole_files_timeline(farm_run: dict) -> None:  # type: ignore[type-arg]
+    document = json.loads((farm_run["out"] / "episode.json").read_text())
+    duration = check_input(SAMPLE).duration
+    assert duration is not None
+    starts = [s["start"] for s in document["segments"]]
+    assert starts == sorted(starts)
+    assert all(s["start"] <= s["end"] <= duration + 0.5 for s in document["segments"])
+    # The last words are spoken near the end of the file, not near the end of a chunk.
+    assert document["segments"][-1]["end"] > duration - 15
+    assert document["episode"]["chunks"] >= 5
+    assert abs(document["episode"]["duration"] - duration) < 0.5
+
+
+def test_both_workers_stole_work(farm_run: dict) -> None:  # type: ignore[type-arg]
+    rows = ledger_rows(farm_run["home"], "SELECT id, chunks_done FROM workers WHERE kind = 'local'")
+    assert len(rows) == 2
+    assert all(done >= 1 for _, done in rows), rows
+    chunks = ledger_rows(farm_run["home"], "SELECT state, attempt FROM chunks")
+    assert {state for state, _ in chunks} == {"done"}
+
+
+def test_rerun_reuses_finished_chunks(farm_run: dict) -> None:  # type: ignore[type-arg]
+    home, out = farm_run["home"], farm_run["out"]
+    before = ledger_rows(home, "SELECT idx, result_path, attempt FROM chunks ORDER BY idx")
+    first_json = (out / "episode.json").read_text()
+    result = cli(
+        "transcribe", str(SAMPLE), "--model", "tiny.en", "--workers", "2",
+        "--out", str(out), "--format", "all", "--words", home=home,
+    )
+    assert result.returncode == 0, result.stderr
+    after = ledger_rows(home, "SELECT idx, result_path, attempt FROM chunks ORDER BY idx")
+    assert after == before, "no chunk may be transcribed again"
+    assert (out / "episode.json").read_text() == first_json
+
+
+def test_ctrl_c_then_resume_keeps_finished_chunks(tmp_path: Path) -> None:
+    home, out = tmp_path / "home", tmp_path / "out"
+    env = {**os.environ, "WHISPERFARM_HOME": str(home)}
+    args = [sys.executable, "-m", "whisperfarm", "transcribe", str(SAMPLE), "--model", "tiny.en",
+            "--workers", "2", "--out", str(out)]
+    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        if (home / "ledger.db").exists():
+            done = ledger_rows(home, "SELECT count(*) FROM chunks WHERE state = 'done' AND speech = 1")
+            if done[0][0] >= 2:
+                break
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stdout + stderr
+    assert "run the same command again to resume" in stderr
+    assert "Traceback" not in stderr
+    assert not out.exists() or not list(out.iterdir()), "no partial transcript"
+    kept = ledger_rows(home, "SELECT idx, result_path FROM chunks WHERE state = 'done' AND speech = 1")
+    assert len(kept) >= 2
+    assert ledger_rows(home, "SELECT count(*) FROM chunks WHERE state = 'leased'") == [(0,)]
+
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    after = dict(ledger_rows(home, "SELECT idx, result_path FROM chunks"))
+    for idx, path in kept:
+        assert after[idx] == path, f"chunk {idx} was transcribed again"
+    wer = word_error_rate(SAMPLE_TEXT.read_text(), (out / "episode.txt").read_text())
+    assert wer <= 0.03
+
+
+def test_a_remote_worker_joins_with_the_printed_command(tmp_path: Path) -> None:
+    home, out = tmp_path / "home", tmp_path / "out"
+    env = {**os.environ, "WHISPERFARM_HOME": str(home)}
+    farm = subprocess.Popen(
+        [sys.executable, "-m", "whisperfarm", "transcribe", str(SAMPLE), "--model", "tiny.en",
+         "--workers", "0", "--out", str(out), "--format", "txt"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert farm.stdout is not None
+    join = None
+    for line in farm.stdout:
+        if "whisperfarm worker --url" in line:
+            join = line.split("whisperfarm worker", 1)[1].split()
+            break
+    assert join, "transcribe prints the command that joins more workers"
+    worker_env = {**env, "WHISPERFARM_MODEL": "tiny.en", "WHISPERFARM_WORKER_ID": "laptop"}
+    worker = subprocess.run(
+        [sys.executable, "-m", "whisperfarm", "worker", *join],
+        env=worker_env, capture_output=True, text=True, timeout=TIMEOUT,
+    )
+    farm_out, farm_err = farm.communicate(timeout=60)
+    assert worker.returncode == 0, worker.stderr
+    assert farm.returncode == 0, farm_err
+    assert ledger_rows(home, "SELECT id, kind FROM workers") == [("laptop", "remote")]
+    wer = word_error_rate(SAMPLE_TEXT.read_text(), (out / "episode.txt").read_text())
+    assert wer <= 0.03
+
+
+def test_truncated_file_fails_cleanly(tmp_path: Path) -> None:
+    home, out = tmp_path / "home", tmp_path / "out"
+    truncated = tmp_path / "cut short.mp3"
+    truncated.write_bytes(SAMPLE.read_bytes()[: SAMPLE.stat().st_size // 3])
+    result = cli("transcribe", str(truncated), "--model", "tiny.en", "--workers", "0",
+                 "--out", str(out), home=home)
+    assert result.returncode == 1
+    assert "looks truncated" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists() or not list(out.iterdir())
+    state = ledger_rows(home, "SELECT state, error FROM episodes")
+    assert state[0][0] == "failed" and "truncated" in state[0][1]

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import SAMPLE
+from whisperfarm.errors import InputError
+from whisperfarm.media import SAMPLE_RATE, Decoder, check_input, content_hash, ffmpeg_exe
+
+
+def test_sample_is_audio_with_a_duration() -> None:
+    info = check_input(SAMPLE)
+    assert info.duration is not None and 60 < info.duration < 600
+    assert info.size == SAMPLE.stat().st_size
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: p, "no such file"),
+        (lambda p: (p.mkdir(), p)[1], "is a directory"),
+        (lambda p: (p.write_bytes(b""), p)[1], "is empty"),
+        (lambda p: (p.write_text("just some text, not audio\n" * 20), p)[1], "not audio"),
+        (lambda p: (p.write_bytes(np.random.default_rng(1).bytes(50_000)), p)[1], "not audio"),
+    ],
+    ids=["missing", "directory", "empty", "text", "random-bytes"],
+)
+def test_bad_inputs_name_the_problem(tmp_path: Path, make, message: str) -> None:  # type: ignore[no-untyped-def]
+    path = make(tmp_path / "episode.mp3")
+    with pytest.raises(InputError, match=message):
+        check_input(path)
+
+
+def test_decoder_streams_16k_mono_int16() -> None:
+    decoder = Decoder(SAMPLE, block_seconds=5)
+    blocks = list(decoder.blocks())
+    decoder.close()
+    assert all(block.dtype == np.dtype("<i2") for block in blocks)
+    assert max(len(block) for block in blocks) <= 5 * SAMPLE_RATE
+    info = check_input(SAMPLE)
+    assert info.duration is not None
+    assert abs(decoder.samples / SAMPLE_RATE - info.duration) < 0.2
+
+
+def test_decoder_reports_undecodable_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.wav"
+    path.write_bytes(b"RIFF" + b"\x00" * 100)
+    decoder = Decoder(path)
+    list(decoder.blocks())
+    with pytest.raises(InputError, match="could not decode"):
+        decoder.close()
+
+
+def test_content_hash_changes_with_content(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"one")
+    b.write_bytes(b"two")
+    assert content_hash(a) != content_hash(b)
+    assert content_hash(a) == content_hash(a)
+
+
+def test_ffmpeg_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    ffmpeg_exe.cache_clear()
+    monkeypatch.setenv("WHISPERFARM_FFMPEG", "/opt/custom/ffmpeg")
+    try:
+        assert ffmpeg_exe() == "/opt/custom/ffmpeg"
+    finally:
+        ffmpeg_exe.cache_clear()

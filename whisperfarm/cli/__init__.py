@@ -1,0 +1,74 @@
+"""The command line, one module per group of commands; each registers on ``app``.
+
+Commands only parse flags, call the core, print, and turn a WhisperfarmError into one red
+line and a non-zero exit (``friendly``). No SQL, HTTP or ffmpeg here.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from whisperfarm import __version__
+from whisperfarm.errors import WhisperfarmError
+
+app = typer.Typer(
+    name="whisperfarm",
+    help="Transcribe long audio fast: split it at pauses, farm the chunks out to "
+    "work-stealing workers, stitch one transcript.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly(fn: F) -> F:
+    """Expected failures become one line naming the fix; anything else stays a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except WhisperfarmError as error:
+            fail(str(error), error.exit_code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True, markup=True)
+    raise typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"whisperfarm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """Transcribe long audio fast on a farm of work-stealing workers."""
+
+
+# Importing the command modules registers their commands on ``app``.
+from whisperfarm.cli import run  # noqa: E402, F401
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "err", "fail", "friendly", "main", "out"]
