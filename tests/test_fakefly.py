@@ -1,0 +1,564 @@
+"""The fake Machines API itself: in-process with a fake clock, plus one real-process run."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from tests.fakefly import FakeClock, Faults, LaunchSpec, create_app
+from whisperfarm.fly import MachinesClient, build_worker_config
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = "wf-test"
+TOKEN = "fake-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+BASE = f"/v1/apps/{APP}/machines"
+
+
+def worker_config(**overrides: Any) -> dict[str, Any]:
+    config = {
+        "image": "registry.fly.io/wf-test:v1",
+        "guest": {"cpu_kind": "performance", "cpus": 1, "memory_mb": 2048},
+        "env": {"WHISPERFARM_RUN_ID": "r1"},
+        "restart": {"policy": "no"},
+        "auto_destroy": True,
+        "metadata": {"whisperfarm_run": "r1"},
+    }
+    return config | overrides
+
+
+class FakeHandle:
+    def __init__(self, spec: LaunchSpec, pid: int):
+        self.spec = spec
+        self.pid: int | None = pid
+        self.signals: list[int] = []
+        self.code: int | None = None
+
+    def poll(self) -> int | None:
+        return self.code
+
+    def send_signal(self, signum: int) -> None:
+        self.signals.append(signum)
+
+    def kill(self) -> None:
+        self.signals.append(signal.SIGKILL)
+        self.code = -signal.SIGKILL
+
+
+class FakeLauncher:
+    def __init__(self) -> None:
+        self.handles: list[FakeHandle] = []
+
+    def __call__(self, spec: LaunchSpec) -> FakeHandle:
+        handle = FakeHandle(spec, pid=1000 + len(self.handles))
+        self.handles.append(handle)
+        return handle
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def make(clock: FakeClock, **kwargs: Any) -> TestClient:
+    kwargs.setdefault("start_latency", 5.0)
+    kwargs.setdefault("token", TOKEN)
+    app = create_app(app=APP, clock=clock, sleep=clock.sleep, tick_interval=None, **kwargs)
+    return TestClient(app, headers=AUTH)
+
+
+@pytest.fixture
+def fake(clock: FakeClock) -> TestClient:
+    return make(clock)
+
+
+def create(fake: TestClient, name: str = "w1", **body: Any) -> httpx.Response:
+    body.setdefault("config", worker_config())
+    return fake.post(BASE, json={"name": name, **body})
+
+
+def created(fake: TestClient, name: str = "w1", **body: Any) -> dict[str, Any]:
+    response = create(fake, name, **body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def state_of(fake: TestClient, machine_id: str) -> str:
+    return fake.get(f"{BASE}/{machine_id}").json()["state"]
+
+
+def history(fake: TestClient, machine_id: str) -> list[str]:
+    machines = fake.get("/_fake/state").json()["machines"]
+    (machine,) = [m for m in machines if m["id"] == machine_id]
+    return [h["state"] for h in machine["history"]]
+
+
+# -- lifecycle ---------------------------------------------------------------------------------
+
+
+def test_machine_moves_created_starting_started_with_the_clock(fake, clock):
+    machine = created(fake, region="ams")
+    assert machine["state"] == "created"
+    assert machine["region"] == "ams"
+    assert machine["name"] == "w1"
+    assert machine["config"]["metadata"] == {"whisperfarm_run": "r1"}
+    assert state_of(fake, machine["id"]) == "starting"
+    clock.advance(4.9)
+    assert state_of(fake, machine["id"]) == "starting"
+    clock.advance(0.1)
+    assert state_of(fake, machine["id"]) == "started"
+
+
+def test_stop_without_auto_destroy_ends_stopped_and_can_start_again(fake, clock):
+    machine = created(fake, config=worker_config(auto_destroy=False))
+    clock.advance(5)
+    response = fake.post(f"{BASE}/{machine['id']}/stop", json={"signal": "SIGTERM"})
+    assert response.json() == {"ok": True}
+    assert state_of(fake, machine["id"]) == "stopped"
+    fake.post(f"{BASE}/{machine['id']}/start")
+    clock.advance(5)
+    assert state_of(fake, machine["id"]) == "started"
+    assert history(fake, machine["id"]) == [
+        "created", "starting", "started", "stopping", "stopped", "starting", "started",
+    ]  # fmt: skip
+
+
+def test_stop_with_auto_destroy_ends_destroyed(fake, clock):
+    machine = created(fake)
+    clock.advance(5)
+    fake.post(f"{BASE}/{machine['id']}/stop", json={})
+    assert history(fake, machine["id"])[-4:] == ["stopping", "stopped", "destroying", "destroyed"]
+
+
+def test_destroy_needs_force_while_running_and_gone_is_404(fake, clock):
+    machine = created(fake)
+    clock.advance(5)
+    refused = fake.delete(f"{BASE}/{machine['id']}")
+    assert refused.status_code == 412 and "not currently stopped" in refused.json()["error"]
+    assert fake.delete(f"{BASE}/{machine['id']}", params={"force": "true"}).json() == {"ok": True}
+    assert state_of(fake, machine["id"]) == "destroyed"
+    assert fake.delete(f"{BASE}/{machine['id']}", params={"kill": "true"}).status_code == 404
+    assert fake.get(f"{BASE}/nope").status_code == 404
+
+
+def test_list_filters_by_metadata_and_hides_destroyed(fake, clock):
+    a = created(fake, "a")
+    created(fake, "b", config=worker_config(metadata={"whisperfarm_run": "r2"}))
+    fake.delete(f"{BASE}/{a['id']}", params={"force": "true"})
+    assert [m["name"] for m in fake.get(BASE).json()] == ["b"]
+    everything = fake.get(BASE, params={"include_deleted": "true"}).json()
+    assert [m["name"] for m in everything] == ["a", "b"]
+    run2 = fake.get(BASE, params={"metadata.whisperfarm_run": "r2"}).json()
+    assert [m["name"] for m in run2] == ["b"]
+
+
+def test_state_endpoint_tracks_max_concurrently_started(clock):
+    fake = make(clock, rate_limit=False)
+    ids = [created(fake, f"w{i}")["id"] for i in range(3)]
+    clock.advance(5)
+    fake.get(BASE)
+    for machine_id in ids:
+        fake.delete(f"{BASE}/{machine_id}", params={"force": "true"})
+    snapshot = fake.get("/_fake/state").json()
+    assert snapshot["max_concurrent_started"] == 3
+    assert snapshot["started_now"] == 0
+    assert {m["state"] for m in snapshot["machines"]} == {"destroyed"}
+    assert snapshot["requests"]["create"] == 3
+
+
+# -- wait ------------------------------------------------------------------------------------
+
+
+def test_wait_returns_once_the_state_is_reached(fake, clock):
+    machine = created(fake)
+    before = clock()
+    response = fake.get(f"{BASE}/{machine['id']}/wait", params={"state": "started", "timeout": 60})
+    assert response.status_code == 200 and response.json() == {"ok": True}
+    assert 5 <= clock() - before < 5.1  # it waited for the start latency, no longer
+
+
+def test_wait_times_out_with_408_and_flys_body(fake, clock):
+    machine = created(fake)
+    before = clock()
+    response = fake.get(f"{BASE}/{machine['id']}/wait", params={"state": "started", "timeout": 2})
+    assert response.status_code == 408
+    assert response.json() == {
+        "error": "machine failed to reach desired state, started, currently starting"
+    }
+    assert clock() - before == pytest.approx(2)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"state": "started", "timeout": "0"},
+        {"state": "started", "timeout": "61"},
+        {"state": "started", "timeout": "1m"},
+        {"state": "running", "timeout": "5"},
+    ],
+)
+def test_wait_rejects_bad_parameters(fake, params):
+    machine = created(fake)
+    assert fake.get(f"{BASE}/{machine['id']}/wait", params=params).status_code == 400
+
+
+# -- auth, validation ------------------------------------------------------------------------
+
+
+def test_wrong_token_gets_flys_401(fake):
+    response = fake.get(BASE, headers={"Authorization": "Bearer wrong"})
+    assert response.status_code == 401
+    assert response.json() == {"error": "Authenticate: token validation error"}
+    assert response.headers["fly-request-id"]
+
+
+def test_macaroon_tokens_must_come_as_flyv1(clock):
+    fake = make(clock, token="FlyV1 fm2_abc,fm1r_def")
+    assert fake.get(BASE, headers={"Authorization": "Bearer fm2_abc,fm1r_def"}).status_code == 401
+    assert fake.get(BASE, headers={"Authorization": "FlyV1 fm2_abc,fm1r_def"}).status_code == 200
+
+
+@pytest.mark.parametrize("guest", [{"gpu_kind": "a100-pcie-40gb"}, {"gpus": 1}])
+def test_gpu_guest_gets_flys_400(fake, guest):
+    response = create(
+        fake, config=worker_config(guest={"cpu_kind": "performance", "cpus": 1, **guest})
+    )
+    assert response.status_code == 400
+    assert "GPU machines are no longer supported" in response.json()["error"]
+    assert fake.get(BASE).json() == []
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        worker_config(image=""),
+        {k: v for k, v in worker_config().items() if k != "image"},
+        worker_config(guest={"cpu_kind": "performance", "cpus": 1, "memory_mb": 1024}),
+        worker_config(guest={"cpu_kind": "performance", "cpus": 1, "memory_mb": 2100}),
+        worker_config(guest={"cpu_kind": "performance", "cpus": 2, "memory_mb": 16640}),
+        worker_config(guest={"cpu_kind": "performance", "cpus": 3, "memory_mb": 6144}),
+        worker_config(region="ams"),
+        worker_config(env={"PORT": 8000}),
+        worker_config(restart={"policy": "sometimes"}),
+    ],
+)
+def test_create_validates_the_config(fake, config):
+    assert create(fake, config=config).status_code == 400
+
+
+def test_create_accepts_the_performance_memory_range(fake):
+    guest = {"cpu_kind": "performance", "cpus": 16, "memory_mb": 32768}
+    assert create(fake, config=worker_config(guest=guest)).status_code == 200
+
+
+def test_stop_body_must_be_an_object(fake):
+    machine = created(fake)
+    url = f"{BASE}/{machine['id']}/stop"
+    assert fake.post(url, json=["SIGTERM"]).status_code == 400
+    assert fake.post(url, content=b"{nope", headers=AUTH).status_code == 400
+    assert fake.post(url, json={"signal": "SIGNOPE"}).status_code == 400
+
+
+# -- rate limits -----------------------------------------------------------------------------
+
+
+def test_create_is_limited_to_burst_3_then_1_per_second(fake, clock):
+    assert [create(fake, f"w{i}").status_code for i in range(4)] == [200, 200, 200, 429]
+    clock.advance(1)
+    assert create(fake, "w5").status_code == 200
+    assert create(fake, "w6").status_code == 429
+
+
+def test_get_is_limited_to_burst_10(fake, clock):
+    machine = created(fake)
+    codes = [fake.get(f"{BASE}/{machine['id']}").status_code for _ in range(11)]
+    assert codes == [200] * 10 + [429]
+    assert "retry-after" not in {k.lower() for k in fake.get(f"{BASE}/{machine['id']}").headers}
+    clock.advance(0.25)
+    assert fake.get(f"{BASE}/{machine['id']}").status_code == 200
+
+
+def test_limits_are_per_machine(fake):
+    a, b = created(fake, "a"), created(fake, "b")
+    for _ in range(3):
+        assert fake.post(f"{BASE}/{a['id']}/start").status_code == 200
+    assert fake.post(f"{BASE}/{a['id']}/start").status_code == 429
+    assert fake.post(f"{BASE}/{b['id']}/start").status_code == 200
+
+
+def test_retry_after_header_when_asked_for(clock):
+    fake = make(clock, retry_after=True)
+    for i in range(3):
+        created(fake, f"w{i}")
+    response = create(fake, "w3")
+    assert response.status_code == 429 and response.headers["retry-after"] == "1"
+
+
+# -- faults ----------------------------------------------------------------------------------
+
+
+def test_capacity_faults_from_construction(clock):
+    fake = make(clock, faults=Faults(capacity_409=1, capacity_412=1))
+    first, second, third = (create(fake, "w1") for _ in range(3))
+    assert first.status_code == 409
+    assert first.json() == {
+        "error": "aborted: could not reserve resource for machine: insufficient memory available",
+        "status": "insufficient_capacity",
+    }
+    assert second.status_code == 412
+    assert third.status_code == 200
+    assert len(fake.get(BASE).json()) == 1
+
+
+def test_faults_through_the_control_endpoint(fake, clock):
+    assert fake.post("/_fake/faults", json={"server_errors": 2}).json()["server_errors"] == 2
+    assert [fake.get(BASE).status_code for _ in range(3)] == [503, 503, 200]
+    assert fake.post("/_fake/faults", json={"bogus": 1}).status_code == 400
+    assert fake.get("/_fake/faults").json()["server_errors"] == 0
+
+
+def test_create_408_still_creates_the_machine(clock):
+    fake = make(clock, faults=Faults(create_408=1))
+    response = create(fake, "w1")
+    assert response.status_code == 408
+    assert [m["name"] for m in fake.get(BASE).json()] == ["w1"]
+
+
+def test_never_start_machine_stays_starting(clock):
+    fake = make(clock, faults=Faults(never_start=1))
+    machine = created(fake)
+    clock.advance(3600)
+    assert state_of(fake, machine["id"]) == "starting"
+    response = fake.get(f"{BASE}/{machine['id']}/wait", params={"state": "started", "timeout": 5})
+    assert response.status_code == 408
+
+
+def test_machine_that_dies_mid_run(clock):
+    fake = make(clock, faults=Faults(die=1, die_after=30))
+    machine = created(fake)
+    clock.advance(5 + 29)
+    assert state_of(fake, machine["id"]) == "started"
+    clock.advance(1)
+    assert state_of(fake, machine["id"]) == "destroyed"
+    exit_event = next(
+        e for e in fake.get(f"{BASE}/{machine['id']}").json()["events"] if e["type"] == "exit"
+    )
+    assert exit_event["request"]["exit_event"]["exit_code"] == 137
+    assert exit_event["request"]["exit_event"]["requested_stop"] is False
+
+
+def test_restart_always_restarts_a_dead_machine(clock):
+    fake = make(clock, faults=Faults(die=1, die_after=1))
+    config = worker_config(restart={"policy": "always"})
+    machine = created(fake, config=config)
+    clock.advance(6)
+    assert state_of(fake, machine["id"]) == "starting"
+    clock.advance(5)
+    assert state_of(fake, machine["id"]) == "started"
+
+
+# -- the launcher hook -----------------------------------------------------------------------
+
+
+def test_launcher_runs_at_started_with_flys_env(clock):
+    launcher = FakeLauncher()
+    fake = make(clock, launcher=launcher)
+    machine = created(fake, region="ams")
+    clock.advance(4)
+    fake.get(BASE)
+    assert launcher.handles == []
+    clock.advance(1)
+    fake.get(BASE)
+    (handle,) = launcher.handles
+    env = handle.spec.env
+    assert env["FLY_MACHINE_ID"] == machine["id"]
+    assert env["FLY_REGION"] == "ams"
+    assert env["FLY_APP_NAME"] == APP
+    assert env["WHISPERFARM_RUN_ID"] == "r1"
+    handle.code = 0  # the worker finished its work and exited
+    assert state_of(fake, machine["id"]) == "destroyed"
+
+
+def test_exit_without_auto_destroy_leaves_it_stopped(clock):
+    launcher = FakeLauncher()
+    fake = make(clock, launcher=launcher)
+    machine = created(fake, config=worker_config(auto_destroy=False))
+    clock.advance(5)
+    fake.get(BASE)
+    launcher.handles[0].code = 1
+    assert state_of(fake, machine["id"]) == "stopped"
+
+
+def test_stop_signals_then_kills_after_the_timeout(clock):
+    launcher = FakeLauncher()
+    fake = make(clock, launcher=launcher)
+    machine = created(fake)
+    clock.advance(5)
+    fake.post(f"{BASE}/{machine['id']}/stop", json={"signal": "SIGTERM", "timeout": "10s"})
+    (handle,) = launcher.handles
+    assert handle.signals == [signal.SIGTERM]
+    clock.advance(9)
+    assert state_of(fake, machine["id"]) == "stopping"
+    clock.advance(1)
+    fake.get(BASE)  # the deadline passes: SIGKILL
+    assert handle.signals == [signal.SIGTERM, signal.SIGKILL]
+    assert state_of(fake, machine["id"]) == "destroyed"
+
+
+def test_force_destroy_kills_the_process(clock):
+    launcher = FakeLauncher()
+    fake = make(clock, launcher=launcher)
+    machine = created(fake)
+    clock.advance(5)
+    fake.get(BASE)
+    fake.delete(f"{BASE}/{machine['id']}", params={"force": "true"})
+    assert launcher.handles[0].signals == [signal.SIGKILL]
+    assert state_of(fake, machine["id"]) == "destroyed"
+
+
+# -- MachinesClient against the fake, in process -------------------------------------------
+
+
+def client_for(fake: TestClient, clock: FakeClock, token: str = TOKEN) -> MachinesClient:
+    return MachinesClient(
+        APP, token, base_url="http://testserver", http=fake, sleep=clock.sleep_sync, clock=clock
+    )
+
+
+def test_client_lifecycle_in_process(fake, clock):
+    client = client_for(fake, clock)
+    config = build_worker_config(
+        image="registry.fly.io/wf-test:v1", size="performance-2x", env={}, run_id="r1",
+        machine_name="w1", model="small.en",
+    )  # fmt: skip
+    machine = client.create(config, name="w1", region="ams")
+    assert client.wait(machine.id, "started", timeout=30).state == "started"
+    client.stop(machine.id)
+    assert client.wait(machine.id, "destroyed", timeout=30).state == "destroyed"
+    client.destroy(machine.id)  # already gone: fine
+    assert history(fake, machine.id)[-1] == "destroyed"
+
+
+def test_client_retries_capacity_from_the_fake(clock):
+    fake = make(clock, faults=Faults(capacity_409=2))
+    client = client_for(fake, clock)
+    machine = client.create(worker_config(), name="w1")
+    assert machine.name == "w1"
+    assert len(clock.slept) == 2
+    assert len(fake.get(BASE).json()) == 1
+
+
+def test_client_create_after_ambiguous_408_makes_one_machine(clock):
+    fake = make(clock, faults=Faults(create_408=1))
+    client = client_for(fake, clock)
+    machine = client.create(worker_config(), name="w-unique")
+    machines = fake.get("/_fake/state").json()["machines"]
+    assert [m["id"] for m in machines] == [machine.id]
+    assert fake.get("/_fake/state").json()["requests"]["create"] == 1
+
+
+def test_client_rides_out_the_fakes_rate_limit(fake, clock):
+    client = client_for(fake, clock)
+    names = [client.create(worker_config(), name=f"w{i}").name for i in range(5)]
+    assert names == [f"w{i}" for i in range(5)]
+    assert fake.get("/_fake/state").json()["requests"]["rate_limited"] >= 1
+
+
+def test_client_wrong_token_against_the_fake(fake, clock):
+    from whisperfarm.errors import FlyAuthError
+
+    with pytest.raises(FlyAuthError):
+        client_for(fake, clock, token="fm2_wrong").list()
+
+
+# -- the one real process --------------------------------------------------------------------
+
+
+def _read_url(process: subprocess.Popen[str], timeout: float = 20) -> str:
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stdout], [], [], 0.2)
+        if ready:
+            line = process.stdout.readline()
+            if line.startswith("FAKEFLY_URL="):
+                return line.strip().split("=", 1)[1]
+            if not line and process.poll() is not None:
+                break
+    raise AssertionError(f"fake never printed its URL (exit {process.poll()})")
+
+
+def _wait_for(predicate, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_fake_as_a_real_process_drives_a_real_launcher(tmp_path):
+    out = tmp_path / "env.json"
+    code = (
+        "import json, os, time; keys = ('FLY_MACHINE_ID', 'FLY_REGION', 'FLY_APP_NAME', 'OUT');"
+        " json.dump({k: os.environ[k] for k in keys}, open(os.environ['OUT'] + '.tmp', 'w'));"
+        " os.replace(os.environ['OUT'] + '.tmp', os.environ['OUT']); time.sleep(30)"
+    )
+    command = [
+        sys.executable, "-m", "tests.fakefly", "--port", "0", "--app", APP,
+        "--token", "fm2_e2e", "--start-latency", "0.2",
+        "--launch-cmd", shlex.join([sys.executable, "-c", code]),
+    ]  # fmt: skip
+    server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        url = _read_url(server)
+        with MachinesClient(APP, "fm2_e2e", base_url=url, max_backoff=1.0) as client:
+            config = build_worker_config(
+                image="registry.fly.io/wf-test:v1", size="performance-1x",
+                env={"OUT": str(out)}, run_id="r1", machine_name="w1", model="tiny.en",
+            )  # fmt: skip
+            machine = client.create(config, name="w1", region="ams")
+            assert client.wait(machine.id, "started", timeout=20).state == "started"
+            _wait_for(out.exists)
+            env = json.loads(out.read_text())
+            assert env == {
+                "FLY_MACHINE_ID": machine.id, "FLY_REGION": "ams", "FLY_APP_NAME": APP,
+                "OUT": str(out),
+            }  # fmt: skip
+            pid = httpx.get(f"{url}/_fake/state").json()["machines"][0]["pid"]
+            os.kill(pid, 0)  # the process is alive
+
+            client.stop(machine.id, timeout="5s")
+            assert client.wait(machine.id, "destroyed", timeout=20).state == "destroyed"
+            client.destroy(machine.id)
+
+        snapshot = httpx.get(f"{url}/_fake/state").json()
+        (record,) = snapshot["machines"]
+        assert [h["state"] for h in record["history"]] == [
+            "created", "starting", "started", "stopping", "stopped", "destroying", "destroyed",
+        ]  # fmt: skip
+        assert record["exit_code"] == 128 + signal.SIGTERM
+        assert record["running"] is False
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        if server.stdout is not None:
+            server.stdout.close()
+    # uvicorn re-raises the signal once it has shut down cleanly
+    assert server.returncode in (0, -signal.SIGTERM)
