@@ -78,7 +78,9 @@ def test_unknown_model_name(tmp_path: Path) -> None:
     assert "unknown model" in _one_line_error(result)
 
 
-def test_worker_without_a_coordinator_gives_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_without_a_coordinator_gives_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("WHISPERFARM_GIVE_UP_SECONDS", "0")
     result = runner.invoke(app, ["worker", "--url", "http://127.0.0.1:9", "--token", "x"])
     assert result.exit_code == 3

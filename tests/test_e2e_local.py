@@ -26,7 +26,11 @@ def cli(*args: str, home: Path, **kwargs) -> subprocess.CompletedProcess[str]:  
     env = {**os.environ, "WHISPERFARM_HOME": str(home)}
     return subprocess.run(
         [sys.executable, "-m", "whisperfarm", *args],
-        env=env, capture_output=True, text=True, timeout=TIMEOUT, **kwargs,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        **kwargs,
     )
 
 
@@ -36,8 +40,8 @@ def ledger_rows(home: Path, sql: str) -> list[tuple]:  # type: ignore[type-arg]
 
 
 def parse_srt_times(text: str, separator: str) -> list[tuple[str, str]]:
-    pattern = rf"(\d\d:\d\d:\d\d{re.escape(separator)}\d\d\d) --> (\d\d:\d\d:\d\d{re.escape(separator)}\d\d\d)"
-    return re.findall(pattern, text)
+    stamp = rf"\d\d:\d\d:\d\d{re.escape(separator)}\d\d\d"
+    return re.findall(rf"({stamp}) --> ({stamp})", text)
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +50,18 @@ def farm_run(tmp_path_factory: pytest.TempPathFactory) -> dict:  # type: ignore[
     home, out = base / "home", base / "out"
     started = time.monotonic()
     result = cli(
-        "transcribe", str(SAMPLE), "--model", "tiny.en", "--workers", "2",
-        "--out", str(out), "--format", "all", "--words", home=home,
+        "transcribe",
+        str(SAMPLE),
+        "--model",
+        "tiny.en",
+        "--workers",
+        "2",
+        "--out",
+        str(out),
+        "--format",
+        "all",
+        "--words",
+        home=home,
     )
     return {"home": home, "out": out, "result": result, "wall": time.monotonic() - started}
 
@@ -80,6 +94,7 @@ def test_formats_agree_with_each_other(farm_run: dict) -> None:  # type: ignore[
         assert segment["text"] == line
         start_ms, end_ms, text = row.split("\t")
         assert int(start_ms) == round(segment["start"] * 1000)
+        assert int(end_ms) == round(segment["end"] * 1000)
         assert text == segment["text"]
         assert segment["words"], "--words asks for word timestamps"
     assert re.match(r"^1\n\d\d:\d\d:\d\d,\d\d\d --> ", srt)
@@ -112,8 +127,18 @@ def test_rerun_reuses_finished_chunks(farm_run: dict) -> None:  # type: ignore[t
     before = ledger_rows(home, "SELECT idx, result_path, attempt FROM chunks ORDER BY idx")
     first_json = (out / "episode.json").read_text()
     result = cli(
-        "transcribe", str(SAMPLE), "--model", "tiny.en", "--workers", "2",
-        "--out", str(out), "--format", "all", "--words", home=home,
+        "transcribe",
+        str(SAMPLE),
+        "--model",
+        "tiny.en",
+        "--workers",
+        "2",
+        "--out",
+        str(out),
+        "--format",
+        "all",
+        "--words",
+        home=home,
     )
     assert result.returncode == 0, result.stderr
     after = ledger_rows(home, "SELECT idx, result_path, attempt FROM chunks ORDER BY idx")
@@ -124,14 +149,29 @@ def test_rerun_reuses_finished_chunks(farm_run: dict) -> None:  # type: ignore[t
 def test_ctrl_c_then_resume_keeps_finished_chunks(tmp_path: Path) -> None:
     home, out = tmp_path / "home", tmp_path / "out"
     env = {**os.environ, "WHISPERFARM_HOME": str(home)}
-    args = [sys.executable, "-m", "whisperfarm", "transcribe", str(SAMPLE), "--model", "tiny.en",
-            "--workers", "2", "--out", str(out)]
-    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = [
+        sys.executable,
+        "-m",
+        "whisperfarm",
+        "transcribe",
+        str(SAMPLE),
+        "--model",
+        "tiny.en",
+        "--workers",
+        "2",
+        "--out",
+        str(out),
+    ]
+    process = subprocess.Popen(
+        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
         time.sleep(0.5)
         if (home / "ledger.db").exists():
-            done = ledger_rows(home, "SELECT count(*) FROM chunks WHERE state = 'done' AND speech = 1")
+            done = ledger_rows(
+                home, "SELECT count(*) FROM chunks WHERE state = 'done' AND speech = 1"
+            )
             if done[0][0] >= 2:
                 break
     process.send_signal(signal.SIGINT)
@@ -140,7 +180,9 @@ def test_ctrl_c_then_resume_keeps_finished_chunks(tmp_path: Path) -> None:
     assert "run the same command again to resume" in stderr
     assert "Traceback" not in stderr
     assert not out.exists() or not list(out.iterdir()), "no partial transcript"
-    kept = ledger_rows(home, "SELECT idx, result_path FROM chunks WHERE state = 'done' AND speech = 1")
+    kept = ledger_rows(
+        home, "SELECT idx, result_path FROM chunks WHERE state = 'done' AND speech = 1"
+    )
     assert len(kept) >= 2
     assert ledger_rows(home, "SELECT count(*) FROM chunks WHERE state = 'leased'") == [(0,)]
 
@@ -157,9 +199,25 @@ def test_a_remote_worker_joins_with_the_printed_command(tmp_path: Path) -> None:
     home, out = tmp_path / "home", tmp_path / "out"
     env = {**os.environ, "WHISPERFARM_HOME": str(home)}
     farm = subprocess.Popen(
-        [sys.executable, "-m", "whisperfarm", "transcribe", str(SAMPLE), "--model", "tiny.en",
-         "--workers", "0", "--out", str(out), "--format", "txt"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "whisperfarm",
+            "transcribe",
+            str(SAMPLE),
+            "--model",
+            "tiny.en",
+            "--workers",
+            "0",
+            "--out",
+            str(out),
+            "--format",
+            "txt",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert farm.stdout is not None
     join = None
@@ -171,9 +229,12 @@ def test_a_remote_worker_joins_with_the_printed_command(tmp_path: Path) -> None:
     worker_env = {**env, "WHISPERFARM_MODEL": "tiny.en", "WHISPERFARM_WORKER_ID": "laptop"}
     worker = subprocess.run(
         [sys.executable, "-m", "whisperfarm", "worker", *join],
-        env=worker_env, capture_output=True, text=True, timeout=TIMEOUT,
+        env=worker_env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
     )
-    farm_out, farm_err = farm.communicate(timeout=60)
+    _, farm_err = farm.communicate(timeout=60)
     assert worker.returncode == 0, worker.stderr
     assert farm.returncode == 0, farm_err
     assert ledger_rows(home, "SELECT id, kind FROM workers") == [("laptop", "remote")]
@@ -185,8 +246,17 @@ def test_truncated_file_fails_cleanly(tmp_path: Path) -> None:
     home, out = tmp_path / "home", tmp_path / "out"
     truncated = tmp_path / "cut short.mp3"
     truncated.write_bytes(SAMPLE.read_bytes()[: SAMPLE.stat().st_size // 3])
-    result = cli("transcribe", str(truncated), "--model", "tiny.en", "--workers", "0",
-                 "--out", str(out), home=home)
+    result = cli(
+        "transcribe",
+        str(truncated),
+        "--model",
+        "tiny.en",
+        "--workers",
+        "0",
+        "--out",
+        str(out),
+        home=home,
+    )
     assert result.returncode == 1
     assert "looks truncated" in result.stderr
     assert "Traceback" not in result.stderr

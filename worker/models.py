@@ -4,6 +4,7 @@ a name faster-whisper downloads (and caches) the normal way."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 class ModelLoadError(Exception):
@@ -34,7 +35,7 @@ def resolve_model(name: str, model_dir: str | None = None) -> str:
     return name
 
 
-def load_model(name: str, *, threads: int, compute_type: str, model_dir: str | None = None):  # type: ignore[no-untyped-def]
+def load_model(name: str, *, threads: int, compute_type: str, model_dir: str | None = None) -> Any:
     """A loaded WhisperModel, or ModelLoadError with a message that names the fix."""
     from faster_whisper import WhisperModel
 

@@ -1,0 +1,47 @@
+"""The baseline whisperfarm is measured against: one faster-whisper pass over the whole
+file in one process, same model, compute type and options as a whisperfarm worker.
+
+    python scripts/single_pass.py AUDIO --threads 2 --out text.txt [--batched]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from faster_whisper import BatchedInferencePipeline
+
+from worker.models import load_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("audio", type=Path)
+    parser.add_argument("--model", default="tiny.en")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--compute-type", default="int8")
+    parser.add_argument("--beam-size", type=int, default=5)
+    parser.add_argument("--batched", action="store_true", help="BatchedInferencePipeline")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    model = load_model(args.model, threads=args.threads, compute_type=args.compute_type)
+    language = "en" if args.model.endswith(".en") else None
+    if args.batched:
+        pipeline = BatchedInferencePipeline(model)
+        segments, _ = pipeline.transcribe(
+            str(args.audio),
+            language=language,
+            beam_size=args.beam_size,
+            batch_size=args.batch_size,
+        )
+    else:
+        segments, _ = model.transcribe(str(args.audio), language=language, beam_size=args.beam_size)
+    args.out.write_text("".join(f"{s.text.strip()}\n" for s in segments), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
