@@ -47,7 +47,7 @@ COPY whisperfarm ./whisperfarm
 COPY worker ./worker
 RUN pip install --no-deps . && rm -rf /src/build
 
-USER whisperfarm
+USER 10001
 WORKDIR /home/whisperfarm
 
 CMD ["python", "-m", "worker"]

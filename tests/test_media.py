@@ -68,3 +68,59 @@ def test_ffmpeg_override(monkeypatch: pytest.MonkeyPatch) -> None:
         assert ffmpeg_exe() == "/opt/custom/ffmpeg"
     finally:
         ffmpeg_exe.cache_clear()
+
+
+def _ffmpeg(*args: str) -> None:
+    import subprocess
+
+    subprocess.run(
+        [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", *args],
+        check=True,
+        timeout=120,
+    )
+
+
+def test_video_with_audio_decodes_its_audio(tmp_path: Path) -> None:
+    video = tmp_path / "talk.mp4"
+    _ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=64x64:rate=5",
+        "-i",
+        str(SAMPLE),
+        "-t",
+        "8",
+        "-c:v",
+        "mpeg4",
+        "-c:a",
+        "aac",
+        "-shortest",
+        str(video),
+    )
+    info = check_input(video)
+    assert info.duration is not None and 7 < info.duration < 9
+    decoder = Decoder(video)
+    samples = np.concatenate(list(decoder.blocks()))
+    decoder.close()
+    assert abs(len(samples) / SAMPLE_RATE - 8) < 0.2
+    assert np.abs(samples).max() > 1000, "the audio track, not silence"
+
+
+def test_video_without_audio_is_refused(tmp_path: Path) -> None:
+    video = tmp_path / "silent film.mp4"
+    _ffmpeg(
+        "-f", "lavfi", "-i", "testsrc=size=64x64:rate=5", "-t", "2", "-c:v", "mpeg4", str(video)
+    )
+    with pytest.raises(InputError, match="no audio stream"):
+        check_input(video)
+
+
+def test_names_with_spaces_and_non_ascii_characters(tmp_path: Path) -> None:
+    odd = tmp_path / "épisode n°1 — ünïcödé.mp3"
+    odd.write_bytes(SAMPLE.read_bytes())
+    assert check_input(odd).duration == check_input(SAMPLE).duration
+    decoder = Decoder(odd, block_seconds=60)
+    first = next(iter(decoder.blocks()))
+    decoder.kill()
+    assert len(first) == 60 * SAMPLE_RATE

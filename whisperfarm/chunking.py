@@ -38,8 +38,10 @@ class CutterConfig:
     silence_dbfs: float = -50.0
 
     def __post_init__(self) -> None:
-        if not 0 < self.min_seconds < self.max_seconds:
-            raise ValueError("chunk min seconds must be above 0 and below max seconds")
+        if not 0 < self.min_seconds < self.max_seconds - 2 * self.overlap_seconds:
+            raise ValueError(
+                "chunk min seconds must be above 0 and below max seconds minus twice the overlap"
+            )
         if self.overlap_seconds * 2 >= self.min_seconds:
             raise ValueError("overlap must be under half the minimum chunk length")
 
@@ -68,13 +70,18 @@ def _quiet_runs(quiet: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
 
 
-def find_cut(db: np.ndarray, config: CutterConfig) -> tuple[int, bool]:
-    """Pick a cut in a chunk whose frames' loudness is ``db`` (from the chunk's start to at
-    least ``max_seconds``). Returns (frame index of the cut, clean) where clean means the
-    cut sits in a real pause."""
+def find_cut(db: np.ndarray, config: CutterConfig, lead: float = 0.0) -> tuple[int, bool]:
+    """Pick a cut in a chunk whose frames' loudness is ``db``, from where the chunk's owned
+    part starts. ``lead`` is the overlap already in front of it (its audio starts that much
+    earlier). Returns (frame index of the cut, clean) where clean means the cut sits in a
+    real pause. The chunk's audio stays within ``max_seconds`` either way: a cut without a
+    pause is searched earlier, leaving room for the overlap after it."""
     frames_per_second = SAMPLE_RATE / FRAME
     lo = int(config.min_seconds * frames_per_second)
-    hi = min(int(config.max_seconds * frames_per_second), len(db))
+    hi = min(int((config.max_seconds - lead) * frames_per_second), len(db))
+    forced_hi = min(
+        int((config.max_seconds - lead - config.overlap_seconds) * frames_per_second), len(db)
+    )
     window = db[lo:hi]
     floor, loud = np.percentile(db[:hi], [5, 90])
     if loud - floor >= 15.0:
@@ -85,6 +92,7 @@ def find_cut(db: np.ndarray, config: CutterConfig) -> tuple[int, bool]:
             start, end = runs[-1]
             return lo + (start + end) // 2, True
     # No pause: the quietest 100 ms, and the caller overlaps the chunks around it.
+    window = db[lo:forced_hi]
     smooth = np.convolve(window, np.ones(5) / 5, mode="same") if len(window) >= 5 else window
     return lo + int(np.argmin(smooth)), False
 
@@ -124,7 +132,7 @@ def cut(
 
     def next_cut(available_end: int) -> tuple[ChunkPlan, np.ndarray]:
         window = buffer[keep_start - origin : keep_start - origin + max_len]
-        frame, clean = find_cut(frame_db(window), config)
+        frame, clean = find_cut(frame_db(window), config, (keep_start - audio_start) / rate)
         cut_at = keep_start + frame * FRAME
         if clean:
             return emit(cut_at, cut_at, cut_at)
@@ -135,7 +143,7 @@ def cut(
         while origin + len(buffer) >= keep_start + max_len + overlap:
             yield next_cut(origin + len(buffer))
     end = origin + len(buffer)
-    while end - keep_start > max_len:
+    while end - audio_start > max_len:
         yield next_cut(end)
     if end > keep_start:
         yield emit(end, end, end)

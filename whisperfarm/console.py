@@ -1,111 +1,146 @@
 """What a run shows on the terminal: a live progress display on a terminal, plain lines
-when stdout is a pipe or a file, nothing but errors with --quiet."""
+when stdout is a pipe or a file, nothing but errors with --quiet.
+
+The display has one row per episode (chunks done, audio minutes, × realtime, ETA) and,
+when the run has Fly machines, a line with the machines up and the spend against the
+budget, read from the ledger (the same ``whisperfarm.status`` snapshot that ``status``
+shows). It ends with a summary: wall time, audio, speed, cost, the files written.
+"""
 
 from __future__ import annotations
 
+import sqlite3
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.console import Console, RenderableType
+from rich.progress import BarColumn, Progress, ProgressColumn, TaskID, TextColumn
+from rich.table import Column
+from rich.text import Text
 
+from whisperfarm.errors import WhisperfarmError
 from whisperfarm.farm import EpisodeStatus, RunSummary
+from whisperfarm.ledger import Ledger
+from whisperfarm.status import RunRow, StatusSnapshot, machine_seconds, snapshot
+from whisperfarm.status_view import duration_text, money
+
+__all__ = ["RunReporter", "duration_text"]
+
+FLEET_EVERY = 1.0  # seconds between ledger reads for the machines line
+PLAIN_EVERY = 5.0  # seconds between plain progress lines of one episode
 
 
-def duration_text(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = round(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+def wall_text(seconds: float) -> str:
+    return f"{seconds:.1f}s" if seconds < 60 else duration_text(seconds)
+
+
+class _FarmProgress(Progress):
+    """rich's Progress with the run's machines/spend line under the episode rows."""
+
+    def __init__(
+        self, *columns: str | ProgressColumn, footer: Callable[[], Text | None], **kw: Any
+    ):
+        self.footer = footer  # before Progress.__init__, which renders once
+        super().__init__(*columns, **kw)
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield self.make_tasks_table(self.tasks)
+        line = self.footer()
+        if line is not None:
+            yield line
 
 
 class RunReporter:
-    def __init__(self, console: Console, *, quiet: bool = False, plain: bool | None = None):
+    def __init__(
+        self,
+        console: Console,
+        *,
+        quiet: bool = False,
+        plain: bool | None = None,
+        ledger_path: Path | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
+    ):
         self.console = console
         self.quiet = quiet
         self.plain = (not console.is_terminal) if plain is None else plain
-        self.started = time.monotonic()
-        self._progress: Progress | None = None
+        self.ledger_path = ledger_path
+        self.monotonic = monotonic
+        self.clock = clock
+        self._progress: _FarmProgress | None = None
         self._tasks: dict[str, TaskID] = {}
+        self._baseline: dict[str, tuple[float, float]] = {}
         self._last_plain: dict[str, tuple[int, float]] = {}
+        self._ledger: Ledger | None = None
+        self._fleet: StatusSnapshot | None = None
+        self._fleet_read_at = float("-inf")
+        self._last_fleet_line = ""
+        self._last_fleet_print = float("-inf")
+
+    # The Reporter protocol ----------------------------------------------------------
 
     def coordinator_ready(self, url: str, token: str, fleet: str) -> None:
         if self.quiet:
             return
-        self.console.print(f"coordinator {url} · {fleet}")
-        self.console.print(
+        self.console.print(f"coordinator {url} · {fleet}", markup=False, highlight=False)
+        for line in (
+            f"  status page: {url}/?token={token}  (or 'whisperfarm status' in a terminal)",
             f"  more workers: whisperfarm worker --url {url} --token {token}",
-            style="dim",
-            highlight=False,
-            soft_wrap=True,
-        )
+        ):
+            self.console.print(line, style="dim", markup=False, highlight=False, soft_wrap=True)
         if not self.plain:
-            self._progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("chunks · {task.fields[speed]} · ETA {task.fields[eta]}"),
-                TimeElapsedColumn(),
-                console=self.console,
-                transient=False,
-            )
+            self._progress = self._make_progress()
             self._progress.start()
 
     def update(self, episodes: list[EpisodeStatus]) -> None:
         if self.quiet:
             return
-        elapsed = max(time.monotonic() - self.started, 1e-6)
+        now = self.monotonic()
+        self._read_fleet([e.id for e in episodes], now)
         for episode in episodes:
             p = episode.progress
-            speed = p.audio_done / elapsed
-            remaining = p.audio_total - p.audio_done
-            eta = duration_text(remaining / speed) if speed > 0 and remaining > 0 else "—"
-            label = "chunking…" if episode.state == "chunking" else ""
+            speed, eta = self._speed_and_eta(episode, now)
             if self._progress is not None:
                 task = self._tasks.get(episode.id)
                 if task is None:
-                    task = self._progress.add_task(episode.name, total=None, speed="—", eta="—")
+                    task = self._progress.add_task(
+                        episode.name, total=None, chunks="", minutes="", speed="", eta="—"
+                    )
                     self._tasks[episode.id] = task
-                total = p.total if episode.state != "chunking" else None
+                chunking = episode.state == "chunking"
+                total = "?" if chunking else str(p.total)
+                audio_total = "?" if chunking else f"{p.audio_total / 60:.1f}"
                 self._progress.update(
                     task,
                     completed=p.done,
-                    total=total,
-                    speed=f"{speed:.1f}× realtime" if speed else label or "starting",
-                    eta=eta,
+                    total=None if chunking else max(p.total, 1),
+                    chunks=f"{p.done}/{total} chunks",
+                    minutes=f"{p.audio_done / 60:.1f}/{audio_total} min",
+                    speed=f"{speed:.1f}× realtime" if speed else _waiting(episode),
+                    eta=_eta(episode, eta),
                 )
             else:
-                self._plain_line(episode, speed)
-
-    def _plain_line(self, episode: EpisodeStatus, speed: float) -> None:
-        p = episode.progress
-        last_done, last_time = self._last_plain.get(episode.id, (-1, 0.0))
-        now = time.monotonic()
-        if p.done == last_done or (now - last_time < 5 and p.done != p.total):
-            return
-        self._last_plain[episode.id] = (p.done, now)
-        total = "?" if episode.state == "chunking" else str(p.total)
-        self.console.print(
-            f"{episode.name}: {p.done}/{total} chunks, {speed:.1f}× realtime", highlight=False
-        )
+                self._plain_line(episode, speed, eta, now)
+        if self._progress is None:
+            self._plain_fleet_line(now)
 
     def episode_finished(self, episode: EpisodeStatus) -> None:
         if episode.state != "done" and self._progress is not None:
-            self._progress.console.print(f"[red]{episode.name}: {episode.error}[/red]")
+            self._progress.console.print(
+                f"{episode.name}: {episode.error}", style="red", markup=False, highlight=False
+            )
+
+    # Lifecycle ----------------------------------------------------------------------
 
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+        if self._ledger is not None:
+            self._ledger.close()
+            self._ledger = None
 
     def summary(self, summary: RunSummary, out_dir: Path) -> None:
         self.close()
@@ -114,12 +149,153 @@ class RunReporter:
         done = [e for e in summary.episodes if e.state == "done"]
         audio = sum(e.duration or 0 for e in done)
         speed = audio / summary.wall_seconds if summary.wall_seconds else 0
-        self.console.print(
-            f"[green]done[/green]: {len(done)} of {len(summary.episodes)} episode(s), "
-            f"{duration_text(audio)} of audio in {summary.wall_seconds:.1f}s "
-            f"({speed:.1f}× realtime)",
-            highlight=False,
+        all_done = len(done) == len(summary.episodes)
+        line = Text("done" if all_done else "finished", style="green" if all_done else "yellow")
+        line.append(
+            f": {len(done)} of {len(summary.episodes)} episode(s) · "
+            f"{duration_text(audio)} of audio in {wall_text(summary.wall_seconds)} "
+            f"({speed:.1f}× realtime)"
         )
+        cost = self._run_cost(summary.run_id)
+        if cost is not None:
+            spent, machines, budget = cost
+            line.append(
+                f" · cost {money(spent)} on {machines} machine{'s' if machines != 1 else ''}"
+            )
+            if budget is not None:
+                line.append(f" (budget {money(budget)})")
+        self.console.print(line, highlight=False, soft_wrap=True)
         for episode in done:
             names = ", ".join(str(path) for path in episode.files)
-            self.console.print(f"  {episode.name} → {names}", highlight=False, soft_wrap=True)
+            self.console.print(
+                f"  {episode.name} → {names}", markup=False, highlight=False, soft_wrap=True
+            )
+
+    # Inside -------------------------------------------------------------------------
+
+    def _make_progress(self) -> _FarmProgress:
+        narrow = self.console.width < 100
+        name = Column(no_wrap=True, overflow="ellipsis", max_width=16 if narrow else 28)
+        columns: list[str | ProgressColumn] = [
+            TextColumn("{task.description}", table_column=name),
+            BarColumn(bar_width=10 if narrow else 24),
+            TextColumn("{task.fields[chunks]}"),
+        ]
+        if not narrow:
+            columns.append(TextColumn("{task.fields[minutes]}"))
+        columns += [TextColumn("{task.fields[speed]}"), TextColumn("ETA {task.fields[eta]}")]
+        return _FarmProgress(
+            *columns,
+            footer=self._fleet_text,
+            console=self.console,
+            transient=False,
+            refresh_per_second=4,
+        )
+
+    def _speed_and_eta(self, episode: EpisodeStatus, now: float) -> tuple[float, float | None]:
+        """× realtime since this reporter first saw the episode (so chunks kept from an
+        earlier run don't count), and the seconds left at that speed."""
+        p = episode.progress
+        base_audio, base_time = self._baseline.setdefault(episode.id, (p.audio_done, now))
+        elapsed = now - base_time
+        speed = (p.audio_done - base_audio) / elapsed if elapsed > 0 else 0.0
+        remaining = p.audio_total - p.audio_done
+        eta = remaining / speed if speed > 0 and episode.state != "chunking" else None
+        return speed, eta
+
+    def _plain_line(
+        self, episode: EpisodeStatus, speed: float, eta: float | None, now: float
+    ) -> None:
+        p = episode.progress
+        last_done, last_time = self._last_plain.get(episode.id, (-1, float("-inf")))
+        if p.done == last_done or (now - last_time < PLAIN_EVERY and p.done != p.total):
+            return
+        self._last_plain[episode.id] = (p.done, now)
+        total = "?" if episode.state == "chunking" else str(p.total)
+        self.console.print(
+            f"{episode.name}: {p.done}/{total} chunks, {speed:.1f}× realtime, "
+            f"ETA {_eta(episode, eta)}",
+            markup=False,
+            highlight=False,
+        )
+
+    def _plain_fleet_line(self, now: float) -> None:
+        text = self._fleet_text()
+        if text is None or now - self._last_fleet_print < PLAIN_EVERY:
+            return
+        if text.plain != self._last_fleet_line:
+            self._last_fleet_line = text.plain
+            self._last_fleet_print = now
+            self.console.print(text.plain, markup=False, highlight=False)
+
+    def _path(self) -> Path:
+        if self.ledger_path is None:
+            from whisperfarm.settings import load_settings
+
+            self.ledger_path = load_settings().ledger_path
+        return self.ledger_path
+
+    def _open_ledger(self) -> Ledger | None:
+        if self._ledger is None and self._path().exists():
+            self._ledger = Ledger(self._path())
+        return self._ledger
+
+    def _read_fleet(self, episode_ids: list[str], now: float) -> None:
+        if now - self._fleet_read_at < FLEET_EVERY:
+            return
+        self._fleet_read_at = now
+        try:
+            ledger = self._open_ledger()
+            if ledger is not None:
+                self._fleet = snapshot(ledger, self.clock(), episode_ids=episode_ids)
+        except (WhisperfarmError, sqlite3.Error):
+            self._fleet = None  # the machines line is a nicety: never fail a run over it
+
+    def _our_run(self) -> RunRow | None:
+        if self._fleet is None:
+            return None
+        runs = [r for r in self._fleet.runs if r.state == "running"] or list(self._fleet.runs)
+        return runs[0] if runs else None
+
+    def _fleet_text(self) -> Text | None:
+        run = self._our_run()
+        if run is None or not run.machines:
+            return None
+        text = Text("machines: ", style="bold")
+        limit = f" (max {run.max_machines})" if run.max_machines else ""
+        text.append(f"{run.machines_running} up of {run.machines} started{limit} · spent ")
+        text.append(money(run.spent_usd), style="bold")
+        if run.budget_usd is not None:
+            text.append(f" of {money(run.budget_usd)} budget")
+            if run.over_budget:
+                text.append(" · OVER BUDGET", style="bold red")
+        return text
+
+    def _run_cost(self, run_id: str) -> tuple[float, int, float | None] | None:
+        """(spent, machines, budget) of the run, or None when it had no machines."""
+        try:
+            if not self._path().exists():
+                return None
+            ledger = Ledger(self._path())
+        except (WhisperfarmError, sqlite3.Error):
+            return None
+        try:
+            machines = ledger.machines_of_runs([run_id])
+            if not machines:
+                return None
+            now = self.clock()
+            spent = sum(machine_seconds(m, now) * m["usd_per_second"] for m in machines)
+            budget = next((r["budget"] for r in ledger.runs() if r["id"] == run_id), None)
+            return spent, len(machines), budget
+        finally:
+            ledger.close()
+
+
+def _eta(episode: EpisodeStatus, eta: float | None) -> str:
+    if episode.state == "done":
+        return "done"
+    return duration_text(eta) if eta is not None and eta > 0 else "—"
+
+
+def _waiting(episode: EpisodeStatus) -> str:
+    return "chunking…" if episode.state == "chunking" else "starting…"

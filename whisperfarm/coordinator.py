@@ -7,10 +7,12 @@
     POST /v1/jobs/{id}/failure      give the chunk back as failed (counts an attempt)
     POST /v1/jobs/{id}/release      give the chunk back unharmed (worker stopping)
     GET  /v1/health                 liveness, no secrets
+    GET  /  and  /v1/status …       the read-only status page (see whisperfarm.page)
 
-Every endpoint needs ``Authorization: Bearer <run token>``. A request for a chunk whose
-lease the caller doesn't hold gets 409 and changes nothing. Results are written to a file
-and committed to the ledger before the answer goes out.
+Every endpoint needs ``Authorization: Bearer <run token>``; the status page at ``/`` alone
+also takes it as ``?token=``. A request for a chunk whose lease the caller doesn't hold
+gets 409 and changes nothing. Results are written to a file and committed to the ledger
+before the answer goes out.
 """
 
 from __future__ import annotations
@@ -24,14 +26,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field, field_validator
-from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
-from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from whisperfarm.ledger import Clock, LeaseLost, Ledger, UnknownChunk, WorkerInfo
+from whisperfarm.page import QUERY_TOKEN_PATHS, status_router
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
@@ -84,11 +88,22 @@ class LeaseRequest(BaseModel):
     lease_token: str = Field(min_length=1, max_length=200)
 
 
+def _finite_time(value: float) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("times must be finite and not negative")
+    return value
+
+
 class WordModel(BaseModel):
     start: float
     end: float
     word: str = Field(max_length=1000)
     probability: float | None = None
+
+    @field_validator("start", "end")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        return _finite_time(value)
 
 
 class SegmentModel(BaseModel):
@@ -102,9 +117,7 @@ class SegmentModel(BaseModel):
     @field_validator("start", "end")
     @classmethod
     def _finite(cls, value: float) -> float:
-        if not math.isfinite(value) or value < 0:
-            raise ValueError("times must be finite and not negative")
-        return value
+        return _finite_time(value)
 
 
 class ResultModel(BaseModel):
@@ -124,24 +137,90 @@ class FailureRequest(LeaseRequest):
     error: str = Field(max_length=10_000)
 
 
-class BodyLimit(BaseHTTPMiddleware):
-    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return JSONResponse({"detail": "request body too large"}, status_code=413)
-        return await call_next(request)
+class Guard:
+    """Plain ASGI middleware in front of everything: a request without the run's token is
+    refused (401) before its body is read, and a body is read no further than
+    ``max_body`` bytes (413), whether it declares its length or comes chunked."""
+
+    def __init__(self, app: ASGIApp, *, token: str, max_body: int = MAX_BODY_BYTES):
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+        self.token = token.encode()
+        self.max_body = max_body
+
+    def _authorized(self, scope: Scope) -> bool:
+        headers = dict(scope.get("headers") or [])
+        if secrets.compare_digest(headers.get(b"authorization", b""), self.expected):
+            return True
+        # The status page alone may take the token from its URL (a browser can't send a
+        # header when following a link); the page then sends it as a header to the API.
+        if scope["method"] in ("GET", "HEAD") and scope["path"] in QUERY_TOKEN_PATHS:
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            given = (query.get("token") or [""])[0].encode()
+            return secrets.compare_digest(given, self.token)
+        return False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if not self._authorized(scope):
+            response = JSONResponse(
+                {"detail": "missing or wrong token"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+            await response(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            await _too_large(scope, receive, send)
+            return
+        received = 0
+        too_large = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, too_large
+            if too_large:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    too_large = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if not too_large:
+                await send(message)
+
+        await self.app(scope, limited_receive, guarded_send)
+        if too_large:
+            await _too_large(scope, receive, send)
+
+
+async def _too_large(scope: Scope, receive: Receive, send: Send) -> None:
+    response = JSONResponse({"detail": "request body too large"}, status_code=413)
+    await response(scope, receive, send)
+
+
+async def _validation_error(request: Request, error: Exception) -> JSONResponse:
+    """422 naming what is wrong, without echoing the input back (it may hold NaN, which
+    JSON can't carry, or anything else the caller sent)."""
+    assert isinstance(error, RequestValidationError)
+    details = [
+        {"type": e.get("type"), "loc": list(e.get("loc", ())), "msg": e.get("msg")}
+        for e in error.errors()
+    ]
+    return JSONResponse({"detail": details}, status_code=422)
 
 
 def create_app(config: CoordinatorConfig) -> FastAPI:
-    expected = f"Bearer {config.token}".encode()
-
-    def authorized(request: Request) -> None:
-        given = request.headers.get("authorization", "").encode()
-        if not secrets.compare_digest(given, expected):
-            raise HTTPException(401, "missing or wrong token", {"WWW-Authenticate": "Bearer"})
-
-    app = FastAPI(title="whisperfarm coordinator", version="1", dependencies=[Depends(authorized)])
-    app.add_middleware(BodyLimit)
+    app = FastAPI(title="whisperfarm coordinator", version="1")
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_middleware(Guard, token=config.token)
+    app.include_router(status_router(config))
 
     def in_scope(ledger: Ledger, chunk_id: int) -> dict[str, Any]:
         try:

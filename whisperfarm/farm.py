@@ -27,12 +27,13 @@ from typing import Any, Protocol
 
 from whisperfarm.chunking import CutterConfig
 from whisperfarm.coordinator import CoordinatorConfig, create_app
-from whisperfarm.errors import InputError, Interrupted, ModelError, UsageError
+from whisperfarm.errors import BudgetReached, InputError, Interrupted, ModelError, UsageError
 from whisperfarm.ingest import EpisodeRequest, chunk_episode, register
 from whisperfarm.ledger import EpisodeProgress, Ledger
 from whisperfarm.media import check_input
 from whisperfarm.server import BackgroundServer, bind
 from whisperfarm.settings import Settings
+from whisperfarm.status import process_alive
 from whisperfarm.stitch import ChunkResult, stitch
 from whisperfarm.transcripts import Transcript, write_outputs
 
@@ -81,6 +82,32 @@ class Fleet(Protocol):
     def stop(self) -> None: ...
 
 
+class Fleets:
+    """Several fleets as one: local workers and Fly machines steal from the same queue."""
+
+    def __init__(self, *fleets: Fleet):
+        self.fleets = fleets
+        self.description = " + ".join(f.description for f in fleets)
+
+    def start(self, url: str, token: str, model: str) -> None:
+        for fleet in self.fleets:
+            fleet.start(url, token, model)
+
+    def check(self, ledger: Ledger, work_left: bool) -> None:
+        for fleet in self.fleets:
+            fleet.check(ledger, work_left)
+
+    def stop(self) -> None:
+        errors = []
+        for fleet in self.fleets:
+            try:
+                fleet.stop()
+            except Exception as error:  # stop every fleet, then report
+                errors.append(error)
+        if errors:
+            raise errors[0]
+
+
 def resolve_model_for_run(model: str) -> str:
     """What workers on this machine should load: a directory when we can find or fetch one.
     Fails here, once, rather than in every worker."""
@@ -122,9 +149,11 @@ class Farm:
         fleet: Fleet,
         reporter: Reporter,
         *,
+        run_id: str | None = None,
         tick: float = 0.2,
         sleep: Callable[[float], None] = time.sleep,
     ):
+        self.run_id = run_id or secrets.token_hex(4)
         self.settings = settings
         self.fleet = fleet
         self.reporter = reporter
@@ -155,14 +184,12 @@ class Farm:
         ]
 
         ledger = Ledger(settings.ledger_path)
-        run_id = secrets.token_hex(4)
+        run_id = self.run_id
         token = new_token()
         registered = [register(ledger, request) for request in requests]
         episode_ids = [episode_id for episode_id, _ in registered]
         _refuse_concurrent_runs(ledger, episode_ids)
-        ledger.start_run(
-            run_id, backend=self.fleet.description, episode_ids=episode_ids, pid=os.getpid()
-        )
+        ledger.start_run(run_id, backend=settings.backend, episode_ids=episode_ids, pid=os.getpid())
 
         coordinator = CoordinatorConfig(
             ledger_path=settings.ledger_path,
@@ -191,6 +218,9 @@ class Farm:
             ingest.start()
             statuses = self._watch(ledger, episode_ids, out_dir, formats, ingest_errors)
             state = "done" if all(s.state == "done" for s in statuses) else "failed"
+        except BudgetReached:
+            state = "budget"
+            raise
         except KeyboardInterrupt:
             state = "interrupted"
             cancel.set()
@@ -348,24 +378,29 @@ def assemble(ledger: Ledger, episode: dict[str, Any], *, keep_words: bool = Fals
     return Transcript(segments, meta, language)
 
 
+def unfinished_sources(settings: Settings) -> list[Path]:
+    """Source files of the ledger's unfinished episodes of ``settings.model`` that still exist."""
+    ledger = Ledger(settings.ledger_path)
+    try:
+        return [
+            Path(episode["source"])
+            for episode in ledger.episodes()
+            if episode["state"] != "done"
+            and episode["model"] == settings.model
+            and Path(episode["source"]).is_file()
+        ]
+    finally:
+        ledger.close()
+
+
 def _refuse_concurrent_runs(ledger: Ledger, episode_ids: list[str]) -> None:
     for run in ledger.running_runs(episode_ids):
-        if run["pid"] and _alive(run["pid"]) and run["pid"] != os.getpid():
+        if run["pid"] and process_alive(run["pid"]) and run["pid"] != os.getpid():
             raise UsageError(
                 f"run {run['id']} (pid {run['pid']}) is already transcribing this episode: "
                 "wait for it, or stop it first"
             )
         ledger.end_run(run["id"], "crashed")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _url_host(host: str) -> str:

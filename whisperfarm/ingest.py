@@ -45,6 +45,7 @@ def register(ledger: Ledger, request: EpisodeRequest) -> tuple[str, bool]:
             model=request.model,
             options=request.options,
         )
+        ledger.update_episode(episode["id"], duration=request.info.duration)
         return episode["id"], True
     episode_id = existing["id"]
     fields: dict[str, Any] = {"source": str(request.path.resolve()), "error": None}

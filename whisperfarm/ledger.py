@@ -21,7 +21,7 @@ import json
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +115,19 @@ class EpisodeProgress:
         return self.total > 0 and self.done + self.dead == self.total
 
 
+def _enable_wal(conn: sqlite3.Connection, attempts: int = 50) -> None:
+    """Switching a new database to WAL can answer "locked" at once, without waiting for the
+    busy timeout, while another connection creates it: try again briefly."""
+    for attempt in range(attempts):
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or attempt == attempts - 1:
+                raise
+            time.sleep(0.02 * (attempt + 1))
+
+
 def _new_token() -> str:
     return secrets.token_urlsafe(18)
 
@@ -128,15 +141,16 @@ class Ledger:
             conn = sqlite3.connect(
                 self.path, isolation_level=None, timeout=30.0, check_same_thread=False
             )
-            conn.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA busy_timeout=30000")
             self.db = Database(conn)
             if migrations.pending(self.db):
+                # Under the write lock, so concurrent first opens apply each migration once
+                # (apply re-reads what is pending and nests in savepoints).
                 with self._write():
-                    pass
-                migrations.apply(self.db)
+                    migrations.apply(self.db)
         except sqlite3.DatabaseError as error:
             raise LedgerError(
                 f"can't open the ledger at {self.path}: {error}; "
@@ -202,9 +216,11 @@ class Ledger:
 
     def find_episodes(self, ref: str) -> list[dict[str, Any]]:
         """Episodes whose id starts with ``ref`` or whose name is ``ref``."""
+        if not ref:
+            return []
         return self._rows(
-            "SELECT * FROM episodes WHERE id LIKE ? OR name = ? ORDER BY created_at",
-            (ref.replace("%", "") + "%", ref),
+            "SELECT * FROM episodes WHERE substr(id, 1, ?) = ? OR name = ? ORDER BY created_at",
+            (len(ref), ref, ref),
         )
 
     def episodes(self) -> list[dict[str, Any]]:
@@ -238,13 +254,15 @@ class Ledger:
                 "SELECT start, end, state FROM chunks WHERE episode_id = ? AND idx = ?",
                 (episode_id, plan.idx),
             ).fetchone()
-            if (
+            same_cut = (
                 existing is not None
-                and existing[2] == "done"
                 and abs(existing[0] - plan.start) < 1e-3
                 and abs(existing[1] - plan.end) < 1e-3
-            ):
-                return False
+            )
+            if same_cut and existing[2] in ("done", "leased", "queued"):
+                # Kept as it is: finished work stays finished, and a worker holding the
+                # lease keeps a valid chunk id.
+                return existing[2] != "done"
             state = "queued" if plan.speech else "done"
             conn.execute(
                 "INSERT OR REPLACE INTO chunks (episode_id, idx, start, end, keep_start,"
@@ -492,6 +510,37 @@ class Ledger:
                 progress.audio_done += seconds or 0.0
         return progress
 
+    def work_left(self, episode_ids: list[str]) -> tuple[float, int]:
+        """(seconds of audio, chunks) still to transcribe. For an episode still being cut,
+        the part not yet cut counts by its declared duration, in 25-second chunks."""
+        audio, chunks = 0.0, 0
+        for episode_id in episode_ids:
+            episode = self.episode(episode_id)
+            if episode["state"] in ("done", "failed"):
+                continue
+            row = self.db.conn.execute(
+                "SELECT coalesce(sum(CASE WHEN state IN ('queued', 'leased') THEN end - start"
+                " END), 0), count(CASE WHEN state IN ('queued', 'leased') THEN 1 END),"
+                " coalesce(max(keep_end), 0) FROM chunks WHERE episode_id = ?",
+                (episode_id,),
+            ).fetchone()
+            audio += row[0]
+            chunks += row[1]
+            if episode["state"] == "chunking" and episode["duration"]:
+                uncut = max(0.0, episode["duration"] - row[2])
+                audio += uncut
+                chunks += int(uncut // 25) + (1 if uncut % 25 else 0)
+        return audio, chunks
+
+    def chunk_counts(self, episode_ids: list[str]) -> tuple[int, int]:
+        """(done, total) chunks over these episodes."""
+        row = self.db.conn.execute(
+            "SELECT count(CASE WHEN state = 'done' THEN 1 END), count(*) FROM chunks"
+            " WHERE episode_id IN (SELECT value FROM json_each(?))",
+            (json.dumps(episode_ids),),
+        ).fetchone()
+        return int(row[0]), int(row[1])
+
     def workers(self) -> list[dict[str, Any]]:
         return self._rows("SELECT * FROM workers ORDER BY first_seen")
 
@@ -537,9 +586,190 @@ class Ledger:
             (json.dumps(episode_ids),),
         )
 
-    def end_run(self, run_id: str, state: str) -> None:
+    # Machines --------------------------------------------------------------------------
+
+    def record_machine(
+        self,
+        *,
+        machine_id: str,
+        run_id: str,
+        name: str,
+        app: str,
+        region: str | None,
+        size: str,
+        cpus: int,
+        memory_mb: int,
+        usd_per_second: float,
+        state: str,
+        created_at: float | None = None,
+    ) -> None:
+        """A machine just created. It bills from ``created_at`` (default now): a created
+        machine starts at once, so pass the time the create was asked for when it is
+        recorded later (a slow or retried create) to keep the spend conservative."""
+        now = self.clock()
+        since = now if created_at is None else min(created_at, now)
         with self._write() as conn:
             conn.execute(
-                "UPDATE runs SET state = ?, ended_at = ? WHERE id = ?",
-                (state, self.clock(), run_id),
+                "INSERT OR REPLACE INTO machines (id, run_id, name, app, region, size, cpus,"
+                " memory_mb, usd_per_second, state, created_at, started_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    machine_id,
+                    run_id,
+                    name,
+                    app,
+                    region,
+                    size,
+                    cpus,
+                    memory_mb,
+                    usd_per_second,
+                    state,
+                    since,
+                    since,
+                    now,
+                ),
             )
+
+    def update_machine(self, machine_id: str, *, state: str, error: str | None = None) -> None:
+        """A state seen for the machine. Its bill ends the first time it is seen stopped,
+        failed or destroyed."""
+        now = self.clock()
+        ended = state in ("stopped", "failed", "destroyed", "suspended")
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE machines SET state = ?, updated_at = ?, error = coalesce(?, error),"
+                " stopped_at = CASE WHEN ? AND stopped_at IS NULL THEN ? ELSE stopped_at END,"
+                " destroyed_at = CASE WHEN ? = 'destroyed' AND destroyed_at IS NULL"
+                "   THEN ? ELSE destroyed_at END"
+                " WHERE id = ?",
+                (state, now, error, ended, now, state, now, machine_id),
+            )
+
+    def machines(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        if run_id is None:
+            return self._rows("SELECT * FROM machines ORDER BY created_at")
+        return self._rows("SELECT * FROM machines WHERE run_id = ? ORDER BY created_at", (run_id,))
+
+    def spend(self, run_id: str | None = None) -> float:
+        """Dollars billed so far by the run's machines (or every machine), counting a
+        running machine up to now."""
+        now = self.clock()
+        return sum(machine_cost(row, now) for row in self.machines(run_id))
+
+    def runs(self) -> list[dict[str, Any]]:
+        return self._rows("SELECT * FROM runs ORDER BY started_at")
+
+    def run_episodes(self, run_id: str) -> list[str]:
+        return [
+            row["episode_id"]
+            for row in self._rows("SELECT episode_id FROM run_episodes WHERE run_id = ?", (run_id,))
+        ]
+
+    def set_run_limits(self, run_id: str, *, budget: float | None, max_machines: int) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE runs SET budget = ?, max_machines = ? WHERE id = ?",
+                (budget, max_machines, run_id),
+            )
+
+    def end_run(self, run_id: str, state: str) -> None:
+        spent = self.spend(run_id)
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE runs SET state = ?, ended_at = ?, spent = ? WHERE id = ?",
+                (state, self.clock(), spent, run_id),
+            )
+
+    # Status queries (read-only; for `whisperfarm status` and the status page) ----------
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """One read transaction: every query inside sees the same committed state (WAL),
+        so a status snapshot never mixes before and after a concurrent write."""
+        conn = self.db.conn
+        if conn.in_transaction:
+            yield
+            return
+        conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            conn.execute("COMMIT")
+
+    def run_episode_pairs(self, run_ids: list[str]) -> list[dict[str, Any]]:
+        """(run_id, episode_id) rows of these runs, in the order episodes joined them."""
+        return self._rows(
+            "SELECT run_id, episode_id FROM run_episodes"
+            " WHERE run_id IN (SELECT value FROM json_each(?)) ORDER BY rowid",
+            (json.dumps(run_ids),),
+        )
+
+    def episode_run_pairs(self, episode_ids: list[str]) -> list[dict[str, Any]]:
+        """(run_id, episode_id) rows of every run that included any of these episodes."""
+        return self._rows(
+            "SELECT run_id, episode_id FROM run_episodes"
+            " WHERE episode_id IN (SELECT value FROM json_each(?)) ORDER BY rowid",
+            (json.dumps(episode_ids),),
+        )
+
+    def episodes_by_id(self, episode_ids: list[str]) -> list[dict[str, Any]]:
+        return self._rows(
+            "SELECT * FROM episodes WHERE id IN (SELECT value FROM json_each(?))"
+            " ORDER BY created_at, id",
+            (json.dumps(episode_ids),),
+        )
+
+    def chunk_states(self, episode_ids: list[str]) -> list[dict[str, Any]]:
+        """The chunks of these episodes without their file paths, by episode and idx."""
+        return self._rows(
+            "SELECT id, episode_id, idx, start, end, keep_start, keep_end, speech, state,"
+            " attempt, worker_id, lease_expires_at, claimed_at, finished_at, error FROM chunks"
+            " WHERE episode_id IN (SELECT value FROM json_each(?)) ORDER BY episode_id, idx",
+            (json.dumps(episode_ids),),
+        )
+
+    def leased_chunks(self) -> list[dict[str, Any]]:
+        """Chunks under lease now, with their episode's name (what each worker is on)."""
+        return self._rows(
+            "SELECT c.id, c.episode_id, c.idx, c.worker_id, c.lease_expires_at,"
+            " e.name AS episode_name FROM chunks c JOIN episodes e ON e.id = c.episode_id"
+            " WHERE c.state = 'leased' ORDER BY c.id"
+        )
+
+    def machines_of_runs(self, run_ids: list[str]) -> list[dict[str, Any]]:
+        """The Fly machines of these runs, in the order they were created."""
+        return self._rows(
+            "SELECT * FROM machines WHERE run_id IN (SELECT value FROM json_each(?))"
+            " ORDER BY created_at, id",
+            (json.dumps(run_ids),),
+        )
+
+    def episode_count(self) -> int:
+        return int(self.db.conn.execute("SELECT count(*) FROM episodes").fetchone()[0])
+
+    def requeue_chunks(self, chunk_ids: list[int]) -> int:
+        """Put these done or dead chunks back in the queue (say, a result file was lost)."""
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE chunks SET state = 'queued', attempt = 0, lease_token = NULL,"
+                " lease_expires_at = NULL, error = NULL, result_path = NULL, finished_at = NULL"
+                " WHERE state IN ('done', 'dead') AND id IN (SELECT value FROM json_each(?))",
+                (json.dumps(chunk_ids),),
+            )
+            return cursor.rowcount
+
+
+def machine_seconds(row: Mapping[str, Any], now: float) -> float:
+    """Billed seconds: from started (``record_machine`` sets it at creation, to err on the
+    side of the budget) until first seen stopped or destroyed, or until ``now`` while it
+    runs."""
+    started = row["started_at"]
+    if started is None:
+        return 0.0
+    ends = [t for t in (row["stopped_at"], row["destroyed_at"]) if t is not None and t >= started]
+    return max(0.0, min([now, *ends]) - started)
+
+
+def machine_cost(row: Mapping[str, Any], now: float) -> float:
+    """Dollars one machine row has cost by ``now``: the one definition of spend."""
+    return machine_seconds(row, now) * float(row["usd_per_second"])

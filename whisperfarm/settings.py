@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import platformdirs
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -79,19 +79,29 @@ class Settings(BaseSettings):
     overlap_seconds: float = Field(1.5, ge=0)
 
     # Fly fleet
+    backend: Literal["local", "fly"] = "local"
+    speed: float | None = Field(None, gt=0)  # × realtime per CPU; default: policy's table
+    fly_start_latency: float = Field(45.0, ge=0)
+    fly_stop_margin: float = Field(30.0, ge=0)
+    fly_poll_seconds: float = Field(2.0, gt=0)
+    fly_start_timeout: float = Field(300.0, gt=0)
+    fly_give_up_seconds: float = Field(300.0, gt=0)
+    fly_worker_give_up_seconds: float = Field(60.0, gt=0)
     fly_api_token: SecretStr | None = Field(
         None,
+        # Environment names match case-insensitively, so the field's own name goes last:
+        # first it would match FLY_API_TOKEN ahead of the others.
         validation_alias=AliasChoices(
-            "fly_api_token", "WHISPERFARM_FLY_API_TOKEN", "FLY_ACCESS_TOKEN", "FLY_API_TOKEN"
+            "WHISPERFARM_FLY_API_TOKEN", "FLY_ACCESS_TOKEN", "FLY_API_TOKEN", "fly_api_token"
         ),
     )
     fly_app: str | None = Field(
-        None, validation_alias=AliasChoices("fly_app", "WHISPERFARM_FLY_APP", "FLY_APP")
+        None, validation_alias=AliasChoices("WHISPERFARM_FLY_APP", "FLY_APP", "fly_app")
     )
     fly_api_url: str = Field(
         DEFAULT_FLY_API_URL,
         validation_alias=AliasChoices(
-            "fly_api_url", "WHISPERFARM_FLY_API_URL", "FLY_FLAPS_BASE_URL"
+            "WHISPERFARM_FLY_API_URL", "FLY_FLAPS_BASE_URL", "fly_api_url"
         ),
     )
     machine_size: str | None = None

@@ -74,7 +74,10 @@ class CoordinatorClient:
                     "the coordinator rejected the token: check WHISPERFARM_TOKEN "
                     "against the one 'whisperfarm transcribe' or 'serve' printed"
                 )
-            if response.status_code == 409:
+            if response.status_code == 409 or (
+                response.status_code == 404 and path.startswith("/v1/jobs/")
+            ):
+                # 404: the job is gone (its episode was removed): as good as a lost lease.
                 raise LeaseLostError(response.text)
             response.raise_for_status()
             return response

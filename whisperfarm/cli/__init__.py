@@ -64,7 +64,7 @@ def main_options(
 
 
 # Importing the command modules registers their commands on ``app``.
-from whisperfarm.cli import run  # noqa: E402, F401
+from whisperfarm.cli import episodes, fleet, run, status  # noqa: E402, F401
 
 
 def main() -> None:

@@ -64,19 +64,65 @@ def transcribe(
         int | None, typer.Option(help="Coordinator port [default: any free port].")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
+    backend: Annotated[
+        str | None,
+        typer.Option(help="Where workers run: local, or fly (Fly Machines) [default: local]."),
+    ] = None,
+    max_machines: Annotated[
+        int | None, typer.Option(help="Fly: never more machines than this at once [default: 10].")
+    ] = None,
+    budget: Annotated[
+        float | None, typer.Option(help="Fly: dollars the run may spend, at most.")
+    ] = None,
+    machine_size: Annotated[
+        str | None,
+        typer.Option(help="Fly: performance-1x … performance-16x [default: suits the model]."),
+    ] = None,
+    region: Annotated[str | None, typer.Option(help="Fly: region for the machines.")] = None,
+    image: Annotated[
+        str | None, typer.Option(help="Fly: worker image [default: registry.fly.io/APP:latest].")
+    ] = None,
+    fly_app: Annotated[
+        str | None, typer.Option("--app", help="Fly: the worker app [default: $FLY_APP].")
+    ] = None,
+    advertise_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Fly: the coordinator URL machines use, e.g. http://laptop._peer.internal:8765."
+        ),
+    ] = None,
+    gpu: Annotated[
+        bool, typer.Option("--gpu", help="Fly: GPU machines (no longer offered by Fly).")
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Print the plan, time and cost estimate; start nothing."),
+    ] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Start machines without asking.")
+    ] = False,
 ) -> None:
-    """Transcribe files on local workers; writes OUT/<name>.<format> for each input.
+    """Transcribe files; writes OUT/<name>.<format> for each input.
 
-    Running the same command again after a crash or Ctrl-C resumes: finished chunks are
-    kept (matched by the file's content and the model).
+    Workers run locally, on Fly Machines (--backend fly, within --budget), or anywhere
+    that runs the printed 'whisperfarm worker' command. Running the same command again
+    after a crash or Ctrl-C resumes: finished chunks are kept (matched by the file's
+    content and the model).
 
     Example: [bold]whisperfarm transcribe show.mp3 -m tiny.en --format all -o out/[/bold]
     """
+    import secrets
+
     from whisperfarm.console import RunReporter
-    from whisperfarm.farm import Farm
+    from whisperfarm.errors import FlyGPUUnsupported
+    from whisperfarm.farm import Farm, Fleet, Fleets
+    from whisperfarm.fly.pricing import GPU_GONE_MESSAGE
     from whisperfarm.local import LocalFleet, default_workers
+    from whisperfarm.media import check_input
     from whisperfarm.settings import load_settings, parse_formats
 
+    if gpu:
+        raise FlyGPUUnsupported(GPU_GONE_MESSAGE)
     settings = load_settings(
         workers=workers,
         threads=threads,
@@ -87,29 +133,77 @@ def transcribe(
         compute_type=compute_type,
         host=host,
         port=port,
+        backend=backend,
+        max_machines=max_machines,
+        budget=budget,
+        machine_size=machine_size,
+        region=region,
+        image=image,
+        fly_app=fly_app,
+        advertise_url=advertise_url,
     )
     format_list = parse_formats(settings.formats)
+    run_id = secrets.token_hex(4)
+    fleets: list[Fleet] = []
+    fly = None
+    if settings.backend == "fly":
+        from whisperfarm.fly.fleet import FlyFleet, describe_plan, estimate, fly_client, fly_config
+
+        config = fly_config(settings)
+        audio = sum(check_input(path).duration or 0.0 for path in inputs)
+        plan = estimate(config, audio)
+        if not quiet or dry_run:
+            out.print(describe_plan(config, plan, audio, settings.speed), highlight=False)
+        if dry_run:
+            return
+        if not plan.fits_budget:
+            out.print(
+                "[yellow]the estimate is over the budget: the run stops at the cap and "
+                "can be resumed[/yellow]"
+            )
+        if not yes and not typer.confirm("Start the machines?", default=True):
+            raise typer.Exit(1)
+        fly = FlyFleet(
+            fly_client(settings), config, ledger_path=settings.ledger_path, run_id=run_id
+        )
     n_workers, n_threads = default_workers()
     if settings.workers is not None:
         n_workers = settings.workers
         n_threads = max(1, (os.cpu_count() or 1) // max(1, n_workers))
+    elif fly is not None:
+        n_workers = 0  # on Fly, local workers only when asked for
     if settings.threads is not None:
         n_threads = settings.threads
+    if n_workers or fly is None:
+        fleets.append(
+            LocalFleet(
+                n_workers,
+                n_threads,
+                logs_dir=settings.logs_dir,
+                run_id=run_id,
+                compute_type=settings.compute_type,
+            )
+        )
+    if fly is not None:
+        fleets.append(fly)
+    if dry_run:
+        out.print(f"plan: {fleets[0].description}; nothing started (--dry-run)")
+        return
     _warn_if_exposed(settings.host)
-    import secrets
-
-    fleet = LocalFleet(
-        n_workers,
-        n_threads,
-        logs_dir=settings.logs_dir,
-        run_id=secrets.token_hex(3),
-        compute_type=settings.compute_type,
-    )
     reporter = RunReporter(out, quiet=quiet)
     try:
-        summary = Farm(settings, fleet, reporter).transcribe(inputs, out_dir, format_list)
+        summary = Farm(settings, Fleets(*fleets), reporter, run_id=run_id).transcribe(
+            inputs, out_dir, format_list
+        )
     finally:
         reporter.close()
+        if fly is not None and fly.leftovers:
+            left = ", ".join(fly.leftovers)
+            err.print(
+                f"[yellow]warning:[/yellow] could not destroy machine(s) {left}:"
+                " run 'whisperfarm machines reap'",
+                highlight=False,
+            )
     reporter.summary(summary, out_dir)
     if summary.failed:
         for episode in summary.failed:

@@ -1,0 +1,269 @@
+"""The fleet commands: ``machines``, ``machines reap``, ``cost`` and ``serve``.
+
+CliRunner for the commands themselves; one real-process test runs ``serve`` with a remote
+worker joining by the command it prints.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+from typer.testing import CliRunner
+
+from tests.conftest import SAMPLE, SAMPLE_TEXT, FakeClock
+from tests.fakefly import create_app
+from whisperfarm.cli import app, out
+from whisperfarm.evaluation import word_error_rate
+from whisperfarm.fly import fleet as fly_fleet
+from whisperfarm.fly.client import MachinesClient, build_worker_config
+from whisperfarm.ledger import ChunkPlan, Ledger
+
+runner = CliRunner()
+APP = "wf-test"
+TOKEN = "fake-token"
+
+
+@pytest.fixture(autouse=True)
+def no_fly_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("FLY_APP", "FLY_API_TOKEN", "FLY_ACCESS_TOKEN", "FLY_FLAPS_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def wide_output(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables on one line per row, whatever the terminal the tests run in. (Patching the
+    ``width`` property would "restore" it to a fixed 80 columns for every later test.)"""
+    monkeypatch.setattr(out, "_width", 200)
+
+
+@pytest.fixture
+def ledger(home: Path) -> Iterator[Ledger]:
+    # Times from a little while ago, so ages and costs of ended machines are exact.
+    ledger = Ledger(home / "ledger.db", clock=FakeClock(time.time() - 500))
+    yield ledger
+    ledger.close()
+
+
+def record(ledger: Ledger, machine_id: str, run_id: str = "r1", price: float = 0.001) -> None:
+    ledger.record_machine(
+        machine_id=machine_id,
+        run_id=run_id,
+        name=f"wf-{run_id}-{machine_id}",
+        app=APP,
+        region="ord",
+        size="performance-2x",
+        cpus=2,
+        memory_mb=4096,
+        usd_per_second=price,
+        state="started",
+    )
+
+
+def queue_episode(ledger: Ledger, episode_id: str, name: str, chunks: int) -> None:
+    ledger.create_episode(
+        episode_id=episode_id,
+        name=name,
+        source=f"/nowhere/{name}.mp3",
+        content_hash=episode_id,
+        model="tiny.en",
+        options={},
+    )
+    for idx in range(chunks):
+        plan = ChunkPlan(idx, idx * 25.0, idx * 25.0 + 25, idx * 25.0, idx * 25.0 + 25)
+        ledger.add_chunk(episode_id, plan, f"/nowhere/{idx}.wav")
+    ledger.finish_chunking(episode_id, duration=chunks * 25.0, chunk_count=chunks)
+
+
+def error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("error:")]
+
+
+# -- machines ----------------------------------------------------------------------------------
+
+
+def test_machines_with_an_empty_ledger_says_so_in_one_line() -> None:
+    result = runner.invoke(app, ["machines"])
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.output.splitlines() if line.strip()] == [
+        "no machines started yet (runs with --backend fly start them)"
+    ]
+
+
+def test_machines_lists_ids_states_and_costs(ledger: Ledger) -> None:
+    clock = ledger.clock
+    assert isinstance(clock, FakeClock)
+    record(ledger, "m-ended")
+    clock.advance(100.0)
+    ledger.update_machine("m-ended", state="destroyed")
+    record(ledger, "m-running")
+    result = runner.invoke(app, ["machines"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    ended = next(line for line in lines if "m-ended" in line)
+    running = next(line for line in lines if "m-running" in line)
+    assert ended.split() == [
+        "m-ended", "r1", "destroyed", "performance-2x", "ord", "1m40s", "$0.1000",
+    ]  # fmt: skip
+    assert running.split()[:5] == ["m-running", "r1", "started", "performance-2x", "ord"]
+    # Still billing: about 400 s at $0.001/s so far.
+    assert 0.39 <= float(running.split()[-1].lstrip("$")) <= 0.5
+    assert "1 not known to be destroyed: 'whisperfarm machines reap'" in result.output
+
+
+# -- machines reap -----------------------------------------------------------------------------
+
+
+def test_reap_without_an_app_is_one_line_naming_the_fix() -> None:
+    result = runner.invoke(app, ["machines", "reap"])
+    assert result.exit_code == 2
+    (line,) = error_lines(result.output)
+    assert "FLY_APP" in line and "--app" in line
+    assert "Traceback" not in result.output
+
+
+def test_reap_without_a_token_is_one_line_naming_the_fix() -> None:
+    result = runner.invoke(app, ["machines", "reap", "--app", APP])
+    assert result.exit_code == 1
+    (line,) = error_lines(result.output)
+    assert "FLY_API_TOKEN" in line
+
+
+@pytest.fixture
+def fake_fly(monkeypatch: pytest.MonkeyPatch) -> Iterator[MachinesClient]:
+    """The CLI's Fly client, talking to the fake in-process."""
+    http = TestClient(create_app(app=APP, token=TOKEN, tick_interval=None, rate_limit=False))
+    client = MachinesClient(APP, TOKEN, base_url="http://testserver", http=http, max_attempts=1)
+    monkeypatch.setattr(fly_fleet, "fly_client", lambda settings: client)
+    yield client
+    http.close()
+
+
+def test_reap_destroys_what_a_crashed_run_left(
+    ledger: Ledger, fake_fly: MachinesClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = build_worker_config(
+        image="registry.fly.io/wf-test:v1",
+        size="performance-2x",
+        env={},
+        run_id="r1",
+        machine_name="wf-r1-1",
+        model="tiny.en",
+    )
+    machine = fake_fly.create(config, name="wf-r1-1")
+    ledger.start_run("r1", backend="fly", episode_ids=[], pid=None)
+    ledger.record_machine(
+        machine_id=machine.id,
+        run_id="r1",
+        name="wf-r1-1",
+        app=APP,
+        region="ord",
+        size="performance-2x",
+        cpus=2,
+        memory_mb=4096,
+        usd_per_second=0.001,
+        state="started",
+    )
+    monkeypatch.setenv("FLY_APP", APP)
+    result = runner.invoke(app, ["machines", "reap"])
+    assert result.exit_code == 0, result.output
+    assert f"destroyed 1 machine(s): {machine.id}" in result.output
+    assert [m.id for m in fake_fly.list()] == []
+    assert [row["state"] for row in ledger.machines()] == ["destroyed"]
+
+
+# -- cost --------------------------------------------------------------------------------------
+
+
+def test_cost_with_no_runs() -> None:
+    result = runner.invoke(app, ["cost"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "no runs yet"
+
+
+def test_cost_shows_each_run_and_its_episodes_share(ledger: Ledger) -> None:
+    clock = ledger.clock
+    assert isinstance(clock, FakeClock)
+    queue_episode(ledger, "e1", "interview", chunks=12)  # 300 s
+    queue_episode(ledger, "e2", "trailer", chunks=4)  # 100 s
+    ledger.start_run("run-abc", backend="fly", episode_ids=["e1", "e2"], budget=2.0)
+    record(ledger, "m1", run_id="run-abc")
+    clock.advance(150.0)
+    ledger.update_machine("m1", state="destroyed")
+    ledger.end_run("run-abc", "done")
+    result = runner.invoke(app, ["cost"])
+    assert result.exit_code == 0, result.output
+    run_line = next(line for line in result.output.splitlines() if "run-abc" in line)
+    assert run_line.split()[3:] == ["fly", "done", "1", "2m30s", "$0.1500", "$2.00"]
+    assert "interview" in result.output and "$0.1125" in result.output
+    assert "trailer" in result.output and "$0.0375" in result.output
+    assert "total $0.1500" in result.output
+
+
+# -- serve -------------------------------------------------------------------------------------
+
+
+def test_serve_with_nothing_to_serve_says_so() -> None:
+    result = runner.invoke(app, ["serve"])
+    assert result.exit_code == 1
+    assert "nothing to serve" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_serve_finishes_with_a_worker_that_joins_by_the_printed_command(tmp_path: Path) -> None:
+    home, out_dir = tmp_path / "home", tmp_path / "out"
+    env = {**os.environ, "WHISPERFARM_HOME": str(home)}
+    with (tmp_path / "serve.err").open("w") as serve_err:
+        command = ["serve", str(SAMPLE), "--model", "tiny.en", "--out", str(out_dir)]
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "whisperfarm", *command, "--format", "txt"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=serve_err,
+            text=True,
+        )
+        try:
+            assert serve.stdout is not None
+            join: list[str] = []
+            for line in serve.stdout:
+                if "whisperfarm worker --url" in line:
+                    join = line.split("whisperfarm worker", 1)[1].split()
+                    break
+            assert join, "serve prints the command that joins a worker"
+            assert join[0] == "--url" and join[2] == "--token", join
+            # Keep reading so a chatty serve never blocks on a full pipe.
+            rest: list[str] = []
+            drain = threading.Thread(target=lambda: rest.extend(serve.stdout or []), daemon=True)
+            drain.start()
+            worker = subprocess.run(
+                [sys.executable, "-m", "whisperfarm", "worker", *join],
+                env={**env, "WHISPERFARM_MODEL": "tiny.en"},
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert worker.returncode == 0, worker.stderr
+            assert serve.wait(timeout=60) == 0, (tmp_path / "serve.err").read_text()
+            drain.join(timeout=10)
+        finally:
+            if serve.poll() is None:
+                serve.kill()
+                serve.wait()
+            if serve.stdout is not None:
+                serve.stdout.close()
+    text = (out_dir / "episode.txt").read_text()
+    assert word_error_rate(SAMPLE_TEXT.read_text(), text) <= 0.03
+    with sqlite3.connect(home / "ledger.db") as conn:
+        rows: list[Any] = conn.execute("SELECT kind, chunks_done FROM workers").fetchall()
+        episodes = conn.execute("SELECT state FROM episodes").fetchall()
+    assert len(rows) == 1 and rows[0][0] == "remote" and rows[0][1] > 0
+    assert episodes == [("done",)]

@@ -1,0 +1,321 @@
+"""End to end on the Fly backend: the real CLI against the fake Machines API
+(tests/fakefly), which runs a real `python -m worker` process for every started machine
+with the machine's config.env, as Fly would run the image."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import REPO, SAMPLE, SAMPLE_TEXT
+from whisperfarm.evaluation import word_error_rate
+from whisperfarm.fly.pricing import SIZES
+
+TIMEOUT = 300
+TOKEN = "fake-token"
+APP = "whisperfarm-workers"
+
+
+class FakeFly:
+    def __init__(self, tmp: Path, *flags: str):
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.fakefly",
+                "--port",
+                "0",
+                "--token",
+                TOKEN,
+                "--app",
+                APP,
+                "--launch-workers",
+                "--start-latency",
+                "0.5",
+                "--log-dir",
+                str(tmp / "machines"),
+                *flags,
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().strip()
+        assert line.startswith("FAKEFLY_URL="), line
+        self.url = line.split("=", 1)[1]
+
+    def state(self) -> dict[str, Any]:
+        return httpx.get(f"{self.url}/_fake/state", timeout=10).json()
+
+    def close(self) -> None:
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        if self.process.stdout:
+            self.process.stdout.close()
+
+
+@pytest.fixture
+def fake(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[FakeFly]:
+    flags = getattr(request, "param", ())
+    fly = FakeFly(tmp_path, *flags)
+    yield fly
+    fly.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def fly_env(tmp_path: Path, fake: FakeFly, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "WHISPERFARM_HOME": str(tmp_path / "home"),
+        "WHISPERFARM_FLY_API_URL": fake.url,
+        "FLY_API_TOKEN": TOKEN,
+        "FLY_APP": APP,
+        "WHISPERFARM_FLY_POLL_SECONDS": "0.5",
+        "WHISPERFARM_FLY_START_LATENCY": "2",
+        "WHISPERFARM_FLY_STOP_MARGIN": "2",
+        "WHISPERFARM_FLY_WORKER_GIVE_UP_SECONDS": "10",
+        **extra,
+    }
+
+
+def fly_args(tmp_path: Path, *extra: str) -> list[str]:
+    port = free_port()
+    return [
+        sys.executable,
+        "-m",
+        "whisperfarm",
+        "transcribe",
+        str(SAMPLE),
+        "--model",
+        "tiny.en",
+        "--backend",
+        "fly",
+        "--advertise-url",
+        f"http://127.0.0.1:{port}",
+        "--port",
+        str(port),
+        "--out",
+        str(tmp_path / "out"),
+        "--format",
+        "txt,json",
+        "--yes",
+        *extra,
+    ]
+
+
+def ledger(tmp_path: Path, sql: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(tmp_path / "home" / "ledger.db") as conn:
+        return conn.execute(sql).fetchall()
+
+
+def billed(state: dict[str, Any], price: float) -> float:
+    """What Fly would bill, from the fake's own record: created → stopped/destroyed."""
+    total = 0.0
+    for machine in state["machines"]:
+        times = {h["state"]: h["at"] for h in machine["history"]}
+        end = times.get("stopped") or times.get("destroying") or times.get("destroyed")
+        assert end is not None, f"machine {machine['id']} never ended"
+        total += (end - times["created"]) * price
+    return total
+
+
+def assert_all_destroyed(state: dict[str, Any]) -> None:
+    assert state["machines"], "no machine was started"
+    left = [(m["id"], m["state"]) for m in state["machines"] if m["state"] != "destroyed"]
+    assert not left, f"machines left behind: {left}"
+
+
+def test_fly_run_transcribes_within_machine_and_budget_caps(tmp_path: Path, fake: FakeFly) -> None:
+    budget = 0.05
+    result = subprocess.run(
+        fly_args(tmp_path, "--max-machines", "2", "--budget", str(budget)),
+        env=fly_env(tmp_path, fake),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "plan:" in result.stdout
+    text = (tmp_path / "out" / "episode.txt").read_text()
+    assert word_error_rate(SAMPLE_TEXT.read_text(), text) <= 0.03
+
+    state = fake.state()
+    assert_all_destroyed(state)
+    assert state["max_concurrent_active"] <= 2
+    price = SIZES["performance-2x"].usd_per_second
+    assert billed(state, price) <= budget
+    spent = ledger(tmp_path, "SELECT spent, budget, max_machines FROM runs")[0]
+    assert 0 < spent[0] <= budget and spent[1] == budget and spent[2] == 2
+    for machine in state["machines"]:
+        config = machine["config"]
+        assert config["restart"] == {"policy": "no"} and config["auto_destroy"] is True
+        assert config["guest"]["cpu_kind"] == "performance"
+        assert config["env"]["WHISPERFARM_MODEL"] == "tiny.en"
+        assert config["metadata"]["managed_by"] == "whisperfarm"
+    names = [m["name"] for m in state["machines"]]
+    assert len(names) == len(set(names))
+    workers = ledger(tmp_path, "SELECT kind, sum(chunks_done) FROM workers GROUP BY kind")
+    assert workers[0][0] == "fly" and workers[0][1] >= 1
+
+
+def test_budget_cap_stops_machines_and_leaves_the_episode_resumable(
+    tmp_path: Path, fake: FakeFly
+) -> None:
+    # Machines cost a tenth of a cent a second: the budget pays for part of the work only.
+    prices = json.dumps({"performance-2x": 0.001})
+    env = fly_env(tmp_path, fake, WHISPERFARM_PRICES=prices)
+    budget = 0.012
+    result = subprocess.run(
+        fly_args(tmp_path, "--max-machines", "1", "--budget", str(budget)),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "budget $0.01 reached" in result.stderr
+    assert "larger --budget" in result.stderr
+    assert "Traceback" not in result.stderr
+    state = fake.state()
+    assert_all_destroyed(state)
+    assert billed(state, 0.001) <= budget
+    assert ledger(tmp_path, "SELECT spent FROM runs")[0][0] <= budget
+    done_before = dict(ledger(tmp_path, "SELECT idx, result_path FROM chunks WHERE state = 'done'"))
+    assert not (tmp_path / "out" / "episode.txt").exists()
+
+    rerun = subprocess.run(
+        fly_args(tmp_path, "--max-machines", "2", "--budget", "1"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    after = dict(ledger(tmp_path, "SELECT idx, result_path FROM chunks"))
+    assert all(after[idx] == path for idx, path in done_before.items())
+    assert (tmp_path / "out" / "episode.txt").exists()
+    assert_all_destroyed(fake.state())
+
+
+def test_ctrl_c_destroys_every_machine(tmp_path: Path, fake: FakeFly) -> None:
+    process = subprocess.Popen(
+        fly_args(tmp_path, "--max-machines", "2"),
+        env=fly_env(tmp_path, fake),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        if any(m["state"] == "started" for m in fake.state()["machines"]):
+            break
+    time.sleep(2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert_all_destroyed(fake.state())
+    rows = ledger(tmp_path, "SELECT state, destroyed_at FROM machines")
+    assert rows and all(state == "destroyed" and at for state, at in rows)
+
+
+@pytest.mark.parametrize(
+    "fake",
+    [("--capacity-409", "2", "--capacity-412", "1", "--server-errors", "3", "--create-408", "1")],
+    indirect=True,
+)
+def test_api_faults_do_not_break_the_run(tmp_path: Path, fake: FakeFly) -> None:
+    result = subprocess.run(
+        fly_args(tmp_path, "--max-machines", "3"),
+        env=fly_env(tmp_path, fake),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    state = fake.state()
+    assert_all_destroyed(state)
+    assert state["max_concurrent_active"] <= 3
+    names = [m["name"] for m in state["machines"]]
+    assert len(names) == len(set(names)), "a retried create made a second machine"
+    assert (tmp_path / "out" / "episode.txt").exists()
+
+
+@pytest.mark.parametrize("fake", [("--die", "1", "--die-after", "1.5")], indirect=True)
+def test_a_machine_dying_mid_run_loses_no_chunk(tmp_path: Path, fake: FakeFly) -> None:
+    result = subprocess.run(
+        fly_args(tmp_path, "--max-machines", "2"),
+        env=fly_env(tmp_path, fake, WHISPERFARM_LEASE_SECONDS="3"),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert_all_destroyed(fake.state())
+    text = (tmp_path / "out" / "episode.txt").read_text()
+    assert word_error_rate(SAMPLE_TEXT.read_text(), text) <= 0.03
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "message"),
+    [
+        (("--gpu",), {}, "no longer offers GPU"),
+        (("--machine-size", "a100-40gb"), {}, "no longer offers GPU"),
+        ((), {"FLY_API_TOKEN": "wrong"}, "token"),
+        ((), {"FLY_APP": ""}, "FLY_APP"),
+    ],
+    ids=["gpu-flag", "gpu-size", "bad-token", "no-app"],
+)
+def test_fly_misconfiguration_fails_fast_with_one_line(
+    tmp_path: Path, fake: FakeFly, flags: tuple[str, ...], env: dict[str, str], message: str
+) -> None:
+    result = subprocess.run(
+        fly_args(tmp_path, *flags),
+        env=fly_env(tmp_path, fake, **env),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert fake.state()["machines"] == []
+
+
+def test_dry_run_plans_without_calling_fly(tmp_path: Path, fake: FakeFly) -> None:
+    result = subprocess.run(
+        fly_args(tmp_path, "--dry-run", "--max-machines", "20", "--budget", "0.5"),
+        env=fly_env(tmp_path, fake),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "plan:" in result.stdout and "$" in result.stdout
+    state = fake.state()
+    assert state["machines"] == [] and not any(state["requests"].values())
+    assert not (tmp_path / "home" / "ledger.db").exists()

@@ -1,0 +1,631 @@
+"""FlyFleet's controller, one ``tick()`` at a time, against the fake Machines API in-process.
+
+No thread, no sleeping: the ledger, the fake and the fleet share one FakeClock that the
+tests move by hand. The fake starts no processes, so machines stay up until a test crashes
+or destroys them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from tests.conftest import FakeClock
+from tests.fakefly import FakeFly, Faults, create_app
+from whisperfarm.costs import cost_report
+from whisperfarm.errors import (
+    BudgetReached,
+    FlyAuthError,
+    FlyGPUUnsupported,
+    FlyUnavailable,
+    UsageError,
+)
+from whisperfarm.fly.client import MachinesClient, build_worker_config
+from whisperfarm.fly.fleet import (
+    CREATE_BACKOFF_SECONDS,
+    FlyConfig,
+    FlyFleet,
+    fly_client,
+    fly_config,
+    reap,
+)
+from whisperfarm.fly.policy import FleetLimits
+from whisperfarm.fly.pricing import SIZES, Size
+from whisperfarm.ledger import ChunkPlan, Ledger, WorkerInfo
+from whisperfarm.settings import Settings
+
+APP = "wf-test"
+TOKEN = "fake-token"
+RUN = "run1"
+EPISODE = "ep1"
+PRICE = 0.01  # dollars a second: round numbers in the budget tests
+SIZE = Size("performance-2x", 2, 4096, PRICE)
+CHUNK = 25.0
+
+
+class LossyHttp(TestClient):
+    """The fake in-process, with answers that can go missing: a request named in
+    ``lose_answers`` (by method, in order) takes effect on the fake, then times out."""
+
+    def __init__(self, app: Any):
+        super().__init__(app)
+        self.lose_answers: list[str] = []
+
+    def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:  # type: ignore[override]
+        response = super().send(request, **kwargs)
+        if self.lose_answers and self.lose_answers[0] == request.method:
+            self.lose_answers.pop(0)
+            response.close()
+            raise httpx.ReadTimeout("timed out waiting for Fly's answer", request=request)
+        return response
+
+
+@dataclass
+class Rig:
+    clock: FakeClock
+    ledger: Ledger
+    fly: FakeFly
+    http: LossyHttp
+    client: MachinesClient
+    fleet: FlyFleet
+
+    def rows(self) -> list[dict[str, Any]]:
+        return self.ledger.machines(RUN)
+
+    def fake_machines(self) -> list[dict[str, Any]]:
+        return self.fly.snapshot()["machines"]
+
+    def alive_on_fly(self) -> list[str]:
+        return [m["id"] for m in self.fake_machines() if m["state"] != "destroyed"]
+
+    def creates(self) -> int:
+        return self.fly.requests["create"]
+
+    def tick_every(self, seconds: float, times: int) -> None:
+        for _ in range(times):
+            self.clock.advance(seconds)
+            self.fleet.tick(self.ledger)
+
+
+def queue_episode(ledger: Ledger, episode_id: str = EPISODE, chunks: int = 200) -> None:
+    ledger.create_episode(
+        episode_id=episode_id,
+        name=f"show-{episode_id}",
+        source=f"/audio/{episode_id}.mp3",
+        content_hash=f"hash-{episode_id}",
+        model="tiny.en",
+        options={},
+    )
+    for idx in range(chunks):
+        start = idx * CHUNK
+        plan = ChunkPlan(idx, start, start + CHUNK, start, start + CHUNK)
+        ledger.add_chunk(episode_id, plan, f"/chunks/{episode_id}/{idx}.wav")
+    ledger.finish_chunking(episode_id, duration=chunks * CHUNK, chunk_count=chunks)
+
+
+def fly_settings(tmp_path: Path, **values: Any) -> Settings:
+    values.setdefault("home", tmp_path / "home")
+    values.setdefault("model", "tiny.en")
+    return Settings(**values)
+
+
+@pytest.fixture(autouse=True)
+def no_fly_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("FLY_APP", "FLY_API_TOKEN", "FLY_ACCESS_TOKEN", "FLY_FLAPS_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def make_rig(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., Rig]]:
+    opened: list[Rig] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        clock.advance(seconds)
+
+    def make(
+        *,
+        max_machines: int = 3,
+        budget: float | None = None,
+        chunks: int = 200,
+        faults: Faults | None = None,
+        start_latency: float = 45.0,
+        stop_margin: float = 30.0,
+        start_timeout: float = 120.0,
+        give_up_seconds: float = 60.0,
+        attempts: int = 1,
+    ) -> Rig:
+        app = create_app(
+            app=APP,
+            token=TOKEN,
+            clock=clock,
+            sleep=fake_sleep,
+            tick_interval=None,
+            start_latency=5.0,
+            faults=faults,
+        )
+        http = LossyHttp(app)
+        # One attempt per call unless asked: the fleet's own backoff is what most tests
+        # look at. The client's retry sleeps move the shared clock.
+        client = MachinesClient(
+            APP,
+            TOKEN,
+            base_url="http://testserver",
+            http=http,
+            sleep=clock.advance,
+            clock=clock,
+            max_attempts=attempts,
+        )
+        ledger = Ledger(tmp_path / "home" / "ledger.db", clock=clock)
+        queue_episode(ledger, chunks=chunks)
+        ledger.start_run(RUN, backend="fly", episode_ids=[EPISODE], pid=os.getpid())
+        limits = FleetLimits(
+            max_machines=max_machines,
+            budget=budget,
+            price_per_second=PRICE,
+            speed=1.0,
+            start_latency=start_latency,
+            stop_margin=stop_margin,
+        )
+        config = FlyConfig(
+            app=APP,
+            image=f"registry.fly.io/{APP}:v1",
+            size=SIZE,
+            model="tiny.en",
+            advertise_url="http://laptop._peer.internal:8765",
+            limits=limits,
+            poll_seconds=2.0,
+            start_timeout=start_timeout,
+            give_up_seconds=give_up_seconds,
+        )
+        fleet = FlyFleet(
+            client, config, ledger_path=tmp_path / "home" / "ledger.db", run_id=RUN, clock=clock
+        )
+        rig = Rig(clock, ledger, app.state.fly, http, client, fleet)
+        opened.append(rig)
+        return rig
+
+    yield make
+    for rig in opened:
+        rig.ledger.close()
+        rig.http.close()
+
+
+# -- scaling -----------------------------------------------------------------------------------
+
+
+def test_scales_up_to_max_machines_and_no_further(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(max_machines=5)
+    rig.fleet.tick(rig.ledger)
+    assert len(rig.rows()) == 3  # the create burst
+    rig.tick_every(2.0, 10)
+    assert len(rig.rows()) == 5
+    assert len(rig.alive_on_fly()) == 5
+    assert rig.creates() == 5
+    assert rig.fly.snapshot()["max_concurrent_active"] == 5
+    names = [row["name"] for row in rig.rows()]
+    assert len(set(names)) == 5 and all(name.startswith(f"wf-{RUN}-") for name in names)
+    config = rig.fake_machines()[0]["config"]
+    assert config["metadata"]["whisperfarm_run"] == RUN
+    assert config["env"]["WHISPERFARM_MODEL"] == "tiny.en"
+
+
+def test_creates_are_paced_to_three_at_once_then_one_a_second(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(max_machines=20)
+    rig.fleet.tick(rig.ledger)
+    assert rig.creates() == 3
+    rig.fleet.tick(rig.ledger)  # no time passed: no token left
+    assert rig.creates() == 3
+    rig.clock.advance(1.0)
+    rig.fleet.tick(rig.ledger)
+    assert rig.creates() == 4
+    rig.clock.advance(0.5)
+    rig.fleet.tick(rig.ledger)
+    assert rig.creates() == 4
+    rig.clock.advance(0.5)
+    rig.fleet.tick(rig.ledger)
+    assert rig.creates() == 5
+    rig.clock.advance(60.0)  # a long pause refills the burst, not sixty creates
+    rig.fleet.tick(rig.ledger)
+    assert rig.creates() == 8
+    assert rig.fly.requests["rate_limited"] == 0
+    assert len(rig.alive_on_fly()) == len(rig.rows()) == 8
+
+
+def test_a_machine_gone_from_the_list_is_recorded_destroyed_and_replaced(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(max_machines=2)
+    rig.fleet.tick(rig.ledger)
+    rig.clock.advance(6.0)  # both started
+    first, second = (row["id"] for row in rig.rows())
+    assert rig.http.post(f"/_fake/machines/{first}/crash").json() == {"ok": True}
+    assert first not in rig.alive_on_fly()  # exited, so Fly auto-destroyed it
+    rig.clock.advance(1.0)
+    rig.fleet.tick(rig.ledger)
+    rows = {row["id"]: row for row in rig.rows()}
+    assert rows[first]["state"] == "destroyed"
+    assert rows[first]["destroyed_at"] == rig.clock.now
+    assert rows[second]["state"] == "started"
+    assert len(rows) == 3  # a replacement for the lost one, still two at a time
+    assert len(rig.alive_on_fly()) == 2
+    # Its bill stopped when it was seen gone.
+    cost_then = {r["id"]: r for r in rig.rows()}[first]
+    rig.clock.advance(100.0)
+    rig.fleet.tick(rig.ledger)
+    assert {r["id"]: r for r in rig.rows()}[first]["destroyed_at"] == cost_then["destroyed_at"]
+
+
+def test_a_machine_stuck_starting_is_destroyed_after_start_timeout(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(max_machines=1, start_timeout=120.0, faults=Faults(never_start=1))
+    rig.fleet.tick(rig.ledger)
+    (stuck,) = rig.rows()
+    rig.tick_every(30.0, 4)  # 120 s: not yet past the timeout
+    assert rig.ledger.machines(RUN)[0]["state"] == "starting"
+    assert rig.alive_on_fly() == [stuck["id"]]
+    rig.tick_every(30.0, 1)
+    rows = {row["id"]: row for row in rig.rows()}
+    assert rows[stuck["id"]]["state"] == "destroyed"
+    assert "stuck starting" in rows[stuck["id"]]["error"]
+    assert len(rows) == 2  # replaced in the same tick
+    (replacement,) = rig.alive_on_fly()
+    assert replacement != stuck["id"]
+    assert rig.fly.snapshot()["max_concurrent_active"] == 1
+
+
+# -- capacity and outages -----------------------------------------------------------------------
+
+
+def test_capacity_errors_back_off_before_the_next_create(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(max_machines=1, faults=Faults(capacity_409=1))
+    rig.fleet.tick(rig.ledger)  # raises nothing: capacity is not fatal
+    assert rig.creates() == 1 and rig.rows() == []
+    rig.tick_every(2.0, 7)  # 14 s: still backing off
+    assert rig.creates() == 1
+    rig.clock.advance(CREATE_BACKOFF_SECONDS - 14.0 + 0.5)
+    rig.fleet.tick(rig.ledger)
+    assert rig.creates() == 2
+    assert len(rig.rows()) == 1 and len(rig.alive_on_fly()) == 1
+
+
+def test_no_machine_for_give_up_seconds_fails_with_fly_unavailable(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(give_up_seconds=60.0, faults=Faults(capacity_412=1000))
+    rig.fleet.tick(rig.ledger)
+    rig.tick_every(16.0, 3)  # 48 s without a machine: keep trying
+    assert rig.creates() == 4
+    rig.clock.advance(16.0)
+    with pytest.raises(FlyUnavailable, match="no Fly machine could be started for 60s"):
+        rig.fleet.tick(rig.ledger)
+    assert rig.fake_machines() == []
+
+
+def test_capacity_errors_never_fail_a_run_that_has_a_machine(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(max_machines=2, give_up_seconds=60.0)
+    rig.fleet.tick(rig.ledger)
+    rig.clock.advance(6.0)
+    first = rig.rows()[0]["id"]
+    rig.http.post(f"/_fake/machines/{first}/crash")
+    rig.fly.faults.capacity_409 = 1000
+    rig.tick_every(16.0, 10)  # 160 s of failed creates with one machine working
+    assert len(rig.alive_on_fly()) == 1
+    assert rig.creates() > 3  # it kept asking, at the backoff's pace
+    assert rig.creates() <= 2 + 10
+
+
+def test_a_create_retried_after_a_timeout_makes_one_machine_billed_from_the_ask(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(max_machines=1, attempts=3)
+    asked_at = rig.clock.now
+    rig.http.lose_answers = ["POST"]  # made, but the answer timed out
+    rig.fleet.tick(rig.ledger)
+    assert rig.clock.now > asked_at  # the client waited before looking again
+    (row,) = rig.rows()
+    assert rig.alive_on_fly() == [row["id"]]
+    assert rig.creates() == 1  # found by its name, not created again
+    assert row["created_at"] == asked_at
+
+
+def test_a_create_whose_answer_was_lost_is_adopted_not_made_twice(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(max_machines=1)
+    asked_at = rig.clock.now
+    # The create makes the machine but its answer times out, and so does the listing the
+    # client tries to find it with.
+    rig.http.lose_answers = ["POST", "GET"]
+    rig.fleet.tick(rig.ledger)
+    assert rig.rows() == []
+    assert len(rig.alive_on_fly()) == 1
+    rig.clock.advance(2.0)
+    rig.fleet.tick(rig.ledger)
+    (row,) = rig.rows()
+    assert row["id"] == rig.alive_on_fly()[0]
+    assert row["name"] == f"wf-{RUN}-001"
+    assert row["created_at"] == asked_at  # billed from when it was asked for
+    rig.tick_every(5.0, 6)  # well past the backoff
+    assert len(rig.fake_machines()) == 1
+    rig.fleet.stop()
+    assert rig.alive_on_fly() == []
+
+
+def test_stop_destroys_a_machine_the_ledger_missed(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(max_machines=1)
+    rig.http.lose_answers = ["POST", "GET"]
+    rig.fleet.tick(rig.ledger)
+    assert rig.rows() == [] and len(rig.alive_on_fly()) == 1
+    rig.fleet.stop()
+    assert rig.alive_on_fly() == []
+    assert [row["state"] for row in rig.rows()] == ["destroyed"]
+    assert rig.fleet.leftovers == []
+
+
+# -- the budget --------------------------------------------------------------------------------
+
+
+def test_at_the_budget_every_machine_is_destroyed_and_the_user_told_what_finishing_costs(
+    make_rig: Callable[..., Rig],
+) -> None:
+    budget = 1.0
+    rig = make_rig(max_machines=2, budget=budget, start_latency=10.0, stop_margin=10.0)
+    rig.fleet.tick(rig.ledger)
+    assert len(rig.rows()) == 1  # the budget pays for part of the work on one machine
+    with pytest.raises(BudgetReached) as caught:
+        for _ in range(200):
+            rig.clock.advance(2.0)
+            rig.fleet.tick(rig.ledger)
+    spent = rig.ledger.spend(RUN)
+    assert 0.8 < spent <= budget  # close to the cap, never over it
+    assert rig.alive_on_fly() == []
+    assert all(row["state"] == "destroyed" and row["destroyed_at"] for row in rig.rows())
+    assert len(rig.fake_machines()) == 1
+    message = str(caught.value)
+    assert "budget $1.00 reached" in message
+    assert f"(${spent:.2f} spent)" in message
+    assert "0 of 200 chunks done" in message
+    assert "83.3 min of audio left" in message
+    # One machine doing what is left: start, 5000 s of audio at 1x, stop; at $0.01/s.
+    assert "Finishing costs about $50.20 more" in message
+    assert "larger --budget" in message
+    # Nothing else spends after the stop.
+    rig.clock.advance(100.0)
+    assert rig.ledger.spend(RUN) == spent
+
+
+def test_a_budget_too_small_for_one_machine_stops_at_once(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(budget=0.1, start_latency=10.0, stop_margin=10.0)
+    with pytest.raises(BudgetReached, match=r"budget \$0\.10 reached \(\$0\.00 spent\)"):
+        rig.fleet.tick(rig.ledger)
+    assert rig.creates() == 0
+
+
+def test_a_budget_too_small_for_a_machine_leaves_the_work_to_a_local_worker(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(budget=0.1, start_latency=10.0, stop_margin=10.0, give_up_seconds=60.0)
+    laptop = WorkerInfo("laptop", kind="local")
+
+    def laptop_claims() -> None:
+        rig.ledger.claim([EPISODE], laptop, lease_seconds=60, max_attempts=3)
+
+    laptop_claims()
+    rig.fleet.tick(rig.ledger)
+    for _ in range(10):  # 100 s, past give_up_seconds, with the laptop working
+        rig.clock.advance(10.0)
+        laptop_claims()
+        rig.fleet.tick(rig.ledger)
+    assert rig.creates() == 0
+    rig.clock.advance(31.0)  # the laptop went quiet: nothing can do the work now
+    with pytest.raises(BudgetReached, match="larger --budget"):
+        rig.fleet.tick(rig.ledger)
+
+
+# -- stop and leftovers -------------------------------------------------------------------------
+
+
+def test_stop_destroys_every_machine_and_records_when(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(max_machines=3)
+    rig.fleet.tick(rig.ledger)
+    rig.clock.advance(30.0)
+    assert len(rig.alive_on_fly()) == 3
+    rig.fleet.stop()
+    assert rig.alive_on_fly() == []
+    rows = rig.rows()
+    assert len(rows) == 3
+    assert all(row["state"] == "destroyed" for row in rows)
+    assert all(row["destroyed_at"] == rig.clock.now for row in rows)
+    assert rig.fleet.leftovers == []
+    assert rig.ledger.spend(RUN) == pytest.approx(3 * 30.0 * PRICE)
+
+
+def test_machines_whose_destroy_failed_are_leftovers(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(max_machines=2)
+    rig.fleet.tick(rig.ledger)
+    ids = sorted(row["id"] for row in rig.rows())
+    rig.fly.faults.server_errors = 100  # every request answers 503
+    rig.fleet.stop()
+    assert sorted(rig.fleet.leftovers) == ids
+    assert sorted(rig.alive_on_fly()) == ids
+    assert all(row["state"] != "destroyed" for row in rig.rows())
+    rig.fly.faults.server_errors = 0
+    rig.fleet.stop()  # a second try once Fly answers again
+    assert rig.fleet.leftovers == []
+    assert rig.alive_on_fly() == []
+
+
+# -- reap --------------------------------------------------------------------------------------
+
+
+def test_reap_destroys_machines_of_ended_runs_and_keeps_live_ones(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig()
+    ledger, client = rig.ledger, rig.client
+    ledger.start_run("dead", backend="fly", episode_ids=[EPISODE], pid=None)
+    ledger.end_run("dead", "crashed")
+
+    def machine(run_id: str, name: str, *, in_ledger: bool = True) -> str:
+        config = build_worker_config(
+            image="registry.fly.io/wf-test:v1",
+            size="performance-1x",
+            env={},
+            run_id=run_id,
+            machine_name=name,
+            model="tiny.en",
+        )
+        made = client.create(config, name=name)
+        if in_ledger:
+            record(run_id, made.id, name)
+        return made.id
+
+    def record(run_id: str, machine_id: str, name: str, app: str = APP) -> None:
+        ledger.record_machine(
+            machine_id=machine_id,
+            run_id=run_id,
+            name=name,
+            app=app,
+            region="ord",
+            size="performance-1x",
+            cpus=1,
+            memory_mb=2048,
+            usd_per_second=SIZES["performance-1x"].usd_per_second,
+            state="started",
+        )
+
+    live = machine(RUN, "wf-live-001")
+    dead = machine("dead", "wf-dead-001")
+    rig.clock.advance(1.0)  # the create rate limit
+    stray = machine("lost", "wf-lost-001", in_ledger=False)  # a run the ledger never saw
+    record("dead", "gone-1", "wf-dead-002")  # ended on Fly while no one watched
+    record("dead", "other-1", "wf-other-001", app="another-app")  # not this app's
+
+    result = reap(client, ledger)
+    assert sorted(result.destroyed) == sorted([dead, stray])
+    assert result.kept == [live]
+    assert result.failed == []
+    assert rig.alive_on_fly() == [live]
+    states = {row["id"]: (row["state"], row["error"]) for row in ledger.machines()}
+    assert states[dead] == ("destroyed", "reaped")
+    assert states["gone-1"] == ("destroyed", "gone when reaped")
+    assert states["other-1"] == ("started", None)  # another app's listing can't tell
+    assert states[live][0] == "started"
+
+    everything = reap(client, ledger, everything=True)
+    assert everything.destroyed == [live] and everything.kept == []
+    assert rig.alive_on_fly() == []
+    assert {row["id"]: row["state"] for row in ledger.machines()}[live] == "destroyed"
+
+
+# -- configuration -----------------------------------------------------------------------------
+
+
+def test_fly_config_needs_an_app(tmp_path: Path) -> None:
+    settings = fly_settings(tmp_path, advertise_url="http://laptop:8765")
+    with pytest.raises(UsageError, match="FLY_APP"):
+        fly_config(settings)
+
+
+def test_fly_config_needs_an_advertise_url(tmp_path: Path) -> None:
+    settings = fly_settings(tmp_path, fly_app=APP)
+    with pytest.raises(UsageError, match="--advertise-url"):
+        fly_config(settings)
+
+
+def test_fly_config_refuses_gpu_sizes_naming_the_alternative(tmp_path: Path) -> None:
+    settings = fly_settings(
+        tmp_path, fly_app=APP, advertise_url="http://laptop:8765", machine_size="a100-40gb"
+    )
+    with pytest.raises(FlyGPUUnsupported, match="performance"):
+        fly_config(settings)
+
+
+def test_fly_config_refuses_unknown_sizes(tmp_path: Path) -> None:
+    settings = fly_settings(
+        tmp_path, fly_app=APP, advertise_url="http://laptop:8765", machine_size="performance-3x"
+    )
+    with pytest.raises(UsageError, match="Unknown Fly machine size 'performance-3x'"):
+        fly_config(settings)
+
+
+def test_fly_config_from_settings(tmp_path: Path) -> None:
+    settings = fly_settings(
+        tmp_path,
+        fly_app=APP,
+        advertise_url="http://laptop._peer.internal:8765/",
+        region="ams",
+        budget=2.5,
+        max_machines=4,
+        prices={"performance-2x": 0.00003},
+    )
+    config = fly_config(settings)
+    assert config.size.name == "performance-2x"  # the default for tiny.en
+    assert config.size.usd_per_second == 0.00003
+    assert config.image == f"registry.fly.io/{APP}:latest"
+    assert config.advertise_url == "http://laptop._peer.internal:8765"
+    assert (config.limits.max_machines, config.limits.budget) == (4, 2.5)
+    assert config.limits.price_per_second == 0.00003
+    assert config.region == "ams"
+
+
+def test_fly_client_needs_a_token(tmp_path: Path) -> None:
+    with pytest.raises(FlyAuthError, match=f"fly tokens create deploy -a {APP}"):
+        fly_client(fly_settings(tmp_path, fly_app=APP))
+    with pytest.raises(FlyAuthError, match="FLY_API_TOKEN"):
+        fly_client(fly_settings(tmp_path, fly_app=APP, fly_api_token="   "))
+    client = fly_client(fly_settings(tmp_path, fly_app=APP, fly_api_token="FlyV1 fm2_abc"))
+    client.close()
+
+
+# -- what runs cost ----------------------------------------------------------------------------
+
+
+def test_cost_report_splits_a_run_over_its_episodes_by_audio(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    ledger = Ledger(tmp_path / "ledger.db", clock=clock)
+    queue_episode(ledger, "long", chunks=12)  # 300 s
+    queue_episode(ledger, "short", chunks=4)  # 100 s
+    ledger.start_run("r1", backend="fly", episode_ids=["long", "short"], budget=5.0)
+    clock.advance(60.0)
+    ledger.start_run("r2", backend="local", episode_ids=["short"])
+    for machine_id, seconds in (("m1", 100.0), ("m2", 50.0)):
+        ledger.record_machine(
+            machine_id=machine_id,
+            run_id="r1",
+            name=f"wf-r1-{machine_id}",
+            app=APP,
+            region="ord",
+            size=SIZE.name,
+            cpus=2,
+            memory_mb=4096,
+            usd_per_second=PRICE,
+            state="created",
+        )
+        clock.advance(seconds)
+        ledger.update_machine(machine_id, state="destroyed")
+    first, second = cost_report(ledger)
+    ledger.close()
+    assert first.run_id == "r1" and first.machines == 2
+    assert first.machine_seconds == pytest.approx(150.0)
+    assert first.spent == pytest.approx(1.5)
+    assert first.budget == 5.0
+    assert first.episodes == {
+        "show-long": pytest.approx(1.125),
+        "show-short": pytest.approx(0.375),
+    }
+    assert second.run_id == "r2" and second.spent == 0 and second.machines == 0
+    assert second.episodes == {"show-short": 0}

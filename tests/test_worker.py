@@ -1,0 +1,522 @@
+"""The worker loop against the real coordinator app in-process, with a fake transcriber;
+the worker's configuration; and the client's retry policy over httpx.MockTransport."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from whisperfarm.chunking import write_wav
+from whisperfarm.coordinator import CoordinatorConfig, create_app
+from whisperfarm.ledger import ChunkPlan, Ledger, WorkerInfo
+from worker.client import (
+    CoordinatorClient,
+    CoordinatorError,
+    LeaseLostError,
+    Unauthorized,
+    Unreachable,
+)
+from worker.config import ConfigError, WorkerConfig
+from worker.loop import EXIT_DONE, EXIT_STOPPED, Worker
+from worker.models import ModelLoadError
+from worker.transcriber import Stopped
+
+TOKEN = "worker-test-token"
+LEASE = 60.0
+MAX_ATTEMPTS = 3
+LENGTHS = [3.0, 2.0, 1.0]  # claimed in this order: longest first
+
+
+class StepClock:
+    """The worker's busy-time clock, moved by the fake transcriber."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Call:
+    audio: np.ndarray
+    model: str
+    language: str | None
+    beam_size: int
+    word_timestamps: bool
+
+
+@dataclass
+class FakeTranscriber:
+    """Same signature as worker.transcriber.Transcriber.transcribe; ``behave`` decides
+    what each call does (return a result or raise)."""
+
+    behave: Callable[[int, Callable[[], bool]], dict[str, Any]] | None = None
+    calls: list[Call] = field(default_factory=list)
+
+    def transcribe(
+        self,
+        audio: np.ndarray,
+        *,
+        model: str,
+        language: str | None = None,
+        beam_size: int = 5,
+        word_timestamps: bool = False,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> dict[str, Any]:
+        self.calls.append(Call(audio, model, language, beam_size, word_timestamps))
+        if self.behave is not None:
+            return self.behave(len(self.calls), should_stop)
+        return result_for(audio)
+
+
+def result_for(audio: np.ndarray, text: str | None = None) -> dict[str, Any]:
+    seconds = len(audio) / 16_000
+    return {
+        "segments": [{"start": 0.0, "end": seconds, "text": text or f" {seconds:.1f} seconds"}],
+        "language": "en",
+        "duration": seconds,
+        "model": "fake",
+    }
+
+
+@dataclass
+class Setup:
+    ledger: Ledger
+    app_client: TestClient
+    client: CoordinatorClient
+    samples: dict[int, np.ndarray]  # idx -> int16 samples
+    clock: Any
+    results_dir: Path
+
+    def worker(self, transcriber: FakeTranscriber, clock: StepClock | None = None) -> Worker:
+        return Worker(
+            self.client, transcriber, {"id": "w1", "kind": "local"}, clock=clock or StepClock()
+        )
+
+    def states(self) -> list[tuple[int, str, int]]:
+        return [(c["idx"], c["state"], c["attempt"]) for c in self.ledger.chunks("ep1")]
+
+
+@pytest.fixture
+def setup(tmp_path: Path, clock) -> Setup:
+    path = tmp_path / "home" / "ledger.db"
+    ledger = Ledger(path, clock=clock)
+    ledger.create_episode(
+        episode_id="ep1",
+        name="show",
+        source="/src/show.mp3",
+        content_hash="h",
+        model="tiny.en",
+        options={"language": "en", "beam_size": 2},
+    )
+    samples, t = {}, 0.0
+    for idx, length in enumerate(LENGTHS):
+        audio = ((np.arange(int(length * 16_000)) * (idx + 3)) % 2000 - 1000).astype(np.int16)
+        wav = tmp_path / "chunks" / f"{idx:05d}.wav"
+        write_wav(wav, audio)
+        ledger.add_chunk("ep1", ChunkPlan(idx, t, t + length, t, t + length), str(wav))
+        samples[idx] = audio
+        t += length
+    ledger.finish_chunking("ep1", duration=t, chunk_count=len(LENGTHS))
+    config = CoordinatorConfig(
+        ledger_path=path,
+        token=TOKEN,
+        scope=lambda: ["ep1"],
+        episodes_dir=tmp_path / "home" / "episodes",
+        lease_seconds=LEASE,
+        max_attempts=MAX_ATTEMPTS,
+        clock=clock,
+    )
+    app_client = TestClient(create_app(config))
+    client = CoordinatorClient("http://unused", TOKEN, http=app_client, sleep=lambda _: None)
+    yield Setup(ledger, app_client, client, samples, clock, config.episodes_dir / "ep1" / "results")
+    client.close()
+    config.close()
+    ledger.close()
+
+
+# The loop -----------------------------------------------------------------------------------
+
+
+def test_worker_completes_every_chunk_and_exits_when_done(setup: Setup) -> None:
+    clock = StepClock()
+
+    def work(n: int, _: Callable[[], bool]) -> dict[str, Any]:
+        clock.now += 2.5  # busy time the worker reports
+        return result_for(transcriber.calls[-1].audio)
+
+    transcriber = FakeTranscriber(work)
+    worker = setup.worker(transcriber, clock)
+
+    assert worker.run() == EXIT_DONE
+    assert worker.chunks_done == 3
+    assert setup.states() == [(0, "done", 1), (1, "done", 1), (2, "done", 1)]
+    for call, idx in zip(transcriber.calls, [0, 1, 2], strict=True):
+        np.testing.assert_array_equal(call.audio, setup.samples[idx] / np.float32(32768))
+        assert (call.model, call.language, call.beam_size, call.word_timestamps) == (
+            "tiny.en",
+            "en",
+            2,
+            False,
+        )
+    for chunk in setup.ledger.chunks("ep1"):
+        stored = json.loads(Path(chunk["result_path"]).read_text())
+        assert stored["segments"][0]["end"] == LENGTHS[chunk["idx"]]
+    (row,) = setup.ledger.workers()
+    assert (row["id"], row["kind"], row["chunks_done"]) == ("w1", "local", 3)
+    assert row["busy_seconds"] == pytest.approx(7.5)
+    assert row["audio_seconds"] == pytest.approx(sum(LENGTHS))
+
+
+def test_a_transcriber_error_is_reported_and_the_chunk_retried(setup: Setup) -> None:
+    def flaky(n: int, _: Callable[[], bool]) -> dict[str, Any]:
+        if n == 1:
+            raise RuntimeError("decoder exploded")
+        return result_for(transcriber.calls[-1].audio)
+
+    transcriber = FakeTranscriber(flaky)
+    assert setup.worker(transcriber).run() == EXIT_DONE
+
+    # the first chunk failed once, went back to the queue, and was done on attempt 2
+    assert setup.states() == [(0, "done", 2), (1, "done", 1), (2, "done", 1)]
+    assert len(transcriber.calls) == 4
+    assert setup.ledger.chunks("ep1")[0]["error"] is None
+
+
+def test_a_chunk_that_always_fails_goes_dead_and_the_worker_carries_on(setup: Setup) -> None:
+    def bad_first_chunk(n: int, _: Callable[[], bool]) -> dict[str, Any]:
+        audio = transcriber.calls[-1].audio
+        if len(audio) == len(setup.samples[0]):
+            raise ValueError("cannot decode this one")
+        return result_for(audio)
+
+    transcriber = FakeTranscriber(bad_first_chunk)
+    worker = setup.worker(transcriber)
+    assert worker.run() == EXIT_DONE
+
+    assert setup.states() == [(0, "dead", MAX_ATTEMPTS), (1, "done", 1), (2, "done", 1)]
+    assert setup.ledger.chunks("ep1")[0]["error"] == "ValueError: cannot decode this one"
+    assert worker.chunks_done == 2
+
+
+def test_a_model_that_cannot_load_is_reported_then_raised(setup: Setup) -> None:
+    def no_model(n: int, _: Callable[[], bool]) -> dict[str, Any]:
+        raise ModelLoadError("can't load model 'tiny.en'")
+
+    with pytest.raises(ModelLoadError):
+        setup.worker(FakeTranscriber(no_model)).run()
+    chunk = setup.ledger.chunks("ep1")[0]
+    assert (chunk["state"], chunk["attempt"]) == ("queued", 1)
+    assert "can't load model" in chunk["error"]
+
+
+def test_stop_mid_transcription_releases_the_chunk_without_spending_an_attempt(
+    setup: Setup,
+) -> None:
+    def interrupted(n: int, should_stop: Callable[[], bool]) -> dict[str, Any]:
+        assert should_stop() is False
+        worker.request_stop()  # SIGTERM arrives between two segments
+        if should_stop():
+            raise Stopped()
+        raise AssertionError("should_stop did not see the stop request")
+
+    transcriber = FakeTranscriber(interrupted)
+    worker = setup.worker(transcriber)
+
+    assert worker.run() == EXIT_STOPPED
+    assert len(transcriber.calls) == 1
+    assert setup.states() == [(0, "queued", 0), (1, "queued", 0), (2, "queued", 0)]
+    chunk = setup.ledger.chunks("ep1")[0]
+    assert chunk["lease_token"] is None
+    assert setup.ledger.workers()[0]["current_chunk"] is None
+    assert worker.chunks_done == 0
+
+
+def test_a_stop_request_lets_the_current_chunk_finish_then_exits(setup: Setup) -> None:
+    def finish_anyway(n: int, _: Callable[[], bool]) -> dict[str, Any]:
+        worker.request_stop()
+        return result_for(transcriber.calls[-1].audio)
+
+    transcriber = FakeTranscriber(finish_anyway)
+    worker = setup.worker(transcriber)
+    assert worker.run() == EXIT_STOPPED
+    assert setup.states() == [(0, "done", 1), (1, "queued", 0), (2, "queued", 0)]
+    assert worker.chunks_done == 1
+
+
+def test_a_worker_stopped_before_it_starts_claims_nothing(setup: Setup) -> None:
+    transcriber = FakeTranscriber()
+    worker = setup.worker(transcriber)
+    worker.request_stop()
+    assert worker.run() == EXIT_STOPPED
+    assert transcriber.calls == []
+    assert setup.ledger.workers() == []
+
+
+def test_lease_lost_result_is_refused_and_the_worker_carries_on(setup: Setup) -> None:
+    ledger = setup.ledger
+    clock = setup.clock
+
+    def slow_first_chunk(n: int, _: Callable[[], bool]) -> dict[str, Any]:
+        audio = transcriber.calls[-1].audio
+        if n == 1:
+            # too slow: the lease expires, another worker takes the chunk and finishes it
+            clock.advance(LEASE + 1)
+            claim = ledger.claim(
+                ["ep1"], WorkerInfo("thief"), lease_seconds=LEASE, max_attempts=MAX_ATTEMPTS
+            )
+            assert claim.job.idx == 0 and claim.job.attempt == 2
+            ledger.complete(claim.job.chunk_id, claim.job.lease_token, result_path="/thief.json")
+        return result_for(audio)
+
+    transcriber = FakeTranscriber(slow_first_chunk)
+    worker = setup.worker(transcriber)
+
+    assert worker.run() == EXIT_DONE
+    assert worker.chunks_done == 2
+    assert setup.states() == [(0, "done", 2), (1, "done", 1), (2, "done", 1)]
+    first = ledger.chunks("ep1")[0]
+    assert first["result_path"] == "/thief.json"
+    assert first["worker_id"] == "thief"
+    # the refused result left no file behind
+    assert sorted(p.name for p in setup.results_dir.iterdir()) == ["00001-1.json", "00002-1.json"]
+    assert {w["id"]: w["chunks_done"] for w in ledger.workers()} == {"w1": 2, "thief": 1}
+
+
+def test_audio_gone_with_the_lease_is_dropped_without_transcribing(setup: Setup) -> None:
+    """If the lease is lost before the audio download, the worker drops the job (no
+    failure reported, no attempt spent by it) and goes on."""
+    job = setup.client.claim({"id": "w1"})["job"]
+    setup.clock.advance(LEASE + 1)
+    thief = setup.ledger.claim(
+        ["ep1"], WorkerInfo("thief"), lease_seconds=LEASE, max_attempts=MAX_ATTEMPTS
+    ).job
+    assert thief.chunk_id == job["chunk_id"]
+
+    transcriber = FakeTranscriber()
+    setup.worker(transcriber).run_job(job)
+
+    assert transcriber.calls == []
+    chunk = setup.ledger.chunk(job["chunk_id"])
+    assert (chunk["state"], chunk["lease_token"], chunk["error"]) == (
+        "leased",
+        thief.lease_token,
+        None,
+    )
+
+
+# Configuration ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"WHISPERFARM_URL": "http://coord:8765"},
+        {"WHISPERFARM_TOKEN": "t"},
+        {"WHISPERFARM_URL": "", "WHISPERFARM_TOKEN": "t"},
+        {"WHISPERFARM_URL": "/", "WHISPERFARM_TOKEN": "t"},
+    ],
+)
+def test_config_needs_url_and_token(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match="WHISPERFARM_URL and WHISPERFARM_TOKEN"):
+        WorkerConfig.from_env(env)
+
+
+def test_config_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("worker.config.os.cpu_count", lambda: 6)
+    monkeypatch.setattr("worker.config.os.getpid", lambda: 4321)
+    monkeypatch.setattr("worker.config.socket.gethostname", lambda: "box")
+    config = WorkerConfig.from_env(
+        {"WHISPERFARM_URL": "http://coord:8765/", "WHISPERFARM_TOKEN": "t"}
+    )
+
+    assert config.url == "http://coord:8765"
+    assert config.token == "t"
+    assert config.worker_id == "box-4321"
+    assert config.kind == "remote"
+    assert config.threads == 6
+    assert config.compute_type == "int8"
+    assert config.model_override is None
+    assert config.model_dir is None
+    assert config.give_up_seconds == 120.0
+    assert (config.host, config.machine_id, config.region) == ("box", None, None)
+    assert config.info() == {
+        "id": "box-4321",
+        "kind": "remote",
+        "host": "box",
+        "machine_id": None,
+        "region": None,
+        "threads": 6,
+    }
+
+
+def test_config_on_fly_and_overrides() -> None:
+    env = {
+        "WHISPERFARM_URL": "https://coord.example",
+        "WHISPERFARM_TOKEN": "t",
+        "FLY_MACHINE_ID": "e784079b449483",
+        "FLY_REGION": "ord",
+        "WHISPERFARM_THREADS": "0",
+        "WHISPERFARM_MODEL": "/models/small.en",
+        "WHISPERFARM_MODEL_DIR": "/models",
+        "WHISPERFARM_COMPUTE_TYPE": "float32",
+        "WHISPERFARM_GIVE_UP_SECONDS": "7.5",
+    }
+    config = WorkerConfig.from_env(env)
+    assert (config.worker_id, config.kind, config.region) == ("e784079b449483", "fly", "ord")
+    assert config.machine_id == "e784079b449483"
+    assert config.threads == 1  # never below one
+    assert (config.model_override, config.model_dir) == ("/models/small.en", "/models")
+    assert config.compute_type == "float32"
+    assert config.give_up_seconds == 7.5
+
+    named = WorkerConfig.from_env(
+        env | {"WHISPERFARM_WORKER_ID": "mine", "WHISPERFARM_WORKER_KIND": "local"}
+    )
+    assert (named.worker_id, named.kind) == ("mine", "local")
+
+
+@pytest.mark.parametrize(
+    "extra", [{"WHISPERFARM_THREADS": "many"}, {"WHISPERFARM_GIVE_UP_SECONDS": "soon"}]
+)
+def test_config_bad_numbers(extra: dict[str, str]) -> None:
+    env = {"WHISPERFARM_URL": "http://c", "WHISPERFARM_TOKEN": "t"} | extra
+    with pytest.raises(ConfigError, match="bad number"):
+        WorkerConfig.from_env(env)
+
+
+# The client's retry policy ---------------------------------------------------------------------
+
+
+@dataclass
+class Script:
+    """A MockTransport handler answering from a list; the last answer repeats."""
+
+    answers: list[Any]
+    requests: list[httpx.Request] = field(default_factory=list)
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        answer = self.answers[min(len(self.requests), len(self.answers)) - 1]
+        if isinstance(answer, Exception):
+            raise answer
+        if isinstance(answer, int):
+            return httpx.Response(answer, json={"detail": f"status {answer}"})
+        return httpx.Response(200, json=answer)
+
+
+def client_for(script: Script, give_up: float = 60.0) -> tuple[CoordinatorClient, list[float]]:
+    sleeps: list[float] = []
+    http = httpx.Client(transport=httpx.MockTransport(script), base_url="http://coord")
+    client = CoordinatorClient(
+        "http://coord", TOKEN, give_up_seconds=give_up, http=http, sleep=sleeps.append
+    )
+    return client, sleeps
+
+
+DONE = {"status": "done", "retry_after": 0.0}
+
+
+@pytest.mark.parametrize(
+    "transient", [500, 502, 503, 429, httpx.ConnectError("refused"), httpx.ReadTimeout("slow")]
+)
+def test_client_retries_transient_errors(transient: Any) -> None:
+    script = Script([transient, transient, DONE])
+    client, sleeps = client_for(script)
+    assert client.claim({"id": "w"}) == DONE
+    assert len(script.requests) == 3
+    assert len(sleeps) == 2
+    assert all(0 < s <= 10.0 for s in sleeps)
+    assert all(r.headers["authorization"] == f"Bearer {TOKEN}" for r in script.requests)
+    assert json.loads(script.requests[0].content) == {"worker": {"id": "w"}}
+    client.close()
+
+
+@pytest.mark.parametrize("transient", [503, httpx.ConnectError("refused")])
+def test_client_gives_up_after_give_up_seconds(transient: Any) -> None:
+    script = Script([transient])
+    client, _ = client_for(script, give_up=0.0)
+    with pytest.raises(Unreachable, match="unreachable"):
+        client.claim({"id": "w"})
+    assert len(script.requests) >= 1
+    client.close()
+
+
+def test_client_keeps_retrying_until_give_up_seconds_pass() -> None:
+    script = Script([503])
+    client, sleeps = client_for(script, give_up=0.05)  # real monotonic time; sleep is a no-op
+    with pytest.raises(Unreachable):
+        client.claim({"id": "w"})
+    assert len(script.requests) > 1
+    assert len(sleeps) == len(script.requests) - 1
+    client.close()
+
+
+def test_client_401_is_unauthorized_at_once() -> None:
+    script = Script([401, DONE])
+    client, sleeps = client_for(script)
+    with pytest.raises(Unauthorized, match="WHISPERFARM_TOKEN"):
+        client.claim({"id": "w"})
+    assert len(script.requests) == 1
+    assert sleeps == []
+    client.close()
+
+
+def test_client_409_is_lease_lost_at_once() -> None:
+    script = Script([409, DONE])
+    client, sleeps = client_for(script)
+    with pytest.raises(LeaseLostError):
+        client.post_result({"chunk_id": 5, "lease_token": "tok"}, {"segments": []}, 1.0)
+    assert len(script.requests) == 1
+    assert script.requests[0].url.path == "/v1/jobs/5/result"
+    assert sleeps == []
+    client.close()
+
+
+@pytest.mark.parametrize("status", [400, 404, 413, 422])
+def test_client_other_4xx_is_a_protocol_error_not_retried(status: int) -> None:
+    script = Script([status, DONE])
+    client, sleeps = client_for(script)
+    with pytest.raises(CoordinatorError, match=str(status)) as raised:
+        client.claim({"id": "w"})
+    assert not isinstance(raised.value, Unreachable)
+    assert len(script.requests) == 1
+    assert sleeps == []
+    client.close()
+
+
+def test_client_heartbeat_and_release_are_not_retried() -> None:
+    job = {"chunk_id": 3, "lease_token": "tok"}
+    for call in (lambda c: c.heartbeat(job), lambda c: c.release(job)):
+        script = Script([503, {"lease_expires_in": 60.0}])
+        client, sleeps = client_for(script)
+        with pytest.raises((CoordinatorError, httpx.HTTPError)):
+            call(client)
+        assert len(script.requests) == 1
+        assert sleeps == []
+        client.close()
+
+
+def test_client_audio_sends_the_lease_token() -> None:
+    requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(200, content=b"RIFF....")
+
+    http = httpx.Client(transport=httpx.MockTransport(handler), base_url="http://coord")
+    client = CoordinatorClient("http://coord", TOKEN, http=http)
+    assert client.audio({"chunk_id": 9, "lease_token": "lease-9"}) == b"RIFF...."
+    assert requests[0].url.path == "/v1/jobs/9/audio"
+    assert requests[0].headers["x-lease-token"] == "lease-9"
+    client.close()

@@ -1,0 +1,219 @@
+"""The episodes a ledger holds: list them, export their transcripts again from the stored
+chunk results (no re-transcribing), re-queue their failed chunks, and remove them with
+their audio chunks and results.
+
+An episode is named on the command line by its id, any unambiguous start of it, or its
+name (``resolve``). Its files live under ``<home>/episodes/<id>/`` (``chunks/`` and
+``results/``); the transcripts written with ``--out`` are the user's and are never removed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from whisperfarm.errors import EpisodeNotFound, TranscriptionFailed, UsageError
+from whisperfarm.ledger import Ledger
+from whisperfarm.stitch import ChunkResult, stitch
+from whisperfarm.transcripts import Transcript, write_outputs
+
+
+@dataclass(frozen=True)
+class EpisodeInfo:
+    id: str
+    name: str
+    state: str
+    model: str
+    source: str
+    duration: float | None
+    chunks_total: int
+    chunks_done: int
+    chunks_dead: int
+    created_at: float
+    finished_at: float | None
+    error: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RetryResult:
+    episode: dict[str, Any]
+    failed: int
+    """Dead chunks put back in the queue."""
+    missing: int
+    """Done chunks whose result file was gone, put back in the queue."""
+
+    @property
+    def requeued(self) -> int:
+        return self.failed + self.missing
+
+
+def resolve(ledger: Ledger, ref: str) -> dict[str, Any]:
+    """The one episode ``ref`` names: its id, the start of its id, or its name."""
+    ref = ref.strip()
+    matches = ledger.find_episodes(ref) if ref else []
+    exact = [e for e in matches if e["id"] == ref]
+    if exact:
+        return exact[0]
+    if not matches:
+        raise EpisodeNotFound(
+            f"no episode {ref!r}: 'whisperfarm episodes' lists what the ledger holds"
+        )
+    if len(matches) > 1:
+        listed = ", ".join(f"{e['id']} ({e['name']}, {e['model']})" for e in matches[:5])
+        more = f" and {len(matches) - 5} more" if len(matches) > 5 else ""
+        raise UsageError(
+            f"{ref!r} matches {len(matches)} episodes: {listed}{more}; give more of the id"
+        )
+    return matches[0]
+
+
+def list_episodes(ledger: Ledger) -> list[EpisodeInfo]:
+    infos = []
+    for episode in ledger.episodes():
+        progress = ledger.progress(episode["id"])
+        infos.append(
+            EpisodeInfo(
+                id=episode["id"],
+                name=episode["name"],
+                state=episode["state"],
+                model=episode["model"],
+                source=episode["source"],
+                duration=episode["duration"],
+                chunks_total=progress.total,
+                chunks_done=progress.done,
+                chunks_dead=progress.dead,
+                created_at=episode["created_at"],
+                finished_at=episode["finished_at"],
+                error=episode["error"],
+            )
+        )
+    return infos
+
+
+def export(
+    ledger: Ledger,
+    ref: str,
+    out_dir: Path,
+    formats: list[str],
+    *,
+    keep_words: bool | None = None,
+    stem: str | None = None,
+) -> tuple[dict[str, Any], list[Path]]:
+    """Write the episode's transcript in ``formats`` from its stored results.
+    Returns the episode and the files written. ``keep_words`` defaults to whether the
+    episode was transcribed with word timestamps."""
+    from whisperfarm.farm import assemble  # farm imports the coordinator: only when needed
+
+    episode = resolve(ledger, ref)
+    chunks = ledger.chunks(episode["id"])
+    done = [c for c in chunks if c["state"] == "done"]
+    if episode["state"] == "chunking" or not chunks or len(done) < len(chunks):
+        dead = sum(1 for c in chunks if c["state"] == "dead")
+        failed = f", {dead} failed" if dead else ""
+        fix = (
+            f"'whisperfarm retry {episode['id']}' re-queues the failed ones; then " if dead else ""
+        )
+        raise TranscriptionFailed(
+            f"{episode['name']} is not finished ({len(done)} of {len(chunks)} chunks done"
+            f"{failed}): {fix}run 'whisperfarm transcribe {episode['source']}' to finish it"
+        )
+    lost = _lost_results(done)
+    if lost:
+        raise TranscriptionFailed(
+            f"{episode['name']}: the results of {len(lost)} chunk(s) are missing "
+            f"(first: {lost[0]['result_path']}); 'whisperfarm retry {episode['id']}' "
+            "re-queues them to be transcribed again"
+        )
+    if keep_words is None:
+        keep_words = bool(json.loads(episode["options"] or "{}").get("word_timestamps"))
+    transcript = assemble(ledger, episode, keep_words=keep_words)
+    return episode, write_outputs(transcript, out_dir, stem or episode["name"], formats)
+
+
+def retry(ledger: Ledger, ref: str) -> RetryResult:
+    """Put the episode's failed chunks (and done ones whose result file is gone) back in
+    the queue. A running farm picks them up; otherwise transcribing the file again does."""
+    episode = resolve(ledger, ref)
+    if episode["chunk_count"] is None and episode["state"] == "failed":
+        raise UsageError(
+            f"{episode['name']} failed before it was cut into chunks ({episode['error']}): "
+            f"run 'whisperfarm transcribe {episode['source']}' again"
+        )
+    missing = _lost_results([c for c in ledger.chunks(episode["id"]) if c["state"] == "done"])
+    failed = ledger.requeue(episode["id"], states=("dead",))
+    lost = ledger.requeue_chunks([c["id"] for c in missing]) if missing else 0
+    if failed + lost and episode["state"] in ("failed", "done"):
+        ledger.update_episode(episode["id"], state="queued", error=None, finished_at=None)
+    return RetryResult(ledger.episode(episode["id"]), failed, lost)
+
+
+def remove(
+    ledger: Ledger,
+    ref: str,
+    episodes_dir: Path,
+    *,
+    alive: Callable[[int], bool] | None = None,
+) -> dict[str, Any]:
+    """Delete the episode from the ledger, then its chunk audio and results from disk.
+    Refuses while a live run is transcribing it. ``alive(pid)`` says whether a run's
+    process still runs (default: ``whisperfarm.status.process_alive``)."""
+    from whisperfarm.status import process_alive
+
+    alive = alive or process_alive
+    episode = resolve(ledger, ref)
+    for run in ledger.running_runs([episode["id"]]):
+        if run["pid"] and alive(run["pid"]):
+            raise UsageError(
+                f"run {run['id']} (pid {run['pid']}) is transcribing {episode['name']}: "
+                "stop it first (Ctrl-C in its terminal), then remove the episode"
+            )
+    files = episode_dir(episodes_dir, episode["id"])
+    ledger.delete_episode(episode["id"])
+    shutil.rmtree(files, ignore_errors=True)
+    return episode
+
+
+def episode_dir(episodes_dir: Path, episode_id: str) -> Path:
+    """``<episodes_dir>/<id>``, refusing an id that would point anywhere else."""
+    if not episode_id or episode_id in (".", "..") or Path(episode_id).name != episode_id:
+        raise UsageError(f"refusing an episode id that is not a plain name: {episode_id!r}")
+    return episodes_dir / episode_id
+
+
+def text_so_far(ledger: Ledger, episode_id: str) -> tuple[str, bool]:
+    """The episode's transcript text from the chunks done so far, and whether that is all
+    of it. Chunks not done yet (or whose result is gone) are left out."""
+    episode = ledger.episode(episode_id)
+    parts = []
+    complete = episode["state"] != "chunking"
+    for chunk in ledger.chunks(episode_id):
+        result = None
+        if chunk["state"] == "done" and chunk["result_path"]:
+            try:
+                result = json.loads(Path(chunk["result_path"]).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                complete = False
+        elif chunk["state"] != "done":
+            complete = False
+        parts.append(
+            ChunkResult(
+                chunk["idx"],
+                chunk["start"],
+                chunk["end"],
+                chunk["keep_start"],
+                chunk["keep_end"],
+                result,
+            )
+        )
+    return Transcript(stitch(parts)).text, complete
+
+
+def _lost_results(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [c for c in chunks if c["result_path"] and not Path(c["result_path"]).is_file()]
