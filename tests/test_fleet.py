@@ -140,6 +140,7 @@ def make_rig(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., Rig]]:
         start_timeout: float = 120.0,
         give_up_seconds: float = 60.0,
         attempts: int = 1,
+        with_local_workers: bool = False,
     ) -> Rig:
         app = create_app(
             app=APP,
@@ -183,6 +184,7 @@ def make_rig(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., Rig]]:
             poll_seconds=2.0,
             start_timeout=start_timeout,
             give_up_seconds=give_up_seconds,
+            with_local_workers=with_local_workers,
         )
         fleet = FlyFleet(
             client, config, ledger_path=tmp_path / "home" / "ledger.db", run_id=RUN, clock=clock
@@ -432,6 +434,32 @@ def test_a_budget_too_small_for_a_machine_leaves_the_work_to_a_local_worker(
     rig.clock.advance(31.0)  # the laptop went quiet: nothing can do the work now
     with pytest.raises(BudgetReached, match="larger --budget"):
         rig.fleet.tick(rig.ledger)
+
+
+def test_with_local_workers_the_cap_stops_machines_but_not_the_run(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(
+        max_machines=2, budget=1.0, start_latency=10.0, stop_margin=10.0, with_local_workers=True
+    )
+    rig.fleet.tick(rig.ledger)
+    assert len(rig.rows()) == 1
+    for _ in range(200):  # well past the cap: no BudgetReached, since local workers go on
+        rig.clock.advance(2.0)
+        rig.fleet.tick(rig.ledger)
+    assert rig.ledger.spend(RUN) <= 1.0
+    assert rig.alive_on_fly() == []
+    assert len(rig.fake_machines()) == 1, "no machine started after the cap"
+
+
+def test_with_local_workers_a_tiny_budget_just_means_no_machines(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(budget=0.1, start_latency=10.0, stop_margin=10.0, with_local_workers=True)
+    for _ in range(5):
+        rig.fleet.tick(rig.ledger)
+        rig.clock.advance(40.0)
+    assert rig.creates() == 0
 
 
 # -- stop and leftovers -------------------------------------------------------------------------

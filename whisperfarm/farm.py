@@ -16,6 +16,7 @@ The fleet that runs the workers is a ``Fleet`` (local processes here; Fly machin
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import threading
@@ -236,6 +237,7 @@ class Farm:
             self.fleet.stop()
             server.stop()
             coordinator.close()
+            _measure(ledger, run_id)
             ledger.end_run(run_id, state)
             ledger.close()
         return RunSummary(run_id, statuses, time.monotonic() - started)
@@ -376,6 +378,17 @@ def assemble(ledger: Ledger, episode: dict[str, Any], *, keep_words: bool = Fals
         "created_at": episode["created_at"],
     }
     return Transcript(segments, meta, language)
+
+
+def _measure(ledger: Ledger, run_id: str) -> None:
+    """Fold the run's worker speeds into the calibrations (see calibration.py). A failure
+    here must never fail the run."""
+    from whisperfarm.calibration import measure_run
+
+    try:
+        measure_run(ledger, run_id)
+    except Exception:  # the measurement is a bonus; the transcripts are what matter
+        logging.getLogger("whisperfarm").warning("could not measure the run", exc_info=True)
 
 
 def unfinished_sources(settings: Settings) -> list[Path]:

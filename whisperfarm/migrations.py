@@ -131,3 +131,23 @@ def m002_machines(db: Database) -> None:
     db.execute("CREATE INDEX machines_run ON machines (run_id)")
     db.execute("ALTER TABLE runs ADD COLUMN max_machines INTEGER")
     db.execute("ALTER TABLE runs ADD COLUMN spent REAL NOT NULL DEFAULT 0")
+
+
+@migrations()
+def m003_calibrations(db: Database) -> None:
+    """Measured transcription speed per model, compute type and kind of worker, for
+    estimates users can trust."""
+    db.execute(
+        """
+        CREATE TABLE calibrations (
+            model TEXT NOT NULL,
+            compute_type TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            per_cpu REAL NOT NULL,
+            audio_seconds REAL NOT NULL,
+            runs INTEGER NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (model, compute_type, kind)
+        )
+        """
+    )

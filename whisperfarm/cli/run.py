@@ -146,14 +146,19 @@ def transcribe(
     run_id = secrets.token_hex(4)
     fleets: list[Fleet] = []
     fly = None
+    plan = None
     if settings.backend == "fly":
+        from whisperfarm.calibration import for_settings
         from whisperfarm.fly.fleet import FlyFleet, describe_plan, estimate, fly_client, fly_config
 
-        config = fly_config(settings)
+        measured = for_settings(settings.model, settings.compute_type, settings.ledger_path)
+        config = fly_config(
+            settings, with_local_workers=bool(settings.workers), calibration=measured
+        )
         audio = sum(check_input(path).duration or 0.0 for path in inputs)
         plan = estimate(config, audio)
         if not quiet or dry_run:
-            out.print(describe_plan(config, plan, audio, settings.speed), highlight=False)
+            out.print(describe_plan(config, plan, audio), highlight=False)
         if dry_run:
             return
         if not plan.fits_budget:
@@ -205,6 +210,15 @@ def transcribe(
                 highlight=False,
             )
     reporter.summary(summary, out_dir)
+    if plan is not None and not quiet:
+        from whisperfarm.ledger import Ledger
+
+        spent = Ledger(settings.ledger_path).spend(run_id)
+        out.print(
+            f"  estimate before the run: {plan.wall_seconds / 60:.1f} min, ${plan.cost:.2f}"
+            f" · actual: {summary.wall_seconds / 60:.1f} min, ${spent:.2f}",
+            highlight=False,
+        )
     if summary.failed:
         for episode in summary.failed:
             err.print(

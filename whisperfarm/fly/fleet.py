@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from whisperfarm.errors import (
     BudgetReached,
@@ -53,6 +54,9 @@ from whisperfarm.fly.policy import (
 from whisperfarm.fly.pricing import Size, size_named
 from whisperfarm.ledger import Ledger
 from whisperfarm.settings import Settings
+
+if TYPE_CHECKING:
+    from whisperfarm.calibration import Calibration
 
 log = logging.getLogger("whisperfarm.fly")
 
@@ -84,6 +88,10 @@ class FlyConfig:
     start_timeout: float = 300.0
     give_up_seconds: float = 300.0
     worker_give_up_seconds: float = 60.0
+    # Local workers share the queue: a budget too small for any machine then just means
+    # no machines, not the end of the run.
+    with_local_workers: bool = False
+    speed_source: str = "built-in estimate"
 
 
 class FlyFleet:
@@ -117,6 +125,8 @@ class FlyFleet:
         self._backoff_until = 0.0
         self._no_machine_since: float | None = None
         self._create_asked_at: dict[str, float] = {}  # machine name → when created
+        self._last_tick_seconds = 0.0
+        self._capped = False
 
     # Fleet protocol ------------------------------------------------------------------
 
@@ -167,11 +177,13 @@ class FlyFleet:
         ledger = Ledger(self.ledger_path, clock=self.clock)
         try:
             while not self._stop.is_set():
+                started = time.monotonic()
                 try:
                     self.tick(ledger)
                 except WhisperfarmError as error:
                     self.error = error
                     return
+                self._last_tick_seconds = time.monotonic() - started
                 self._stop.wait(self.config.poll_seconds)
         except Exception as error:  # a bug must not leave machines running unnoticed
             log.exception("fleet controller crashed")
@@ -186,15 +198,23 @@ class FlyFleet:
         active = [m for m in ledger.machines(self.run_id) if m["state"] not in ENDED]
         remaining, chunks_left = ledger.work_left(ledger.run_episodes(self.run_id))
         state = FleetState(remaining, chunks_left, len(active), ledger.spend(self.run_id))
-        if must_stop(state, self.config.limits, lookahead=self.config.poll_seconds):
+        # Until the next check: one poll, plus as long as the last tick took (API retries
+        # can block a tick while the machines go on billing).
+        lookahead = self.config.poll_seconds + self._last_tick_seconds
+        if must_stop(state, self.config.limits, lookahead=lookahead):
             self._destroy_all(ledger)
-            raise BudgetReached(self._budget_message(ledger, remaining))
-        wanted = machines_to_start(state, self.config.limits)
+            if not self.config.with_local_workers:
+                raise BudgetReached(self._budget_message(ledger, remaining))
+            # Local workers finish the rest for free; no more machines this run.
+            log.warning("budget reached: machines stopped, local workers carry on")
+            self._capped = True
+        wanted = 0 if self._capped else machines_to_start(state, self.config.limits)
         if (
             not wanted
             and not active
             and chunks_left
             and self.config.limits.budget is not None
+            and not self.config.with_local_workers
             and self._only_fly_workers(ledger, now)
         ):
             # Nothing runs, work is left, and the budget can't start a machine.
@@ -345,7 +365,12 @@ class FlyFleet:
         )
 
 
-def fly_config(settings: Settings) -> FlyConfig:
+def fly_config(
+    settings: Settings,
+    *,
+    with_local_workers: bool = False,
+    calibration: Calibration | None = None,
+) -> FlyConfig:
     """Everything a Fly run needs from settings, checked before any API call."""
     if not settings.fly_app:
         raise UsageError("--backend fly needs the worker app: set FLY_APP or pass --app")
@@ -356,11 +381,19 @@ def fly_config(settings: Settings) -> FlyConfig:
             "peer, with --host :: --port 8765 (see the README)"
         )
     size = size_named(settings.machine_size or default_size(settings.model), prices=settings.prices)
+    if settings.speed is not None:
+        per_cpu: float | None = settings.speed
+        source = f"your speed setting, {settings.speed:g}× realtime per CPU"
+    elif calibration is not None:
+        per_cpu, source = calibration.per_cpu, calibration.describe()
+    else:
+        per_cpu = None
+        source = f"built-in estimate for {settings.model}; improves once a run has measured it"
     limits = FleetLimits(
         max_machines=settings.max_machines,
         budget=settings.budget,
         price_per_second=size.usd_per_second,
-        speed=machine_speed(settings.model, size.cpus, settings.speed),
+        speed=machine_speed(settings.model, size.cpus, per_cpu),
         start_latency=settings.fly_start_latency,
         stop_margin=settings.fly_stop_margin,
     )
@@ -376,6 +409,8 @@ def fly_config(settings: Settings) -> FlyConfig:
         start_timeout=settings.fly_start_timeout,
         give_up_seconds=settings.fly_give_up_seconds,
         worker_give_up_seconds=settings.fly_worker_give_up_seconds,
+        with_local_workers=with_local_workers,
+        speed_source=source,
     )
 
 
@@ -398,12 +433,8 @@ def estimate(config: FlyConfig, audio_seconds: float) -> Plan:
     return plan(audio_seconds, chunks, config.limits)
 
 
-def describe_plan(config: FlyConfig, plan: Plan, audio_seconds: float, speed: float | None) -> str:
-    source = (
-        f"your speed setting ({speed:g}× realtime per CPU)"
-        if speed is not None
-        else f"built-in estimate for {config.model}; set 'speed' to calibrate"
-    )
+def describe_plan(config: FlyConfig, plan: Plan, audio_seconds: float) -> str:
+    source = config.speed_source
     budget = f" of a ${config.limits.budget:.2f} budget" if config.limits.budget is not None else ""
     where = f" in {config.region}" if config.region else ""
     return (
