@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from sqlite_utils import Database
 
+from tests.conftest import FakeClock
 from whisperfarm.errors import EpisodeNotFound, LedgerError
 from whisperfarm.ledger import ChunkPlan, LeaseLost, Ledger, UnknownChunk, WorkerInfo
 from whisperfarm.migrations import migrations
@@ -684,3 +685,27 @@ def test_concurrent_first_opens_of_a_fresh_ledger_all_succeed(tmp_path: Path) ->
         check = Ledger(path)
         assert [m.name for m in migrations.applied(check.db)] == names
         check.close()
+
+
+def test_release_leases_of_gone_workers(tmp_path: Path, clock: FakeClock) -> None:
+    ledger = Ledger(tmp_path / "gone.db", clock=clock)
+    ledger.create_episode(
+        episode_id="ep", name="ep", source="/x", content_hash="h", model="m", options={}
+    )
+    for idx in range(3):
+        ledger.add_chunk(
+            "ep", ChunkPlan(idx, idx * 10.0, idx * 10 + 10.0, idx * 10.0, idx * 10 + 10.0), "a"
+        )
+    ledger.finish_chunking("ep", duration=30.0, chunk_count=3)
+    jobs = [
+        ledger.claim(["ep"], WorkerInfo(w), lease_seconds=60, max_attempts=3).job
+        for w in ("stopped", "died", "alive")
+    ]
+    assert all(jobs)
+    assert ledger.release_leases(["stopped"]) == 1
+    assert ledger.release_leases(["died"], count_attempt=True) == 1
+    by_worker = {c["worker_id"]: c for c in ledger.chunks("ep")}
+    assert by_worker["stopped"]["state"] == "queued" and by_worker["stopped"]["attempt"] == 0
+    assert by_worker["died"]["state"] == "queued" and by_worker["died"]["attempt"] == 1
+    assert by_worker["alive"]["state"] == "leased"
+    assert ledger.release_leases([]) == 0

@@ -82,6 +82,10 @@ class Fleet(Protocol):
 
     def stop(self) -> None: ...
 
+    def gone_workers(self) -> list[str]:
+        """After ``stop``: ids of this fleet's workers known to be gone for good (their
+        process exited, their machine was destroyed), whose leases are void."""
+
 
 class Fleets:
     """Several fleets as one: local workers and Fly machines steal from the same queue."""
@@ -107,6 +111,9 @@ class Fleets:
                 errors.append(error)
         if errors:
             raise errors[0]
+
+    def gone_workers(self) -> list[str]:
+        return [worker for fleet in self.fleets for worker in fleet.gone_workers()]
 
 
 def resolve_model_for_run(model: str) -> str:
@@ -235,6 +242,9 @@ class Farm:
         finally:
             cancel.set()
             self.fleet.stop()
+            # A worker stopped mid-chunk hands it back itself; one that could not (killed,
+            # machine destroyed) must not leave its chunk leased until the lease expires.
+            ledger.release_leases(self.fleet.gone_workers())
             server.stop()
             coordinator.close()
             _measure(ledger, run_id)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -132,11 +133,25 @@ def _new_token() -> str:
     return secrets.token_urlsafe(18)
 
 
+_write_locks: dict[Path, threading.RLock] = {}
+_write_locks_guard = threading.Lock()
+
+
+def _write_lock(path: Path) -> threading.RLock:
+    """One lock per ledger file for this process's writers. SQLite's busy handler makes a
+    writer that finds the database locked sleep (1 ms, 2 ms, … up to 100 ms) before trying
+    again, so threads of one process queueing on the lock among themselves hand it over at
+    once instead; other processes still wait through the busy timeout."""
+    with _write_locks_guard:
+        return _write_locks.setdefault(path.resolve(), threading.RLock())
+
+
 class Ledger:
     def __init__(self, path: Path, *, clock: Clock = time.time):
         self.path = Path(path)
         self.clock = clock
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = _write_lock(self.path)
         try:
             conn = sqlite3.connect(
                 self.path, isolation_level=None, timeout=30.0, check_same_thread=False
@@ -165,14 +180,15 @@ class Ledger:
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken up front so concurrent writers queue, not deadlock."""
         conn = self.db.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        else:
-            conn.execute("COMMIT")
+        with self._lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
 
     def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
         cursor = self.db.conn.execute(sql, tuple(params))
@@ -463,6 +479,27 @@ class Ledger:
             if row is None:
                 self._raise_lost(conn, chunk_id)
             conn.execute("UPDATE workers SET current_chunk = NULL WHERE id = ?", (row[0],))
+
+    def release_leases(self, worker_ids: list[str], *, count_attempt: bool = False) -> int:
+        """Hand back every chunk these (gone) workers still hold. The attempt is not spent
+        when we stopped them; it is when they died on their own (a chunk that kills its
+        worker every time must still end dead)."""
+        if not worker_ids:
+            return 0
+        refund = 0 if count_attempt else 1
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE chunks SET state = 'queued', attempt = max(attempt - ?, 0),"
+                " lease_token = NULL, lease_expires_at = NULL"
+                " WHERE state = 'leased' AND worker_id IN (SELECT value FROM json_each(?))",
+                (refund, json.dumps(worker_ids)),
+            )
+            conn.execute(
+                "UPDATE workers SET current_chunk = NULL"
+                " WHERE id IN (SELECT value FROM json_each(?))",
+                (json.dumps(worker_ids),),
+            )
+            return cursor.rowcount
 
     def lease_holder(self, chunk_id: int, token: str) -> dict[str, Any]:
         """The chunk, if ``token`` holds its lease now; else LeaseLost/UnknownChunk."""

@@ -12,6 +12,16 @@ from typing import IO
 from whisperfarm.errors import WorkersLost
 from whisperfarm.ledger import Ledger
 
+FLY_SECRETS = ("FLY_API_TOKEN", "FLY_ACCESS_TOKEN", "WHISPERFARM_FLY_API_TOKEN")
+"""The Fly API token, under every name settings read it from: the CLI needs it to manage
+machines, a worker never does, so local workers don't inherit it."""
+
+
+def worker_environ() -> dict[str, str]:
+    """This process's environment, less the secrets a worker has no use for."""
+    secret = {name.upper() for name in FLY_SECRETS}
+    return {name: value for name, value in os.environ.items() if name.upper() not in secret}
+
 
 def default_workers(cpus: int | None = None) -> tuple[int, int]:
     """(workers, threads each). One single-threaded worker per core beats one worker with
@@ -54,7 +64,7 @@ class LocalFleet:
     def start(self, url: str, token: str, model: str) -> None:
         for n in range(self.workers):
             env = {
-                **os.environ,
+                **worker_environ(),
                 "WHISPERFARM_URL": url,
                 "WHISPERFARM_TOKEN": token,
                 "WHISPERFARM_THREADS": str(self.threads),
@@ -109,6 +119,13 @@ class LocalFleet:
                 if " ERROR " in line or "Error" in line:
                     return line.split(" ERROR ", 1)[-1].strip()
         return "no error in the logs"
+
+    def gone_workers(self) -> list[str]:
+        return [
+            f"local-{self.run_id}-{n}"
+            for n, process in enumerate(self.processes)
+            if process.poll() is not None
+        ]
 
     def stop(self, grace: float = 3.0) -> None:
         deadline = time.monotonic() + grace

@@ -127,6 +127,7 @@ class FlyFleet:
         self._create_asked_at: dict[str, float] = {}  # machine name → when created
         self._last_tick_seconds = 0.0
         self._capped = False
+        self._gone: list[str] = []
 
     # Fleet protocol ------------------------------------------------------------------
 
@@ -168,8 +169,15 @@ class FlyFleet:
             except FlyError as error:  # destroy what the ledger knows all the same
                 log.warning("could not list machines before destroying them: %s", error)
             self._destroy_all(ledger)
+            self._gone = [
+                row["id"] for row in ledger.machines(self.run_id) if row["state"] == "destroyed"
+            ]
         finally:
             ledger.close()
+
+    def gone_workers(self) -> list[str]:
+        """Destroyed machines; a worker on Fly is named by its machine id."""
+        return list(self._gone)
 
     # The controller ------------------------------------------------------------------
 
@@ -264,6 +272,9 @@ class FlyFleet:
             state = machine.state if machine is not None else "destroyed"
             if state != row["state"]:
                 ledger.update_machine(row["id"], state=state)
+                if state in ENDED:
+                    # Its worker is gone with it: hand its chunk back now, not at expiry.
+                    ledger.release_leases([row["id"]], count_attempt=True)
             if state in STARTING and now - row["created_at"] > self.config.start_timeout:
                 log.warning("machine %s stuck %s; destroying it", row["id"], state)
                 self._destroy(ledger, row["id"], reason=f"stuck {state}")
