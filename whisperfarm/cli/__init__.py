@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -21,7 +22,7 @@ app = typer.Typer(
     help="Transcribe long audio fast: split it at pauses, farm the chunks out to "
     "work-stealing workers, stitch one transcript.",
     no_args_is_help=True,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
 )
 out = Console()
@@ -48,6 +49,19 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+# Options several commands share, spelled once.
+OutDir = Annotated[Path, typer.Option("--out", "-o", help="Directory for the transcripts.")]
+Formats = Annotated[
+    str | None,
+    typer.Option(
+        "--format",
+        "-f",
+        help="Comma list of txt, srt, vtt, json, tsv, or 'all' [default: txt,srt,vtt,json].",
+    ),
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+
+
 def _version(value: bool) -> None:
     if value:
         out.print(f"whisperfarm {__version__}")
@@ -71,4 +85,4 @@ def main() -> None:
     app()
 
 
-__all__ = ["app", "err", "fail", "friendly", "main", "out"]
+__all__ = ["Formats", "OutDir", "Quiet", "app", "err", "fail", "friendly", "main", "out"]

@@ -14,7 +14,7 @@ from rich import box
 from rich.console import RenderableType
 from rich.table import Table
 
-from whisperfarm.cli import app, friendly, out
+from whisperfarm.cli import Formats, OutDir, app, friendly, out
 from whisperfarm.errors import EpisodeNotFound
 from whisperfarm.ledger import Ledger
 
@@ -28,7 +28,7 @@ def episodes(
 ) -> None:
     """List the episodes the ledger holds, oldest first.
 
-    Example: [bold]whisperfarm episodes[/bold]
+    Example: `whisperfarm episodes`
     """
     from whisperfarm.episodes import list_episodes
     from whisperfarm.status_view import duration_text, styled
@@ -73,17 +73,8 @@ def episodes(
 @friendly
 def export(
     episode: Annotated[str, EPISODE],
-    formats: Annotated[
-        str | None,
-        typer.Option(
-            "--format",
-            "-f",
-            help="Comma list of txt, srt, vtt, json, tsv, or 'all' [default: txt,srt,vtt,json].",
-        ),
-    ] = None,
-    out_dir: Annotated[
-        Path, typer.Option("--out", "-o", help="Directory for the transcripts.")
-    ] = Path("."),
+    formats: Formats = None,
+    out_dir: OutDir = Path("."),
     words: Annotated[
         bool | None,
         typer.Option(
@@ -97,7 +88,7 @@ def export(
 ) -> None:
     """Rewrite an episode's transcripts from stored results, without transcribing.
 
-    Example: [bold]whisperfarm export interview --format srt,tsv --out subs/[/bold]
+    Example: `whisperfarm export interview --format srt,tsv --out subs/`
     """
     from whisperfarm.episodes import export as export_episode
     from whisperfarm.settings import load_settings, parse_formats
@@ -118,7 +109,7 @@ def retry(episode: Annotated[str, EPISODE]) -> None:
 
     A running farm picks them up; otherwise transcribing the file again does.
 
-    Example: [bold]whisperfarm retry interview[/bold]
+    Example: `whisperfarm retry interview`
     """
     from whisperfarm.episodes import retry as retry_episode
 
@@ -147,7 +138,7 @@ def remove(
 
     Transcripts written with --out are yours and stay where they are.
 
-    Example: [bold]whisperfarm remove interview --yes[/bold]
+    Example: `whisperfarm remove interview --yes`
     """
     from whisperfarm.episodes import remove as remove_episode
     from whisperfarm.episodes import resolve

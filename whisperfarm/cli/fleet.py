@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from whisperfarm.cli import app, err, friendly, out
+from whisperfarm.cli import Formats, OutDir, Quiet, app, err, friendly, out
 
 machines_app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
 app.add_typer(machines_app, name="machines")
@@ -25,21 +25,14 @@ def serve(
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="Model of the episodes to serve.")
     ] = None,
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Directory for transcripts.")] = Path(
-        "."
-    ),
-    formats: Annotated[
-        str | None,
-        typer.Option("--format", "-f", help="Formats to write [default: txt,srt,vtt,json]."),
-    ] = None,
-    workers: Annotated[
-        int, typer.Option("--workers", "-w", help="Local workers to run too [default: none].")
-    ] = 0,
+    out_dir: OutDir = Path("."),
+    formats: Formats = None,
+    workers: Annotated[int, typer.Option("--workers", "-w", help="Local workers to run too.")] = 0,
     host: Annotated[
         str | None, typer.Option(help="Listen address, e.g. :: for a WireGuard peer.")
     ] = None,
     port: Annotated[int | None, typer.Option(help="Port [default: any free port].")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Run the coordinator alone for queued episodes; workers join from anywhere.
 
@@ -47,7 +40,7 @@ def serve(
     transcript as its last chunk comes in, and exits when all are done. Any box with the
     package or the Docker image joins with the printed 'whisperfarm worker' command.
 
-    Example: [bold]whisperfarm serve talk.mp3 --host :: --port 8765 -m small.en[/bold]
+    Example: `whisperfarm serve talk.mp3 --host :: --port 8765 -m small.en`
     """
     from whisperfarm.cli.run import _warn_if_exposed
     from whisperfarm.console import RunReporter
@@ -82,7 +75,7 @@ def serve(
 def machines(ctx: typer.Context) -> None:
     """Fly machines this tool started (from the ledger): state, size, region, age, cost.
 
-    Example: [bold]whisperfarm machines[/bold]
+    Example: `whisperfarm machines`
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -129,7 +122,7 @@ def machines_reap(
 ) -> None:
     """Destroy machines whisperfarm left behind (found by their metadata on Fly).
 
-    Example: [bold]whisperfarm machines reap[/bold]
+    Example: `whisperfarm machines reap`
     """
     from whisperfarm.errors import UsageError
     from whisperfarm.fly.fleet import fly_client, reap
@@ -156,7 +149,7 @@ def machines_reap(
 def cost() -> None:
     """Spend per run and per episode: machine time × price, from the ledger.
 
-    Example: [bold]whisperfarm cost[/bold]
+    Example: `whisperfarm cost`
     """
     from whisperfarm.costs import cost_report
     from whisperfarm.ledger import Ledger

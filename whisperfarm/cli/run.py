@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from whisperfarm.cli import app, err, friendly, out
+from whisperfarm.cli import Formats, OutDir, Quiet, app, err, friendly, out
 
 
 @app.command()
@@ -36,17 +36,8 @@ def transcribe(
             help="faster-whisper model name or model directory [default: small.en].",
         ),
     ] = None,
-    out_dir: Annotated[
-        Path, typer.Option("--out", "-o", help="Directory for the transcripts.")
-    ] = Path("."),
-    formats: Annotated[
-        str | None,
-        typer.Option(
-            "--format",
-            "-f",
-            help="Comma list of txt, srt, vtt, json, tsv, or 'all' [default: txt,srt,vtt,json].",
-        ),
-    ] = None,
+    out_dir: OutDir = Path("."),
+    formats: Formats = None,
     words: Annotated[
         bool | None, typer.Option("--words/--no-words", help="Word timestamps in the json output.")
     ] = None,
@@ -63,7 +54,7 @@ def transcribe(
     port: Annotated[
         int | None, typer.Option(help="Coordinator port [default: any free port].")
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
+    quiet: Quiet = False,
     backend: Annotated[
         str | None,
         typer.Option(help="Where workers run: local, or fly (Fly Machines) [default: local]."),
@@ -102,14 +93,14 @@ def transcribe(
         bool, typer.Option("--yes", "-y", help="Start machines without asking.")
     ] = False,
 ) -> None:
-    """Transcribe files; writes OUT/<name>.<format> for each input.
+    """Transcribe files; writes OUT/NAME.FORMAT for each input.
 
     Workers run locally, on Fly Machines (--backend fly, within --budget), or anywhere
     that runs the printed 'whisperfarm worker' command. Running the same command again
     after a crash or Ctrl-C resumes: finished chunks are kept (matched by the file's
     content and the model).
 
-    Example: [bold]whisperfarm transcribe show.mp3 -m tiny.en --format all -o out/[/bold]
+    Example: `whisperfarm transcribe show.mp3 -m tiny.en --format all -o out/`
     """
     import secrets
 
@@ -247,7 +238,7 @@ def worker(
 ) -> None:
     """Join a running farm from this machine and work until the queue is empty.
 
-    Example: [bold]whisperfarm worker --url http://10.0.0.5:8765 --token abc123[/bold]
+    Example: `whisperfarm worker --url http://10.0.0.5:8765 --token abc123`
     """
     os.environ["WHISPERFARM_URL"] = url
     os.environ["WHISPERFARM_TOKEN"] = token

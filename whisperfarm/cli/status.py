@@ -39,7 +39,7 @@ def status(
     or 'serve' runs. Prints one snapshot when stdout is not a terminal.
     Workers silent for a lease (60 s by default) are flagged stale.
 
-    Example: [bold]whisperfarm status[/bold]  ·  [bold]whisperfarm status interview --once[/bold]
+    Example: `whisperfarm status`  ·  `whisperfarm status interview --once`
     """
     from whisperfarm.settings import load_settings
     from whisperfarm.status import StatusReader, StatusSnapshot
