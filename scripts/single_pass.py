@@ -2,11 +2,13 @@
 file in one process, same model, compute type and options as a whisperfarm worker.
 
     python scripts/single_pass.py AUDIO --threads 2 --out text.txt [--batched]
+    python scripts/single_pass.py AUDIO --out text.txt --words words.json  # + word times
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -27,6 +29,9 @@ def main() -> None:
     parser.add_argument("--batched", action="store_true", help="BatchedInferencePipeline")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--words", type=Path, help="also write segments with word timestamps to this json file"
+    )
     args = parser.parse_args()
     model = load_model(args.model, threads=args.threads, compute_type=args.compute_type)
     language = "en" if args.model.endswith(".en") else None
@@ -39,8 +44,29 @@ def main() -> None:
             batch_size=args.batch_size,
         )
     else:
-        segments, _ = model.transcribe(str(args.audio), language=language, beam_size=args.beam_size)
-    args.out.write_text("".join(f"{s.text.strip()}\n" for s in segments), encoding="utf-8")
+        segments, _ = model.transcribe(
+            str(args.audio),
+            language=language,
+            beam_size=args.beam_size,
+            word_timestamps=args.words is not None,
+        )
+    decoded = list(segments)
+    args.out.write_text("".join(f"{s.text.strip()}\n" for s in decoded), encoding="utf-8")
+    if args.words is not None:
+        document = {
+            "segments": [
+                {
+                    "start": s.start,
+                    "end": s.end,
+                    "text": s.text.strip(),
+                    "words": [
+                        {"start": w.start, "end": w.end, "word": w.word} for w in s.words or []
+                    ],
+                }
+                for s in decoded
+            ]
+        }
+        args.words.write_text(json.dumps(document), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -18,26 +18,30 @@ before the answer goes out.
 from __future__ import annotations
 
 import json
-import math
 import os
 import secrets
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qs
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
-from pydantic import BaseModel, Field, field_validator
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from whisperfarm.ledger import Clock, LeaseLost, Ledger, UnknownChunk, WorkerInfo
 from whisperfarm.page import QUERY_TOKEN_PATHS, status_router
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
+
+ChunkId = Annotated[int, PathParam(ge=0, le=2**63 - 1)]
+"""A job id as SQLite can hold it: a larger one is a 422, not an overflow (500)."""
 
 
 @dataclass
@@ -88,36 +92,31 @@ class LeaseRequest(BaseModel):
     lease_token: str = Field(min_length=1, max_length=200)
 
 
-def _finite_time(value: float) -> float:
-    if not math.isfinite(value) or value < 0:
-        raise ValueError("times must be finite and not negative")
-    return value
+MAX_RESULT_SECONDS = 86_400.0
+"""Times in a result are seconds into one chunk (under half a minute): anything past a day
+is garbage, and a huge one overflows the srt/vtt/tsv writers when the episode is stitched."""
+
+
+def _time() -> Any:
+    """A time in a result: finite, not negative, at most MAX_RESULT_SECONDS (and so
+    documented in the OpenAPI schema)."""
+    return Field(ge=0, le=MAX_RESULT_SECONDS, allow_inf_nan=False)
 
 
 class WordModel(BaseModel):
-    start: float
-    end: float
+    start: float = _time()
+    end: float = _time()
     word: str = Field(max_length=1000)
-    probability: float | None = None
-
-    @field_validator("start", "end")
-    @classmethod
-    def _finite(cls, value: float) -> float:
-        return _finite_time(value)
+    probability: float | None = Field(None, ge=0, le=1)
 
 
 class SegmentModel(BaseModel):
-    start: float
-    end: float
+    start: float = _time()
+    end: float = _time()
     text: str = Field(max_length=20_000)
     words: list[WordModel] | None = None
     avg_logprob: float | None = None
     no_speech_prob: float | None = None
-
-    @field_validator("start", "end")
-    @classmethod
-    def _finite(cls, value: float) -> float:
-        return _finite_time(value)
 
 
 class ResultModel(BaseModel):
@@ -234,12 +233,16 @@ def create_app(config: CoordinatorConfig) -> FastAPI:
     def lost() -> HTTPException:
         return HTTPException(409, "lease lost: another attempt owns this chunk now")
 
+    # The worker API's endpoints are async: their ledger calls are short SQLite statements
+    # on the event loop's own connection, so no request waits for a threadpool thread, and
+    # only file I/O (chunk audio, result files with their fsync) goes to threads.
+
     @app.get("/v1/health")
-    def health() -> dict[str, str]:
+    async def health() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.post("/v1/claim")
-    def claim(body: ClaimRequest) -> dict[str, Any]:
+    async def claim(body: ClaimRequest) -> dict[str, Any]:
         ledger = config.ledger()
         result = ledger.claim(
             config.scope(),
@@ -249,7 +252,7 @@ def create_app(config: CoordinatorConfig) -> FastAPI:
         )
         if result.job is None:
             return {"status": result.status, "retry_after": result.retry_after}
-        job = asdict(result.job)
+        job = dict(vars(result.job))  # flat fields: cheaper than asdict's deep copy
         options = job.pop("options")
         job.update(
             language=options.get("language"),
@@ -260,7 +263,7 @@ def create_app(config: CoordinatorConfig) -> FastAPI:
         return {"status": "job", "job": job}
 
     @app.get("/v1/jobs/{chunk_id}/audio")
-    def audio(chunk_id: int, request: Request) -> FileResponse:
+    async def audio(chunk_id: ChunkId, request: Request) -> Response:
         ledger = config.ledger()
         chunk = in_scope(ledger, chunk_id)
         token = request.headers.get("x-lease-token", "")
@@ -268,10 +271,13 @@ def create_app(config: CoordinatorConfig) -> FastAPI:
             (chunk["lease_token"] or "").encode(), token.encode()
         ):
             raise lost()
-        return FileResponse(chunk["audio_path"], media_type="audio/wav")
+        # One read in a thread (a chunk is under 1 MB) rather than FileResponse's thread
+        # hop per 64 KB block.
+        data = await run_in_threadpool(Path(chunk["audio_path"]).read_bytes)
+        return Response(data, media_type="audio/wav")
 
     @app.post("/v1/jobs/{chunk_id}/heartbeat")
-    def heartbeat(chunk_id: int, body: LeaseRequest) -> dict[str, float]:
+    async def heartbeat(chunk_id: ChunkId, body: LeaseRequest) -> dict[str, float]:
         ledger = config.ledger()
         in_scope(ledger, chunk_id)
         try:
@@ -283,7 +289,7 @@ def create_app(config: CoordinatorConfig) -> FastAPI:
         return {"lease_expires_in": expires - ledger.clock()}
 
     @app.post("/v1/jobs/{chunk_id}/result")
-    def result(chunk_id: int, body: ResultRequest) -> dict[str, str]:
+    async def result(chunk_id: ChunkId, body: ResultRequest) -> dict[str, str]:
         ledger = config.ledger()
         chunk = in_scope(ledger, chunk_id)
         if chunk["state"] == "done" and chunk["lease_token"] == body.lease_token:
@@ -296,7 +302,9 @@ def create_app(config: CoordinatorConfig) -> FastAPI:
             / "results"
             / f"{chunk['idx']:05d}-{chunk['attempt']}.json"
         )
-        _write_atomic(path, json.dumps(body.result.model_dump(exclude_none=True)))
+        await run_in_threadpool(
+            _write_atomic, path, json.dumps(body.result.model_dump(exclude_none=True))
+        )
         try:
             status = ledger.complete(
                 chunk_id, body.lease_token, result_path=str(path), busy_seconds=body.busy_seconds
@@ -307,7 +315,7 @@ def create_app(config: CoordinatorConfig) -> FastAPI:
         return {"status": status}
 
     @app.post("/v1/jobs/{chunk_id}/failure")
-    def failure(chunk_id: int, body: FailureRequest) -> dict[str, str]:
+    async def failure(chunk_id: ChunkId, body: FailureRequest) -> dict[str, str]:
         ledger = config.ledger()
         in_scope(ledger, chunk_id)
         try:
@@ -319,7 +327,7 @@ def create_app(config: CoordinatorConfig) -> FastAPI:
         return {"state": state}
 
     @app.post("/v1/jobs/{chunk_id}/release")
-    def release(chunk_id: int, body: LeaseRequest) -> dict[str, str]:
+    async def release(chunk_id: ChunkId, body: LeaseRequest) -> dict[str, str]:
         ledger = config.ledger()
         in_scope(ledger, chunk_id)
         try:

@@ -28,7 +28,14 @@ from typing import Any, Protocol
 
 from whisperfarm.chunking import CutterConfig
 from whisperfarm.coordinator import CoordinatorConfig, create_app
-from whisperfarm.errors import BudgetReached, InputError, Interrupted, ModelError, UsageError
+from whisperfarm.errors import (
+    BudgetReached,
+    InputError,
+    Interrupted,
+    ModelError,
+    UsageError,
+    WorkersLost,
+)
 from whisperfarm.ingest import EpisodeRequest, chunk_episode, register
 from whisperfarm.ledger import EpisodeProgress, Ledger
 from whisperfarm.media import check_input
@@ -99,8 +106,17 @@ class Fleets:
             fleet.start(url, token, model)
 
     def check(self, ledger: Ledger, work_left: bool) -> None:
+        """Every fleet's check. One whose workers are all gone ends the run only when the
+        others' are too: Fly machines still on their way finish what a lost local worker
+        left, and their fleet fails by itself if it can't get machines."""
+        lost: list[WorkersLost] = []
         for fleet in self.fleets:
-            fleet.check(ledger, work_left)
+            try:
+                fleet.check(ledger, work_left)
+            except WorkersLost as error:
+                lost.append(error)
+        if lost and len(lost) == len(self.fleets):
+            raise lost[0]
 
     def stop(self) -> None:
         errors = []

@@ -133,6 +133,21 @@ def _new_token() -> str:
     return secrets.token_urlsafe(18)
 
 
+# The chunk a claim takes (?4: now, ?5: the episode ids as JSON): the longest claimable
+# one in scope, queued or with an expired lease; long chunks first keeps a run's tail short.
+# The queued one comes from walking the chunks_queue index in that order (no sort of the
+# whole queue per claim); leased chunks are few, one per worker.
+_NEXT_CHUNK = (
+    "SELECT id FROM ("
+    " SELECT * FROM (SELECT id, end - start AS length, idx FROM chunks"
+    "  WHERE state = 'queued' AND episode_id IN (SELECT value FROM json_each(?5))"
+    "  ORDER BY end - start DESC, idx LIMIT 1)"
+    " UNION ALL SELECT id, end - start, idx FROM chunks"
+    "  WHERE state = 'leased' AND lease_expires_at < ?4"
+    "  AND episode_id IN (SELECT value FROM json_each(?5))"
+    ") ORDER BY length DESC, idx LIMIT 1"
+)
+
 _write_locks: dict[Path, threading.RLock] = {}
 _write_locks_guard = threading.Lock()
 
@@ -355,14 +370,11 @@ class Ledger:
                 (now, max_attempts, scope),
             )
             row = conn.execute(
-                "UPDATE chunks SET state = 'leased', attempt = attempt + 1, lease_token = ?,"
-                " lease_expires_at = ?, worker_id = ?, claimed_at = ?"
-                " WHERE id = (SELECT id FROM chunks"
-                "   WHERE episode_id IN (SELECT value FROM json_each(?))"
-                "   AND (state = 'queued' OR (state = 'leased' AND lease_expires_at < ?))"
-                "   ORDER BY (end - start) DESC, idx LIMIT 1)"
+                "UPDATE chunks SET state = 'leased', attempt = attempt + 1, lease_token = ?1,"
+                " lease_expires_at = ?2, worker_id = ?3, claimed_at = ?4"
+                f" WHERE id = ({_NEXT_CHUNK})"
                 " RETURNING id, episode_id, idx, start, end, attempt, words",
-                (token, now + lease_seconds, worker.id, now, scope, now),
+                (token, now + lease_seconds, worker.id, now, scope),
             ).fetchone()
             if row is not None:
                 conn.execute(

@@ -46,7 +46,11 @@ class BackgroundServer:
 
     def __init__(self, app: FastAPI, sock: socket.socket):
         self.sock = sock
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+        # No proxy headers: nothing here uses the client's address, so there is nothing to
+        # trust a forwarder for. httptools and uvloop are picked up when installed.
+        config = uvicorn.Config(
+            app, log_level="warning", access_log=False, lifespan="off", proxy_headers=False
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [sock]}, daemon=True, name="coordinator"

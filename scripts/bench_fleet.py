@@ -1,0 +1,234 @@
+"""Fleet scale: the real `whisperfarm transcribe --backend fly` with a hundred simulated
+machines on the fake Machines API (tests/fakefly), over 1,000+ chunks.
+
+The fake starts every created machine after ``--start-latency`` seconds and runs
+scripts/sim_worker.py in it: the real worker loop and client, with a transcriber that sleeps
+chunk duration ÷ the machine's speed. Each machine also spends 0..``--join-delay`` seconds
+(drawn from its id) booting and loading its model before its first claim, so machines start
+20–40 s after their create, as on Fly. Speeds spread ±20 % around ``--speed`` (default 2.7×
+realtime: small.en on performance-2x). The episode is ``--chunks`` × 25 s of a tone with a
+2-second pause every 25 s (sound in every chunk, so none is skipped as silent; the cutter
+cuts in each pause), generated with ffmpeg into .bench/ when missing.
+
+Time runs at its real pace (no scaling): Fly's create rate (1 a second, burst 3) lives in
+the real fleet controller, and at 2.7× realtime a hundred workers claim about ten chunks a
+second, little for the machine's cores. ``--time-scale K`` divides start latencies and
+multiplies speeds by K to make a run shorter, but leaves the create rate as it is.
+
+The makespan (first create → last result) is compared with two ideals:
+  simple   total work ÷ (machines × mean speed) + longest chunk ÷ mean speed + mean start
+           latency (create → first claim), as if every machine were created at once;
+  ramp     the same with each machine joining when it really could: a perfect scheduler
+           with the measured create times (Fly's create rate spreads a hundred creates
+           over 100 s) and start latencies, plus the longest chunk.
+
+    python scripts/bench_fleet.py [--chunks 1050] [--machines 100] [--budget 1.00]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from sim_worker import machine_profile  # noqa: E402
+
+from whisperfarm.fly.policy import machine_speed  # noqa: E402
+from whisperfarm.fly.pricing import size_named  # noqa: E402
+from whisperfarm.ledger import machine_cost  # noqa: E402
+from whisperfarm.media import ffmpeg_exe  # noqa: E402
+
+TOKEN = "fake-token"
+APP = "whisperfarm-workers"
+PERIOD = 25.0  # seconds from one of the tone's pauses to the next: one chunk each
+PAUSE = 2.0  # long enough (over 5 % of a chunk) for the cutter to take it as a pause
+
+
+def tones(chunks: int) -> Path:
+    """``chunks`` × 25 s of a 440 Hz tone, each period ending in 2 s of near silence."""
+    path = REPO / ".bench" / f"tones-{chunks}x{PERIOD:g}s.flac"
+    if not path.exists():
+        path.parent.mkdir(exist_ok=True)
+        level = f"if(lt(mod(t,{PERIOD:g}),{PERIOD - PAUSE:g}),0.3,0.002)"
+        subprocess.run(
+            [
+                *(ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "lavfi"),
+                *("-i", f"sine=frequency=440:sample_rate=16000:duration={chunks * PERIOD:g}"),
+                *("-af", f"volume='{level}':eval=frame", "-ac", "1", "-c:a", "flac", str(path)),
+            ],
+            check=True,
+        )
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def rows(db: Path, sql: str) -> list[dict[str, Any]]:
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(row) for row in conn.execute(sql)]
+    finally:
+        conn.close()
+
+
+def fluid_finish(available: list[tuple[float, float]], work: float) -> float:
+    """The time a perfectly divisible job of ``work`` audio seconds ends on machines that
+    each join at ``at`` and then do ``speed`` audio seconds a second: (at, speed) pairs."""
+    joined = sorted(available)
+    done, rate, now = 0.0, 0.0, joined[0][0]
+    for at, speed in joined:
+        if done + rate * (at - now) >= work:
+            break
+        done += rate * (at - now)
+        rate, now = rate + speed, at
+    return now + (work - done) / rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chunks", type=int, default=1050)
+    parser.add_argument("--machines", type=int, default=100, help="--max-machines")
+    parser.add_argument("--budget", type=float, default=1.00)
+    parser.add_argument("--speed", type=float, default=2.7, help="mean × realtime of a machine")
+    parser.add_argument("--start-latency", type=float, default=20.0, help="create → started")
+    parser.add_argument("--join-delay", type=float, default=20.0, help="started → claiming, max")
+    parser.add_argument("--time-scale", type=float, default=1.0)
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args()
+    k = args.time_scale
+    audio = tones(args.chunks)
+    size = size_named("performance-2x")
+    work = Path(tempfile.mkdtemp(prefix="fleet-", dir=REPO / ".bench"))
+    sim_env = {
+        "SIM_SPEED": str(args.speed * k),
+        "SIM_JOIN_DELAY": str(args.join_delay / k),
+        "SIM_SPREAD": "0.2",
+    }
+    fake = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "tests.fakefly", "--port", "0", "--token", TOKEN),
+            *("--app", APP, "--start-latency", str(args.start_latency / k)),
+            *(
+                "--launch-cmd",
+                shlex.join([sys.executable, str(REPO / "scripts" / "sim_worker.py")]),
+            ),
+            *("--log-dir", str(work / "machines")),
+        ],
+        cwd=REPO,
+        env={**os.environ, **sim_env},
+        stdout=subprocess.PIPE,
+        stderr=(work / "fakefly.log").open("w"),
+        text=True,
+    )
+    try:
+        assert fake.stdout is not None
+        line = fake.stdout.readline().strip()
+        if not line.startswith("FAKEFLY_URL="):
+            raise SystemExit(f"the fake Machines API did not start: {line!r}")
+        fake_url = line.split("=", 1)[1]
+        port = free_port()
+        env = {
+            **os.environ,
+            "WHISPERFARM_HOME": str(work / "home"),
+            "WHISPERFARM_FLY_API_URL": fake_url,
+            "FLY_API_TOKEN": TOKEN,
+            "FLY_APP": APP,
+            # What the policy assumes: the simulated machines' mean speed and start latency.
+            "WHISPERFARM_SPEED": str(args.speed * k / machine_speed("", size.cpus, 1.0)),
+            "WHISPERFARM_FLY_START_LATENCY": str((args.start_latency + args.join_delay / 2) / k),
+            "WHISPERFARM_FLY_POLL_SECONDS": "1",
+        }
+        command = [
+            *(sys.executable, "-m", "whisperfarm", "transcribe", str(audio)),
+            *("--model", "tiny.en", "--backend", "fly", "--machine-size", size.name),
+            *("--max-machines", str(args.machines), "--budget", f"{args.budget:.2f}"),
+            *("--advertise-url", f"http://127.0.0.1:{port}", "--port", str(port)),
+            *("--out", str(work / "out"), "--format", "txt", "--yes", "--quiet"),
+        ]
+        started = time.time()
+        result = subprocess.run(command, env=env, capture_output=True, text=True)
+        wall = time.time() - started
+        state = httpx.get(f"{fake_url}/_fake/state", timeout=30).json()
+    finally:
+        fake.send_signal(signal.SIGINT)
+        try:
+            fake.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            fake.kill()
+    if result.returncode != 0:
+        raise SystemExit(f"transcribe failed ({result.returncode}):\n{result.stderr[-3000:]}")
+
+    db = work / "home" / "ledger.db"
+    run = rows(db, "SELECT * FROM runs")[-1]
+    chunks = rows(db, "SELECT * FROM chunks WHERE speech = 1")
+    machines = rows(db, f"SELECT * FROM machines WHERE run_id = '{run['id']}'")
+    first_seen = {w["id"]: w["first_seen"] for w in rows(db, "SELECT * FROM workers")}
+    t0 = min(m["created_at"] for m in machines)
+    end = max(c["finished_at"] for c in chunks)
+    makespan = end - t0
+    lengths = [c["end"] - c["start"] for c in chunks]
+    total, longest = sum(lengths), max(lengths)
+    profiles = {m["id"]: machine_profile(m["id"], sim_env) for m in machines}
+    joined = [m for m in machines if m["id"] in first_seen]
+    speeds = [profiles[m["id"]][0] for m in joined]
+    latencies = [first_seen[m["id"]] - m["created_at"] for m in joined]
+    mean_speed = statistics.mean(speeds)
+    simple = total / (len(joined) * mean_speed) + longest / mean_speed + statistics.mean(latencies)
+    ramp = (
+        fluid_finish([(first_seen[m["id"]] - t0, profiles[m["id"]][0]) for m in joined], total)
+        + longest / mean_speed
+    )
+    spent = sum(machine_cost(m, time.time()) for m in machines)
+    billed = 0.0
+    for machine in state["machines"]:
+        times = {h["state"]: h["at"] for h in machine["history"]}
+        stop = times.get("stopped") or times.get("destroying") or times.get("destroyed")
+        billed += (stop - times["created"]) * size.usd_per_second
+    attempts = sum(c["attempt"] for c in chunks)
+
+    print(
+        f"\n{len(chunks)} chunks, {total / 3600:.2f} h of audio (mean {total / len(chunks):.1f} s, "
+        f"longest {longest:.1f} s); "
+        f"{len(machines)} machines created ({len(joined)} worked), speed {min(speeds):.2f}–"
+        f"{max(speeds):.2f}× (mean {mean_speed:.2f}), start latency {min(latencies):.0f}–"
+        f"{max(latencies):.0f} s (mean {statistics.mean(latencies):.0f}); time scale {k:g}"
+    )
+    print(
+        f"{'makespan s':>10} {'ideal s':>8} {'vs ideal':>9} {'ideal+ramp s':>13} "
+        f"{'vs ideal+ramp':>14} {'CLI wall s':>11} {'spent $':>8} {'fake billed $':>14} "
+        f"{'budget $':>9} {'claims/chunk':>13}"
+    )
+    print(
+        f"{makespan:>10.1f} {simple:>8.1f} {makespan / simple - 1:>+9.1%} {ramp:>13.1f} "
+        f"{makespan / ramp - 1:>+14.1%} {wall:>11.1f} {spent:>8.3f} {billed:>14.3f} "
+        f"{args.budget:>9.2f} {attempts / len(chunks):>13.3f}"
+    )
+    print(f"(last create at {max(m['created_at'] for m in machines) - t0:.0f} s; work in {work})")
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""A simulated worker for scripts/bench_fleet.py: the real worker loop and coordinator client
+(``worker.loop.Worker``, ``worker.client.CoordinatorClient``) with a transcriber that, instead
+of decoding, sleeps the chunk's duration ÷ this machine's speed and returns one segment.
+
+Configured like the real worker (WHISPERFARM_URL, WHISPERFARM_TOKEN, FLY_MACHINE_ID, … as
+the fake Machines API sets them from the machine's config.env), plus:
+
+    SIM_SPEED        mean × realtime of a machine (default 2.7: small.en on performance-2x)
+    SIM_SPREAD       machines' speeds spread evenly over ± this fraction of the mean (0.2)
+    SIM_JOIN_DELAY   seconds of boot and model load before the first claim, at most; each
+                     machine draws its own between 0 and this (default 20)
+
+A machine's speed and join delay are drawn from its machine id, so bench_fleet.py can
+recompute them (``machine_profile``). It imports no faster_whisper: a hundred of these
+fit on a small machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from worker.client import CoordinatorClient
+from worker.config import WorkerConfig
+from worker.loop import Worker
+from worker.transcriber import Stopped
+
+SAMPLE_RATE = 16_000
+
+
+def _fraction(machine_id: str, salt: str) -> float:
+    """A number in [0, 1) drawn from the machine id."""
+    digest = hashlib.sha256(f"{salt}:{machine_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def machine_profile(machine_id: str, env: Mapping[str, str] = os.environ) -> tuple[float, float]:
+    """(speed × realtime, join delay in seconds) of a simulated machine."""
+    mean = float(env.get("SIM_SPEED", "2.7"))
+    spread = float(env.get("SIM_SPREAD", "0.2"))
+    speed = mean * (1 - spread + 2 * spread * _fraction(machine_id, "speed"))
+    delay = float(env.get("SIM_JOIN_DELAY", "20")) * _fraction(machine_id, "join")
+    return speed, delay
+
+
+class SleepingTranscriber:
+    """Takes as long as a machine of ``speed`` would; the text is a placeholder."""
+
+    def __init__(self, speed: float, sleep: Callable[[float], None] = time.sleep):
+        self.speed = speed
+        self.sleep = sleep
+
+    def transcribe(
+        self,
+        audio: np.ndarray,
+        *,
+        model: str,
+        should_stop: Callable[[], bool] = lambda: False,
+        **_: Any,
+    ) -> dict[str, Any]:
+        duration = len(audio) / SAMPLE_RATE
+        deadline = time.monotonic() + duration / self.speed
+        while (left := deadline - time.monotonic()) > 0:
+            if should_stop():
+                raise Stopped()
+            self.sleep(min(left, 0.5))
+        return {
+            "segments": [{"start": 0.0, "end": round(duration, 3), "text": " simulated"}],
+            "language": "en",
+            "duration": duration,
+            "model": model,
+            "elapsed": round(duration / self.speed, 3),
+        }
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    config = WorkerConfig.from_env()
+    speed, delay = machine_profile(config.machine_id or config.worker_id)
+    client = CoordinatorClient(config.url, config.token, give_up_seconds=config.give_up_seconds)
+    worker = Worker(client, SleepingTranscriber(speed), config.info())  # type: ignore[arg-type]
+    signal.signal(signal.SIGTERM, worker.request_stop)
+    signal.signal(signal.SIGINT, worker.request_stop)
+    try:
+        if worker.stopping.wait(delay):  # booting and loading the model
+            return 0
+        return worker.run()
+    finally:
+        client.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
