@@ -51,7 +51,7 @@ def test_defaults(home: Path) -> None:
     assert settings.format_list() == list(DEFAULT_FORMATS)
     assert (settings.lease_seconds, settings.max_attempts) == (60.0, 3)
     assert (settings.chunk_min_seconds, settings.chunk_max_seconds) == (12.0, 29.0)
-    assert settings.overlap_seconds == 1.5
+    assert settings.overlap_seconds == 3.0
     assert settings.fly_api_token is None
     assert settings.fly_app is None
     assert settings.fly_api_url == DEFAULT_FLY_API_URL

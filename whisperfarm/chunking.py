@@ -33,7 +33,7 @@ FRAME = 320  # 20 ms at 16 kHz
 class CutterConfig:
     min_seconds: float = 12.0
     max_seconds: float = 29.0
-    overlap_seconds: float = 1.5
+    overlap_seconds: float = 3.0
     min_pause: float = 0.3
     silence_dbfs: float = -50.0
 
