@@ -32,6 +32,7 @@ import httpx
 import pytest
 
 from tests.conftest import REPO, SAMPLE, SAMPLE_TEXT
+from tests.fakefly.process import FakeFlyProcess
 from tests.test_e2e_fly import APP, assert_all_destroyed, billed, fly_args
 from whisperfarm.chunking import write_wav
 from whisperfarm.coordinator import CoordinatorConfig, create_app
@@ -466,44 +467,16 @@ def test_a_signalled_worker_hands_its_chunk_back_at_once_and_exits_0(
 FAKE_TOKEN = "FlyV1 fm2_e2e-faults-fake-token-51f0c3"
 
 
-class FakeFly:
+def start_fake_fly(tmp: Path, token: str = FAKE_TOKEN, *flags: str) -> FakeFlyProcess:
     """tests/fakefly served in a process that runs a real worker for every started machine."""
-
-    def __init__(self, tmp: Path, token: str = FAKE_TOKEN, *flags: str):
-        self.process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "tests.fakefly", "--port", "0", "--token", token),
-                *("--app", APP, "--launch-workers", "--start-latency", "0.5"),
-                *("--log-dir", str(tmp / "machines"), *flags),
-            ],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline().strip()
-        assert line.startswith("FAKEFLY_URL="), line
-        self.url = line.split("=", 1)[1]
-
-    def state(self) -> dict[str, Any]:
-        return httpx.get(f"{self.url}/_fake/state", timeout=10).json()
-
-    def close(self) -> None:
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        if self.process.stdout:
-            self.process.stdout.close()
+    return FakeFlyProcess(tmp, *flags, token=token, app=APP)
 
 
 def test_stopping_a_fly_machine_hands_its_chunk_back_and_destroys_it(
     coordinator: tuple[str, str, Path], tmp_path: Path
 ) -> None:
     url, token, home = coordinator
-    fake = FakeFly(tmp_path)
+    fake = start_fake_fly(tmp_path)
     try:
         with MachinesClient(APP, FAKE_TOKEN, base_url=fake.url) as client:
             env = {"WHISPERFARM_URL": url, "WHISPERFARM_TOKEN": token, "WHISPERFARM_THREADS": "1"}
@@ -546,7 +519,7 @@ def test_stopping_a_fly_machine_hands_its_chunk_back_and_destroys_it(
 @pytest.fixture(scope="module")
 def fly_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("fly-faults")
-    fake = FakeFly(tmp, FAKE_TOKEN, "--never-start", "1")
+    fake = start_fake_fly(tmp, FAKE_TOKEN, "--never-start", "1")
     budget = 0.05
     try:
         env = {
@@ -624,7 +597,7 @@ def test_the_run_token_is_only_printed_for_the_user(fly_run: dict[str, Any]) -> 
 
 
 def test_a_refused_fly_token_is_not_repeated_in_the_error(tmp_path: Path) -> None:
-    fake = FakeFly(tmp_path)
+    fake = start_fake_fly(tmp_path)
     wrong = "FlyV1 fm2_wrong-token-9d2a77"
     try:
         result = subprocess.run(

@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.conftest import REPO, SAMPLE, SAMPLE_TEXT
+from tests.conftest import SAMPLE, SAMPLE_TEXT
+from tests.fakefly.process import FakeFlyProcess
 from whisperfarm.evaluation import word_error_rate
 from whisperfarm.fly.pricing import SIZES
 
@@ -28,53 +28,14 @@ TOKEN = "fake-token"
 APP = "whisperfarm-workers"
 
 
-class FakeFly:
-    def __init__(self, tmp: Path, *flags: str):
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.fakefly",
-                "--port",
-                "0",
-                "--token",
-                TOKEN,
-                "--app",
-                APP,
-                "--launch-workers",
-                "--start-latency",
-                "0.5",
-                "--log-dir",
-                str(tmp / "machines"),
-                *flags,
-            ],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline().strip()
-        assert line.startswith("FAKEFLY_URL="), line
-        self.url = line.split("=", 1)[1]
-
-    def state(self) -> dict[str, Any]:
-        return httpx.get(f"{self.url}/_fake/state", timeout=10).json()
-
-    def close(self) -> None:
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        if self.process.stdout:
-            self.process.stdout.close()
+def start_fake_fly(tmp: Path, *flags: str) -> FakeFlyProcess:
+    return FakeFlyProcess(tmp, *flags, token=TOKEN, app=APP)
 
 
 @pytest.fixture
-def fake(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[FakeFly]:
+def fake(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[FakeFlyProcess]:
     flags = getattr(request, "param", ())
-    fly = FakeFly(tmp_path, *flags)
+    fly = start_fake_fly(tmp_path, *flags)
     yield fly
     fly.close()
 
@@ -85,7 +46,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def fly_env(tmp_path: Path, fake: FakeFly, **extra: str) -> dict[str, str]:
+def fly_env(tmp_path: Path, fake: FakeFlyProcess, **extra: str) -> dict[str, str]:
     return {
         **os.environ,
         "WHISPERFARM_HOME": str(tmp_path / "home"),
@@ -147,7 +108,9 @@ def assert_all_destroyed(state: dict[str, Any]) -> None:
     assert not left, f"machines left behind: {left}"
 
 
-def test_fly_run_transcribes_within_machine_and_budget_caps(tmp_path: Path, fake: FakeFly) -> None:
+def test_fly_run_transcribes_within_machine_and_budget_caps(
+    tmp_path: Path, fake: FakeFlyProcess
+) -> None:
     budget = 0.05
     result = subprocess.run(
         fly_args(tmp_path, "--max-machines", "2", "--budget", str(budget)),
@@ -181,7 +144,7 @@ def test_fly_run_transcribes_within_machine_and_budget_caps(tmp_path: Path, fake
 
 
 def test_budget_cap_stops_machines_and_leaves_the_episode_resumable(
-    tmp_path: Path, fake: FakeFly
+    tmp_path: Path, fake: FakeFlyProcess
 ) -> None:
     # Machines cost a tenth of a cent a second: the budget pays for part of the work only.
     prices = json.dumps({"performance-2x": 0.001})
@@ -219,7 +182,7 @@ def test_budget_cap_stops_machines_and_leaves_the_episode_resumable(
     assert_all_destroyed(fake.state())
 
 
-def test_ctrl_c_destroys_every_machine(tmp_path: Path, fake: FakeFly) -> None:
+def test_ctrl_c_destroys_every_machine(tmp_path: Path, fake: FakeFlyProcess) -> None:
     process = subprocess.Popen(
         fly_args(tmp_path, "--max-machines", "2"),
         env=fly_env(tmp_path, fake),
@@ -246,7 +209,7 @@ def test_ctrl_c_destroys_every_machine(tmp_path: Path, fake: FakeFly) -> None:
     [("--capacity-409", "2", "--capacity-412", "1", "--server-errors", "3", "--create-408", "1")],
     indirect=True,
 )
-def test_api_faults_do_not_break_the_run(tmp_path: Path, fake: FakeFly) -> None:
+def test_api_faults_do_not_break_the_run(tmp_path: Path, fake: FakeFlyProcess) -> None:
     result = subprocess.run(
         fly_args(tmp_path, "--max-machines", "3"),
         env=fly_env(tmp_path, fake),
@@ -264,7 +227,7 @@ def test_api_faults_do_not_break_the_run(tmp_path: Path, fake: FakeFly) -> None:
 
 
 @pytest.mark.parametrize("fake", [("--die", "1", "--die-after", "1.5")], indirect=True)
-def test_a_machine_dying_mid_run_loses_no_chunk(tmp_path: Path, fake: FakeFly) -> None:
+def test_a_machine_dying_mid_run_loses_no_chunk(tmp_path: Path, fake: FakeFlyProcess) -> None:
     result = subprocess.run(
         fly_args(tmp_path, "--max-machines", "2"),
         env=fly_env(tmp_path, fake, WHISPERFARM_LEASE_SECONDS="3"),
@@ -289,7 +252,7 @@ def test_a_machine_dying_mid_run_loses_no_chunk(tmp_path: Path, fake: FakeFly) -
     ids=["gpu-flag", "gpu-size", "bad-token", "no-app"],
 )
 def test_fly_misconfiguration_fails_fast_with_one_line(
-    tmp_path: Path, fake: FakeFly, flags: tuple[str, ...], env: dict[str, str], message: str
+    tmp_path: Path, fake: FakeFlyProcess, flags: tuple[str, ...], env: dict[str, str], message: str
 ) -> None:
     result = subprocess.run(
         fly_args(tmp_path, *flags),
@@ -306,7 +269,7 @@ def test_fly_misconfiguration_fails_fast_with_one_line(
     assert fake.state()["machines"] == []
 
 
-def test_dry_run_plans_without_calling_fly(tmp_path: Path, fake: FakeFly) -> None:
+def test_dry_run_plans_without_calling_fly(tmp_path: Path, fake: FakeFlyProcess) -> None:
     result = subprocess.run(
         fly_args(tmp_path, "--dry-run", "--max-machines", "20", "--budget", "0.5"),
         env=fly_env(tmp_path, fake),
