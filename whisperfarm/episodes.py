@@ -202,16 +202,7 @@ def text_so_far(ledger: Ledger, episode_id: str) -> tuple[str, bool]:
                 complete = False
         elif chunk["state"] != "done":
             complete = False
-        parts.append(
-            ChunkResult(
-                chunk["idx"],
-                chunk["start"],
-                chunk["end"],
-                chunk["keep_start"],
-                chunk["keep_end"],
-                result,
-            )
-        )
+        parts.append(ChunkResult.from_row(chunk, result))
     return Transcript(stitch(parts)).text, complete
 
 

@@ -382,16 +382,7 @@ def assemble(ledger: Ledger, episode: dict[str, Any], *, keep_words: bool = Fals
         if chunk["result_path"]:
             result = json.loads(Path(chunk["result_path"]).read_text(encoding="utf-8"))
             language = language or result.get("language")
-        parts.append(
-            ChunkResult(
-                chunk["idx"],
-                chunk["start"],
-                chunk["end"],
-                chunk["keep_start"],
-                chunk["keep_end"],
-                result,
-            )
-        )
+        parts.append(ChunkResult.from_row(chunk, result))
     segments = stitch(parts, keep_words=keep_words)
     meta = {
         "id": episode["id"],

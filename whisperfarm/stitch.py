@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,18 @@ class ChunkResult:
     keep_start: float
     keep_end: float
     result: dict[str, Any] | None
+
+    @classmethod
+    def from_row(cls, chunk: Mapping[str, Any], result: dict[str, Any] | None) -> ChunkResult:
+        """From a ledger chunk row and its loaded result."""
+        return cls(
+            chunk["idx"],
+            chunk["start"],
+            chunk["end"],
+            chunk["keep_start"],
+            chunk["keep_end"],
+            result,
+        )
 
 
 @dataclass
