@@ -21,11 +21,12 @@ from pydantic import ValidationError
 from schemathesis import GenerationMode
 
 from whisperfarm.chunking import write_wav
-from whisperfarm.coordinator import CoordinatorConfig, ResultRequest, create_app
+from whisperfarm.coordinator import CoordinatorConfig, create_app
 from whisperfarm.ledger import ChunkPlan, Ledger, WorkerInfo
 from whisperfarm.settings import ALL_FORMATS
 from whisperfarm.stitch import ChunkResult, stitch
 from whisperfarm.transcripts import Transcript, write_outputs
+from whisperfarm.worker_api import ResultRequest
 
 TOKEN = "fuzz-run-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
