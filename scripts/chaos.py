@@ -159,25 +159,20 @@ def start_fake(workdir: Path) -> tuple[subprocess.Popen[str], str]:
 def results(home: Path) -> dict[str, Any]:
     with sqlite3.connect(home / "ledger.db") as conn:
         speech = conn.execute(
-            "SELECT idx, state, result_path FROM chunks WHERE speech = 1 ORDER BY idx"
+            "SELECT c.idx, c.state, r.body IS NOT NULL FROM chunks c"
+            " LEFT JOIN results r ON r.chunk_id = c.id WHERE c.speech = 1 ORDER BY c.idx"
         ).fetchall()
         stored = conn.execute("SELECT coalesce(sum(chunks_done), 0) FROM workers").fetchone()[0]
         runs = conn.execute("SELECT state FROM runs ORDER BY started_at").fetchall()
         spent = conn.execute("SELECT coalesce(sum(spent), 0) FROM runs").fetchone()[0]
-    lost = [
-        idx
-        for idx, state, path in speech
-        if state != "done" or not path or not Path(path).is_file()
-    ]
-    files = Counter(p.name.split("-")[0] for p in (home / "episodes").glob("*/results/*.json"))
-    extra_files = sum(count - 1 for count in files.values() if count > 1)
+    lost = [idx for idx, state, has_result in speech if state != "done" or not has_result]
     done = sum(1 for _, state, _ in speech if state == "done")
     return {
         "chunks": len(speech),
         "lost": lost,
         # Every "stored" answer counts one chunk done for its worker: more answers than
-        # done chunks, or two result files for one chunk, is a chunk stored twice.
-        "duplicates": max(0, stored - done) + extra_files,
+        # done chunks is a chunk stored twice (the ledger holds one result per chunk).
+        "duplicates": max(0, stored - done),
         "runs": [state for (state,) in runs],
         "spent": spent,
     }

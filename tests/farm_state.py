@@ -15,7 +15,6 @@ started. An older local run ``r0`` transcribed ``archive`` a day earlier.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from tests.conftest import FakeClock
 from whisperfarm.ledger import ChunkPlan, Ledger, WorkerInfo
@@ -43,7 +42,6 @@ def add_episode(
     chunks: int,
     *,
     length: float = 30.0,
-    results_dir: Path | None = None,
     options: dict | None = None,
 ) -> None:
     ledger.create_episode(
@@ -80,21 +78,14 @@ def work(
     *,
     at: float,
     took: float = 20.0,
-    results_dir: Path | None = None,
 ) -> int:
     """``worker`` claims the next chunk of the episode at ``at`` and finishes it."""
     clock.now = at
     job = ledger.claim([episode_id], worker, lease_seconds=LEASE, max_attempts=3).job
     assert job is not None
     clock.now = at + took
-    path = f"/results/{episode_id}/{job.idx}.json"
-    if results_dir is not None:
-        file = results_dir / episode_id / f"{job.idx:05d}.json"
-        file.parent.mkdir(parents=True, exist_ok=True)
-        name = ledger.episode(episode_id)["name"]
-        file.write_text(json.dumps(result_for(name, job.idx)), encoding="utf-8")
-        path = str(file)
-    ledger.complete(job.chunk_id, job.lease_token, result_path=path, busy_seconds=took)
+    result = json.dumps(result_for(ledger.episode(episode_id)["name"], job.idx))
+    ledger.complete(job.chunk_id, job.lease_token, result=result, busy_seconds=took)
     return job.chunk_id
 
 
@@ -128,14 +119,14 @@ def add_machine(
     )
 
 
-def build(ledger: Ledger, clock: FakeClock, results_dir: Path | None = None) -> None:
+def build(ledger: Ledger, clock: FakeClock) -> None:
     """Fill ``ledger`` with the state the module docstring draws; leaves the clock at NOW."""
     # A day earlier: run r0 transcribed 'archive' on a local worker.
     clock.now = NOW - 90_000
-    add_episode(ledger, ARCHIVE, "archive", 2, results_dir=results_dir)
+    add_episode(ledger, ARCHIVE, "archive", 2)
     ledger.start_run("r0", backend="1 local worker × 4 threads", episode_ids=[ARCHIVE])
     for n in range(2):
-        work(ledger, clock, ARCHIVE, LOCAL, at=NOW - 89_900 + n * 30, results_dir=results_dir)
+        work(ledger, clock, ARCHIVE, LOCAL, at=NOW - 89_900 + n * 30)
     ledger.update_episode(ARCHIVE, state="done", finished_at=NOW - 89_800)
     clock.now = NOW - 89_000
     ledger.end_run("r0", "done")
@@ -144,7 +135,7 @@ def build(ledger: Ledger, clock: FakeClock, results_dir: Path | None = None) -> 
     start = NOW - 600
     clock.now = start - 5
     for name, chunks in (("interview", 10), ("lecture", 4), ("broken", 3)):
-        add_episode(ledger, EPISODES[name], name, chunks, results_dir=results_dir)
+        add_episode(ledger, EPISODES[name], name, chunks)
     clock.now = start
     ledger.start_run(
         "r1",
@@ -169,14 +160,14 @@ def build(ledger: Ledger, clock: FakeClock, results_dir: Path | None = None) -> 
     interview, lecture, broken = EPISODES.values()
     t = start + 20
     for _ in range(3):
-        work(ledger, clock, lecture, FLY1, at=t, results_dir=results_dir)
+        work(ledger, clock, lecture, FLY1, at=t)
         t += 25
-    work(ledger, clock, lecture, LAPTOP, at=t, results_dir=results_dir)
+    work(ledger, clock, lecture, LAPTOP, at=t)
     clock.now = t + 25
     ledger.update_episode(lecture, state="done", finished_at=clock.now)
 
     for _ in range(2):
-        work(ledger, clock, broken, FLY2, at=t, results_dir=results_dir)
+        work(ledger, clock, broken, FLY2, at=t)
         t += 25
     clock.now = t
     dead = ledger.claim([broken], FLY2, lease_seconds=LEASE, max_attempts=1).job
@@ -190,7 +181,7 @@ def build(ledger: Ledger, clock: FakeClock, results_dir: Path | None = None) -> 
 
     t = start + 250
     for _ in range(6):
-        work(ledger, clock, interview, FLY1, at=t, results_dir=results_dir)
+        work(ledger, clock, interview, FLY1, at=t)
         t += 50
     # m1 is on chunk 6 and heartbeating; m2 took chunk 7 at NOW - 400 and was never heard
     # from again (its lease has expired, but nobody has claimed the chunk since).

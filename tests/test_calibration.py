@@ -46,9 +46,7 @@ def run_with_workers(
             max_attempts=3,
         )
         assert claim.job is not None
-        ledger.complete(
-            claim.job.chunk_id, claim.job.lease_token, result_path="r", busy_seconds=busy
-        )
+        ledger.complete(claim.job.chunk_id, claim.job.lease_token, result='"r"', busy_seconds=busy)
     return "r1"
 
 

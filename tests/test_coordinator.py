@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,11 +49,12 @@ class Farm:
         }
         return self.post(f"/v1/jobs/{job['chunk_id']}/result", body)
 
-    def results_dir(self, episode: str = "ep1") -> Path:
-        return self.episodes_dir / episode / "results"
-
     def snapshot(self) -> tuple:
-        return (self.ledger._rows("SELECT * FROM chunks ORDER BY id"), self.ledger.workers())
+        return (
+            self.ledger._rows("SELECT * FROM chunks ORDER BY id"),
+            self.ledger._rows("SELECT * FROM results ORDER BY chunk_id"),
+            self.ledger.workers(),
+        )
 
 
 def add_episode(ledger: Ledger, chunks_dir: Path, episode_id: str, lengths: list[float]) -> dict:
@@ -141,7 +141,7 @@ def test_every_endpoint_refuses_a_missing_or_wrong_token_and_changes_nothing(
         assert response.headers["www-authenticate"] == "Bearer"
         assert "audio/wav" not in response.headers.get("content-type", "")
     assert farm.snapshot() == before
-    assert not farm.results_dir().exists()
+    assert farm.ledger.results("ep1") == {}
 
 
 def test_the_right_token_is_accepted(farm: Farm) -> None:
@@ -309,7 +309,7 @@ def test_heartbeat_with_a_wrong_token_is_409_and_changes_nothing(farm: Farm, clo
 # Results ------------------------------------------------------------------------------------
 
 
-def test_result_is_stored_in_a_file_and_the_ledger(farm: Farm, clock) -> None:
+def test_result_is_stored_in_the_ledger_with_the_chunk_done(farm: Farm, clock) -> None:
     job = farm.job()
     clock.advance(5)
     segments = [
@@ -332,30 +332,27 @@ def test_result_is_stored_in_a_file_and_the_ledger(farm: Farm, clock) -> None:
     assert response.json() == {"status": "stored"}
     chunk = farm.ledger.chunk(job["chunk_id"])
     assert chunk["state"] == "done"
-    path = Path(chunk["result_path"])
-    assert path == farm.results_dir() / "00000-1.json"
-    stored = json.loads(path.read_text())
-    assert stored == {
-        "segments": segments,
-        "language": "en",
-        "model": "tiny.en",
-        "elapsed": 1.0,
+    assert farm.ledger.results("ep1") == {
+        job["chunk_id"]: {
+            "segments": segments,
+            "language": "en",
+            "model": "tiny.en",
+            "elapsed": 1.0,
+        }
     }
-    assert [p.name for p in farm.results_dir().iterdir()] == ["00000-1.json"]
     (worker,) = farm.ledger.workers()
     assert (worker["chunks_done"], worker["busy_seconds"]) == (1, 4.5)
 
 
-def test_a_duplicate_result_is_200_duplicate_and_writes_one_file(farm: Farm) -> None:
+def test_a_duplicate_result_is_200_duplicate_and_keeps_the_first(farm: Farm) -> None:
     job = farm.job()
     assert farm.result(job, " first").json() == {"status": "stored"}
     again = farm.result(job, " second")
 
     assert again.status_code == 200
     assert again.json() == {"status": "duplicate"}
-    files = list(farm.results_dir().iterdir())
-    assert len(files) == 1
-    assert json.loads(files[0].read_text())["segments"][0]["text"] == " first"
+    (stored,) = farm.ledger.results("ep1").values()
+    assert stored["segments"][0]["text"] == " first"
     assert farm.ledger.workers()[0]["chunks_done"] == 1
 
 
@@ -365,7 +362,7 @@ def test_a_late_result_from_an_expired_and_reclaimed_attempt_is_409(farm: Farm, 
     # the old attempt posts while the new one still works ...
     early = farm.result(old, " stale")
     assert early.status_code == 409
-    assert not farm.results_dir().exists()
+    assert farm.ledger.results("ep1") == {}
     assert farm.ledger.chunk(old["chunk_id"])["state"] == "leased"
 
     # ... the new one finishes, and the old one posts again
@@ -373,10 +370,9 @@ def test_a_late_result_from_an_expired_and_reclaimed_attempt_is_409(farm: Farm, 
     late = farm.result(old, " stale")
     assert late.status_code == 409
 
-    chunk = farm.ledger.chunk(old["chunk_id"])
-    assert chunk["result_path"] == str(farm.results_dir() / "00001-2.json")
-    assert [p.name for p in farm.results_dir().iterdir()] == ["00001-2.json"]
-    assert json.loads(Path(chunk["result_path"]).read_text())["segments"][0]["text"] == " fresh"
+    assert farm.ledger.chunk(old["chunk_id"])["attempt"] == 2
+    (stored,) = farm.ledger.results("ep1").values()
+    assert stored["segments"][0]["text"] == " fresh"
 
 
 def test_a_late_result_for_an_expired_lease_nobody_took_is_still_stored(farm: Farm, clock) -> None:
@@ -497,7 +493,7 @@ def test_a_malformed_result_is_422_and_changes_nothing(farm: Farm, result: dict)
     )
     assert response.status_code == 422
     assert farm.snapshot() == before
-    assert not farm.results_dir().exists()
+    assert farm.ledger.results("ep1") == {}
 
 
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "-1e-9"])

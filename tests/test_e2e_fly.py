@@ -24,6 +24,11 @@ from whisperfarm.evaluation import word_error_rate
 from whisperfarm.fly.pricing import SIZES
 
 TIMEOUT = 300
+DONE_WITH_RESULTS = (
+    "SELECT c.idx, c.attempt, c.finished_at, r.body FROM chunks c"
+    " JOIN results r ON r.chunk_id = c.id"
+)
+"""Finished chunks with their results: a chunk transcribed again changes its row."""
 TOKEN = "fake-token"
 APP = "whisperfarm-workers"
 
@@ -165,7 +170,7 @@ def test_budget_cap_stops_machines_and_leaves_the_episode_resumable(
     assert_all_destroyed(state)
     assert billed(state, 0.001) <= budget
     assert ledger(tmp_path, "SELECT spent FROM runs")[0][0] <= budget
-    done_before = dict(ledger(tmp_path, "SELECT idx, result_path FROM chunks WHERE state = 'done'"))
+    done_before = {idx: rest for idx, *rest in ledger(tmp_path, DONE_WITH_RESULTS)}
     assert not (tmp_path / "out" / "episode.txt").exists()
 
     rerun = subprocess.run(
@@ -176,8 +181,8 @@ def test_budget_cap_stops_machines_and_leaves_the_episode_resumable(
         timeout=TIMEOUT,
     )
     assert rerun.returncode == 0, rerun.stderr
-    after = dict(ledger(tmp_path, "SELECT idx, result_path FROM chunks"))
-    assert all(after[idx] == path for idx, path in done_before.items())
+    after = {idx: rest for idx, *rest in ledger(tmp_path, DONE_WITH_RESULTS)}
+    assert all(after[idx] == kept for idx, kept in done_before.items()), "a chunk was redone"
     assert (tmp_path / "out" / "episode.txt").exists()
     assert_all_destroyed(fake.state())
 

@@ -20,6 +20,11 @@ from whisperfarm.evaluation import word_error_rate
 from whisperfarm.media import check_input
 
 TIMEOUT = 300
+DONE_WITH_RESULTS = (
+    "SELECT c.idx, c.attempt, c.finished_at, r.body FROM chunks c"
+    " JOIN results r ON r.chunk_id = c.id"
+)
+"""Finished chunks with their results: a chunk transcribed again changes its row."""
 
 
 def cli(*args: str, home: Path, **kwargs) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
@@ -124,7 +129,7 @@ def test_both_workers_stole_work(farm_run: dict) -> None:  # type: ignore[type-a
 
 def test_rerun_reuses_finished_chunks(farm_run: dict) -> None:  # type: ignore[type-arg]
     home, out = farm_run["home"], farm_run["out"]
-    before = ledger_rows(home, "SELECT idx, result_path, attempt FROM chunks ORDER BY idx")
+    before = ledger_rows(home, DONE_WITH_RESULTS + " ORDER BY idx")
     first_json = (out / "episode.json").read_text()
     result = cli(
         "transcribe",
@@ -141,7 +146,7 @@ def test_rerun_reuses_finished_chunks(farm_run: dict) -> None:  # type: ignore[t
         home=home,
     )
     assert result.returncode == 0, result.stderr
-    after = ledger_rows(home, "SELECT idx, result_path, attempt FROM chunks ORDER BY idx")
+    after = ledger_rows(home, DONE_WITH_RESULTS + " ORDER BY idx")
     assert after == before, "no chunk may be transcribed again"
     assert (out / "episode.json").read_text() == first_json
 
@@ -180,17 +185,15 @@ def test_ctrl_c_then_resume_keeps_finished_chunks(tmp_path: Path) -> None:
     assert "run the same command again to resume" in stderr
     assert "Traceback" not in stderr
     assert not out.exists() or not list(out.iterdir()), "no partial transcript"
-    kept = ledger_rows(
-        home, "SELECT idx, result_path FROM chunks WHERE state = 'done' AND speech = 1"
-    )
+    kept = [(idx, rest) for idx, *rest in ledger_rows(home, DONE_WITH_RESULTS)]
     assert len(kept) >= 2
     assert ledger_rows(home, "SELECT count(*) FROM chunks WHERE state = 'leased'") == [(0,)]
 
     result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 0, result.stderr
-    after = dict(ledger_rows(home, "SELECT idx, result_path FROM chunks"))
-    for idx, path in kept:
-        assert after[idx] == path, f"chunk {idx} was transcribed again"
+    after = {idx: rest for idx, *rest in ledger_rows(home, DONE_WITH_RESULTS)}
+    for idx, rest in kept:
+        assert after[idx] == rest, f"chunk {idx} was transcribed again"
     wer = word_error_rate(SAMPLE_TEXT.read_text(), (out / "episode.txt").read_text())
     assert wer <= 0.03
 

@@ -5,6 +5,7 @@ the clock, never by sleeping."""
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -153,10 +154,10 @@ def test_claim_waits_while_chunks_are_leased_and_is_done_when_all_done(ledger: L
     second = claim(ledger).job
     assert claim(ledger).status == "wait"
 
-    ledger.complete(first.chunk_id, first.lease_token, result_path="/r/1.json")
+    ledger.complete(first.chunk_id, first.lease_token, result='"/r/1.json"')
     assert claim(ledger).status == "wait"  # second is still leased
 
-    ledger.complete(second.chunk_id, second.lease_token, result_path="/r/2.json")
+    ledger.complete(second.chunk_id, second.lease_token, result='"/r/2.json"')
     assert claim(ledger).status == "done"
 
 
@@ -165,7 +166,7 @@ def test_claim_is_done_when_every_chunk_is_done_or_dead(ledger: Ledger) -> None:
     job = claim(ledger, max_attempts=1).job
     assert ledger.fail(job.chunk_id, job.lease_token, error="boom", max_attempts=1) == "dead"
     job = claim(ledger, max_attempts=1).job
-    ledger.complete(job.chunk_id, job.lease_token, result_path="/r.json")
+    ledger.complete(job.chunk_id, job.lease_token, result='"/r.json"')
     assert claim(ledger, max_attempts=1).status == "done"
 
 
@@ -179,7 +180,7 @@ def test_silent_chunks_are_done_without_a_claim(ledger: Ledger, clock) -> None:
     row = chunk_by_idx(ledger, 0)
     assert row["state"] == "done"
     assert row["finished_at"] == clock()
-    assert row["result_path"] is None
+    assert ledger.result(row["id"]) is None
     assert claim(ledger).status == "done"
 
 
@@ -219,7 +220,7 @@ def test_expired_lease_at_max_attempts_goes_dead_on_next_claim(ledger: Ledger, c
     assert row["lease_token"] is None
     assert "lease expired" in row["error"]
     with pytest.raises(LeaseLost):
-        ledger.complete(job.chunk_id, job.lease_token, result_path="/late.json")
+        ledger.complete(job.chunk_id, job.lease_token, result='"/late.json"')
 
 
 def test_lease_at_max_attempts_that_has_not_expired_stays_leased(ledger: Ledger, clock) -> None:
@@ -281,7 +282,7 @@ def test_heartbeat_unknown_chunk(ledger: Ledger) -> None:
 def test_heartbeat_after_completion_is_lease_lost(ledger: Ledger) -> None:
     make_episode(ledger, lengths=(5.0,))
     job = claim(ledger).job
-    ledger.complete(job.chunk_id, job.lease_token, result_path="/r.json")
+    ledger.complete(job.chunk_id, job.lease_token, result='"/r.json"')
     with pytest.raises(LeaseLost):
         ledger.heartbeat(job.chunk_id, job.lease_token, lease_seconds=LEASE)
 
@@ -293,12 +294,12 @@ def test_complete_stores_the_result_and_counts_for_the_worker(ledger: Ledger, cl
     make_episode(ledger, lengths=(12.5,))
     job = claim(ledger).job
     clock.advance(7)
-    status = ledger.complete(job.chunk_id, job.lease_token, result_path="/r/0.json", busy_seconds=6)
+    status = ledger.complete(job.chunk_id, job.lease_token, result='"/r/0.json"', busy_seconds=6)
 
     assert status == "stored"
     row = ledger.chunk(job.chunk_id)
     assert row["state"] == "done"
-    assert row["result_path"] == "/r/0.json"
+    assert ledger.result(job.chunk_id) == "/r/0.json"
     assert row["finished_at"] == clock()
     assert row["lease_expires_at"] is None
     (worker,) = ledger.workers()
@@ -315,11 +316,11 @@ def test_complete_stores_the_result_and_counts_for_the_worker(ledger: Ledger, cl
 def test_repeated_complete_with_the_same_token_is_a_duplicate(ledger: Ledger) -> None:
     make_episode(ledger, lengths=(5.0,))
     job = claim(ledger).job
-    assert ledger.complete(job.chunk_id, job.lease_token, result_path="/r/a.json") == "stored"
-    again = ledger.complete(job.chunk_id, job.lease_token, result_path="/r/b.json")
+    assert ledger.complete(job.chunk_id, job.lease_token, result='"/r/a.json"') == "stored"
+    again = ledger.complete(job.chunk_id, job.lease_token, result='"/r/b.json"')
 
     assert again == "duplicate"
-    assert ledger.chunk(job.chunk_id)["result_path"] == "/r/a.json"
+    assert ledger.result(job.chunk_id) == "/r/a.json"
     assert ledger.workers()[0]["chunks_done"] == 1
 
 
@@ -333,23 +334,23 @@ def test_complete_with_a_superseded_token_is_lease_lost_and_changes_nothing(
 
     # the late worker posts while the new attempt still holds the lease ...
     with pytest.raises(LeaseLost):
-        ledger.complete(old.chunk_id, old.lease_token, result_path="/r/old.json")
+        ledger.complete(old.chunk_id, old.lease_token, result='"/r/old.json"')
     assert ledger.chunk(old.chunk_id)["state"] == "leased"
-    assert ledger.chunk(old.chunk_id)["result_path"] is None
+    assert ledger.result(old.chunk_id) is None
 
     # ... and after the new attempt has finished
-    ledger.complete(new.chunk_id, new.lease_token, result_path="/r/new.json")
+    ledger.complete(new.chunk_id, new.lease_token, result='"/r/new.json"')
     with pytest.raises(LeaseLost):
-        ledger.complete(old.chunk_id, old.lease_token, result_path="/r/old.json")
+        ledger.complete(old.chunk_id, old.lease_token, result='"/r/old.json"')
     row = ledger.chunk(new.chunk_id)
-    assert row["result_path"] == "/r/new.json"
+    assert ledger.result(new.chunk_id) == "/r/new.json"
     assert row["state"] == "done"
     assert {w["id"]: w["chunks_done"] for w in ledger.workers()} == {"w1": 0, "w2": 1}
 
 
 def test_complete_unknown_chunk(ledger: Ledger) -> None:
     with pytest.raises(UnknownChunk):
-        ledger.complete(424242, "token", result_path="/r.json")
+        ledger.complete(424242, "token", result='"/r.json"')
 
 
 def test_complete_after_release_is_lease_lost(ledger: Ledger) -> None:
@@ -357,7 +358,7 @@ def test_complete_after_release_is_lease_lost(ledger: Ledger) -> None:
     job = claim(ledger).job
     ledger.release(job.chunk_id, job.lease_token)
     with pytest.raises(LeaseLost):
-        ledger.complete(job.chunk_id, job.lease_token, result_path="/r.json")
+        ledger.complete(job.chunk_id, job.lease_token, result='"/r.json"')
     assert ledger.chunk(job.chunk_id)["state"] == "queued"
 
 
@@ -449,25 +450,28 @@ def test_release_with_a_stale_token_is_lease_lost(ledger: Ledger, clock) -> None
 def test_add_chunk_keeps_a_done_chunk_with_the_same_cut(ledger: Ledger) -> None:
     plans = make_episode(ledger, lengths=(5.0, 7.0))
     job = claim(ledger).job  # idx 1, the longer one
-    ledger.complete(job.chunk_id, job.lease_token, result_path="/r/1.json")
+    ledger.complete(job.chunk_id, job.lease_token, result='"/r/1.json"')
 
     needs_work = ledger.add_chunk("ep1", plans[1], "/chunks/again.wav")
     assert needs_work is False
     row = chunk_by_idx(ledger, 1)
     assert row["id"] == job.chunk_id
-    assert (row["state"], row["result_path"], row["attempt"]) == ("done", "/r/1.json", 1)
+    assert (row["state"], row["attempt"]) == ("done", 1)
+    assert ledger.result(row["id"]) == "/r/1.json"
     assert row["audio_path"] == "/chunks/ep1/00001.wav"
 
 
 def test_add_chunk_replaces_a_done_chunk_with_a_different_cut(ledger: Ledger) -> None:
     make_episode(ledger, lengths=(5.0, 7.0))
     job = claim(ledger).job  # idx 1: 5.0 .. 12.0
-    ledger.complete(job.chunk_id, job.lease_token, result_path="/r/1.json")
+    ledger.complete(job.chunk_id, job.lease_token, result='"/r/1.json"')
 
     needs_work = ledger.add_chunk("ep1", ChunkPlan(1, 5.0, 13.0, 5.0, 13.0), "/chunks/new.wav")
     assert needs_work is True
     row = chunk_by_idx(ledger, 1)
-    assert (row["state"], row["attempt"], row["result_path"]) == ("queued", 0, None)
+    assert (row["state"], row["attempt"]) == ("queued", 0)
+    assert ledger.result(row["id"]) is None
+    assert ledger.results("ep1") == {}  # the old cut's result went with it
     assert (row["start"], row["end"], row["audio_path"]) == (5.0, 13.0, "/chunks/new.wav")
     assert len(ledger.chunks("ep1")) == 2
 
@@ -505,7 +509,7 @@ def test_requeue_puts_leased_and_dead_chunks_back_with_fresh_attempts(ledger: Le
     dead = claim(ledger, max_attempts=1).job
     ledger.fail(dead.chunk_id, dead.lease_token, error="boom", max_attempts=1)
     done = claim(ledger).job
-    ledger.complete(done.chunk_id, done.lease_token, result_path="/r.json")
+    ledger.complete(done.chunk_id, done.lease_token, result='"/r.json"')
     leased = claim(ledger).job
 
     assert ledger.requeue("ep1") == 2
@@ -519,13 +523,13 @@ def test_requeue_puts_leased_and_dead_chunks_back_with_fresh_attempts(ledger: Le
         )
     assert ledger.chunk(done.chunk_id)["state"] == "done"
     with pytest.raises(LeaseLost):
-        ledger.complete(leased.chunk_id, leased.lease_token, result_path="/r/late.json")
+        ledger.complete(leased.chunk_id, leased.lease_token, result='"/r/late.json"')
 
 
 def test_requeue_with_done_state_redoes_finished_chunks(ledger: Ledger) -> None:
     make_episode(ledger, lengths=(9.0,))
     job = claim(ledger).job
-    ledger.complete(job.chunk_id, job.lease_token, result_path="/r.json")
+    ledger.complete(job.chunk_id, job.lease_token, result='"/r.json"')
     assert ledger.requeue("ep1", states=("done", "leased", "dead")) == 1
     assert ledger.chunk(job.chunk_id)["state"] == "queued"
     assert claim(ledger).status == "job"
@@ -599,6 +603,42 @@ def test_opening_an_older_ledger_applies_only_the_missing_migrations(tmp_path: P
     ledger.close()
 
 
+def test_result_files_of_an_older_ledger_move_into_it(tmp_path: Path) -> None:
+    """m005: a ledger from before results lived in it points at one JSON file per chunk;
+    opening it reads them in, and a file that is gone leaves its chunk missing a result
+    (export says so and retry re-queues it), not a broken ledger."""
+    path = tmp_path / "ledger.db"
+    old = Database(path)
+    migrations.apply(old, stop_before="m005_results_in_the_ledger")
+    now = 1_000.0
+    old.execute(
+        "INSERT INTO episodes (id, name, source, content_hash, model, state, created_at,"
+        " updated_at) VALUES ('ep1', 'ep1', 's', 'h', 'm', 'done', ?, ?)",
+        (now, now),
+    )
+    kept = tmp_path / "results" / "00000-1.json"
+    kept.parent.mkdir()
+    kept.write_text('{"segments": [{"start": 0, "end": 1, "text": " kept"}]}')
+    gone = tmp_path / "results" / "00001-1.json"
+    for idx, result_path in enumerate([kept, gone, None]):
+        old.execute(
+            "INSERT INTO chunks (episode_id, idx, start, end, keep_start, keep_end, speech,"
+            " audio_path, state, attempt, result_path) VALUES ('ep1', ?, ?, ?, ?, ?, ?, 'a',"
+            " 'done', 1, ?)",
+            (idx, idx, idx + 1, idx, idx + 1, int(result_path is not None), result_path),
+        )
+    old.conn.commit()
+    old.close()
+
+    ledger = Ledger(path)
+    ids = [c["id"] for c in ledger.chunks("ep1")]
+    assert ledger.results("ep1") == {
+        ids[0]: {"segments": [{"start": 0, "end": 1, "text": " kept"}]}
+    }
+    assert [c["idx"] for c in ledger.missing_results("ep1")] == [1]  # idx 2 is silent
+    ledger.close()
+
+
 def test_a_file_that_is_not_sqlite_gives_a_ledger_error(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
     path.write_bytes(b"this is not a database" * 100)
@@ -631,7 +671,8 @@ def test_concurrent_claims_hand_out_every_chunk_exactly_once(tmp_path: Path, clo
                     continue
                 job = result.job
                 claimed[n].append((job.chunk_id, job.attempt))
-                ledger.complete(job.chunk_id, job.lease_token, result_path=f"/r/{job.idx}")
+                result = json.dumps(f"/r/{job.idx}")
+                ledger.complete(job.chunk_id, job.lease_token, result=result)
         except BaseException as error:
             errors.append(error)
         finally:

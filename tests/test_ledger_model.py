@@ -11,6 +11,7 @@ promises after every step:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from hypothesis import HealthCheck, settings
@@ -71,7 +72,7 @@ class QueueMachine(RuleBasedStateMachine):
             if claim.status == "done":
                 break
             assert claim.status == "job" and claim.job is not None, claim
-            self.ledger.complete(claim.job.chunk_id, claim.job.lease_token, result_path="r")
+            self.ledger.complete(claim.job.chunk_id, claim.job.lease_token, result='"r"')
             self._stored(claim.job.chunk_id)
         states = {c["state"] for c in self.ledger.chunks("ep")}
         assert states <= {"done", "dead"}, states
@@ -115,14 +116,14 @@ class QueueMachine(RuleBasedStateMachine):
         worker = data.draw(st.sampled_from(sorted(self.held)))
         chunk_id, token = self.held.pop(worker)
         try:
-            outcome = self.ledger.complete(chunk_id, token, result_path=f"r-{token}")
+            outcome = self.ledger.complete(chunk_id, token, result=json.dumps(token))
         except LeaseLost:
             return
         if outcome == "stored":
             self._stored(chunk_id)
         if again:  # the worker's retry of the same post
-            assert self.ledger.complete(chunk_id, token, result_path="x") == "duplicate"
-            assert self.ledger.chunk(chunk_id)["result_path"] == f"r-{token}"
+            assert self.ledger.complete(chunk_id, token, result='"x"') == "duplicate"
+            assert self.ledger.result(chunk_id) == token
 
     @precondition(lambda self: self.held)
     @rule(data=st.data())
@@ -169,7 +170,7 @@ class QueueMachine(RuleBasedStateMachine):
         for chunk in self.ledger.chunks("ep"):
             assert chunk["attempt"] <= MAX_ATTEMPTS
             if chunk["state"] == "done":
-                assert chunk["result_path"], chunk
+                assert self.ledger.result(chunk["id"]) is not None, chunk
                 assert self.stored.get(chunk["id"]) == 1
 
 

@@ -6,6 +6,7 @@ The browser test never skips: without chromium it fails, saying how to install i
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -34,7 +35,7 @@ INSTALL = "sudo apt-get install -y chromium"
 @pytest.fixture
 def config(home: Path, clock) -> Iterator[CoordinatorConfig]:  # type: ignore[no-untyped-def]
     ledger = Ledger(home / "ledger.db", clock=clock)
-    farm_state.build(ledger, clock, results_dir=home / "episodes")
+    farm_state.build(ledger, clock)
     ledger.close()
     config = CoordinatorConfig(
         ledger_path=home / "ledger.db",
@@ -199,7 +200,8 @@ class Spy:
         try:
             chunk = next(c for c in ledger.chunks(INTERVIEW) if c["idx"] == 6)
             assert chunk["worker_id"] == M1
-            ledger.complete(chunk["id"], chunk["lease_token"], result_path="/r.json")
+            result = json.dumps(farm_state.result_for("interview", 6))
+            ledger.complete(chunk["id"], chunk["lease_token"], result=result)
         finally:
             ledger.close()
 

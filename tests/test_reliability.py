@@ -97,7 +97,9 @@ def claim_in_a_process(path: str, n: int, start: Any, out: Any) -> None:
                 if len(claims) % 7 == 0:
                     ledger.release(job.chunk_id, job.lease_token)
                     continue
-                ledger.complete(job.chunk_id, job.lease_token, result_path=f"/r/p{n}/{job.idx}")
+                ledger.complete(
+                    job.chunk_id, job.lease_token, result=json.dumps(f"/r/p{n}/{job.idx}")
+                )
                 completed.append(job.chunk_id)
             except LeaseLost:
                 stolen.append(job.chunk_id)
@@ -136,7 +138,7 @@ def test_worker_processes_claim_1000_chunks_each_once(tmp_path: Path) -> None:
 
     ledger = Ledger(path)
     assert ledger.progress("ep1").counts == {"done": CHUNKS}
-    owners = {c["id"]: c["result_path"].split("/")[2] for c in ledger.chunks("ep1")}
+    owners = {chunk_id: path.split("/")[2] for chunk_id, path in ledger.results("ep1").items()}
     by_report = {chunk: f"p{r['n']}" for r in reports for chunk in r["completed"]}
     assert owners == by_report, "each chunk's result is the one its completer stored"
     assert sum(w["chunks_done"] for w in ledger.workers()) == CHUNKS
@@ -231,10 +233,7 @@ def test_many_http_clients_claim_1000_chunks_each_once(
     ledger = Ledger(config.ledger_path)
     chunks = ledger.chunks("ep1")
     assert {c["state"] for c in chunks} == {"done"}
-    results = config.episodes_dir / "ep1" / "results"
-    assert sorted(p.name for p in results.iterdir()) == sorted(
-        f"{idx:05d}-1.json" for idx in range(CHUNKS)
-    ), "one result file per chunk, no partial files left"
+    assert set(ledger.results("ep1")) == {c["id"] for c in chunks}, "one result per chunk"
     assert sum(w["chunks_done"] for w in ledger.workers()) == CHUNKS
     assert len(ledger.workers()) == processes * threads
     ledger.close()
@@ -246,7 +245,7 @@ def test_many_http_clients_claim_1000_chunks_each_once(
 
 class WatchAnswers:
     """ASGI middleware that, the moment a result's answer starts to leave, looks at the
-    ledger through a connection of its own and at the result file on disk."""
+    ledger through a connection of its own."""
 
     def __init__(self, app: ASGIApp, ledger_path: Path):
         self.app = app
@@ -262,11 +261,12 @@ class WatchAnswers:
         async def watched(message: Message) -> None:
             if message["type"] == "http.response.start":
                 with sqlite3.connect(self.ledger_path) as fresh:
-                    state, result_path = fresh.execute(
-                        "SELECT state, result_path FROM chunks WHERE id = ?", (chunk_id,)
+                    state, text = fresh.execute(
+                        "SELECT c.state, r.body FROM chunks c"
+                        " LEFT JOIN results r ON r.chunk_id = c.id WHERE c.id = ?",
+                        (chunk_id,),
                     ).fetchone()
-                text = Path(result_path).read_text() if result_path else None
-                self.seen.append({"status": message["status"], "state": state, "file": text})
+                self.seen.append({"status": message["status"], "state": state, "result": text})
             await send(message)
 
         await self.app(scope, receive, watched)
@@ -291,8 +291,8 @@ def test_a_stored_answer_leaves_only_after_the_result_is_committed(tmp_path: Pat
             assert answer.json() == {"status": "stored"}
             seen = watch.seen[-1]
             assert (seen["status"], seen["state"]) == (200, "done")
-            assert seen["file"] is not None
-            assert json.loads(seen["file"])["segments"] == segments
+            assert seen["result"] is not None
+            assert json.loads(seen["result"])["segments"] == segments
     config.close()
 
 
@@ -347,10 +347,11 @@ def test_a_stored_result_survives_the_server_being_killed_right_after(tmp_path: 
     assert integrity(home / "ledger.db") == "ok"
     ledger = Ledger(home / "ledger.db")
     chunks = {c["id"]: c for c in ledger.chunks("ep1")}
+    results = ledger.results("ep1")
     ledger.close()
     for chunk_id, segments in stored.items():
         assert chunks[chunk_id]["state"] == "done"
-        assert json.loads(Path(chunks[chunk_id]["result_path"]).read_text())["segments"] == segments
+        assert results[chunk_id]["segments"] == segments
 
 
 # Losing one fleet's workers -----------------------------------------------------------------

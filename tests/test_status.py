@@ -38,7 +38,7 @@ runner = CliRunner()
 @pytest.fixture
 def farm(home: Path, clock) -> Ledger:  # type: ignore[no-untyped-def]
     ledger = Ledger(home / "ledger.db", clock=clock)
-    farm_state.build(ledger, clock, results_dir=home / "episodes")
+    farm_state.build(ledger, clock)
     yield ledger
     ledger.close()
 
@@ -440,7 +440,8 @@ def test_watch_redraws_from_fresh_snapshots_until_ctrl_c(farm: Ledger, clock) ->
         clock.advance(seconds)
         if len(frames) == 2:  # between frames, m1 finishes its chunk
             job = farm.chunk(farm_state_chunk(farm, 6))
-            farm.complete(job["id"], job["lease_token"], result_path="/r.json")
+            result = json.dumps(farm_state.result_for("interview", 6))
+            farm.complete(job["id"], job["lease_token"], result=result)
 
     watch(console, read, interval=0.5, sleep=sleep)
     assert frames == [NOW, NOW + 0.5, NOW + 1.0]

@@ -95,7 +95,6 @@ class Setup:
     client: CoordinatorClient
     samples: dict[int, np.ndarray]  # idx -> int16 samples
     clock: Any
-    results_dir: Path
 
     def worker(self, transcriber: FakeTranscriber, clock: StepClock | None = None) -> Worker:
         return Worker(
@@ -138,7 +137,7 @@ def setup(tmp_path: Path, clock) -> Setup:
     )
     app_client = TestClient(create_app(config))
     client = CoordinatorClient("http://unused", TOKEN, http=app_client, sleep=lambda _: None)
-    yield Setup(ledger, app_client, client, samples, clock, config.episodes_dir / "ep1" / "results")
+    yield Setup(ledger, app_client, client, samples, clock)
     client.close()
     config.close()
     ledger.close()
@@ -169,7 +168,7 @@ def test_worker_completes_every_chunk_and_exits_when_done(setup: Setup) -> None:
             False,
         )
     for chunk in setup.ledger.chunks("ep1"):
-        stored = json.loads(Path(chunk["result_path"]).read_text())
+        stored = setup.ledger.result(chunk["id"])
         assert stored["segments"][0]["end"] == LENGTHS[chunk["idx"]]
     (row,) = setup.ledger.workers()
     assert (row["id"], row["kind"], row["chunks_done"]) == ("w1", "local", 3)
@@ -275,7 +274,7 @@ def test_lease_lost_result_is_refused_and_the_worker_carries_on(setup: Setup) ->
                 ["ep1"], WorkerInfo("thief"), lease_seconds=LEASE, max_attempts=MAX_ATTEMPTS
             )
             assert claim.job.idx == 0 and claim.job.attempt == 2
-            ledger.complete(claim.job.chunk_id, claim.job.lease_token, result_path="/thief.json")
+            ledger.complete(claim.job.chunk_id, claim.job.lease_token, result='"/thief.json"')
         return result_for(audio)
 
     transcriber = FakeTranscriber(slow_first_chunk)
@@ -285,10 +284,8 @@ def test_lease_lost_result_is_refused_and_the_worker_carries_on(setup: Setup) ->
     assert worker.chunks_done == 2
     assert setup.states() == [(0, "done", 2), (1, "done", 1), (2, "done", 1)]
     first = ledger.chunks("ep1")[0]
-    assert first["result_path"] == "/thief.json"
+    assert ledger.result(first["id"]) == "/thief.json"  # the refused result stored nothing
     assert first["worker_id"] == "thief"
-    # the refused result left no file behind
-    assert sorted(p.name for p in setup.results_dir.iterdir()) == ["00001-1.json", "00002-1.json"]
     assert {w["id"]: w["chunks_done"] for w in ledger.workers()} == {"w1": 2, "thief": 1}
 
 

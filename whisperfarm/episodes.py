@@ -3,8 +3,9 @@ chunk results (no re-transcribing), re-queue their failed chunks, and remove the
 their audio chunks and results.
 
 An episode is named on the command line by its id, any unambiguous start of it, or its
-name (``resolve``). Its files live under ``<home>/episodes/<id>/`` (``chunks/`` and
-``results/``); the transcripts written with ``--out`` are the user's and are never removed.
+name (``resolve``). Its chunk audio lives under ``<home>/episodes/<id>/chunks/`` and its
+chunk results in the ledger; the transcripts written with ``--out`` are the user's and are
+never removed.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class RetryResult:
     failed: int
     """Dead chunks put back in the queue."""
     missing: int
-    """Done chunks whose result file was gone, put back in the queue."""
+    """Done chunks whose result was missing, put back in the queue."""
 
     @property
     def requeued(self) -> int:
@@ -124,11 +125,11 @@ def export(
             f"{episode['name']} is not finished ({len(done)} of {len(chunks)} chunks done"
             f"{failed}): {fix}run 'whisperfarm transcribe {episode['source']}' to finish it"
         )
-    lost = _lost_results(done)
+    lost = ledger.missing_results(episode["id"])
     if lost:
         raise TranscriptionFailed(
             f"{episode['name']}: the results of {len(lost)} chunk(s) are missing "
-            f"(first: {lost[0]['result_path']}); 'whisperfarm retry {episode['id']}' "
+            f"(first: chunk {lost[0]['idx']}); 'whisperfarm retry {episode['id']}' "
             "re-queues them to be transcribed again"
         )
     if keep_words is None:
@@ -138,7 +139,7 @@ def export(
 
 
 def retry(ledger: Ledger, ref: str) -> RetryResult:
-    """Put the episode's failed chunks (and done ones whose result file is gone) back in
+    """Put the episode's failed chunks (and done ones whose result is missing) back in
     the queue. A running farm picks them up; otherwise transcribing the file again does."""
     episode = resolve(ledger, ref)
     if episode["chunk_count"] is None and episode["state"] == "failed":
@@ -146,7 +147,7 @@ def retry(ledger: Ledger, ref: str) -> RetryResult:
             f"{episode['name']} failed before it was cut into chunks ({episode['error']}): "
             f"run 'whisperfarm transcribe {episode['source']}' again"
         )
-    missing = _lost_results([c for c in ledger.chunks(episode["id"]) if c["state"] == "done"])
+    missing = ledger.missing_results(episode["id"])
     failed = ledger.requeue(episode["id"], states=("dead",))
     lost = ledger.requeue_chunks([c["id"] for c in missing]) if missing else 0
     if failed + lost and episode["state"] in ("failed", "done"):
@@ -193,18 +194,10 @@ def text_so_far(ledger: Ledger, episode_id: str) -> tuple[str, bool]:
     episode = ledger.episode(episode_id)
     parts = []
     complete = episode["state"] != "chunking"
+    results = ledger.results(episode_id)
     for chunk in ledger.chunks(episode_id):
-        result = None
-        if chunk["state"] == "done" and chunk["result_path"]:
-            try:
-                result = json.loads(Path(chunk["result_path"]).read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                complete = False
-        elif chunk["state"] != "done":
+        result = results.get(chunk["id"])
+        if chunk["state"] != "done" or (chunk["speech"] and result is None):
             complete = False
         parts.append(ChunkResult.from_row(chunk, result))
     return Transcript(stitch(parts)).text, complete
-
-
-def _lost_results(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [c for c in chunks if c["result_path"] and not Path(c["result_path"]).is_file()]

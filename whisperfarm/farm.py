@@ -15,7 +15,6 @@ The fleet that runs the workers is a ``Fleet`` (local processes here; Fly machin
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
@@ -377,10 +376,10 @@ def assemble(ledger: Ledger, episode: dict[str, Any], *, keep_words: bool = Fals
     """The episode's transcript from its stored chunk results."""
     parts = []
     language = None
+    results = ledger.results(episode["id"])
     for chunk in ledger.chunks(episode["id"]):
-        result = None
-        if chunk["result_path"]:
-            result = json.loads(Path(chunk["result_path"]).read_text(encoding="utf-8"))
+        result = results.get(chunk["id"])
+        if result is not None:
             language = language or result.get("language")
         parts.append(ChunkResult.from_row(chunk, result))
     segments = stitch(parts, keep_words=keep_words)

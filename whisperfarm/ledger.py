@@ -270,6 +270,11 @@ class Ledger:
 
     def delete_episode(self, episode_id: str) -> None:
         with self._write() as conn:
+            conn.execute(
+                "DELETE FROM results WHERE chunk_id IN"
+                " (SELECT id FROM chunks WHERE episode_id = ?)",
+                (episode_id,),
+            )
             conn.execute("DELETE FROM chunks WHERE episode_id = ?", (episode_id,))
             conn.execute("DELETE FROM run_episodes WHERE episode_id = ?", (episode_id,))
             conn.execute("DELETE FROM episodes WHERE id = ?", (episode_id,))
@@ -295,6 +300,12 @@ class Ledger:
                 # lease keeps a valid chunk id.
                 return existing[2] != "done"
             state = "queued" if plan.speech else "done"
+            if existing is not None:  # a new cut: the old one's result is no use
+                conn.execute(
+                    "DELETE FROM results WHERE chunk_id IN"
+                    " (SELECT id FROM chunks WHERE episode_id = ? AND idx = ?)",
+                    (episode_id, plan.idx),
+                )
             conn.execute(
                 "INSERT OR REPLACE INTO chunks (episode_id, idx, start, end, keep_start,"
                 " keep_end, speech, words, audio_path, state, attempt, finished_at)"
@@ -328,6 +339,31 @@ class Ledger:
 
     def chunks(self, episode_id: str) -> list[dict[str, Any]]:
         return self._rows("SELECT * FROM chunks WHERE episode_id = ? ORDER BY idx", (episode_id,))
+
+    def result(self, chunk_id: int) -> dict[str, Any] | None:
+        """A done chunk's result (segments, language …), None if it has none."""
+        row = self.conn.execute(
+            "SELECT body FROM results WHERE chunk_id = ?", (chunk_id,)
+        ).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def results(self, episode_id: str) -> dict[int, dict[str, Any]]:
+        """The episode's stored results by chunk id."""
+        rows = self.conn.execute(
+            "SELECT r.chunk_id, r.body FROM results r JOIN chunks c ON c.id = r.chunk_id"
+            " WHERE c.episode_id = ?",
+            (episode_id,),
+        )
+        return {chunk_id: json.loads(body) for chunk_id, body in rows}
+
+    def missing_results(self, episode_id: str) -> list[dict[str, Any]]:
+        """Chunks marked done with speech but no stored result: only a ledger from before
+        results moved into it, whose result file was gone, has any."""
+        return self._rows(
+            "SELECT * FROM chunks WHERE episode_id = ? AND state = 'done' AND speech = 1"
+            " AND id NOT IN (SELECT chunk_id FROM results) ORDER BY idx",
+            (episode_id,),
+        )
 
     def chunk(self, chunk_id: int) -> dict[str, Any]:
         rows = self._rows("SELECT * FROM chunks WHERE id = ?", (chunk_id,))
@@ -432,20 +468,21 @@ class Ledger:
         chunk_id: int,
         token: str,
         *,
-        result_path: str,
+        result: str,
         busy_seconds: float = 0.0,
     ) -> Literal["stored", "duplicate"]:
-        """Mark the chunk done with its result file. Commits before returning, so a result
-        acknowledged to a worker is never lost. A repeated post by the winning attempt is
-        a harmless duplicate; any other token gets LeaseLost."""
+        """Mark the chunk done and store its result (JSON text) with it, in one commit
+        before returning, so a result acknowledged to a worker is never lost. A repeated
+        post by the winning attempt is a harmless duplicate; any other token gets
+        LeaseLost."""
         now = self.clock()
         with self._write() as conn:
             row = conn.execute(
-                "UPDATE chunks SET state = 'done', result_path = ?, finished_at = ?,"
+                "UPDATE chunks SET state = 'done', finished_at = ?,"
                 " lease_expires_at = NULL, error = NULL"
                 " WHERE id = ? AND lease_token = ? AND state = 'leased'"
                 " RETURNING worker_id, end - start",
-                (result_path, now, chunk_id, token),
+                (now, chunk_id, token),
             ).fetchone()
             if row is None:
                 state = conn.execute(
@@ -456,6 +493,9 @@ class Ledger:
                 if state[0] == "done" and state[1] == token:
                     return "duplicate"
                 raise LeaseLost(chunk_id)
+            conn.execute(
+                "INSERT OR REPLACE INTO results (chunk_id, body) VALUES (?, ?)", (chunk_id, result)
+            )
             conn.execute(
                 "UPDATE workers SET chunks_done = chunks_done + 1, audio_seconds ="
                 " audio_seconds + ?, busy_seconds = busy_seconds + ?, current_chunk = NULL,"
@@ -850,13 +890,17 @@ class Ledger:
         return int(self.db.conn.execute("SELECT count(*) FROM episodes").fetchone()[0])
 
     def requeue_chunks(self, chunk_ids: list[int]) -> int:
-        """Put these done or dead chunks back in the queue (say, a result file was lost)."""
+        """Put these done or dead chunks back in the queue (say, a result was lost)."""
+        ids = json.dumps(chunk_ids)
         with self._write() as conn:
             cursor = conn.execute(
                 "UPDATE chunks SET state = 'queued', attempt = 0, lease_token = NULL,"
                 " lease_expires_at = NULL, error = NULL, result_path = NULL, finished_at = NULL"
                 " WHERE state IN ('done', 'dead') AND id IN (SELECT value FROM json_each(?))",
-                (json.dumps(chunk_ids),),
+                (ids,),
+            )
+            conn.execute(
+                "DELETE FROM results WHERE chunk_id IN (SELECT value FROM json_each(?))", (ids,)
             )
             return cursor.rowcount
 

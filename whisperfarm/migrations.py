@@ -5,6 +5,8 @@ Never edit a migration that has shipped: add ``m00N_…`` below it instead.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
@@ -158,3 +160,26 @@ def m004_chunk_queue_index(db: Database) -> None:
     """A claim takes the longest queued chunk: this index yields it without sorting the
     whole queue on every claim."""
     db.execute("CREATE INDEX chunks_queue ON chunks (state, end - start DESC, idx)")
+
+
+@migrations()
+def m005_results_in_the_ledger(db: Database) -> None:
+    """Chunk results move from a JSON file each into the ledger: a result and its chunk's
+    'done' commit in one transaction, with no file, fsync or thread hop on the coordinator's
+    hot path. Existing result files are read in; one that is gone stays missing (export
+    reports it and 'whisperfarm retry' re-queues the chunk)."""
+    db.execute(
+        """
+        CREATE TABLE results (
+            chunk_id INTEGER PRIMARY KEY REFERENCES chunks(id) ON DELETE CASCADE,
+            body TEXT NOT NULL
+        )
+        """
+    )
+    rows = db.execute("SELECT id, result_path FROM chunks WHERE result_path IS NOT NULL")
+    for chunk_id, path in rows.fetchall():
+        try:
+            body = Path(path).read_text(encoding="utf-8")
+        except OSError:
+            continue
+        db.execute("INSERT INTO results (chunk_id, body) VALUES (?, ?)", (chunk_id, body))
