@@ -625,7 +625,15 @@ def test_result_files_of_an_older_ledger_move_into_it(tmp_path: Path) -> None:
             "INSERT INTO chunks (episode_id, idx, start, end, keep_start, keep_end, speech,"
             " audio_path, state, attempt, result_path) VALUES ('ep1', ?, ?, ?, ?, ?, ?, 'a',"
             " 'done', 1, ?)",
-            (idx, idx, idx + 1, idx, idx + 1, int(result_path is not None), result_path),
+            (
+                idx,
+                idx,
+                idx + 1,
+                idx,
+                idx + 1,
+                int(result_path is not None),
+                result_path and str(result_path),
+            ),
         )
     old.conn.commit()
     old.close()
