@@ -88,6 +88,54 @@ def test_keep_words_false_strips_words() -> None:
     assert segment.text == "Hi you"
 
 
+# Words whisper invents at a chunk's edge ----------------------------------------------------
+
+
+def junk_chunk(junk_at: float, *, length: float = 0.0, probability: float = 0.001) -> ChunkResult:
+    """A chunk 100..120 s whose one segment holds a word at ``junk_at`` (seconds into the
+    chunk) besides two real ones."""
+    words = [
+        {"start": 2.0, "end": 2.4, "word": " real", "probability": 0.9},
+        {"start": 2.5, "end": 3.0, "word": " words", "probability": 0.8},
+        {"start": junk_at, "end": junk_at + length, "word": " 3.", "probability": probability},
+    ]
+    words.sort(key=lambda w: w["start"])
+    segment = {"start": 0.0, "end": 3.0, "text": "".join(w["word"] for w in words), "words": words}
+    return ChunkResult(0, 100.0, 120.0, 100.0, 120.0, {"segments": [segment]})
+
+
+@pytest.mark.parametrize("junk_at", [0.0, 0.6, 19.5, 20.0])
+def test_a_zero_length_improbable_word_at_a_chunk_edge_is_dropped(junk_at: float) -> None:
+    (segment,) = stitch([junk_chunk(junk_at)], keep_words=True)
+    assert segment.text == "real words"
+    assert [w.word for w in segment.words] == [" real", " words"]
+    assert (segment.start, segment.end) == (102.0, 103.0)
+
+
+def test_a_segment_of_nothing_but_an_invented_word_is_dropped() -> None:
+    segment = {
+        "start": 0.0,
+        "end": 0.0,
+        "text": " 3.",
+        "words": [{"start": 0.0, "end": 0.0, "word": " 3.", "probability": 0.001}],
+    }
+    chunk = ChunkResult(0, 100.0, 120.0, 100.0, 120.0, {"segments": [segment]})
+    assert stitch([chunk]) == []
+
+
+@pytest.mark.parametrize(
+    ("junk_at", "length", "probability"),
+    [
+        (10.0, 0.0, 0.001),  # mid-chunk: the model's own doing, as in one pass
+        (0.0, 0.3, 0.001),  # has a length: a real (if doubtful) word
+        (0.0, 0.0, 0.5),  # zero length, but the model is fairly sure
+    ],
+)
+def test_other_words_are_kept(junk_at: float, length: float, probability: float) -> None:
+    (segment,) = stitch([junk_chunk(junk_at, length=length, probability=probability)])
+    assert "3." in segment.text
+
+
 # Overlapped seams ---------------------------------------------------------------------------
 
 # The cut is at 20.0 s with 1.5 s of overlap: the left chunk hears 0-21.5, the right one

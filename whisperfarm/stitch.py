@@ -8,6 +8,12 @@ Where two chunks overlap (no pause was found near the cut), both transcribed the
 around the seam. The two transcripts of the overlap are aligned word by word; the seam is
 moved to the matched word nearest the cut, and each word is kept from exactly one side. If
 the two sides share no word, each word goes to the side that owns its midpoint.
+
+Whisper sometimes invents a word where a chunk's audio begins or ends mid-air: zero
+seconds long and near-certainly wrong (the seams bench found a "3." of probability 0.001
+at a chunk's start that one pass over the whole file, having no cut there, never wrote).
+Such a word within EDGE_SECONDS of a chunk's edge is dropped; a word with any length or any
+real probability is kept, wherever it is.
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from whisperfarm.transcripts import Segment, Word
+
+EDGE_SECONDS = 1.0
+JUNK_PROBABILITY = 0.01
 
 
 @dataclass
@@ -62,6 +71,17 @@ def _norm(text: str) -> str:
     return _NORMALISE.sub("", text.lower())
 
 
+def _edge_junk(word: Word, chunk: ChunkResult) -> bool:
+    """A zero-length, near-certainly-wrong word at the very start or end of the chunk's
+    audio: what whisper invents where audio starts or stops abruptly."""
+    return (
+        word.end <= word.start
+        and word.probability is not None
+        and word.probability < JUNK_PROBABILITY
+        and (word.start - chunk.start < EDGE_SECONDS or chunk.end - word.end < EDGE_SECONDS)
+    )
+
+
 def _absolute_segments(chunk: ChunkResult) -> list[Segment]:
     if not chunk.result:
         return []
@@ -78,6 +98,12 @@ def _absolute_segments(chunk: ChunkResult) -> list[Segment]:
                 )
                 for w in raw["words"]
             ]
+            kept = [w for w in words if not _edge_junk(w, chunk)]
+            if len(kept) < len(words):
+                if kept:
+                    text = "".join(w.word for w in kept).strip()
+                    segments.append(Segment(kept[0].start, kept[-1].end, text, kept))
+                continue
         segments.append(
             Segment(
                 start=chunk.start + raw["start"],
