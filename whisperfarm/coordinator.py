@@ -150,12 +150,36 @@ async def _validation_error(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": details}, status_code=422)
 
 
-def create_app(config: CoordinatorConfig) -> FastAPI:
+class Coordinator:
+    """The whole coordinator as one ASGI app: the guard, then the worker API, then FastAPI
+    (status page, health, docs). The first two are plain ASGI in front of the framework,
+    so a worker's request never pays for FastAPI's per-request layers (error and telemetry
+    middleware, routing, body limits)."""
+
+    def __init__(self, config: CoordinatorConfig):
+        self.api = _pages_app(config)
+        self.app = Guard(worker_api.WorkerAPI(self.api, config=config), token=config.token)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+    @property
+    def routes(self) -> list[Any]:
+        """FastAPI's routes (the worker API's paths are in ``openapi()``)."""
+        return self.api.routes
+
+    def openapi(self) -> dict[str, Any]:
+        """The OpenAPI document of every operation, the worker API's included."""
+        return self.api.openapi()
+
+
+def create_app(config: CoordinatorConfig) -> Coordinator:
+    return Coordinator(config)
+
+
+def _pages_app(config: CoordinatorConfig) -> FastAPI:
     app = FastAPI(title="whisperfarm coordinator", version="1")
     app.add_exception_handler(RequestValidationError, _validation_error)
-    # The last added runs first: the guard, then the worker API, then FastAPI's routes.
-    app.add_middleware(worker_api.WorkerAPI, config=config)
-    app.add_middleware(Guard, token=config.token)
     app.include_router(status_router(config))
 
     def openapi() -> dict[str, Any]:

@@ -9,7 +9,7 @@ import threading
 import time
 
 import uvicorn
-from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from whisperfarm.errors import UsageError
 
@@ -44,7 +44,7 @@ def is_loopback(host: str) -> bool:
 class BackgroundServer:
     """uvicorn serving ``app`` on an already-bound socket, in a daemon thread."""
 
-    def __init__(self, app: FastAPI, sock: socket.socket):
+    def __init__(self, app: ASGIApp, sock: socket.socket):
         self.sock = sock
         # No proxy headers: nothing here uses the client's address, so there is nothing to
         # trust a forwarder for. httptools and uvloop are picked up when installed.
