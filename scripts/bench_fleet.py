@@ -22,7 +22,17 @@ The makespan (first create → last result) is compared with two ideals:
            with the measured create times (Fly's create rate spreads a hundred creates
            over 100 s) and start latencies, plus the longest chunk.
 
-    python scripts/bench_fleet.py [--chunks 1050] [--machines 100] [--budget 1.00]
+``--pool`` first keeps ``--machines`` stopped machines with the real command
+(``whisperfarm machines warm N``, creates at Fly's create rate, not launched), waits until
+the fake has unpacked their image (``--start-latency``), and only then times the run,
+which updates and starts them (per-machine limits: all at once) instead of creating. A
+pooled machine's start request → ``started`` takes ``--pool-start-latency`` (default 3 s:
+Fly starts a stopped machine whose rootfs is ready in a few seconds; an assumption, not a
+measurement), then the same 0..``--join-delay`` s of boot and model load as a created
+machine. A pool machine's makespan and start latency count from its update request.
+Run it with and without ``--pool`` to compare; each prints its makespan against its ideal.
+
+    python scripts/bench_fleet.py [--chunks 1050] [--machines 100] [--budget 1.00] [--pool]
 """
 
 from __future__ import annotations
@@ -114,6 +124,12 @@ def main() -> None:
     parser.add_argument("--speed", type=float, default=2.7, help="mean × realtime of a machine")
     parser.add_argument("--start-latency", type=float, default=20.0, help="create → started")
     parser.add_argument("--join-delay", type=float, default=20.0, help="started → claiming, max")
+    parser.add_argument(
+        "--pool", action="store_true", help="warm a pool of stopped machines first (untimed)"
+    )
+    parser.add_argument(
+        "--pool-start-latency", type=float, default=3.0, help="stopped machine: start → started"
+    )
     parser.add_argument("--time-scale", type=float, default=1.0)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
@@ -130,6 +146,7 @@ def main() -> None:
         [
             *(sys.executable, "-m", "tests.fakefly", "--port", "0", "--token", TOKEN),
             *("--app", APP, "--start-latency", str(args.start_latency / k)),
+            *("--warm-start-latency", str(args.pool_start_latency / k)),
             *(
                 "--launch-cmd",
                 shlex.join([sys.executable, str(REPO / "scripts" / "sim_worker.py")]),
@@ -160,6 +177,23 @@ def main() -> None:
             "WHISPERFARM_FLY_START_LATENCY": str((args.start_latency + args.join_delay / 2) / k),
             "WHISPERFARM_FLY_POLL_SECONDS": "1",
         }
+        warm_seconds = None
+        if args.pool:
+            warmed = time.time()
+            warm = subprocess.run(
+                [
+                    *(sys.executable, "-m", "whisperfarm", "machines", "warm"),
+                    *(str(args.machines), "--model", "tiny.en", "--machine-size", size.name),
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            if warm.returncode != 0:
+                raise SystemExit(f"machines warm failed:\n{warm.stdout}{warm.stderr[-3000:]}")
+            print(warm.stdout.strip())
+            time.sleep(args.start_latency / k)  # the last one's image unpacked
+            warm_seconds = time.time() - warmed
         command = [
             *(sys.executable, "-m", "whisperfarm", "transcribe", str(audio)),
             *("--model", "tiny.en", "--backend", "fly", "--machine-size", size.name),
@@ -184,7 +218,12 @@ def main() -> None:
     run = rows(db, "SELECT * FROM runs")[-1]
     chunks = rows(db, "SELECT * FROM chunks WHERE speech = 1")
     machines = rows(db, f"SELECT * FROM machines WHERE run_id = '{run['id']}'")
-    first_seen = {w["id"]: w["first_seen"] for w in rows(db, "SELECT * FROM workers")}
+    # By machine: a pool machine's worker is named by its machine id and the run.
+    first_seen = {
+        w["machine_id"]: w["first_seen"]
+        for w in rows(db, "SELECT * FROM workers")
+        if w["machine_id"]
+    }
     t0 = min(m["created_at"] for m in machines)
     end = max(c["finished_at"] for c in chunks)
     makespan = end - t0
@@ -201,17 +240,27 @@ def main() -> None:
         + longest / mean_speed
     )
     spent = sum(machine_cost(m, time.time()) for m in machines)
-    billed = 0.0
+    billed = 0.0  # Fly's bill: each start until the next stop (a stopped machine pays none)
     for machine in state["machines"]:
-        times = {h["state"]: h["at"] for h in machine["history"]}
-        stop = times.get("stopped") or times.get("destroying") or times.get("destroyed")
-        billed += (stop - times["created"]) * size.usd_per_second
+        since = None
+        for entry in machine["history"]:
+            if entry["state"] == "starting" and since is None:
+                since = entry["at"]
+            elif entry["state"] in ("stopped", "destroying", "destroyed") and since is not None:
+                billed += (entry["at"] - since) * size.usd_per_second
+                since = None
     attempts = sum(c["attempt"] for c in chunks)
 
+    pooled = sum(1 for m in machines if m["pool"])
     print(
-        f"\n{len(chunks)} chunks, {total / 3600:.2f} h of audio (mean {total / len(chunks):.1f} s, "
+        f"\n{'warm pool' if args.pool else 'no pool'}: {pooled} pool machines started, "
+        f"{len(machines) - pooled} created by the run"
+        + (f" (pool warmed in {warm_seconds:.0f} s, untimed)" if warm_seconds else "")
+    )
+    print(
+        f"{len(chunks)} chunks, {total / 3600:.2f} h of audio (mean {total / len(chunks):.1f} s, "
         f"longest {longest:.1f} s); "
-        f"{len(machines)} machines created ({len(joined)} worked), speed {min(speeds):.2f}–"
+        f"{len(machines)} machines ({len(joined)} worked), speed {min(speeds):.2f}–"
         f"{max(speeds):.2f}× (mean {mean_speed:.2f}), start latency {min(latencies):.0f}–"
         f"{max(latencies):.0f} s (mean {statistics.mean(latencies):.0f}); time scale {k:g}"
     )
@@ -225,7 +274,10 @@ def main() -> None:
         f"{makespan / ramp - 1:>+14.1%} {wall:>11.1f} {spent:>8.3f} {billed:>14.3f} "
         f"{args.budget:>9.2f} {attempts / len(chunks):>13.3f}"
     )
-    print(f"(last create at {max(m['created_at'] for m in machines) - t0:.0f} s; work in {work})")
+    print(
+        f"(last create or pool start at {max(m['created_at'] for m in machines) - t0:.0f} s;"
+        f" work in {work})"
+    )
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
 

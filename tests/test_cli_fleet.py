@@ -181,6 +181,71 @@ def test_reap_destroys_what_a_crashed_run_left(
     assert [row["state"] for row in ledger.machines()] == ["destroyed"]
 
 
+# -- machines warm -----------------------------------------------------------------------------
+
+
+def test_warm_without_an_app_is_one_line_naming_the_fix() -> None:
+    result = runner.invoke(app, ["machines", "warm", "3"])
+    assert result.exit_code == 2
+    (line,) = error_lines(result.output)
+    assert "FLY_APP" in line and "--app" in line
+    assert "Traceback" not in result.output
+
+
+def test_warm_refuses_a_negative_count() -> None:
+    result = runner.invoke(app, ["machines", "warm", "--app", APP, "--", "-1"])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+
+
+def test_warm_says_what_the_pool_costs_and_machines_lists_it(
+    fake_fly: MachinesClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLY_APP", APP)
+    result = runner.invoke(
+        app, ["machines", "warm", "3", "-m", "small.en", "--region", "ams", "--rootfs-gb", "1.5"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "3 stopped × performance-4x" in result.output  # small.en's default size
+    assert "created 3, kept 0, destroyed 0" in result.output
+    assert "no CPU or RAM" in result.output
+    assert "$0.67 a month (3 × 1.5 GB root filesystem × $0.15/GB-month" in result.output
+    assert "estimate" in result.output
+    machines = fake_fly.list()
+    assert [m.state for m in machines] == ["created"] * 3
+    assert {m.region for m in machines} == {"ams"}
+    assert all(m.metadata["whisperfarm_pool"] == "warm" for m in machines)
+
+    listing = runner.invoke(app, ["machines"])
+    assert listing.exit_code == 0, listing.output
+    assert "warm pool (3, states as last seen)" in listing.output
+    assert sum(1 for line in listing.output.splitlines() if "wf-pool-00" in line) == 3
+    assert "3 stopped: no CPU or RAM billed" in listing.output
+
+    reaped = runner.invoke(app, ["machines", "reap"])
+    assert reaped.exit_code == 0, reaped.output
+    assert "destroyed 0 machine(s)" in reaped.output
+    assert "left the warm pool's 3 stopped machine(s) alone (--pool" in reaped.output
+    assert len(fake_fly.list()) == 3
+    reaped = runner.invoke(app, ["machines", "reap", "--pool"])
+    assert reaped.exit_code == 0, reaped.output
+    assert "destroyed 3 machine(s)" in reaped.output
+    assert fake_fly.list() == []
+    assert "no machines started yet" in runner.invoke(app, ["machines"]).output
+
+
+def test_warm_0_destroys_the_pool(
+    fake_fly: MachinesClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLY_APP", APP)
+    assert runner.invoke(app, ["machines", "warm", "2"]).exit_code == 0
+    result = runner.invoke(app, ["machines", "warm", "0"])
+    assert result.exit_code == 0, result.output
+    assert "0 stopped" in result.output and "destroyed 2" in result.output
+    assert "nothing stopped is left to bill" in result.output
+    assert fake_fly.list() == []
+
+
 # -- cost --------------------------------------------------------------------------------------
 
 

@@ -287,3 +287,152 @@ def test_dry_run_plans_without_calling_fly(tmp_path: Path, fake: FakeFlyProcess)
     state = fake.state()
     assert state["machines"] == [] and not any(state["requests"].values())
     assert not (tmp_path / "home" / "ledger.db").exists()
+
+
+# -- the warm pool -----------------------------------------------------------------------------
+
+
+def whisperfarm(tmp_path: Path, fake: FakeFlyProcess, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "whisperfarm", *args],
+        env=fly_env(tmp_path, fake),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+
+def started_billed(state: dict[str, Any], price: float) -> float:
+    """What Fly bills, from the fake's histories: each start (or launching create) until
+    the machine is next stopped or destroyed; a stopped machine bills no compute."""
+    total = 0.0
+    for machine in state["machines"]:
+        since = None
+        for entry in machine["history"]:
+            if entry["state"] == "starting" and since is None:
+                since = entry["at"]
+            elif entry["state"] in ("stopped", "destroying", "destroyed") and since is not None:
+                total += (entry["at"] - since) * price
+                since = None
+        assert since is None, f"machine {machine['id']} still bills"
+    return total
+
+
+def pool_of(state: dict[str, Any]) -> list[dict[str, Any]]:
+    return [m for m in state["machines"] if m["config"]["metadata"].get("whisperfarm_pool")]
+
+
+WARM = ("--warm-start-latency", "0.2")
+
+
+@pytest.mark.parametrize("fake", [WARM], indirect=True)
+def test_a_warm_pool_serves_the_run_goes_back_stopped_and_warm_0_destroys_it(
+    tmp_path: Path, fake: FakeFlyProcess
+) -> None:
+    warmed = whisperfarm(tmp_path, fake, "machines", "warm", "2", "--model", "tiny.en")
+    assert warmed.returncode == 0, warmed.stdout + warmed.stderr
+    assert "2 stopped × performance-2x" in warmed.stdout
+    assert "no CPU or RAM" in warmed.stdout and "$0.60 a month" in warmed.stdout
+    assert "estimate" in warmed.stdout
+    before = fake.state()
+    assert [m["state"] for m in before["machines"]] == ["created", "created"]
+    pool_ids = sorted(m["id"] for m in before["machines"])
+
+    budget = 0.05
+    result = subprocess.run(
+        fly_args(tmp_path, "--max-machines", "2", "--budget", str(budget)),
+        env=fly_env(tmp_path, fake),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = (tmp_path / "out" / "episode.txt").read_text()
+    assert word_error_rate(SAMPLE_TEXT.read_text(), text) <= 0.03
+
+    state = fake.state()
+    assert sorted(m["id"] for m in state["machines"]) == pool_ids  # none created by the run
+    assert state["requests"]["create"] == 2
+    assert state["requests"]["update"] >= 2 and state["requests"]["start"] >= 2
+    assert {m["state"] for m in state["machines"]} == {"stopped"}  # back in the pool
+    assert state["started_now"] == 0
+    for machine in state["machines"]:
+        assert "started" in [h["state"] for h in machine["history"]]
+    price = SIZES["performance-2x"].usd_per_second
+    assert started_billed(state, price) <= budget
+    rows = ledger(tmp_path, "SELECT id, pool, state, stopped_at FROM machines")
+    assert sorted(row[0] for row in rows) == pool_ids
+    assert all(pool == 1 and st == "stopped" and at for _, pool, st, at in rows)
+    spent = ledger(tmp_path, "SELECT spent FROM runs")[0][0]
+    assert 0 < spent <= budget
+    run_id = ledger(tmp_path, "SELECT id FROM runs")[0][0]
+    workers = ledger(tmp_path, "SELECT id, machine_id, chunks_done FROM workers")
+    assert {w[0] for w in workers} <= {f"{m}-{run_id}" for m in pool_ids}
+    assert sum(w[2] for w in workers) >= 1
+
+    listing = whisperfarm(tmp_path, fake, "machines")
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout.count("(pool)") == 2 and "warm pool (2" in listing.stdout
+    assert "not known to be destroyed" not in listing.stdout
+
+    emptied = whisperfarm(tmp_path, fake, "machines", "warm", "0")
+    assert emptied.returncode == 0, emptied.stdout + emptied.stderr
+    assert "destroyed 2" in emptied.stdout
+    assert {m["state"] for m in fake.state()["machines"]} == {"destroyed"}
+    assert ledger(tmp_path, "SELECT count(*) FROM pool_machines")[0][0] == 0
+
+
+@pytest.mark.parametrize("fake", [WARM], indirect=True)
+def test_a_pool_smaller_than_max_machines_falls_back_to_creates(
+    tmp_path: Path, fake: FakeFlyProcess
+) -> None:
+    warmed = whisperfarm(tmp_path, fake, "machines", "warm", "1", "--model", "tiny.en")
+    assert warmed.returncode == 0, warmed.stderr
+    (pooled,) = [m["id"] for m in fake.state()["machines"]]
+    budget = 0.05
+    result = subprocess.run(
+        fly_args(tmp_path, "--max-machines", "3", "--budget", str(budget)),
+        env=fly_env(tmp_path, fake),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "out" / "episode.txt").exists()
+    state = fake.state()
+    created = [m for m in state["machines"] if m["id"] != pooled]
+    assert created, "the run made no machine of its own"
+    assert state["requests"]["create"] == 1 + len(created) and len(created) <= 2
+    assert {m["state"] for m in created} == {"destroyed"}
+    assert [m["state"] for m in pool_of(state)] == ["stopped"]
+    assert state["started_now"] == 0
+    assert started_billed(state, SIZES["performance-2x"].usd_per_second) <= budget
+    assert 0 < ledger(tmp_path, "SELECT spent FROM runs")[0][0] <= budget
+
+
+@pytest.mark.parametrize("fake", [WARM], indirect=True)
+def test_ctrl_c_leaves_pool_machines_stopped(tmp_path: Path, fake: FakeFlyProcess) -> None:
+    warmed = whisperfarm(tmp_path, fake, "machines", "warm", "2", "--model", "tiny.en")
+    assert warmed.returncode == 0, warmed.stderr
+    process = subprocess.Popen(
+        fly_args(tmp_path, "--max-machines", "2"),
+        env=fly_env(tmp_path, fake),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        if any(m["state"] == "started" for m in fake.state()["machines"]):
+            break
+    time.sleep(2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    state = fake.state()
+    assert len(state["machines"]) == 2 and state["requests"]["create"] == 2
+    assert {m["state"] for m in state["machines"]} == {"stopped"}, state["machines"]
+    assert state["started_now"] == 0 and not any(m["running"] for m in state["machines"])
+    rows = ledger(tmp_path, "SELECT state, stopped_at, destroyed_at FROM machines")
+    assert rows and all(st == "stopped" and at and gone is None for st, at, gone in rows)

@@ -562,3 +562,129 @@ def test_fake_as_a_real_process_drives_a_real_launcher(tmp_path):
             server.stdout.close()
     # uvicorn re-raises the signal once it has shut down cleanly
     assert server.returncode in (0, -signal.SIGTERM)
+
+
+# -- update, and starting a machine that already exists ----------------------------------------
+
+
+def update(fake: TestClient, machine_id: str, config: dict[str, Any], **body: Any):
+    return fake.post(f"{BASE}/{machine_id}", json={"config": config, **body})
+
+
+def pool_machine(fake: TestClient, clock: FakeClock, name: str = "p1") -> dict[str, Any]:
+    """A machine made ahead of time: created without launching, its image unpacked."""
+    machine = created(fake, name, config=worker_config(auto_destroy=False), skip_launch=True)
+    clock.advance(5)  # the start latency: the image is unpacked by now
+    assert state_of(fake, machine["id"]) == "created"
+    return machine
+
+
+def test_update_replaces_the_config_and_leaves_a_stopped_machine_stopped(clock):
+    fake = make(clock, warm_start_latency=1.0)
+    machine = pool_machine(fake, clock)
+    new = worker_config(auto_destroy=False, env={"WHISPERFARM_TOKEN": "run-2"})
+    response = update(fake, machine["id"], new, skip_launch=True)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["id"] == machine["id"] and answer["state"] == "created"
+    assert answer["config"]["env"] == {"WHISPERFARM_TOKEN": "run-2"}
+    assert answer["instance_id"] != machine["instance_id"]  # a new version of the machine
+    clock.advance(10)
+    assert state_of(fake, machine["id"]) == "created"  # skip_launch: nothing started
+    assert history(fake, machine["id"]) == ["created", "updating", "created"]
+
+
+def test_update_without_skip_launch_starts_it_after_the_warm_start_latency(clock):
+    fake = make(clock, warm_start_latency=1.0)
+    machine = pool_machine(fake, clock)
+    update(fake, machine["id"], worker_config(auto_destroy=False))
+    assert state_of(fake, machine["id"]) == "starting"
+    clock.advance(1.0)
+    assert state_of(fake, machine["id"]) == "started"
+
+
+def test_update_launches_mode_starts_it_even_with_skip_launch(clock):
+    fake = make(clock, warm_start_latency=1.0, update_launches=True)
+    machine = pool_machine(fake, clock)
+    update(fake, machine["id"], worker_config(auto_destroy=False), skip_launch=True)
+    clock.advance(1.0)
+    assert state_of(fake, machine["id"]) == "started"
+
+
+def test_a_stopped_machine_starts_with_the_warm_latency_a_new_one_waits_for_its_image(clock):
+    fake = make(clock, warm_start_latency=1.0)
+    fresh = created(fake, "fresh", config=worker_config(auto_destroy=False), skip_launch=True)
+    clock.advance(2)  # its image is still being unpacked (5 s)
+    fake.post(f"{BASE}/{fresh['id']}/start")
+    clock.advance(1.0)
+    assert state_of(fake, fresh["id"]) == "starting"
+    clock.advance(2.0)  # 5 s after its create
+    assert state_of(fake, fresh["id"]) == "started"
+    fake.post(f"{BASE}/{fresh['id']}/stop", json={})
+    assert state_of(fake, fresh["id"]) == "stopped"
+    fake.post(f"{BASE}/{fresh['id']}/start")
+    clock.advance(0.9)
+    assert state_of(fake, fresh["id"]) == "starting"
+    clock.advance(0.1)
+    assert state_of(fake, fresh["id"]) == "started"
+
+
+def test_a_new_image_in_an_update_has_to_be_unpacked_again(clock):
+    fake = make(clock, warm_start_latency=1.0)
+    machine = pool_machine(fake, clock)
+    other = worker_config(auto_destroy=False, image="registry.fly.io/wf-test:v2")
+    update(fake, machine["id"], other)
+    clock.advance(1.0)
+    assert state_of(fake, machine["id"]) == "starting"
+    clock.advance(4.0)
+    assert state_of(fake, machine["id"]) == "started"
+
+
+@pytest.mark.parametrize("guest", [{"gpu_kind": "a100-pcie-40gb"}, {"gpus": 1}])
+def test_update_with_a_gpu_guest_gets_flys_400_and_changes_nothing(clock, guest):
+    fake = make(clock)
+    machine = pool_machine(fake, clock)
+    config = worker_config(guest={"cpu_kind": "performance", "cpus": 1, **guest})
+    response = update(fake, machine["id"], config, skip_launch=True)
+    assert response.status_code == 400
+    assert "GPU machines are no longer supported" in response.json()["error"]
+    assert fake.get(f"{BASE}/{machine['id']}").json()["config"] == machine["config"]
+
+
+def test_update_of_an_unknown_or_destroyed_machine_is_404_and_a_bad_body_400(clock):
+    fake = make(clock)
+    assert update(fake, "nope", worker_config()).status_code == 404
+    machine = pool_machine(fake, clock)
+    assert fake.post(f"{BASE}/{machine['id']}", json=[1]).status_code == 400
+    assert fake.post(f"{BASE}/{machine['id']}", json={}).status_code == 400  # no config
+    fake.delete(f"{BASE}/{machine['id']}", params={"force": "true"})
+    assert update(fake, machine["id"], worker_config()).status_code == 404
+
+
+def test_update_is_limited_per_machine_to_burst_3_then_1_per_second(clock):
+    fake = make(clock)
+    first = pool_machine(fake, clock, "p1")
+    second = pool_machine(fake, clock, "p2")
+    config = worker_config(auto_destroy=False)
+    codes = [update(fake, first["id"], config, skip_launch=True).status_code for _ in range(4)]
+    assert codes == [200, 200, 200, 429]
+    assert update(fake, second["id"], config, skip_launch=True).status_code == 200
+    clock.advance(1.0)
+    assert update(fake, first["id"], config, skip_launch=True).status_code == 200
+
+
+def test_update_of_a_running_machine_replaces_its_process(clock):
+    launcher = FakeLauncher()
+    fake = make(clock, launcher=launcher, warm_start_latency=1.0)
+    machine = created(fake, config=worker_config(auto_destroy=False))
+    clock.advance(5)
+    fake.get(BASE)
+    (old,) = launcher.handles
+    new = worker_config(auto_destroy=False, env={"WHISPERFARM_TOKEN": "run-2"})
+    update(fake, machine["id"], new)
+    assert old.signals == [signal.SIGKILL]
+    clock.advance(1.0)
+    fake.get(BASE)
+    assert state_of(fake, machine["id"]) == "started"
+    assert launcher.handles[-1].spec.env["WHISPERFARM_TOKEN"] == "run-2"
+    assert "replacing" in history(fake, machine["id"])

@@ -34,10 +34,11 @@ from whisperfarm.fly.fleet import (
     FlyFleet,
     fly_client,
     fly_config,
-    reap,
 )
 from whisperfarm.fly.policy import FleetLimits
+from whisperfarm.fly.pool import POOL_KEY, warm
 from whisperfarm.fly.pricing import SIZES, Size
+from whisperfarm.fly.reap import reap
 from whisperfarm.ledger import ChunkPlan, Ledger, WorkerInfo
 from whisperfarm.settings import Settings
 
@@ -87,6 +88,28 @@ class Rig:
 
     def creates(self) -> int:
         return self.fly.requests["create"]
+
+    def warm(self, count: int, **kwargs: Any) -> list[str]:
+        """Make ``count`` pool machines fit for the rig's runs, as `machines warm` does."""
+        self.clock.advance(3.0)  # Fly's create burst is back
+        kwargs = {"image": f"registry.fly.io/{APP}:v1", "size": SIZE, "model": "tiny.en"} | kwargs
+        report = warm(
+            self.client,
+            self.ledger,
+            count,
+            rootfs_gb=2.0,
+            clock=self.clock,
+            sleep=self.clock.advance,
+            **kwargs,
+        )
+        self.clock.advance(10.0)  # their images unpacked
+        return report.created
+
+    def pool_rows(self) -> list[dict[str, Any]]:
+        return [row for row in self.rows() if row["pool"]]
+
+    def on_fly(self) -> dict[str, str]:
+        return {m["id"]: m["state"] for m in self.fake_machines()}
 
     def tick_every(self, seconds: float, times: int) -> None:
         for _ in range(times):
@@ -141,6 +164,7 @@ def make_rig(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., Rig]]:
         give_up_seconds: float = 60.0,
         attempts: int = 1,
         with_local_workers: bool = False,
+        update_launches: bool = False,
     ) -> Rig:
         app = create_app(
             app=APP,
@@ -149,6 +173,8 @@ def make_rig(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., Rig]]:
             sleep=fake_sleep,
             tick_interval=None,
             start_latency=5.0,
+            warm_start_latency=2.0,
+            update_launches=update_launches,
             faults=faults,
         )
         http = LossyHttp(app)
@@ -185,9 +211,15 @@ def make_rig(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., Rig]]:
             start_timeout=start_timeout,
             give_up_seconds=give_up_seconds,
             with_local_workers=with_local_workers,
+            pool_parallel=1,  # the in-process fake is not thread-safe
         )
         fleet = FlyFleet(
-            client, config, ledger_path=tmp_path / "home" / "ledger.db", run_id=RUN, clock=clock
+            client,
+            config,
+            ledger_path=tmp_path / "home" / "ledger.db",
+            run_id=RUN,
+            clock=clock,
+            sleep=clock.advance,
         )
         rig = Rig(clock, ledger, app.state.fly, http, client, fleet)
         opened.append(rig)
@@ -657,3 +689,196 @@ def test_cost_report_splits_a_run_over_its_episodes_by_audio(
     }
     assert second.run_id == "r2" and second.spent == 0 and second.machines == 0
     assert second.episodes == {"show-short": 0}
+
+
+# -- the warm pool -----------------------------------------------------------------------------
+
+
+def test_pool_machines_start_first_then_creates_make_up_the_rest(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(max_machines=5)
+    pool = rig.warm(3)
+    assert rig.creates() == 3
+    rig.fleet.tick(rig.ledger)
+    assert sorted(row["id"] for row in rig.pool_rows()) == sorted(pool)
+    assert len(rig.rows()) == 5
+    assert rig.creates() == 3 + 2  # only what the pool could not give
+    assert rig.fly.requests["update"] == 3 and rig.fly.requests["start"] == 3
+    rig.clock.advance(2.0)  # a stopped machine starts in the warm start latency
+    states = rig.on_fly()
+    assert {states[machine_id] for machine_id in pool} == {"started"}
+    # A pool machine gets what a created machine gets, but for stopping when its worker
+    # exits and a worker id of its own for this run.
+    created = next(m["config"] for m in rig.fake_machines() if m["id"] not in pool)
+    assert created["auto_destroy"] is True
+    for machine in rig.fake_machines():
+        if machine["id"] in pool:
+            config = machine["config"]
+            assert config["auto_destroy"] is False and config["restart"] == {"policy": "no"}
+            assert config["metadata"]["whisperfarm_run"] == RUN
+            assert config["metadata"][POOL_KEY] == "warm"
+            assert config["env"] == {
+                **created["env"],
+                "WHISPERFARM_WORKER_ID": f"{machine['id']}-{RUN}",
+            }
+            for key in ("image", "guest", "init", "stop_config", "restart"):
+                assert config[key] == created[key]
+    held = {row["id"]: row["run_id"] for row in rig.ledger.pool_machines()}
+    assert held == {machine_id: RUN for machine_id in pool}
+
+
+def test_a_pool_that_suffices_means_no_create(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(max_machines=3)
+    rig.warm(4)
+    rig.tick_every(2.0, 10)
+    assert rig.creates() == 4  # the warm-up's, none for the run
+    assert len(rig.rows()) == 3 and all(row["pool"] for row in rig.rows())
+    assert rig.fly.requests["update"] == 3
+
+
+def test_a_pool_machine_bills_from_its_update_until_seen_stopped_and_stays(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(max_machines=1)
+    (machine_id,) = rig.warm(1)
+    asked = rig.clock.now
+    rig.fleet.tick(rig.ledger)
+    rig.clock.advance(10.0)
+    rig.http.post(f"/_fake/machines/{machine_id}/crash")  # its worker exits
+    assert rig.on_fly()[machine_id] == "stopped"  # not destroyed: back in the pool
+    rig.clock.advance(1.0)
+    rig.fleet.tick(rig.ledger)
+    (row,) = rig.pool_rows()
+    assert row["state"] == "stopped" and row["stopped_at"] == rig.clock.now
+    assert rig.ledger.spend(RUN) == pytest.approx(11.0 * PRICE)
+    assert row["started_at"] == asked
+    assert rig.ledger.pool_machines()[0]["run_id"] is None  # free for another run
+    # The run still wants a machine: it creates one rather than restart the same.
+    assert rig.fly.requests["start"] == 1
+    assert len(rig.rows()) == 2 and rig.creates() == 2
+    rig.clock.advance(100.0)
+    assert rig.ledger.spend(RUN) == pytest.approx((11.0 + 100.0) * PRICE)  # the created one
+
+
+def test_stop_stops_pool_machines_and_destroys_created_ones(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(max_machines=4)
+    pool = rig.warm(2)
+    rig.fleet.tick(rig.ledger)
+    rig.clock.advance(30.0)
+    created = [row["id"] for row in rig.rows() if not row["pool"]]
+    assert len(created) == 2
+    rig.fleet.stop()
+    states = rig.on_fly()
+    assert {states[m] for m in pool} == {"stopped"}
+    assert {states[m] for m in created} == {"destroyed"}
+    rows = {row["id"]: row for row in rig.rows()}
+    assert {rows[m]["state"] for m in pool} == {"stopped"}
+    assert {rows[m]["state"] for m in created} == {"destroyed"}
+    assert rig.fleet.leftovers == []
+    assert sorted(rig.fleet.gone_workers()) == sorted([*created, *(f"{m}-{RUN}" for m in pool)])
+    assert {row["run_id"] for row in rig.ledger.pool_machines()} == {None}
+    spent = rig.ledger.spend(RUN)
+    rig.clock.advance(1000.0)
+    assert rig.ledger.spend(RUN) == spent  # nothing bills once stopped
+
+
+def test_stop_waits_for_pool_machines_to_be_stopped(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(max_machines=1)
+    (machine_id,) = rig.warm(1)
+    rig.fly.stop_latency = 5.0  # a stop takes a while on this machine
+    rig.fleet.tick(rig.ledger)
+    rig.clock.advance(10.0)
+    before = rig.clock.now
+    rig.fleet.stop()
+    assert rig.on_fly()[machine_id] == "stopped"
+    (row,) = rig.pool_rows()
+    assert row["state"] == "stopped" and row["stopped_at"] >= before + 5.0  # billed until then
+    assert rig.fleet.leftovers == []
+
+
+def test_at_the_budget_pool_machines_are_stopped_not_destroyed(
+    make_rig: Callable[..., Rig],
+) -> None:
+    budget = 1.0
+    rig = make_rig(max_machines=2, budget=budget, start_latency=10.0, stop_margin=10.0)
+    (machine_id, _) = rig.warm(2)
+    with pytest.raises(BudgetReached):
+        for _ in range(200):
+            rig.clock.advance(2.0)
+            rig.fleet.tick(rig.ledger)
+    rig.fleet.stop()
+    assert rig.ledger.spend(RUN) <= budget
+    assert rig.on_fly()[machine_id] == "stopped"
+    assert all(state in ("stopped", "created") for state in rig.on_fly().values())
+    assert rig.creates() == 2  # the warm-up's only
+
+
+def test_an_update_that_starts_the_machine_itself_is_fine(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(max_machines=2, update_launches=True)
+    pool = rig.warm(2)
+    rig.fleet.tick(rig.ledger)
+    rig.clock.advance(2.0)
+    rig.fleet.tick(rig.ledger)
+    assert {rig.on_fly()[m] for m in pool} == {"started"}
+    assert {row["state"] for row in rig.rows()} == {"started"}
+    for machine in rig.fake_machines():
+        assert [h["state"] for h in machine["history"]].count("started") == 1
+
+
+def test_pool_machines_made_for_another_image_are_left_alone(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(max_machines=1)
+    (other,) = rig.warm(1, image=f"registry.fly.io/{APP}:v0")
+    rig.fleet.tick(rig.ledger)
+    assert rig.fly.requests["update"] == 0 and rig.creates() == 2
+    assert rig.on_fly()[other] == "created"
+    assert rig.pool_rows() == []
+
+
+def test_a_pool_machine_another_live_run_holds_is_not_taken(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(max_machines=2)
+    held, free = rig.warm(2)
+    rig.ledger.start_run("other", backend="fly", episode_ids=[], pid=os.getpid())
+    assert rig.ledger.hold_pool_machine(held, "other", live_runs=set())
+    rig.fleet.tick(rig.ledger)
+    assert [row["id"] for row in rig.pool_rows()] == [free]
+    assert rig.on_fly()[held] == "created"
+
+
+def test_a_429_on_one_pool_machines_update_does_not_hold_up_the_others(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(max_machines=2)
+    limited, fine = rig.warm(2)
+    config = rig.fake_machines()[0]["config"]
+    for _ in range(3):  # use up this machine's update burst
+        rig.http.post(
+            f"/v1/apps/{APP}/machines/{limited}",
+            json={"config": config, "skip_launch": True},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
+    rig.fleet.tick(rig.ledger)  # its update gets 429; the client makes one attempt here
+    rig.clock.advance(2.0)
+    assert rig.on_fly()[fine] == "started"
+    assert rig.on_fly()[limited] == "created"
+    rig.fleet.tick(rig.ledger)
+    rows = {row["id"]: row for row in rig.rows()}
+    assert rows[limited]["state"] == "stopped"  # never ours: its short bill ends
+    assert rows[fine]["state"] == "started"
+    assert len(rows) == 3  # a create replaced the one that could not start
+
+
+def test_a_pool_machine_stuck_starting_is_stopped_not_destroyed(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(max_machines=1, start_timeout=60.0, faults=Faults(never_start=1))
+    (stuck,) = rig.warm(1)
+    rig.fleet.tick(rig.ledger)
+    rig.tick_every(30.0, 3)  # past the start timeout: asked to stop
+    assert rig.on_fly()[stuck] == "stopped"
+    assert rig.pool_rows()[0]["state"] == "stopping"  # billing until seen stopped
+    rig.tick_every(2.0, 1)
+    row = next(row for row in rig.pool_rows() if row["id"] == stuck)
+    assert row["state"] == "stopped" and "stuck starting" in row["error"]
+    assert row["stopped_at"] == rig.clock.now
+    assert len(rig.rows()) == 2  # a created machine took over

@@ -580,3 +580,81 @@ def test_wait_for_started_on_a_missing_machine_is_an_error(client, respx_mock):
     respx_mock.get(f"{BASE}/m1/wait").respond(404, json={"error": "machine not found"})
     with pytest.raises(FlyError, match="machine not found"):
         client.wait("m1", "started", timeout=10)
+
+
+# -- update (POST …/{id}: Fly's public docs, not our API-facts page) -------------------------
+
+
+def test_create_with_skip_launch_says_so_and_only_then(client, respx_mock):
+    route = respx_mock.post(BASE).respond(json=machine_json(state="created"))
+    client.create({"image": "x"}, name="p1", skip_launch=True)
+    client.create({"image": "x"}, name="p2")
+    bodies = [json.loads(call.request.content) for call in route.calls]
+    assert bodies[0]["skip_launch"] is True
+    assert "skip_launch" not in bodies[1]
+
+
+def test_update_posts_the_config_with_skip_launch_and_returns_the_machine(client, respx_mock):
+    config = {"image": "registry.fly.io/wf:v1", "env": {"WHISPERFARM_TOKEN": "t"}}
+    route = respx_mock.post(f"{BASE}/m1").respond(json=machine_json(state="stopped"))
+    machine = client.update("m1", config)
+    assert json.loads(route.calls.last.request.content) == {"config": config, "skip_launch": True}
+    assert (machine.id, machine.state) == ("m1", "stopped")
+    client.update("m1", config, skip_launch=False)
+    assert json.loads(route.calls.last.request.content)["skip_launch"] is False
+
+
+@pytest.mark.parametrize("status", [429, 500, 503, 408])
+def test_update_retries_429_and_5xx_then_succeeds(client, respx_mock, sleeps, status):
+    route = respx_mock.post(f"{BASE}/m1").mock(
+        side_effect=[
+            httpx.Response(status, json={"error": "try again"}),
+            httpx.Response(status, json={"error": "try again"}),
+            httpx.Response(200, json=machine_json(state="stopped")),
+        ]
+    )
+    assert client.update("m1", {"image": "x"}).state == "stopped"
+    assert route.call_count == 3 and len(sleeps) == 2
+
+
+def test_update_429_honours_retry_after(client, respx_mock, sleeps):
+    respx_mock.post(f"{BASE}/m1").mock(
+        side_effect=[
+            httpx.Response(429, json={"error": "rate limit"}, headers={"Retry-After": "2"}),
+            httpx.Response(200, json=machine_json(state="stopped")),
+        ]
+    )
+    client.update("m1", {"image": "x"})
+    assert sleeps == [2.0]
+
+
+def test_update_exhausted_is_fly_unavailable_naming_the_machine(client, respx_mock, sleeps):
+    route = respx_mock.post(f"{BASE}/m1").respond(429, json={"error": "rate limit exceeded"})
+    with pytest.raises(FlyUnavailable, match="update machine m1") as info:
+        client.update("m1", {"image": "x"})
+    assert "rate limit exceeded" in str(info.value)
+    assert route.call_count == 4 and len(sleeps) == 3
+
+
+def test_update_of_an_unknown_machine_is_a_fly_error_not_retried(client, respx_mock, sleeps):
+    route = respx_mock.post(f"{BASE}/gone").respond(404, json={"error": "machine not found"})
+    with pytest.raises(FlyError, match="machine not found") as info:
+        client.update("gone", {"image": "x"})
+    assert type(info.value) is FlyError and info.value.status == 404
+    assert route.call_count == 1 and sleeps == []
+
+
+@pytest.mark.parametrize("guest", [{"gpu_kind": "l40s"}, {"gpus": 2}])
+def test_update_refuses_a_gpu_config_before_any_request(client, respx_mock, guest):
+    with pytest.raises(FlyGPUUnsupported, match="performance"):
+        client.update("m1", {"image": "x", "guest": {"cpu_kind": "performance", **guest}})
+    assert respx_mock.calls.call_count == 0
+
+
+def test_update_gpu_400_from_fly_is_gpu_unsupported(client, respx_mock, sleeps):
+    route = respx_mock.post(f"{BASE}/m1").respond(
+        400, json={"error": "GPU machines are no longer supported: config.guest.gpus"}
+    )
+    with pytest.raises(FlyGPUUnsupported):
+        client.update("m1", {"image": "x"})
+    assert route.call_count == 1 and sleeps == []

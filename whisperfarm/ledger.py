@@ -691,17 +691,19 @@ class Ledger:
         usd_per_second: float,
         state: str,
         created_at: float | None = None,
+        pool: bool = False,
     ) -> None:
-        """A machine just created. It bills from ``created_at`` (default now): a created
-        machine starts at once, so pass the time the create was asked for when it is
-        recorded later (a slow or retried create) to keep the spend conservative."""
+        """A machine just created for the run, or a pool machine (``pool``) it is about to
+        start: one row per machine per run. It bills from ``created_at`` (default now): a
+        created machine starts at once, so pass the time the create (or the pool machine's
+        update) was asked for when it is recorded later, to keep the spend conservative."""
         now = self.clock()
         since = now if created_at is None else min(created_at, now)
         with self._write() as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO machines (id, run_id, name, app, region, size, cpus,"
-                " memory_mb, usd_per_second, state, created_at, started_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " memory_mb, usd_per_second, state, created_at, started_at, updated_at, pool)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     machine_id,
                     run_id,
@@ -716,12 +718,21 @@ class Ledger:
                     since,
                     since,
                     now,
+                    int(pool),
                 ),
             )
 
-    def update_machine(self, machine_id: str, *, state: str, error: str | None = None) -> None:
-        """A state seen for the machine. Its bill ends the first time it is seen stopped,
-        failed or destroyed."""
+    def update_machine(
+        self,
+        machine_id: str,
+        *,
+        state: str,
+        error: str | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        """A state seen for the machine (in ``run_id``'s row, else in every row of it: a
+        pool machine has one per run that used it). Its bill ends the first time it is
+        seen stopped, failed or destroyed."""
         now = self.clock()
         ended = state in ("stopped", "failed", "destroyed", "suspended")
         with self._write() as conn:
@@ -730,14 +741,79 @@ class Ledger:
                 " stopped_at = CASE WHEN ? AND stopped_at IS NULL THEN ? ELSE stopped_at END,"
                 " destroyed_at = CASE WHEN ? = 'destroyed' AND destroyed_at IS NULL"
                 "   THEN ? ELSE destroyed_at END"
-                " WHERE id = ?",
-                (state, now, error, ended, now, state, now, machine_id),
+                " WHERE id = ? AND (? IS NULL OR run_id = ?)",
+                (state, now, error, ended, now, state, now, machine_id, run_id, run_id),
             )
 
     def machines(self, run_id: str | None = None) -> list[dict[str, Any]]:
         if run_id is None:
             return self._rows("SELECT * FROM machines ORDER BY created_at")
         return self._rows("SELECT * FROM machines WHERE run_id = ? ORDER BY created_at", (run_id,))
+
+    # The warm pool: stopped machines kept for runs to start (``whisperfarm machines warm``).
+    # ``run_id`` is the run holding one now, if any.
+
+    def record_pool_machine(
+        self,
+        *,
+        machine_id: str,
+        app: str,
+        name: str,
+        region: str | None,
+        size: str,
+        image: str,
+        state: str,
+    ) -> None:
+        """A pool machine seen on Fly: added, or its details refreshed (its holder kept)."""
+        now = self.clock()
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO pool_machines (id, app, name, region, size, image, state,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET app = excluded.app, name = excluded.name,"
+                " region = excluded.region, size = excluded.size, image = excluded.image,"
+                " state = excluded.state, updated_at = excluded.updated_at",
+                (machine_id, app, name, region, size, image, state, now, now),
+            )
+
+    def pool_machines(self, app: str | None = None) -> list[dict[str, Any]]:
+        if app is None:
+            return self._rows("SELECT * FROM pool_machines ORDER BY created_at, name")
+        return self._rows(
+            "SELECT * FROM pool_machines WHERE app = ? ORDER BY created_at, name", (app,)
+        )
+
+    def update_pool_machine(self, machine_id: str, *, state: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE pool_machines SET state = ?, updated_at = ? WHERE id = ?",
+                (state, self.clock(), machine_id),
+            )
+
+    def forget_pool_machine(self, machine_id: str) -> None:
+        """A pool machine destroyed: it leaves the pool (its runs' rows stay)."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM pool_machines WHERE id = ?", (machine_id,))
+
+    def hold_pool_machine(self, machine_id: str, run_id: str, *, live_runs: Iterable[str]) -> bool:
+        """Take a pool machine for ``run_id`` unless a run in ``live_runs`` holds it: one
+        write, so two runs sharing this ledger never start the same machine."""
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE pool_machines SET run_id = ?, updated_at = ? WHERE id = ?"
+                " AND (run_id IS NULL OR run_id NOT IN (SELECT value FROM json_each(?)))",
+                (run_id, self.clock(), machine_id, json.dumps(sorted(set(live_runs)))),
+            )
+            return cursor.rowcount == 1
+
+    def release_pool_machine(self, machine_id: str, run_id: str, *, state: str) -> None:
+        """The run is done with its pool machine, last seen in ``state``."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE pool_machines SET run_id = NULL, state = ?, updated_at = ?"
+                " WHERE id = ? AND run_id = ?",
+                (state, self.clock(), machine_id, run_id),
+            )
 
     def spend(self, run_id: str | None = None) -> float:
         """Dollars billed so far by the run's machines (or every machine), counting a

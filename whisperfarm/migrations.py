@@ -183,3 +183,61 @@ def m005_results_in_the_ledger(db: Database) -> None:
         except OSError:
             continue
         db.execute("INSERT INTO results (chunk_id, body) VALUES (?, ?)", (chunk_id, body))
+
+
+@migrations()
+def m006_machine_pool(db: Database) -> None:
+    """A warm pool of stopped machines (``whisperfarm machines warm``): one machine can now
+    serve several runs, so ``machines`` holds a row per machine per run (``pool`` marks a
+    pool machine's), and ``pool_machines`` lists the pool itself."""
+    db.execute(
+        """
+        CREATE TABLE machines_by_run (
+            id TEXT NOT NULL,
+            run_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            app TEXT NOT NULL,
+            region TEXT,
+            size TEXT NOT NULL,
+            cpus INTEGER NOT NULL,
+            memory_mb INTEGER NOT NULL,
+            usd_per_second REAL NOT NULL,
+            state TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            started_at REAL,
+            stopped_at REAL,
+            destroyed_at REAL,
+            updated_at REAL NOT NULL,
+            error TEXT,
+            pool INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (id, run_id),
+            UNIQUE (run_id, name)
+        )
+        """
+    )
+    db.execute(
+        "INSERT INTO machines_by_run (id, run_id, name, app, region, size, cpus, memory_mb,"
+        " usd_per_second, state, created_at, started_at, stopped_at, destroyed_at, updated_at,"
+        " error) SELECT id, run_id, name, app, region, size, cpus, memory_mb, usd_per_second,"
+        " state, created_at, started_at, stopped_at, destroyed_at, updated_at, error"
+        " FROM machines"
+    )
+    db.execute("DROP TABLE machines")
+    db.execute("ALTER TABLE machines_by_run RENAME TO machines")
+    db.execute("CREATE INDEX machines_run ON machines (run_id)")
+    db.execute(
+        """
+        CREATE TABLE pool_machines (
+            id TEXT PRIMARY KEY,
+            app TEXT NOT NULL,
+            name TEXT NOT NULL,
+            region TEXT,
+            size TEXT NOT NULL,
+            image TEXT NOT NULL,
+            state TEXT NOT NULL,
+            run_id TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )
+        """
+    )

@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     fly_start_timeout: float = Field(300.0, gt=0)
     fly_give_up_seconds: float = Field(300.0, gt=0)
     fly_worker_give_up_seconds: float = Field(60.0, gt=0)
+    # The worker image unpacked, in GB: what a stopped pool machine is billed for. The
+    # Machines API does not say; 2 GB is the Dockerfile's small.en image, about.
+    fly_rootfs_gb: float = Field(2.0, gt=0)
     fly_api_token: SecretStr | None = Field(
         None,
         # Environment names match case-insensitively, so the field's own name goes last:

@@ -25,7 +25,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--app", default="whisperfarm-workers", help="the one app served")
     parser.add_argument("--token", default="fake-token", help="the token accepted")
     parser.add_argument("--region", default="ord", help="region when a create names none")
-    parser.add_argument("--start-latency", type=float, default=1.0, metavar="S")
+    parser.add_argument(
+        "--start-latency", type=float, default=1.0, metavar="S", help="create -> started"
+    )
+    parser.add_argument(
+        "--warm-start-latency",
+        type=float,
+        default=None,
+        metavar="S",
+        help="start of a machine whose image is unpacked -> started (default: --start-latency)",
+    )
+    parser.add_argument(
+        "--update-launches",
+        action="store_true",
+        help="an update starts a stopped machine even with skip_launch",
+    )
     parser.add_argument(
         "--stop-latency",
         type=float,
@@ -94,6 +108,8 @@ def main(argv: list[str] | None = None) -> None:
         region=args.region,
         start_latency=args.start_latency,
         stop_latency=args.stop_latency,
+        warm_start_latency=args.warm_start_latency,
+        update_launches=args.update_launches,
         launcher=launcher,
         faults=faults,
         rate_limit=not args.no_rate_limit,

@@ -1,7 +1,8 @@
 """The fake Machines API as a Starlette app: Fly's routes plus a few ``/_fake`` controls.
 
 /v1/apps/{app}/machines                   GET list, POST create
-/v1/apps/{app}/machines/{id}              GET, DELETE (?force=true or ?kill=true)
+/v1/apps/{app}/machines/{id}              GET, POST update {"config", "skip_launch"?},
+                                          DELETE (?force=true or ?kill=true)
 /v1/apps/{app}/machines/{id}/start        POST
 /v1/apps/{app}/machines/{id}/stop         POST {"signal", "timeout"}
 /v1/apps/{app}/machines/{id}/wait         GET ?state=&timeout=1..60[&instance_id=]
@@ -59,6 +60,8 @@ def create_app(
     region: str = "ord",
     start_latency: float = 1.0,
     stop_latency: float = 0.0,
+    warm_start_latency: float | None = None,
+    update_launches: bool = False,
     clock: Callable[[], float] = time.time,
     sleep: Sleep = asyncio.sleep,
     launcher: Launcher | None = None,
@@ -81,6 +84,8 @@ def create_app(
         region=region,
         start_latency=start_latency,
         stop_latency=stop_latency,
+        warm_start_latency=warm_start_latency,
+        update_launches=update_launches,
         clock=clock,
         launcher=launcher,
         faults=faults,
@@ -113,6 +118,9 @@ def create_app(
         force = any(query.get(k, "").lower() in ("true", "1") for k in ("force", "kill"))
         return fly.destroy(request.path_params["machine_id"], force=force)
 
+    async def update(request: Request, fly: FakeFly) -> Any:
+        return fly.update(request.path_params["machine_id"], await _body(request))
+
     async def start(request: Request, fly: FakeFly) -> Any:
         return fly.start(request.path_params["machine_id"])
 
@@ -144,10 +152,14 @@ def create_app(
                 )
             await sleep(min(poll_interval, remaining))
 
-    get_or_destroy = {"GET": api("get", get), "DELETE": api("destroy", destroy)}
+    by_method = {
+        "GET": api("get", get),
+        "POST": api("update", update),
+        "DELETE": api("destroy", destroy),
+    }
 
     async def machine_endpoint(request: Request) -> Response:
-        return await get_or_destroy[request.method](request)
+        return await by_method[request.method](request)
 
     async def state_endpoint(request: Request) -> Response:
         return JSONResponse(fly.snapshot())
@@ -191,7 +203,7 @@ def create_app(
     routes = [
         Route(base, api("list", list_or_create, per_machine=False), methods=["GET"]),
         Route(base, api("create", list_or_create, per_machine=False), methods=["POST"]),
-        Route(base + "/{machine_id}", machine_endpoint, methods=["GET", "DELETE"]),
+        Route(base + "/{machine_id}", machine_endpoint, methods=["GET", "POST", "DELETE"]),
         Route(base + "/{machine_id}/start", api("start", start), methods=["POST"]),
         Route(base + "/{machine_id}/stop", api("stop", stop), methods=["POST"]),
         Route(base + "/{machine_id}/wait", api("wait", wait), methods=["GET"]),

@@ -61,6 +61,7 @@ class FakeMachine:
     die_after: float | None = None
     die_at: float | None = None
     never_start: bool = False
+    ready_at: float = 0.0  # when its image is unpacked: no start completes before then
     restarts: int = 0
     exit_code: int | None = None
 
@@ -89,16 +90,29 @@ class FakeFly:
         region: str = "ord",
         start_latency: float = 1.0,
         stop_latency: float = 0.0,
+        warm_start_latency: float | None = None,
+        update_launches: bool = False,
         clock: Clock = time.time,
         launcher: Launcher | None = None,
         faults: Faults | None = None,
         rate_limit: bool = True,
         retry_after: bool = False,
     ):
+        """``start_latency`` is a first launch: Fly pulls and unpacks the image, boots.
+        ``warm_start_latency`` (default the same) is starting a machine whose image is
+        already unpacked: a stopped one, or one created with ``skip_launch`` at least
+        ``start_latency`` ago (the unpacking goes on after such a create; a start before it
+        is done waits for it). ``update_launches``: an update starts a stopped machine
+        even when asked to ``skip_launch`` (the reading of Fly's docs that the client must
+        also tolerate)."""
         self.app = app
         self.token = token_value(token)
         self.region = region
         self.start_latency = start_latency
+        self.warm_start_latency = (
+            start_latency if warm_start_latency is None else warm_start_latency
+        )
+        self.update_launches = update_launches
         self.stop_latency = stop_latency
         self.clock = clock
         self.launcher = launcher
@@ -110,6 +124,7 @@ class FakeFly:
         self.started_now = self.max_started = 0
         self.active_now = self.max_active = 0
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
+        self._replaced: list[Handle] = []  # processes of replaced VMs, killed, to reap
 
     # -- the gate every API request passes --------------------------------------------------
 
@@ -164,6 +179,7 @@ class FakeFly:
             instance_id="01" + secrets.token_hex(12).upper(),
             private_ip=f"fdaa:0:1:a7b:{len(self.machines) + 1:x}::2",
             created=now,
+            ready_at=now + self.start_latency,
         )
         if faults.never_start > 0:
             faults.never_start -= 1
@@ -210,6 +226,42 @@ class FakeFly:
         elif previous not in ("starting", "started"):
             raise ApiError(412, f"unable to start machine from current state: '{previous}'")
         return {"message": "", "status": "", "previous_state": previous}
+
+    def update(self, machine_id: str, body: Any) -> dict[str, Any]:
+        """Replace the machine's config, as Fly's update does (a new ``instance_id``).
+
+        A machine that is not running stays so when asked to ``skip_launch`` (unless the
+        fake was made with ``update_launches``), else starts. A running one is replaced:
+        its VM is killed and it comes back with the new config, or stays stopped when
+        asked to ``skip_launch``. A new image has to be unpacked again."""
+        if not isinstance(body, dict):
+            raise ApiError(400, "invalid request body: expected a JSON object")
+        machine = self._live(machine_id)
+        config = validate_config(body.get("config"))
+        now = self.clock()
+        if config["image"] != machine.config.get("image"):
+            machine.ready_at = now + self.start_latency
+        machine.config = config
+        machine.instance_id = "01" + secrets.token_hex(12).upper()
+        self._event(machine, "update", "requested", now)
+        launch = not body.get("skip_launch") or self.update_launches
+        previous = machine.state
+        if previous in ACTIVE_STATES:
+            if machine.process is not None:
+                machine.process.kill()
+                self._replaced.append(machine.process)
+                machine.process = None
+            machine.schedule.clear()
+            machine.kill_at = machine.die_at = None
+            self._set_state(machine, "replacing", now)
+            previous = "stopped"
+        else:
+            self._set_state(machine, "updating", now)
+        self._set_state(machine, previous, now)
+        if launch:
+            self._schedule_start(machine, now)
+            self._event(machine, "start", "requested", now)
+        return self.to_api(machine)
 
     def stop(self, machine_id: str, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):
@@ -281,6 +333,7 @@ class FakeFly:
                 continue
             for machine in self.machines.values():
                 self._check_process(machine, now)
+            self._replaced = [handle for handle in self._replaced if handle.poll() is None]
             # An exit may have scheduled a restart that is already due.
             if not any(m.schedule and m.schedule[0][0] <= now for m in self.machines.values()):
                 break
@@ -303,7 +356,8 @@ class FakeFly:
         machine.stop_requested = False
         machine.schedule = [(now, "starting")]
         if not machine.never_start:
-            machine.schedule.append((now + self.start_latency, "started"))
+            started = max(now + self.warm_start_latency, machine.ready_at)
+            machine.schedule.append((started, "started"))
 
     def _enter(self, machine: FakeMachine, state: str, at: float) -> None:
         self._set_state(machine, state, at)

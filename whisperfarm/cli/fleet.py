@@ -1,5 +1,6 @@
-"""The fleet commands: ``serve`` (coordinator for outside workers), ``machines`` and
-``machines reap`` (Fly machines this tool started), ``cost`` (what runs cost)."""
+"""The fleet commands: ``serve`` (coordinator for outside workers), ``machines``,
+``machines warm`` and ``machines reap`` (Fly machines this tool started, and its warm pool
+of stopped ones), ``cost`` (what runs cost)."""
 
 from __future__ import annotations
 
@@ -73,41 +74,182 @@ def serve(
 @machines_app.callback()
 @friendly
 def machines(ctx: typer.Context) -> None:
-    """Fly machines this tool started (from the ledger): state, size, region, age, cost.
+    """Fly machines this tool started (from the ledger): state, size, region, age, cost; and
+    the warm pool of stopped machines, with what it costs to keep.
+
+    A pool machine has a row for each run that started it, marked (pool).
 
     Example: `whisperfarm machines`
     """
     if ctx.invoked_subcommand is not None:
         return
+    from whisperfarm.fly.pool import describe_storage
     from whisperfarm.ledger import Ledger, machine_cost
     from whisperfarm.settings import load_settings
 
     settings = load_settings()
     ledger = Ledger(settings.ledger_path)
     rows = ledger.machines()
-    if not rows:
+    pool = ledger.pool_machines()
+    if not rows and not pool:
         out.print("no machines started yet (runs with --backend fly start them)")
         return
     now = ledger.clock()
-    table = Table("machine", "run", "state", "size", "region", "age", "cost", box=None)
-    for row in rows:
-        end = row["destroyed_at"] or row["stopped_at"] or now
-        table.add_row(
-            row["id"],
-            row["run_id"],
-            row["state"],
-            row["size"],
-            row["region"] or "-",
-            _age(end - row["created_at"]),
-            f"${machine_cost(row, now):.4f}",
-        )
-    out.print(table)
-    alive = [r for r in rows if r["state"] != "destroyed"]
+    if rows:
+        table = Table("machine", "run", "state", "size", "region", "age", "cost", box=None)
+        for row in rows:
+            end = row["destroyed_at"] or row["stopped_at"] or now
+            table.add_row(
+                f"{row['id']} (pool)" if row["pool"] else row["id"],
+                row["run_id"],
+                row["state"],
+                row["size"],
+                row["region"] or "-",
+                _age(end - row["created_at"]),
+                f"${machine_cost(row, now):.4f}",
+            )
+        out.print(table)
+    # Created machines should be destroyed, pool machines stopped (back in the pool).
+    ended = ("stopped", "failed", "destroyed", "suspended")
+    alive = [r for r in rows if r["state"] not in (ended if r["pool"] else ("destroyed",))]
     if alive:
         out.print(
             f"{len(alive)} not known to be destroyed: 'whisperfarm machines reap' cleans up"
             " after a crash"
         )
+    if pool:
+        table = Table("pool machine", "name", "state", "size", "region", "run", "image", box=None)
+        for row in pool:
+            table.add_row(
+                row["id"],
+                row["name"],
+                row["state"],
+                row["size"],
+                row["region"] or "-",
+                row["run_id"] or "-",
+                row["image"],
+            )
+        out.print(f"warm pool ({len(pool)}, states as last seen):")
+        out.print(table)
+        idle = sum(1 for row in pool if row["state"] in ("stopped", "created"))
+        out.print(
+            f"{idle} stopped: no CPU or RAM billed, root filesystems "
+            f"{describe_storage(idle, settings.fly_rootfs_gb)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+@machines_app.command("warm")
+@friendly
+def machines_warm(
+    count: Annotated[
+        int,
+        typer.Argument(
+            help="Stopped machines to keep; 0 destroys the pool.", min=0, metavar="COUNT"
+        ),
+    ],
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="The model runs will use: picks the default size."),
+    ] = None,
+    machine_size: Annotated[
+        str | None,
+        typer.Option(help="performance-1x … performance-16x [default: suits the model]."),
+    ] = None,
+    region: Annotated[str | None, typer.Option(help="Region for the machines.")] = None,
+    image: Annotated[
+        str | None, typer.Option(help="Worker image [default: registry.fly.io/APP:latest].")
+    ] = None,
+    fly_app: Annotated[
+        str | None, typer.Option("--app", help="The worker app [default: $FLY_APP].")
+    ] = None,
+    rootfs_gb: Annotated[
+        float | None,
+        typer.Option(help="The image's unpacked size in GB, for the storage cost [default: 2]."),
+    ] = None,
+) -> None:
+    """Keep COUNT stopped Fly machines ready: runs start them in seconds instead of
+    creating machines at Fly's one a second.
+
+    Creates the missing ones (not started), destroys extra ones and ones made for another
+    image, size or region; machines a run is using are left alone. Stopped, they run
+    nothing and bill no CPU or RAM: Fly charges only their root filesystems
+    ($0.15/GB-month). Use the same --model/--machine-size, --image and --region as your
+    runs, and run it again after deploying a new image.
+
+    Example: `whisperfarm machines warm 20 -m small.en`
+    """
+    from whisperfarm.errors import UsageError
+    from whisperfarm.fly.fleet import fly_client, worker_image, worker_size
+    from whisperfarm.fly.pool import describe_storage, warm
+    from whisperfarm.ledger import Ledger
+    from whisperfarm.settings import load_settings
+
+    settings = load_settings(
+        model=model,
+        machine_size=machine_size,
+        region=region,
+        image=image,
+        fly_app=fly_app,
+        fly_rootfs_gb=rootfs_gb,
+    )
+    if not settings.fly_app:
+        raise UsageError("set FLY_APP or pass --app: the app to keep the warm pool in")
+    size, worker = worker_size(settings), worker_image(settings)
+    report = warm(
+        fly_client(settings),
+        Ledger(settings.ledger_path),
+        count,
+        image=worker,
+        size=size,
+        model=settings.model,
+        region=settings.region,
+        rootfs_gb=settings.fly_rootfs_gb,
+    )
+    where = f", region {settings.region}" if settings.region else ""
+    out.print(
+        f"warm pool of {settings.fly_app}: {report.stopped} stopped × {size.name} "
+        f"(image {worker}{where}): created {len(report.created)}, kept {len(report.kept)}, "
+        f"destroyed {len(report.destroyed)}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if report.busy:
+        out.print(
+            f"{len(report.busy)} in use by a run now, left alone: each stops and comes back "
+            "to the pool when its run ends",
+            highlight=False,
+        )
+    if report.stopped:
+        out.print(
+            "stopped, they run nothing and bill no CPU or RAM; Fly bills their root "
+            f"filesystems: {describe_storage(report.stopped, report.rootfs_gb)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        out.print(
+            "'whisperfarm transcribe --backend fly' starts these first; "
+            "'whisperfarm machines warm 0' destroys them",
+            highlight=False,
+            soft_wrap=True,
+        )
+    else:
+        out.print("nothing stopped is left to bill", highlight=False)
+    if report.failed:
+        err.print(
+            f"[red]error:[/red] could not destroy {', '.join(report.failed)}; try again",
+            highlight=False,
+        )
+        raise typer.Exit(1)
+    if report.error:
+        err.print(
+            f"[red]error:[/red] created {len(report.created)} of the "
+            f"{report.target - report.stopped + len(report.created)} missing: {report.error}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
 
 
 @machines_app.command("reap")
@@ -116,27 +258,46 @@ def machines_reap(
     everything: Annotated[
         bool, typer.Option("--all", help="Also machines of runs still going.")
     ] = False,
+    pool: Annotated[
+        bool, typer.Option("--pool", help="Also destroy the warm pool's stopped machines.")
+    ] = False,
     fly_app: Annotated[
         str | None, typer.Option("--app", help="The worker app [default: $FLY_APP].")
     ] = None,
 ) -> None:
-    """Destroy machines whisperfarm left behind (found by their metadata on Fly).
+    """Destroy machines whisperfarm left behind (found by their metadata on Fly), and stop
+    warm-pool machines left running.
+
+    Stopped pool machines are the pool, and stay unless --pool.
 
     Example: `whisperfarm machines reap`
     """
     from whisperfarm.errors import UsageError
-    from whisperfarm.fly.fleet import fly_client, reap
+    from whisperfarm.fly.fleet import fly_client
+    from whisperfarm.fly.reap import reap
     from whisperfarm.ledger import Ledger
     from whisperfarm.settings import load_settings
 
     settings = load_settings(fly_app=fly_app)
     if not settings.fly_app:
         raise UsageError("set FLY_APP or pass --app: the app whose machines to reap")
-    result = reap(fly_client(settings), Ledger(settings.ledger_path), everything=everything)
+    result = reap(
+        fly_client(settings), Ledger(settings.ledger_path), everything=everything, pool=pool
+    )
     out.print(
         f"destroyed {len(result.destroyed)} machine(s)"
         + (f": {', '.join(result.destroyed)}" if result.destroyed else "")
     )
+    if result.stopped:
+        out.print(
+            f"stopped {len(result.stopped)} pool machine(s) left running, back in the pool: "
+            + ", ".join(result.stopped)
+        )
+    if result.idle:
+        out.print(
+            f"left the warm pool's {len(result.idle)} stopped machine(s) alone "
+            "(--pool destroys them too)"
+        )
     if result.kept:
         out.print(f"kept {len(result.kept)} of runs still going (--all to destroy them too)")
     if result.failed:

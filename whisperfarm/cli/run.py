@@ -196,7 +196,7 @@ def transcribe(
         if fly is not None and fly.leftovers:
             left = ", ".join(fly.leftovers)
             err.print(
-                f"[yellow]warning:[/yellow] could not destroy machine(s) {left}:"
+                f"[yellow]warning:[/yellow] could not destroy or stop machine(s) {left}:"
                 " run 'whisperfarm machines reap'",
                 highlight=False,
             )

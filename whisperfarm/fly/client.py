@@ -266,12 +266,22 @@ class MachinesClient:
 
     # -- the API ----------------------------------------------------------------------------
 
-    def create(self, config: Mapping[str, Any], *, name: str, region: str | None = None) -> Machine:
-        """Create (and launch) a machine called ``name``, which must be unique in the app."""
+    def create(
+        self,
+        config: Mapping[str, Any],
+        *,
+        name: str,
+        region: str | None = None,
+        skip_launch: bool = False,
+    ) -> Machine:
+        """Create (and launch, unless ``skip_launch``) a machine called ``name``, which must
+        be unique in the app."""
         _refuse_gpu(config)
         body: dict[str, Any] = {"name": name, "config": dict(config)}
         if region:
             body["region"] = region
+        if skip_launch:
+            body["skip_launch"] = True
         ambiguous = False
 
         def attempt() -> Machine:
@@ -307,6 +317,22 @@ class MachinesClient:
         params = self._list_params(metadata, include_deleted)
         response = self._request("GET", "", params=params, what=f"list machines of {self.app}")
         return [Machine.model_validate(item) for item in response.json()]
+
+    def update(
+        self, machine_id: str, config: Mapping[str, Any], *, skip_launch: bool = True
+    ) -> Machine:
+        """Replace a machine's config (``POST …/{id}``, from Fly's public docs; not in
+        shared/FLY_MACHINES_API.md). Whether an update of a stopped machine also starts it
+        is not confirmed either way, so callers ask ``skip_launch`` and start it themselves.
+        Sending the same config twice is harmless, so ambiguous failures are retried."""
+        _refuse_gpu(config)
+        response = self._request(
+            "POST",
+            f"/{machine_id}",
+            json={"config": dict(config), "skip_launch": skip_launch},
+            what=f"update machine {machine_id}",
+        )
+        return Machine.model_validate(response.json())
 
     def start(self, machine_id: str) -> None:
         self._request("POST", f"/{machine_id}/start", what=f"start machine {machine_id}")

@@ -9,8 +9,11 @@ A controller thread ticks every ``poll_seconds``:
    so it is counted, billed and destroyed like the others;
 2. if the spend so far plus what the running machines bill while stopping reaches the
    budget, destroy them all and report BudgetReached;
-3. ask ``policy.machines_to_start`` how many more to create, and create them at Fly's
-   create rate (1/s, burst 3), each with a unique name so a retried create never makes two.
+3. ask ``policy.machines_to_start`` how many more it wants; start that many from the warm
+   pool first (stopped machines made by ``whisperfarm machines warm``, see pool.py:
+   updated to this run's worker config and started, many at once, since Fly limits
+   start and update per machine), then create the rest at Fly's create rate (1/s,
+   burst 3), each with a unique name so a retried create never makes two.
 
 Capacity errors and API outages on create are not fatal: the controller backs off and
 tries again, and fails the run only when no machine at all could be had for
@@ -18,7 +21,12 @@ tries again, and fails the run only when no machine at all could be had for
 at once.
 
 ``stop()`` destroys every machine the run created that is not gone yet, including any
-that Fly lists for the run but the ledger missed.
+that Fly lists for the run but the ledger missed, and stops every pool machine it
+started, waiting until Fly says it is stopped: pool machines go back to the pool, never
+destroyed and never left running.
+
+Spend: a created machine bills from its create request, a pool machine from its update
+request (the update may start it), both until first seen stopped or destroyed.
 """
 
 from __future__ import annotations
@@ -27,7 +35,8 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -50,6 +59,18 @@ from whisperfarm.fly.policy import (
     machines_to_start,
     must_stop,
     plan,
+)
+from whisperfarm.fly.pool import (
+    POOL_KEY,
+    POOL_VALUE,
+    Launched,
+    as_pool_config,
+    held_by_live_runs,
+    is_pool,
+    launch,
+    live_runs,
+    pool_worker_id,
+    usable,
 )
 from whisperfarm.fly.pricing import Size, size_named
 from whisperfarm.ledger import Ledger
@@ -92,6 +113,8 @@ class FlyConfig:
     # no machines, not the end of the run.
     with_local_workers: bool = False
     speed_source: str = "built-in estimate"
+    pool_parallel: int = 16  # pool machines updated and started at once
+    pool_stop_wait: float = 90.0  # seconds to wait at the end for pool machines to stop
 
 
 class FlyFleet:
@@ -103,12 +126,14 @@ class FlyFleet:
         ledger_path: Path,
         run_id: str,
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
     ):
         self.client = client
         self.config = config
         self.ledger_path = ledger_path
         self.run_id = run_id
         self.clock = clock
+        self._sleep = sleep
         budget = f", budget ${config.limits.budget:.2f}" if config.limits.budget is not None else ""
         self.description = (
             f"Fly app {config.app}: up to {config.limits.max_machines} × {config.size.name}"
@@ -128,6 +153,7 @@ class FlyFleet:
         self._last_tick_seconds = 0.0
         self._capped = False
         self._gone: list[str] = []
+        self._pool: list[Machine] | None = None  # pool machines this run may still start
 
     # Fleet protocol ------------------------------------------------------------------
 
@@ -164,19 +190,24 @@ class FlyFleet:
             self._thread.join(timeout=120)
         ledger = Ledger(self.ledger_path, clock=self.clock)
         try:
+            listed: list[Machine] | None = None
             try:
-                self._adopt_strays(ledger, self._list())
-            except FlyError as error:  # destroy what the ledger knows all the same
+                listed = self._list()
+                self._adopt_strays(ledger, listed)
+            except FlyError as error:  # end what the ledger knows all the same
                 log.warning("could not list machines before destroying them: %s", error)
-            self._destroy_all(ledger)
+            self._retire_all(ledger, listed)
+            self._await_pool_stopped(ledger)
             self._gone = [
-                row["id"] for row in ledger.machines(self.run_id) if row["state"] == "destroyed"
+                _worker_id(row)
+                for row in ledger.machines(self.run_id)
+                if row["state"] == "destroyed" or (row["pool"] and row["state"] in ENDED)
             ]
         finally:
             ledger.close()
 
     def gone_workers(self) -> list[str]:
-        """Destroyed machines; a worker on Fly is named by its machine id."""
+        """Workers of destroyed machines and of stopped pool machines."""
         return list(self._gone)
 
     # The controller ------------------------------------------------------------------
@@ -210,7 +241,7 @@ class FlyFleet:
         # can block a tick while the machines go on billing).
         lookahead = self.config.poll_seconds + self._last_tick_seconds
         if must_stop(state, self.config.limits, lookahead=lookahead):
-            self._destroy_all(ledger)
+            self._retire_all(ledger)
             if not self.config.with_local_workers:
                 raise BudgetReached(self._budget_message(ledger, remaining))
             # Local workers finish the rest for free; no more machines this run.
@@ -242,6 +273,8 @@ class FlyFleet:
                 "(capacity or API errors); try another --region or later; the episode is "
                 "kept, rerun to resume"
             )
+        if wanted and not self._stop.is_set():
+            wanted -= self._start_pooled(ledger, wanted)
         if now < self._backoff_until:
             return
         for _ in range(wanted):
@@ -266,18 +299,36 @@ class FlyFleet:
         self._adopt_strays(ledger, listed)
         seen = {m.id: m for m in listed}
         for row in ledger.machines(self.run_id):
-            if row["state"] == "destroyed":
-                continue
+            if row["state"] == "destroyed" or (row["pool"] and row["state"] in ENDED):
+                continue  # a pool machine back in the pool is done with this run
             machine = seen.get(row["id"])
-            state = machine.state if machine is not None else "destroyed"
+            if machine is not None:
+                state = _pool_state(machine) if row["pool"] else machine.state
+            else:
+                # Not listed for this run: a created machine is gone; a pool machine is
+                # not running for us (it stopped and another run took it, or the update
+                # that would have made it ours never took).
+                state = "stopped" if row["pool"] else "destroyed"
             if state != row["state"]:
-                ledger.update_machine(row["id"], state=state)
-                if state in ENDED:
-                    # Its worker is gone with it: hand its chunk back now, not at expiry.
-                    ledger.release_leases([row["id"]], count_attempt=True)
+                self._saw(ledger, row, state)
             if state in STARTING and now - row["created_at"] > self.config.start_timeout:
-                log.warning("machine %s stuck %s; destroying it", row["id"], state)
-                self._destroy(ledger, row["id"], reason=f"stuck {state}")
+                if row["pool"]:
+                    log.warning("pool machine %s stuck %s; stopping it", row["id"], state)
+                    self._stop_pooled(ledger, row["id"], reason=f"stuck {state}")
+                else:
+                    log.warning("machine %s stuck %s; destroying it", row["id"], state)
+                    self._destroy(ledger, row["id"], reason=f"stuck {state}")
+
+    def _saw(
+        self, ledger: Ledger, row: dict[str, object], state: str, error: str | None = None
+    ) -> None:
+        machine_id = str(row["id"])
+        ledger.update_machine(machine_id, state=state, error=error, run_id=self.run_id)
+        if state in ENDED:
+            # Its worker is gone with it: hand its chunk back now, not at expiry.
+            ledger.release_leases([self._worker_id(row)], count_attempt=True)
+            if row["pool"]:
+                ledger.release_pool_machine(machine_id, self.run_id, state=state)
 
     def _take_create_token(self, now: float) -> bool:
         """Fly allows one create a second per app, with a burst of three."""
@@ -299,9 +350,13 @@ class FlyFleet:
             log.warning(
                 "adopting machine %s (%s): its create looked failed", machine.id, machine.name
             )
-            self._record(ledger, machine, self._create_asked_at.get(machine.name))
+            self._record(
+                ledger, machine, self._create_asked_at.get(machine.name), pool=is_pool(machine)
+            )
 
-    def _record(self, ledger: Ledger, machine: Machine, created_at: float | None) -> None:
+    def _record(
+        self, ledger: Ledger, machine: Machine, created_at: float | None, *, pool: bool = False
+    ) -> None:
         ledger.record_machine(
             machine_id=machine.id,
             run_id=self.run_id,
@@ -314,7 +369,154 @@ class FlyFleet:
             usd_per_second=self.config.size.usd_per_second,
             state=machine.state or "created",
             created_at=created_at,
+            pool=pool,
         )
+
+    # The warm pool -------------------------------------------------------------------
+
+    def _pool_candidates(self, ledger: Ledger) -> list[Machine]:
+        """The pool machines fit for this run, listed once, on the first tick that wants
+        machines (a run without a pool pays one list request)."""
+        if self._pool is None:
+            try:
+                listed = self.client.list(metadata={POOL_KEY: POOL_VALUE})
+            except FlyUnavailable as error:
+                log.warning("could not list the warm pool: %s", error)
+                return []
+            held = held_by_live_runs(ledger, self.config.app, live_runs(ledger) - {self.run_id})
+            config = self.config
+            self._pool = usable(
+                listed, image=config.image, size=config.size, region=config.region, held=held
+            )
+            if self._pool:
+                log.info("warm pool: %d stopped machine(s) to start first", len(self._pool))
+        return self._pool
+
+    def _start_pooled(self, ledger: Ledger, wanted: int) -> int:
+        """Start up to ``wanted`` pool machines; how many are on their way."""
+        candidates = self._pool_candidates(ledger)
+        if not candidates:
+            return 0
+        live = live_runs(ledger) - {self.run_id}
+        chosen: list[tuple[Machine, dict[str, object]]] = []
+        while candidates and len(chosen) < wanted:
+            machine = candidates.pop(0)
+            ledger.record_pool_machine(
+                machine_id=machine.id,
+                app=self.config.app,
+                name=machine.name or machine.id,
+                region=machine.region or None,
+                size=self.config.size.name,
+                image=self.config.image,
+                state=machine.state,
+            )
+            if not ledger.hold_pool_machine(machine.id, self.run_id, live_runs=live):
+                continue  # another run on this ledger took it first
+            config = as_pool_config(
+                build_worker_config(
+                    image=self.config.image,
+                    size=self.config.size,
+                    env=self._env,
+                    run_id=self.run_id,
+                    machine_name=machine.name or machine.id,
+                    model=self.config.model,
+                ),
+                worker_id=pool_worker_id(machine.id, self.run_id),
+            )
+            # It bills from now: the update may start it (Fly's docs leave that open).
+            self._record(
+                ledger, machine.model_copy(update={"state": "starting"}), self.clock(), pool=True
+            )
+            chosen.append((machine, config))
+        if not chosen:
+            return 0
+        outcomes = self._launch_all(chosen)
+        going = 0
+        for outcome in outcomes:
+            row = {"id": outcome.machine_id, "pool": 1}
+            if outcome.going:
+                going += 1
+                ledger.update_machine(outcome.machine_id, state=outcome.state, run_id=self.run_id)
+            elif outcome.state == "unknown":
+                # Maybe started, maybe not: it keeps billing until the controller sees it.
+                log.warning("pool machine %s: %s", outcome.machine_id, outcome.error)
+            else:
+                log.warning("pool machine %s not started: %s", outcome.machine_id, outcome.error)
+                self._saw(ledger, row, "stopped", error=outcome.error)
+        if self._stop.is_set():
+            # stop() gave up waiting for this thread: these must not outlive the run.
+            for outcome in outcomes:
+                if outcome.going or outcome.state == "unknown":
+                    self._stop_pooled(ledger, outcome.machine_id, reason="started while stopping")
+        return going
+
+    def _launch_all(self, chosen: list[tuple[Machine, dict[str, object]]]) -> list[Launched]:
+        """Update and start each, several at once: Fly limits these per machine. A GPU
+        config or a bad token fails the run, once every launch has come back."""
+        parallel = max(1, min(self.config.pool_parallel, len(chosen)))
+        with ThreadPoolExecutor(parallel, thread_name_prefix="fly-pool") as threads:
+            futures = [
+                threads.submit(launch, self.client, machine.id, config, sleep=self._sleep)
+                for machine, config in chosen
+            ]
+        outcomes, fatal = [], None
+        for (machine, _), future in zip(chosen, futures, strict=True):
+            try:
+                outcomes.append(future.result())
+            except WhisperfarmError as error:
+                fatal = fatal or error
+                outcomes.append(Launched(machine.id, "unknown", str(error)))
+        if fatal is not None:
+            raise fatal
+        return outcomes
+
+    def _worker_id(self, row: dict[str, object]) -> str:
+        return _worker_id({"run_id": self.run_id, **row})
+
+    def _stop_pooled(self, ledger: Ledger, machine_id: str, *, reason: str | None = None) -> bool:
+        """Ask a pool machine to stop; it bills until it is seen stopped."""
+        try:
+            self.client.stop(machine_id, signal="SIGTERM")
+        except FlyError as error:
+            log.warning("could not stop pool machine %s: %s", machine_id, error)
+            return False
+        ledger.update_machine(machine_id, state="stopping", error=reason, run_id=self.run_id)
+        return True
+
+    def _await_pool_stopped(self, ledger: Ledger) -> None:
+        """Wait until Fly lists every pool machine of the run stopped; those that are not
+        within ``pool_stop_wait`` are leftovers."""
+        deadline = self.clock() + self.config.pool_stop_wait
+        while True:
+            pending = [
+                row
+                for row in ledger.machines(self.run_id)
+                if row["pool"] and row["state"] not in ENDED
+            ]
+            if not pending:
+                return
+            try:
+                seen = {m.id: m for m in self._list()}
+            except FlyError as error:
+                log.warning("could not see whether pool machines stopped: %s", error)
+                seen = None
+            if seen is not None:
+                for row in pending:
+                    machine = seen.get(row["id"])
+                    state = _pool_state(machine) if machine is not None else "stopped"
+                    if state in ENDED:
+                        self._saw(ledger, row, state)
+                    elif state in STARTING or state == "started":
+                        self._stop_pooled(ledger, row["id"])  # started after our stop
+            if self.clock() >= deadline:
+                still = [
+                    row["id"]
+                    for row in ledger.machines(self.run_id)
+                    if row["pool"] and row["state"] not in ENDED
+                ]
+                self.leftovers.extend(m for m in still if m not in self.leftovers)
+                return
+            self._sleep(1.0)
 
     def _create(self, ledger: Ledger) -> bool:
         self._created += 1
@@ -352,15 +554,28 @@ class FlyFleet:
         except FlyError as error:
             log.warning("could not destroy machine %s: %s", machine_id, error)
             return False
-        ledger.update_machine(machine_id, state="destroyed", error=reason)
+        ledger.update_machine(machine_id, state="destroyed", error=reason, run_id=self.run_id)
         return True
 
-    def _destroy_all(self, ledger: Ledger) -> None:
-        self.leftovers = [
-            row["id"]
-            for row in ledger.machines(self.run_id)
-            if row["state"] != "destroyed" and not self._destroy(ledger, row["id"])
-        ]
+    def _retire_all(self, ledger: Ledger, listed: list[Machine] | None = None) -> None:
+        """Destroy every machine the run created; stop every pool machine it started.
+        ``listed`` (Fly's view, when at hand) catches a pool machine the ledger thinks
+        stopped that runs all the same."""
+        running = {m.id for m in listed or [] if _pool_state(m) not in ENDED}
+        leftovers = []
+        for row in ledger.machines(self.run_id):
+            if row["state"] == "destroyed":
+                continue
+            if row["pool"]:
+                if row["state"] in ENDED and row["id"] not in running:
+                    continue
+                if row["state"] == "stopping" and row["id"] not in running:
+                    continue  # asked already
+                if not self._stop_pooled(ledger, row["id"]):
+                    leftovers.append(row["id"])
+            elif not self._destroy(ledger, row["id"]):
+                leftovers.append(row["id"])
+        self.leftovers = leftovers
 
     def _budget_message(self, ledger: Ledger, remaining: float) -> str:
         limits = self.config.limits
@@ -391,7 +606,7 @@ def fly_config(
             "coordinator at, e.g. http://laptop._peer.internal:8765 over a Fly WireGuard "
             "peer, with --host :: --port 8765 (see the README)"
         )
-    size = size_named(settings.machine_size or default_size(settings.model), prices=settings.prices)
+    size = worker_size(settings)
     if settings.speed is not None:
         per_cpu: float | None = settings.speed
         source = f"your speed setting, {settings.speed:g}× realtime per CPU"
@@ -410,7 +625,7 @@ def fly_config(
     )
     return FlyConfig(
         app=settings.fly_app,
-        image=settings.image or f"registry.fly.io/{settings.fly_app}:latest",
+        image=worker_image(settings),
         size=size,
         model=settings.model,
         advertise_url=settings.advertise_url.rstrip("/"),
@@ -423,6 +638,15 @@ def fly_config(
         with_local_workers=with_local_workers,
         speed_source=source,
     )
+
+
+def worker_size(settings: Settings) -> Size:
+    """The machine size: the setting, else one that suits the model."""
+    return size_named(settings.machine_size or default_size(settings.model), prices=settings.prices)
+
+
+def worker_image(settings: Settings) -> str:
+    return settings.image or f"registry.fly.io/{settings.fly_app}:latest"
 
 
 def fly_client(settings: Settings) -> MachinesClient:
@@ -456,51 +680,14 @@ def describe_plan(config: FlyConfig, plan: Plan, audio_seconds: float) -> str:
     )
 
 
-@dataclass(frozen=True)
-class Reaped:
-    destroyed: list[str]
-    kept: list[str]  # machines of runs still going
-    failed: list[str]
+def _pool_state(machine: Machine) -> str:
+    """A pool machine's state for the run: ``created`` (updated, never started) is idle."""
+    return "stopped" if machine.state == "created" else machine.state
 
 
-def reap(client: MachinesClient, ledger: Ledger, *, everything: bool = False) -> Reaped:
-    """Destroy whisperfarm's machines left behind (found by metadata), except those of runs
-    still going, unless ``everything``."""
-    from whisperfarm.status import process_alive
-
-    live_runs = {
-        run["id"]
-        for run in ledger.runs()
-        if run["state"] == "running" and run["pid"] and process_alive(run["pid"])
-    }
-    known = {row["id"] for row in ledger.machines()}
-    listed = client.list(metadata={"managed_by": "whisperfarm"})
-    listed_ids = {m.id for m in listed}
-    destroyed, kept, failed = [], [], []
-    # Machines the ledger thinks alive but Fly no longer lists ended while no one watched.
-    # Only this app's: another app's machines are not in this listing at all.
-    for row in ledger.machines():
-        gone = row["id"] not in listed_ids
-        if (
-            row["app"] == client.app
-            and row["state"] != "destroyed"
-            and row["run_id"] not in live_runs
-            and gone
-        ):
-            ledger.update_machine(row["id"], state="destroyed", error="gone when reaped")
-    for machine in listed:
-        if machine.state == "destroyed":
-            continue
-        if not everything and machine.metadata.get("whisperfarm_run") in live_runs:
-            kept.append(machine.id)
-            continue
-        try:
-            client.destroy(machine.id, force=True)
-        except FlyError as error:
-            log.warning("could not destroy %s: %s", machine.id, error)
-            failed.append(machine.id)
-            continue
-        destroyed.append(machine.id)
-        if machine.id in known:
-            ledger.update_machine(machine.id, state="destroyed", error="reaped")
-    return Reaped(destroyed, kept, failed)
+def _worker_id(row: Mapping[str, object]) -> str:
+    """A created machine's worker is named by its machine id; a pool machine's, which
+    serves many runs, by its machine id and the run."""
+    if row["pool"]:
+        return pool_worker_id(str(row["id"]), str(row["run_id"]))
+    return str(row["id"])

@@ -45,6 +45,13 @@ SIZES: dict[str, Size] = {
 
 DEFAULT_SIZE = "performance-2x"
 
+# A stopped machine bills no CPU or RAM, only its root filesystem (the unpacked image).
+STOPPED_USD_PER_GB_MONTH = 0.15
+# What the worker image unpacks to when nothing better is known: the Dockerfile keeps it
+# "well under 2 GB" with small.en; a larger baked-in model makes it bigger. An estimate,
+# overridable (``fly_rootfs_gb``), since the Machines API does not say.
+DEFAULT_ROOTFS_GB = 2.0
+
 # Fly's former GPU presets; named so the error can say why they fail.
 _GPU_SIZES = frozenset(
     {"a10", "l40s", "a100-40gb", "a100-80gb", "a100-pcie-40gb", "a100-sxm4-80gb"}
@@ -109,3 +116,10 @@ def cost(size: Size | str, seconds: float, *, prices: Mapping[str, float] | None
         if override is not None:
             size = replace(size, usd_per_second=override)
     return size.usd_per_second * seconds
+
+
+def stopped_cost_per_month(machines: int, rootfs_gb: float) -> float:
+    """Dollars a month that ``machines`` stopped machines cost: their root filesystems."""
+    if machines < 0 or rootfs_gb < 0:
+        raise ValueError("machines and rootfs_gb must be >= 0")
+    return machines * rootfs_gb * STOPPED_USD_PER_GB_MONTH
