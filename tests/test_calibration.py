@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import FakeClock
 from whisperfarm.calibration import best, for_settings, measure_run
-from whisperfarm.fly.fleet import describe_plan, estimate, fly_config
+from whisperfarm.fly.config import describe_plan, estimate, fly_config
 from whisperfarm.fly.policy import THREAD_EFFICIENCY, machine_speed
 from whisperfarm.ledger import ChunkPlan, Ledger, WorkerInfo
 from whisperfarm.settings import load_settings

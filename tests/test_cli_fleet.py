@@ -24,7 +24,7 @@ from tests.conftest import SAMPLE, SAMPLE_TEXT, FakeClock
 from tests.fakefly import create_app
 from whisperfarm.cli import app, out
 from whisperfarm.evaluation import word_error_rate
-from whisperfarm.fly import fleet as fly_fleet
+from whisperfarm.fly import config as fly_config_module
 from whisperfarm.fly.client import MachinesClient, build_worker_config
 from whisperfarm.ledger import ChunkPlan, Ledger
 
@@ -143,7 +143,7 @@ def fake_fly(monkeypatch: pytest.MonkeyPatch) -> Iterator[MachinesClient]:
     """The CLI's Fly client, talking to the fake in-process."""
     http = TestClient(create_app(app=APP, token=TOKEN, tick_interval=None, rate_limit=False))
     client = MachinesClient(APP, TOKEN, base_url="http://testserver", http=http, max_attempts=1)
-    monkeypatch.setattr(fly_fleet, "fly_client", lambda settings: client)
+    monkeypatch.setattr(fly_config_module, "fly_client", lambda settings: client)
     yield client
     http.close()
 

@@ -28,13 +28,8 @@ from whisperfarm.errors import (
     UsageError,
 )
 from whisperfarm.fly.client import MachinesClient, build_worker_config
-from whisperfarm.fly.fleet import (
-    CREATE_BACKOFF_SECONDS,
-    FlyConfig,
-    FlyFleet,
-    fly_client,
-    fly_config,
-)
+from whisperfarm.fly.config import FlyConfig, fly_client, fly_config
+from whisperfarm.fly.fleet import CREATE_BACKOFF_SECONDS, FlyFleet
 from whisperfarm.fly.policy import FleetLimits
 from whisperfarm.fly.pool import POOL_KEY, warm
 from whisperfarm.fly.pricing import SIZES, Size

@@ -181,7 +181,7 @@ def machines_warm(
     Example: `whisperfarm machines warm 20 -m small.en`
     """
     from whisperfarm.errors import UsageError
-    from whisperfarm.fly.fleet import fly_client, worker_image, worker_size
+    from whisperfarm.fly.config import fly_client, worker_image, worker_size
     from whisperfarm.fly.pool import describe_storage, warm
     from whisperfarm.ledger import Ledger
     from whisperfarm.settings import load_settings
@@ -273,7 +273,7 @@ def machines_reap(
     Example: `whisperfarm machines reap`
     """
     from whisperfarm.errors import UsageError
-    from whisperfarm.fly.fleet import fly_client
+    from whisperfarm.fly.config import fly_client
     from whisperfarm.fly.reap import reap
     from whisperfarm.ledger import Ledger
     from whisperfarm.settings import load_settings

@@ -140,7 +140,8 @@ def transcribe(
     plan = None
     if settings.backend == "fly":
         from whisperfarm.calibration import for_settings
-        from whisperfarm.fly.fleet import FlyFleet, describe_plan, estimate, fly_client, fly_config
+        from whisperfarm.fly.config import describe_plan, estimate, fly_client, fly_config
+        from whisperfarm.fly.fleet import FlyFleet
 
         measured = for_settings(settings.model, settings.compute_type, settings.ledger_path)
         config = fly_config(
