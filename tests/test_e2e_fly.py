@@ -187,7 +187,8 @@ def test_budget_cap_stops_machines_and_leaves_the_episode_resumable(
     assert_all_destroyed(fake.state())
 
 
-def test_ctrl_c_destroys_every_machine(tmp_path: Path, fake: FakeFlyProcess) -> None:
+def interrupt_once_a_machine_runs(tmp_path: Path, fake: FakeFlyProcess) -> None:
+    """A Fly run on two machines, Ctrl-C'd two seconds after a machine has started."""
     process = subprocess.Popen(
         fly_args(tmp_path, "--max-machines", "2"),
         env=fly_env(tmp_path, fake),
@@ -204,6 +205,10 @@ def test_ctrl_c_destroys_every_machine(tmp_path: Path, fake: FakeFlyProcess) -> 
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
+
+
+def test_ctrl_c_destroys_every_machine(tmp_path: Path, fake: FakeFlyProcess) -> None:
+    interrupt_once_a_machine_runs(tmp_path, fake)
     assert_all_destroyed(fake.state())
     rows = ledger(tmp_path, "SELECT state, destroyed_at FROM machines")
     assert rows and all(state == "destroyed" and at for state, at in rows)
@@ -414,22 +419,7 @@ def test_a_pool_smaller_than_max_machines_falls_back_to_creates(
 def test_ctrl_c_leaves_pool_machines_stopped(tmp_path: Path, fake: FakeFlyProcess) -> None:
     warmed = whisperfarm(tmp_path, fake, "machines", "warm", "2", "--model", "tiny.en")
     assert warmed.returncode == 0, warmed.stderr
-    process = subprocess.Popen(
-        fly_args(tmp_path, "--max-machines", "2"),
-        env=fly_env(tmp_path, fake),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        if any(m["state"] == "started" for m in fake.state()["machines"]):
-            break
-    time.sleep(2)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr
+    interrupt_once_a_machine_runs(tmp_path, fake)
     state = fake.state()
     assert len(state["machines"]) == 2 and state["requests"]["create"] == 2
     assert {m["state"] for m in state["machines"]} == {"stopped"}, state["machines"]
