@@ -88,6 +88,10 @@ def test_plans_use_the_measurement_and_say_so(
     assert "measured on Fly machines" in text and "1 run(s)" in text
     builtin = fly_config(settings)
     assert "built-in estimate for small.en" in describe_plan(builtin, estimate(builtin, 60), 60)
+    pooled = estimate(config, 3600, ready=5)
+    assert pooled.wall_seconds < estimate(config, 3600).wall_seconds
+    assert ", 5 from the warm pool" in describe_plan(config, pooled, 3600, ready=5)
+    assert "warm pool" not in text
     forced = fly_config(
         load_settings(model="small.en", fly_app="app", advertise_url="http://x:1", speed=2.5),
         calibration=calibration,

@@ -352,6 +352,7 @@ def test_a_warm_pool_serves_the_run_goes_back_stopped_and_warm_0_destroys_it(
         timeout=TIMEOUT,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "up to 2 × performance-2x, 2 from the warm pool" in result.stdout  # the plan
     text = (tmp_path / "out" / "episode.txt").read_text()
     assert word_error_rate(SAMPLE_TEXT.read_text(), text) <= 0.03
 

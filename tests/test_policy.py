@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from whisperfarm.fly.policy import (
+    CreateRate,
     FleetLimits,
     FleetState,
+    create_times,
     machine_speed,
     machines_to_start,
     must_stop,
@@ -75,14 +77,58 @@ def test_must_stop_before_the_cap_counting_the_stop_margin() -> None:
     assert not must_stop(state(machines=5, spent=99), LIMITS)  # no budget, no cap
 
 
-def test_plan_estimates_time_and_cost() -> None:
+def test_plan_estimates_time_and_cost_with_machines_created_at_flys_rate() -> None:
+    """20 machines: three created at once, then one a second (the 20th at 17 s); each
+    claims 45 s after its create. 3,600 s of audio at 10× is 360 machine-seconds: with all
+    20 working, 20 T - (20 × 45 + 153) = 360, so the work is done at T = 70.65 s."""
     p = plan(3600, 140, LIMITS)
     assert p.machines == 20
-    assert p.wall_seconds == pytest.approx(45 + 3600 / 200 + 2.9)
-    assert p.cost == pytest.approx(20 * (45 + 18 + 30) * PRICE)
+    ramp = sum([0, 0, 0, *range(1, 18)])  # 153
+    done = (360 + 20 * 45 + ramp) / 20
+    assert p.wall_seconds == pytest.approx(done + 2.9)  # + the longest chunk at 10×
+    assert p.cost == pytest.approx((20 * (done + 30) - ramp) * PRICE)
     assert p.fits_budget
     capped = plan(3600, 140, FleetLimits(20, budget=0.01, price_per_second=PRICE, speed=10.0))
     assert capped.machines < 20
+
+
+def test_a_warm_pool_removes_the_create_ramp_from_the_plan() -> None:
+    created, pooled = plan(3600, 140, LIMITS), plan(3600, 140, LIMITS, ready=20)
+    assert pooled.wall_seconds == pytest.approx(45 + 3600 / 200 + 2.9)
+    assert pooled.cost == pytest.approx(20 * (45 + 18 + 30) * PRICE)
+    assert pooled.wall_seconds < created.wall_seconds
+    some = plan(3600, 140, LIMITS, ready=10)
+    assert pooled.wall_seconds < some.wall_seconds < created.wall_seconds
+
+
+def test_the_plan_counts_no_machine_that_would_join_after_the_work_is_done() -> None:
+    """100 machines for 100 short chunks: the last creates come after the first machines
+    have finished everything, so they are neither made nor billed."""
+    limits = FleetLimits(100, budget=None, price_per_second=PRICE, speed=10.0)
+    p = plan(1000, 100, limits)
+    # 14 machines (joining at 45 ×3, 46 … 56) finish 100 machine-seconds at 56.86 s,
+    # before the 15th could join (57 s).
+    done = (100 + 3 * 45 + sum(range(46, 57))) / 14
+    assert p.machines == 14
+    assert p.wall_seconds == pytest.approx(done + 2.9)
+    assert p.cost == pytest.approx((14 * (done + 30) - sum(range(1, 12))) * PRICE)
+
+
+def test_create_times_follow_the_burst_then_the_rate() -> None:
+    assert create_times(6) == [0, 0, 0, 1, 2, 3]
+    assert create_times(6, ready=4) == [0, 0, 0, 0, 0, 0]
+    assert create_times(3, ready=5) == [0, 0, 0]
+    assert create_times(8, ready=2) == [0, 0, 0, 0, 0, 1, 2, 3]
+
+
+def test_the_create_rate_allows_a_burst_then_one_a_second() -> None:
+    rate = CreateRate(now=100.0)
+    assert [rate.take(100.0) for _ in range(4)] == [True, True, True, False]
+    assert rate.wait() == pytest.approx(1.0)
+    assert not rate.take(100.5)
+    assert rate.take(101.0)
+    assert rate.take(110.0) and rate.take(110.0) and rate.take(110.0)
+    assert not rate.take(110.0)  # the burst refills to three, no more
 
 
 def test_machine_speed_grows_with_cpus_sublinearly() -> None:

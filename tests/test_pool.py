@@ -26,6 +26,7 @@ from whisperfarm.fly.pool import (
     fits,
     idle_config,
     launch,
+    ready_in_ledger,
     usable,
     warm,
 )
@@ -175,6 +176,31 @@ def test_a_pool_machine_is_held_by_one_live_run_at_a_time(ledger: Ledger) -> Non
     assert ledger.pool_machines(APP)[0]["run_id"] == "r3"
     ledger.forget_pool_machine("m1")
     assert ledger.pool_machines() == []
+
+
+def test_the_plan_counts_the_idle_fitting_pool_machines_the_ledger_knows(
+    ledger: Ledger,
+) -> None:
+    """What the plan before a run assumes starts at once, without an API call."""
+    for machine_id in ("m1", "m2", "m3", "m4", "m5"):
+        remember(ledger, machine_id)
+    ledger.update_pool_machine("m2", state="started")  # busy
+    ledger.record_pool_machine(
+        machine_id="m3", app=APP, name="wf-pool-m3", region="ord", size=SIZE.name,
+        image=f"registry.fly.io/{APP}:old", state="stopped",
+    )  # fmt: skip
+    with ledger._write() as conn:  # held by a run whose process is this test: live
+        conn.execute(
+            "INSERT INTO runs (id, backend, state, started_at, pid) VALUES"
+            " ('live', 'fly', 'running', 0, ?)",
+            (os.getpid(),),
+        )
+    assert ledger.hold_pool_machine("m4", "live", live_runs=set())
+    ready = ready_in_ledger(ledger, APP, image=IMAGE, size=SIZE, region="ord")
+    assert ready == 2  # m1 and m5
+    assert ready_in_ledger(ledger, APP, image=IMAGE, size=SIZE, region="iad") == 0
+    other = SIZES["performance-4x"]
+    assert ready_in_ledger(ledger, APP, image=IMAGE, size=other, region=None) == 0
 
 
 def record_use(ledger: Ledger, machine_id: str, run_id: str) -> None:

@@ -140,7 +140,13 @@ def transcribe(
     plan = None
     if settings.backend == "fly":
         from whisperfarm.calibration import for_settings
-        from whisperfarm.fly.config import describe_plan, estimate, fly_client, fly_config
+        from whisperfarm.fly.config import (
+            describe_plan,
+            estimate,
+            fly_client,
+            fly_config,
+            pool_ready,
+        )
         from whisperfarm.fly.fleet import FlyFleet
 
         measured = for_settings(settings.model, settings.compute_type, settings.ledger_path)
@@ -148,9 +154,10 @@ def transcribe(
             settings, with_local_workers=bool(settings.workers), calibration=measured
         )
         audio = sum(check_input(path).duration or 0.0 for path in inputs)
-        plan = estimate(config, audio)
+        ready = pool_ready(settings, config)
+        plan = estimate(config, audio, ready=ready)
         if not quiet or dry_run:
-            out.print(describe_plan(config, plan, audio), highlight=False)
+            out.print(describe_plan(config, plan, audio, ready=ready), highlight=False)
         if dry_run:
             return
         if not plan.fits_budget:

@@ -125,19 +125,38 @@ def fly_client(settings: Settings) -> MachinesClient:
     )
 
 
-def estimate(config: FlyConfig, audio_seconds: float) -> Plan:
-    """The plan printed before a run: machines, wall time and cost."""
+def estimate(config: FlyConfig, audio_seconds: float, *, ready: int = 0) -> Plan:
+    """The plan printed before a run: machines, wall time and cost; ``ready`` machines of
+    the warm pool start at once, the rest are created at Fly's create rate."""
     chunks = max(1, math.ceil(audio_seconds / 25))
-    return plan(audio_seconds, chunks, config.limits)
+    return plan(audio_seconds, chunks, config.limits, ready=ready)
 
 
-def describe_plan(config: FlyConfig, plan: Plan, audio_seconds: float) -> str:
+def describe_plan(config: FlyConfig, plan: Plan, audio_seconds: float, *, ready: int = 0) -> str:
     source = config.speed_source
     budget = f" of a ${config.limits.budget:.2f} budget" if config.limits.budget is not None else ""
     where = f" in {config.region}" if config.region else ""
+    pool = f", {min(ready, plan.machines)} from the warm pool" if ready else ""
     return (
         f"plan: {audio_seconds / 60:.1f} min of audio on up to {plan.machines} × "
-        f"{config.size.name}{where} (app {config.app}, image {config.image})\n"
+        f"{config.size.name}{where}{pool} (app {config.app}, image {config.image})\n"
         f"      about {plan.wall_seconds / 60:.1f} min wall time and ${plan.cost:.2f}{budget}; "
         f"machine speed {config.limits.speed:.1f}× realtime ({source})"
     )
+
+
+def pool_ready(settings: Settings, config: FlyConfig) -> int:
+    """Warm-pool machines this run could start at once, as the ledger last saw them
+    (without creating a ledger where there is none)."""
+    from whisperfarm.fly.pool import ready_in_ledger
+    from whisperfarm.ledger import Ledger
+
+    if not settings.ledger_path.exists():
+        return 0
+    ledger = Ledger(settings.ledger_path)
+    try:
+        return ready_in_ledger(
+            ledger, config.app, image=config.image, size=config.size, region=config.region
+        )
+    finally:
+        ledger.close()

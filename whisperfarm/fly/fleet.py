@@ -47,7 +47,7 @@ from whisperfarm.errors import (
 )
 from whisperfarm.fly.client import Machine, MachinesClient, build_worker_config
 from whisperfarm.fly.config import FlyConfig
-from whisperfarm.fly.policy import FleetState, machines_to_start, must_stop
+from whisperfarm.fly.policy import CreateRate, FleetState, machines_to_start, must_stop
 from whisperfarm.fly.pool import (
     POOL_KEY,
     POOL_VALUE,
@@ -97,8 +97,7 @@ class FlyFleet:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._created = 0
-        self._create_tokens = 3.0
-        self._last_refill = clock()
+        self._create_rate = CreateRate(clock())
         self._backoff_until = 0.0
         self._no_machine_since: float | None = None
         self._create_asked_at: dict[str, float] = {}  # machine name → when created
@@ -283,13 +282,7 @@ class FlyFleet:
                 ledger.release_pool_machine(machine_id, self.run_id, state=state)
 
     def _take_create_token(self, now: float) -> bool:
-        """Fly allows one create a second per app, with a burst of three."""
-        self._create_tokens = min(3.0, self._create_tokens + (now - self._last_refill))
-        self._last_refill = now
-        if self._create_tokens < 1:
-            return False
-        self._create_tokens -= 1
-        return True
+        return self._create_rate.take(now)
 
     def _adopt_strays(self, ledger: Ledger, listed: list[Machine]) -> None:
         """Record machines Fly lists for this run that the ledger lacks: a create that

@@ -31,6 +31,38 @@ SPEED_PER_CPU: dict[str, float] = {
 DEFAULT_SPEED_PER_CPU = 0.3  # large models and unknown directories: assume slow
 THREAD_EFFICIENCY = 0.8  # a worker with N threads is not N times faster
 CHUNK_SECONDS = 29.0  # the longest chunk (see chunking.py)
+CREATES_PER_SECOND = 1.0  # Fly's create limit per app ...
+CREATE_BURST = 3  # ... with this burst (a hundred machines take about 100 s to create)
+
+
+class CreateRate:
+    """Fly's create limit per app, kept on our side (a token bucket), so creates are paced
+    rather than refused with 429."""
+
+    def __init__(self, now: float):
+        self.tokens, self.last = float(CREATE_BURST), now
+
+    def take(self, now: float) -> bool:
+        """Use one create if the limit allows it at ``now``."""
+        self.tokens = min(float(CREATE_BURST), self.tokens + (now - self.last) * CREATES_PER_SECOND)
+        self.last = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+    def wait(self) -> float:
+        """Seconds until the next create is allowed (after a refused ``take``)."""
+        return max(0.0, (1 - self.tokens) / CREATES_PER_SECOND)
+
+
+def create_times(machines: int, ready: int = 0) -> list[float]:
+    """Seconds from the start of a run until each machine's create (or start) request can
+    go out: ``ready`` warm-pool machines and the first CREATE_BURST creates at once, then
+    CREATES_PER_SECOND."""
+    created = max(0, machines - ready)
+    ramp = [max(0, n - CREATE_BURST + 1) / CREATES_PER_SECOND for n in range(created)]
+    return [0.0] * min(ready, machines) + ramp
 
 
 def machine_speed(model: str, cpus: int, per_cpu: float | None = None) -> float:
@@ -117,15 +149,42 @@ class Plan:
 
 
 def plan(
-    audio_seconds: float, chunks: int, limits: FleetLimits, longest_chunk: float = 29.0
+    audio_seconds: float,
+    chunks: int,
+    limits: FleetLimits,
+    longest_chunk: float = 29.0,
+    *,
+    ready: int = 0,
 ) -> Plan:
-    """The estimate shown before a run: how many machines, how long, what it costs."""
+    """The estimate shown before a run: how many machines, how long, what it costs.
+
+    Machines join as Fly lets them be made (``create_times``; ``ready`` of them from the
+    warm pool, at once), each a start latency after its request; they share the work
+    until it is done, plus the longest chunk for the last one. Each bills from its request
+    until the work is done, plus a stop margin."""
     machines = max(1, min(limits.max_machines, chunks))
     if limits.budget is not None:
         state = FleetState(audio_seconds, chunks, 0, 0.0)
         machines = max(1, min(machines, machines_to_start(state, limits) or 1))
-    work = audio_seconds / (machines * limits.speed)
-    wall = limits.start_latency + work + longest_chunk / limits.speed
-    cost = machines * (limits.start_latency + work + limits.stop_margin) * limits.price_per_second
+    requests = create_times(machines, ready)
+    done = _work_done_at(
+        audio_seconds / limits.speed, [at + limits.start_latency for at in requests]
+    )
+    # A machine that could only join once the work is done is never made.
+    used = [at for at in requests if at + limits.start_latency < done] or requests[:1]
+    wall = done + longest_chunk / limits.speed
+    cost = sum(done - at + limits.stop_margin for at in used) * limits.price_per_second
     fits = limits.budget is None or cost <= limits.budget
-    return Plan(machines, wall, cost, fits)
+    return Plan(len(used), wall, cost, fits)
+
+
+def _work_done_at(work: float, joins: list[float]) -> float:
+    """When ``work`` machine-seconds are done by machines working from ``joins`` on: the
+    T with sum(max(0, T - join)) == work."""
+    ordered = sorted(joins)
+    for n in range(len(ordered), 0, -1):
+        # With the first n machines working: n * T - sum(their joins) = work.
+        t = (work + sum(ordered[:n])) / n
+        if t >= ordered[n - 1]:
+            return t
+    return ordered[0] + work

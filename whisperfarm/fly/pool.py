@@ -35,6 +35,7 @@ from whisperfarm.errors import (
     UsageError,
 )
 from whisperfarm.fly.client import Machine, MachinesClient, build_worker_config
+from whisperfarm.fly.policy import CreateRate
 from whisperfarm.fly.pricing import STOPPED_USD_PER_GB_MONTH, Size, stopped_cost_per_month
 from whisperfarm.ledger import Ledger
 from whisperfarm.status import process_alive
@@ -125,6 +126,21 @@ def live_runs(ledger: Ledger) -> set[str]:
 
 def held_by_live_runs(ledger: Ledger, app: str, live: Collection[str]) -> set[str]:
     return {row["id"] for row in ledger.pool_machines(app) if row["run_id"] in live}
+
+
+def ready_in_ledger(ledger: Ledger, app: str, *, image: str, size: Size, region: str | None) -> int:
+    """Pool machines a run could start at once, as the ledger last saw them (no API call:
+    for the plan printed before a run): idle, not held by a live run, fit for the run."""
+    live = live_runs(ledger)
+    return sum(
+        1
+        for row in ledger.pool_machines(app)
+        if row["state"] in IDLE
+        and row["run_id"] not in live
+        and row["image"] == image
+        and row["size"] == size.name
+        and (region is None or row["region"] == region)
+    )
 
 
 # -- starting one for a run ---------------------------------------------------------------------
@@ -228,24 +244,6 @@ def describe_storage(machines: int, rootfs_gb: float) -> str:
     )
 
 
-class _CreateRate:
-    """Fly's create limit, one a second with a burst of three, kept on our side."""
-
-    def __init__(self, clock: Callable[[], float], sleep: Callable[[float], None]):
-        self.clock, self.sleep = clock, sleep
-        self.tokens, self.last = 3.0, clock()
-
-    def take(self) -> None:
-        while True:
-            now = self.clock()
-            self.tokens = min(3.0, self.tokens + (now - self.last))
-            self.last = now
-            if self.tokens >= 1:
-                self.tokens -= 1
-                return
-            self.sleep(1 - self.tokens)
-
-
 def _names(taken: Iterable[str], count: int) -> list[str]:
     used = set(taken)
     names: list[str] = []
@@ -305,9 +303,10 @@ def warm(
     for row in ledger.pool_machines(client.app):
         if row["id"] not in listed_ids:
             ledger.forget_pool_machine(row["id"])  # gone from Fly while no one watched
-    rate = _CreateRate(clock, sleep)
+    rate = CreateRate(clock())
     for name in _names((m.name for m in listed), room - len(keep)):
-        rate.take()
+        while not rate.take(clock()):
+            sleep(rate.wait())
         config = idle_config(image=image, size=size, model=model, name=name)
         try:
             machine = client.create(config, name=name, region=region, skip_launch=True)
