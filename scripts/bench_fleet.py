@@ -199,7 +199,7 @@ def main() -> None:
             *("--model", "tiny.en", "--backend", "fly", "--machine-size", size.name),
             *("--max-machines", str(args.machines), "--budget", f"{args.budget:.2f}"),
             *("--advertise-url", f"http://127.0.0.1:{port}", "--port", str(port)),
-            *("--out", str(work / "out"), "--format", "txt", "--yes", "--quiet"),
+            *("--out", str(work / "out"), "--format", "txt", "--yes"),
         ]
         started = time.time()
         result = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -252,6 +252,10 @@ def main() -> None:
     attempts = sum(c["attempt"] for c in chunks)
 
     pooled = sum(1 for m in machines if m["pool"])
+    # The CLI's own plan before the run and its estimate beside the actual after it.
+    for line in result.stdout.splitlines():
+        if line.lstrip().startswith(("plan:", "about ", "estimate before the run")):
+            print(line.strip())
     print(
         f"\n{'warm pool' if args.pool else 'no pool'}: {pooled} pool machines started, "
         f"{len(machines) - pooled} created by the run"
