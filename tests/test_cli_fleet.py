@@ -23,9 +23,11 @@ from typer.testing import CliRunner
 from tests.conftest import SAMPLE, SAMPLE_TEXT, FakeClock
 from tests.fakefly import create_app
 from whisperfarm.cli import app, out
+from whisperfarm.errors import FlyError
 from whisperfarm.evaluation import word_error_rate
 from whisperfarm.fly import config as fly_config_module
 from whisperfarm.fly.client import MachinesClient, build_worker_config
+from whisperfarm.fly.pool import as_pool_config
 from whisperfarm.ledger import ChunkPlan, Ledger
 
 runner = CliRunner()
@@ -179,6 +181,41 @@ def test_reap_destroys_what_a_crashed_run_left(
     assert f"destroyed 1 machine(s): {machine.id}" in result.output
     assert [m.id for m in fake_fly.list()] == []
     assert [row["state"] for row in ledger.machines()] == ["destroyed"]
+
+
+def test_reap_says_stop_when_a_stop_failed(
+    ledger: Ledger, fake_fly: MachinesClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = build_worker_config(
+        image="registry.fly.io/wf-test:v1",
+        size="performance-2x",
+        env={},
+        run_id="dead",
+        machine_name="wf-pool-001",
+        model="tiny.en",
+    )
+    machine = fake_fly.create(as_pool_config(config), name="wf-pool-001")  # left running
+    ledger.start_run("dead", backend="fly", episode_ids=[], pid=None)
+
+    def stop(machine_id: str, **kwargs: Any) -> None:
+        raise FlyError("HTTP 412: no")
+
+    monkeypatch.setattr(fake_fly, "stop", stop)
+    monkeypatch.setenv("FLY_APP", APP)
+    result = runner.invoke(app, ["machines", "reap"])
+    assert result.exit_code == 1
+    assert error_lines(result.output) == [f"error: could not stop {machine.id}; try again"]
+
+
+def test_the_pool_help_says_what_reap_destroys_and_how_to_change_the_image() -> None:
+    reap_help = " ".join(runner.invoke(app, ["machines", "reap", "--help"]).output.split())
+    assert "left running by runs that are over" in reap_help
+    warm_help = " ".join(runner.invoke(app, ["machines", "warm", "--help"]).output.split())
+    assert "--image-label v2" in warm_help and "registry.fly.io/APP:v2" in warm_help
+    assert "run it again after deploying a new image" not in warm_help
+    readme = " ".join((Path(__file__).parent.parent / "README.md").read_text().split())
+    assert "Run it again after deploying a new image" not in readme
+    assert "--image-label v2" in readme
 
 
 # -- machines warm -----------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from whisperfarm.costs import cost_report
 from whisperfarm.errors import (
     BudgetReached,
     FlyAuthError,
+    FlyError,
     FlyGPUUnsupported,
     FlyUnavailable,
     UsageError,
@@ -877,3 +878,115 @@ def test_a_pool_machine_stuck_starting_is_stopped_not_destroyed(
     assert row["state"] == "stopped" and "stuck starting" in row["error"]
     assert row["stopped_at"] == rig.clock.now
     assert len(rig.rows()) == 2  # a created machine took over
+
+
+def stall_updating(rig: Rig) -> None:
+    """The next launch finds the update still being applied through all its starts."""
+    client = rig.fleet.client
+    real_start, real_get = client.start, client.get
+
+    def start(machine_id: str) -> None:
+        raise FlyError("HTTP 412: unable to start machine from current state: 'updating'")
+
+    def get(machine_id: str) -> Any:
+        return real_get(machine_id).model_copy(update={"state": "updating"})
+
+    client.start, client.get = start, get  # type: ignore[method-assign]
+    rig.fleet.tick(rig.ledger)
+    client.start, client.get = real_start, real_get  # type: ignore[method-assign]
+
+
+def test_a_pool_machine_not_started_bills_until_seen_stopped_and_fly_may_start_it(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(max_machines=1, update_launches=True)
+    (machine_id,) = rig.warm(1)
+    asked = rig.clock.now
+    stall_updating(rig)  # "still updating after 3 starts"; then the update starts it
+    (row,) = rig.pool_rows()
+    assert row["state"] not in ("stopped", "failed") and row["stopped_at"] is None
+    assert "still updating" in row["error"]
+    rig.tick_every(2.0, 50)
+    assert rig.on_fly()[machine_id] == "started"
+    (row,) = rig.pool_rows()
+    assert row["state"] == "started" and row["stopped_at"] is None  # ours, billing
+    assert rig.ledger.spend(RUN) == pytest.approx((rig.clock.now - asked) * PRICE)
+    assert len(rig.rows()) == 1 and rig.creates() == 1  # --max-machines 1 holds
+    assert rig.ledger.pool_machines()[0]["run_id"] == RUN  # no other run takes it
+    rig.fleet.stop()
+    assert rig.on_fly()[machine_id] == "stopped" and rig.fleet.leftovers == []
+
+
+def test_a_pool_machine_not_started_and_seen_stopped_ends_its_bill(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(max_machines=1)  # the update does not start it
+    (machine_id,) = rig.warm(1)
+    stall_updating(rig)
+    rig.tick_every(2.0, 1)
+    row = next(row for row in rig.pool_rows() if row["id"] == machine_id)
+    assert row["state"] == "stopped" and row["stopped_at"] == rig.clock.now
+    assert rig.ledger.pool_machines()[0]["run_id"] is None
+    assert len(rig.rows()) == 2  # a created machine took over
+
+
+def test_a_pool_machine_seen_stopped_that_runs_again_for_the_run_bills_again(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(max_machines=1)
+    (machine_id,) = rig.warm(1)
+    rig.fleet.tick(rig.ledger)
+    rig.clock.advance(10.0)
+    rig.http.post(f"/_fake/machines/{machine_id}/crash")
+    rig.tick_every(1.0, 1)
+    row = next(row for row in rig.pool_rows() if row["id"] == machine_id)
+    assert row["state"] == "stopped"
+    rig.client.start(machine_id)  # a start that took after all: it runs for this run
+    rig.tick_every(2.0, 2)
+    row = next(row for row in rig.pool_rows() if row["id"] == machine_id)
+    assert row["state"] == "started" and row["stopped_at"] is None
+    assert rig.ledger.pool_machines()[0]["run_id"] == RUN
+    spent = rig.ledger.spend(RUN)
+    rig.clock.advance(100.0)
+    assert rig.ledger.spend(RUN) == pytest.approx(spent + 2 * 100.0 * PRICE)  # both bill
+    rig.fleet.stop()
+    assert rig.on_fly()[machine_id] == "stopped" and rig.fleet.leftovers == []
+
+
+def test_at_the_budget_with_local_workers_a_pool_machine_fly_started_is_stopped(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(
+        max_machines=1,
+        update_launches=True,
+        budget=2.0,
+        with_local_workers=True,
+        start_latency=10.0,
+        stop_margin=10.0,
+    )
+    (machine_id,) = rig.warm(1)
+    stall_updating(rig)
+    rig.tick_every(2.0, 200)
+    assert rig.fleet._capped
+    assert all(state in ("stopped", "destroyed") for state in rig.on_fly().values())
+    assert rig.on_fly()[machine_id] == "stopped"
+    assert rig.ledger.spend(RUN) <= 2.0
+
+
+def test_a_stop_that_fails_on_a_machine_stopped_anyway_is_no_leftover(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(max_machines=1)
+    (machine_id,) = rig.warm(1)
+    rig.fleet.tick(rig.ledger)
+    rig.clock.advance(10.0)
+    rig.http.post(f"/_fake/machines/{machine_id}/crash")  # stopped before we ask
+
+    def stop(machine_id: str, **kwargs: Any) -> None:
+        raise FlyError("HTTP 404: machine not found")
+
+    rig.fleet.client.stop = stop  # type: ignore[method-assign]
+    rig.fleet.stop()
+    (row,) = rig.pool_rows()
+    assert row["state"] == "stopped"
+    assert rig.fleet.leftovers == []

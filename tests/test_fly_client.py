@@ -124,6 +124,16 @@ def test_401_is_an_auth_error_and_not_retried(client, respx_mock, sleeps):
     assert sleeps == []
 
 
+def test_a_missing_app_names_the_fix(client, respx_mock, sleeps):
+    route = respx_mock.get(BASE).respond(404, json={"error": f"app not found: {APP}"})
+    with pytest.raises(FlyError) as info:
+        client.list()
+    assert str(info.value) == (
+        f"Fly app {APP} not found: create it with 'fly apps create {APP}', or set FLY_APP / --app"
+    )
+    assert info.value.status == 404 and route.call_count == 1 and sleeps == []
+
+
 def test_from_env_reads_flyctls_variables() -> None:
     env = {
         "FLY_ACCESS_TOKEN": "fm2_first",

@@ -464,12 +464,37 @@ def test_warm_tops_up_shrinks_replaces_misfits_and_zero_destroys_all(rig: Rig) -
 def test_warm_leaves_machines_a_live_run_uses_alone(rig: Rig) -> None:
     report = rig.warm(2)
     busy = report.created[0]
+    config = as_pool_config(worker_config("r1", "wf-pool-001"), worker_id="x")
+    rig.client.update(busy, config, skip_launch=True)
     rig.client.start(busy)
     rig.ledger.start_run("r1", backend="fly", episode_ids=[], pid=os.getpid())
     rig.ledger.hold_pool_machine(report.created[1], "r1", live_runs=set())
     zero = rig.warm(0)
     assert sorted(zero.busy) == sorted(report.created) and zero.destroyed == []
     assert rig.on_fly()[busy] in ("starting", "started")
+
+
+def test_warm_stops_machines_left_running_by_a_run_that_is_over(rig: Rig) -> None:
+    report = rig.warm(2)
+    orphan, unmarked = report.created
+    rig.ledger.start_run("dead", backend="fly", episode_ids=[], pid=None)
+    config = as_pool_config(worker_config("dead", "wf-pool-001"), worker_id="x")
+    rig.client.update(orphan, config, skip_launch=True)
+    rig.client.start(orphan)
+    record_use(rig.ledger, orphan, "dead")
+    rig.ledger.hold_pool_machine(orphan, "dead", live_runs=set())
+    rig.client.start(unmarked)  # started by hand: no run at all
+    rig.clock.advance(10.0)
+    again = rig.warm(2)
+    assert again.busy == [] and sorted(again.stopped_now) == sorted(report.created)
+    assert {rig.on_fly()[m] for m in report.created} == {"stopped"}
+    (row,) = rig.ledger.machines("dead")
+    assert row["state"] == "stopped" and row["stopped_at"] is not None
+    rig.client.start(unmarked)
+    rig.clock.advance(10.0)
+    gone = rig.warm(0)
+    assert gone.busy == [] and sorted(gone.destroyed) == sorted(report.created)
+    assert set(rig.on_fly().values()) == {"destroyed"}
 
 
 def test_warm_refuses_a_negative_size(rig: Rig) -> None:
@@ -505,3 +530,28 @@ def test_reap_stops_pool_machines_left_running_and_leaves_idle_ones(rig: Rig) ->
     assert set(rig.on_fly().values()) == {"destroyed"}
     assert rig.ledger.pool_machines() == []
     assert idle in everything.destroyed
+
+
+@pytest.mark.parametrize("state", ["failed", "suspended"])
+def test_reap_takes_a_failed_pool_machine_as_not_running_and_ends_its_runs_bill(
+    rig: Rig, state: str
+) -> None:
+    (machine_id,) = rig.warm(1).created
+    rig.ledger.start_run("dead", backend="fly", episode_ids=[], pid=None)
+    config = as_pool_config(worker_config("dead", "wf-pool-001"), worker_id="x")
+    rig.client.update(machine_id, config, skip_launch=True)
+    record_use(rig.ledger, machine_id, "dead")
+    rig.fly.machines[machine_id].state = state
+    before = rig.clock.now
+
+    result = reap(rig.client, rig.ledger)
+    assert result.failed == result.unstopped == [] and result.idle == [machine_id]
+    assert rig.clock.now == before  # no stop asked, none waited for
+    (row,) = rig.ledger.machines("dead")
+    assert row["state"] == state and row["stopped_at"] == before
+    spent = rig.ledger.spend("dead")
+    rig.clock.advance(3600)
+    assert rig.ledger.spend("dead") == spent
+
+    everything = reap(rig.client, rig.ledger, pool=True)
+    assert everything.destroyed == [machine_id] and everything.failed == []

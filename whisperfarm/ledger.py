@@ -745,6 +745,17 @@ class Ledger:
                 (state, now, error, ended, now, state, now, machine_id, run_id, run_id),
             )
 
+    def reopen_machine(self, machine_id: str, run_id: str, *, state: str) -> None:
+        """A pool machine seen stopped runs again for ``run_id``: it bills again. Its row
+        keeps one interval, so the time it lay stopped is billed too (a few seconds when a
+        start took after all): conservative, as the budget wants."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE machines SET state = ?, updated_at = ?, stopped_at = NULL"
+                " WHERE id = ? AND run_id = ? AND destroyed_at IS NULL",
+                (state, self.clock(), machine_id, run_id),
+            )
+
     def machines(self, run_id: str | None = None) -> list[dict[str, Any]]:
         if run_id is None:
             return self._rows("SELECT * FROM machines ORDER BY created_at")

@@ -173,10 +173,15 @@ def machines_warm(
     creating machines at Fly's one a second.
 
     Creates the missing ones (not started), destroys extra ones and ones made for another
-    image, size or region; machines a run is using are left alone. Stopped, they run
-    nothing and bill no CPU or RAM: Fly charges only their root filesystems
-    ($0.15/GB-month). Use the same --model/--machine-size, --image and --region as your
-    runs, and run it again after deploying a new image.
+    image, size or region; machines a run going on uses are left alone, ones left running
+    by a run that is over are stopped. Stopped, they run nothing and bill no CPU or RAM:
+    Fly charges only their root filesystems ($0.15/GB-month). Use the same
+    --model/--machine-size, --image and --region as your runs.
+
+    Machines match by image name: to use a new image, deploy it under a new label
+    (`fly deploy --build-only --push --image-label v2`), pass `--image
+    registry.fly.io/APP:v2` to runs and to warm; warm replaces the pool machines made for
+    another image. Redeploying :latest leaves the old machines in use.
 
     Example: `whisperfarm machines warm 20 -m small.en`
     """
@@ -215,6 +220,13 @@ def machines_warm(
         highlight=False,
         soft_wrap=True,
     )
+    if report.stopped_now:
+        out.print(
+            f"stopped {len(report.stopped_now)} left running by a run that is over: "
+            + ", ".join(report.stopped_now),
+            highlight=False,
+            soft_wrap=True,
+        )
     if report.busy:
         out.print(
             f"{len(report.busy)} in use by a run now, left alone: each stops and comes back "
@@ -236,11 +248,18 @@ def machines_warm(
         )
     else:
         out.print("nothing stopped is left to bill", highlight=False)
+    if report.unstopped:
+        err.print(
+            f"[red]error:[/red] could not stop {', '.join(report.unstopped)}, left running by "
+            "a run that is over: run 'whisperfarm machines reap'",
+            highlight=False,
+        )
     if report.failed:
         err.print(
             f"[red]error:[/red] could not destroy {', '.join(report.failed)}; try again",
             highlight=False,
         )
+    if report.failed or report.unstopped:
         raise typer.Exit(1)
     if report.error:
         err.print(
@@ -259,7 +278,12 @@ def machines_reap(
         bool, typer.Option("--all", help="Also machines of runs still going.")
     ] = False,
     pool: Annotated[
-        bool, typer.Option("--pool", help="Also destroy the warm pool's stopped machines.")
+        bool,
+        typer.Option(
+            "--pool",
+            help="Also destroy the warm pool: its stopped machines and those left running "
+            "by runs that are over.",
+        ),
     ] = False,
     fly_app: Annotated[
         str | None, typer.Option("--app", help="The worker app [default: $FLY_APP].")
@@ -300,8 +324,11 @@ def machines_reap(
         )
     if result.kept:
         out.print(f"kept {len(result.kept)} of runs still going (--all to destroy them too)")
+    if result.unstopped:
+        err.print(f"[red]error:[/red] could not stop {', '.join(result.unstopped)}; try again")
     if result.failed:
         err.print(f"[red]error:[/red] could not destroy {', '.join(result.failed)}; try again")
+    if result.failed or result.unstopped:
         raise typer.Exit(1)
 
 

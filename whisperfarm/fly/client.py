@@ -516,6 +516,13 @@ class MachinesClient:
                 retry_after=_retry_after(response) if status == 429 else None,
                 ambiguous=status != 429,
             )
+        if status == 404 and "app not found" in text.lower():
+            raise FlyError(
+                f"Fly app {self.app} not found: create it with 'fly apps create {self.app}', "
+                "or set FLY_APP / --app",
+                status=status,
+                request_id=request_id,
+            )
         if status == 400 and "gpu" in text.lower():
             raise FlyGPUUnsupported(
                 f"{GPU_GONE_MESSAGE} (Fly said: {text})", status=status, request_id=request_id

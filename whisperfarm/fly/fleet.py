@@ -26,7 +26,9 @@ started, waiting until Fly says it is stopped: pool machines go back to the pool
 destroyed and never left running.
 
 Spend: a created machine bills from its create request, a pool machine from its update
-request (the update may start it), both until first seen stopped or destroyed.
+request (the update may start it), both until first seen stopped or destroyed; a pool
+machine that did not start bills until seen stopped too (Fly may start it yet), and one
+seen running for the run again bills again.
 """
 
 from __future__ import annotations
@@ -149,11 +151,11 @@ class FlyFleet:
                 log.warning("could not list machines before destroying them: %s", error)
             self._retire_all(ledger, listed)
             self._await_pool_stopped(ledger)
-            self._gone = [
-                _worker_id(row)
-                for row in ledger.machines(self.run_id)
-                if row["state"] == "destroyed" or (row["pool"] and row["state"] in ENDED)
-            ]
+            # From what is still open now: a stop that failed because the machine was
+            # gone or stopped already is not a leftover.
+            rows = ledger.machines(self.run_id)
+            self._gone = [_worker_id(row) for row in rows if _ended(row)]
+            self.leftovers = [str(row["id"]) for row in rows if not _ended(row)]
         finally:
             ledger.close()
 
@@ -184,7 +186,7 @@ class FlyFleet:
     def tick(self, ledger: Ledger) -> None:
         """One round of observe → budget check → scale. Public for tests."""
         now = self.clock()
-        self._observe(ledger, now)
+        listed = self._observe(ledger, now)
         active = [m for m in ledger.machines(self.run_id) if m["state"] not in ENDED]
         remaining, chunks_left = ledger.work_left(ledger.run_episodes(self.run_id))
         state = FleetState(remaining, chunks_left, len(active), ledger.spend(self.run_id))
@@ -192,7 +194,7 @@ class FlyFleet:
         # can block a tick while the machines go on billing).
         lookahead = self.config.poll_seconds + self._last_tick_seconds
         if must_stop(state, self.config.limits, lookahead=lookahead):
-            self._retire_all(ledger)
+            self._retire_all(ledger, listed)
             if not self.config.with_local_workers:
                 raise BudgetReached(self._budget_message(ledger, remaining))
             # Local workers finish the rest for free; no more machines this run.
@@ -241,18 +243,26 @@ class FlyFleet:
     def _list(self) -> list[Machine]:
         return self.client.list(metadata={"whisperfarm_run": self.run_id})
 
-    def _observe(self, ledger: Ledger, now: float) -> None:
+    def _observe(self, ledger: Ledger, now: float) -> list[Machine] | None:
+        """Bring the ledger up to Fly's listing of the run's machines; the listing, or
+        None when Fly could not be asked."""
         try:
             listed = self._list()
         except FlyUnavailable as error:
             log.warning("could not list machines: %s", error)
-            return
+            return None
         self._adopt_strays(ledger, listed)
         seen = {m.id: m for m in listed}
         for row in ledger.machines(self.run_id):
-            if row["state"] == "destroyed" or (row["pool"] and row["state"] in ENDED):
-                continue  # a pool machine back in the pool is done with this run
+            if row["state"] == "destroyed":
+                continue
             machine = seen.get(row["id"])
+            if row["pool"] and row["state"] in ENDED:
+                # Back in the pool, unless Fly runs it for this run all the same (a start
+                # that took after all): then it bills again and counts.
+                if machine is not None and _pool_state(machine) not in ENDED:
+                    self._reopen(ledger, row, _pool_state(machine))
+                continue
             if machine is not None:
                 state = _pool_state(machine) if row["pool"] else machine.state
             else:
@@ -269,6 +279,17 @@ class FlyFleet:
                 else:
                     log.warning("machine %s stuck %s; destroying it", row["id"], state)
                     self._destroy(ledger, row["id"], reason=f"stuck {state}")
+        return listed
+
+    def _reopen(self, ledger: Ledger, row: dict[str, object], state: str) -> None:
+        """A pool machine this run was done with runs for it again: hold it and bill it."""
+        machine_id = str(row["id"])
+        log.warning("pool machine %s runs again for this run (%s); billing it", machine_id, state)
+        ledger.reopen_machine(machine_id, self.run_id, state=state)
+        if not ledger.hold_pool_machine(
+            machine_id, self.run_id, live_runs=live_runs(ledger) - {self.run_id}
+        ):
+            log.warning("pool machine %s is held by another run too", machine_id)
 
     def _saw(
         self, ledger: Ledger, row: dict[str, object], state: str, error: str | None = None
@@ -338,7 +359,8 @@ class FlyFleet:
         return self._pool
 
     def _start_pooled(self, ledger: Ledger, wanted: int) -> int:
-        """Start up to ``wanted`` pool machines; how many are on their way."""
+        """Start up to ``wanted`` pool machines; how many it took: each counts against
+        ``max_machines`` until seen stopped, started by this run or not."""
         candidates = self._pool_candidates(ledger)
         if not candidates:
             return 0
@@ -376,24 +398,25 @@ class FlyFleet:
         if not chosen:
             return 0
         outcomes = self._launch_all(chosen)
-        going = 0
         for outcome in outcomes:
-            row = {"id": outcome.machine_id, "pool": 1}
             if outcome.going:
-                going += 1
                 ledger.update_machine(outcome.machine_id, state=outcome.state, run_id=self.run_id)
             elif outcome.state == "unknown":
                 # Maybe started, maybe not: it keeps billing until the controller sees it.
                 log.warning("pool machine %s: %s", outcome.machine_id, outcome.error)
             else:
+                # Not started by us, but Fly may yet start it (an update still applying):
+                # it keeps billing and counting until the controller sees it stopped.
                 log.warning("pool machine %s not started: %s", outcome.machine_id, outcome.error)
-                self._saw(ledger, row, "stopped", error=outcome.error)
+                ledger.update_machine(
+                    outcome.machine_id, state="starting", error=outcome.error, run_id=self.run_id
+                )
         if self._stop.is_set():
             # stop() gave up waiting for this thread: these must not outlive the run.
             for outcome in outcomes:
-                if outcome.going or outcome.state == "unknown":
+                if outcome.state not in (*ENDED, "created"):
                     self._stop_pooled(ledger, outcome.machine_id, reason="started while stopping")
-        return going
+        return len(outcomes)
 
     def _launch_all(self, chosen: list[tuple[Machine, dict[str, object]]]) -> list[Launched]:
         """Update and start each, several at once: Fly limits these per machine. A GPU
@@ -429,8 +452,8 @@ class FlyFleet:
         return True
 
     def _await_pool_stopped(self, ledger: Ledger) -> None:
-        """Wait until Fly lists every pool machine of the run stopped; those that are not
-        within ``pool_stop_wait`` are leftovers."""
+        """Wait until Fly lists every pool machine of the run stopped, for at most
+        ``pool_stop_wait``: ``stop()`` counts those still running as leftovers."""
         deadline = self.clock() + self.config.pool_stop_wait
         while True:
             pending = [
@@ -454,12 +477,6 @@ class FlyFleet:
                     elif state in STARTING or state == "started":
                         self._stop_pooled(ledger, row["id"])  # started after our stop
             if self.clock() >= deadline:
-                still = [
-                    row["id"]
-                    for row in ledger.machines(self.run_id)
-                    if row["pool"] and row["state"] not in ENDED
-                ]
-                self.leftovers.extend(m for m in still if m not in self.leftovers)
                 return
             self._sleep(1.0)
 
@@ -507,7 +524,6 @@ class FlyFleet:
         ``listed`` (Fly's view, when at hand) catches a pool machine the ledger thinks
         stopped that runs all the same."""
         running = {m.id for m in listed or [] if _pool_state(m) not in ENDED}
-        leftovers = []
         for row in ledger.machines(self.run_id):
             if row["state"] == "destroyed":
                 continue
@@ -516,11 +532,9 @@ class FlyFleet:
                     continue
                 if row["state"] == "stopping" and row["id"] not in running:
                     continue  # asked already
-                if not self._stop_pooled(ledger, row["id"]):
-                    leftovers.append(row["id"])
-            elif not self._destroy(ledger, row["id"]):
-                leftovers.append(row["id"])
-        self.leftovers = leftovers
+                self._stop_pooled(ledger, row["id"])
+            else:
+                self._destroy(ledger, row["id"])
 
     def _budget_message(self, ledger: Ledger, remaining: float) -> str:
         limits = self.config.limits
@@ -534,6 +548,11 @@ class FlyFleet:
             f"done, {remaining / 60:.1f} min of audio left, every machine stopped. Finishing "
             f"costs about ${finish:.2f} more: rerun the same command with a larger --budget"
         )
+
+
+def _ended(row: Mapping[str, object]) -> bool:
+    """Done with the run: a created machine destroyed, a pool machine stopped."""
+    return row["state"] == "destroyed" or bool(row["pool"] and row["state"] in ENDED)
 
 
 def _pool_state(machine: Machine) -> str:

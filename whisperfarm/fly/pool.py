@@ -45,6 +45,8 @@ log = logging.getLogger("whisperfarm.fly")
 POOL_KEY = "whisperfarm_pool"
 POOL_VALUE = "warm"
 IDLE = ("stopped", "created")  # a pool machine in one of these can be started
+NOT_RUNNING = (*IDLE, "failed", "suspended", "destroyed")  # bills no CPU or RAM
+STOP_WAIT_SECONDS = 60.0
 RUNNING = ("starting", "started")
 NAME_PREFIX = "wf-pool-"
 
@@ -223,7 +225,9 @@ class PoolReport:
     kept: list[str] = field(default_factory=list)
     destroyed: list[str] = field(default_factory=list)
     busy: list[str] = field(default_factory=list)  # running for a live run: left alone
+    stopped_now: list[str] = field(default_factory=list)  # running for no live run: stopped
     failed: list[str] = field(default_factory=list)  # destroys that failed
+    unstopped: list[str] = field(default_factory=list)  # stops that failed
     error: str | None = None  # why fewer were created than asked for
 
     @property
@@ -271,22 +275,38 @@ def warm(
 ) -> PoolReport:
     """Make the pool exactly ``target`` stopped machines fit for ``image``, ``size`` and
     ``region``: create the missing ones (at Fly's create rate, not launched), destroy
-    extra ones and ones made for another image, size or region. Machines running for a
-    live run are left alone and count towards the target if they fit; ``warm 0`` destroys
-    every idle one."""
+    extra ones and ones made for another image, size or region. Machines held by a live
+    run or running for one are left alone and count towards the target if they fit; ones
+    running for no live run are stopped first, then kept or destroyed like the others;
+    ``warm 0`` destroys every one no live run uses."""
     if target < 0:
         raise UsageError("the pool size must be 0 or more")
     report = PoolReport(target, size, image, region, rootfs_gb)
     listed = [m for m in client.list(metadata={POOL_KEY: POOL_VALUE}) if m.state != "destroyed"]
-    held = held_by_live_runs(ledger, client.app, live_runs(ledger))
-    # Running (or held) for a live run: not ours to touch. Failed ones are replaced.
-    busy = [m for m in listed if m.id in held or m.state not in (*IDLE, "failed", "suspended")]
+    live = live_runs(ledger)
+    held = held_by_live_runs(ledger, client.app, live)
+    running = [m for m in listed if m.state not in NOT_RUNNING]
+    # Held by or running for a live run: not ours to touch. Failed ones are replaced.
+    busy = [
+        m
+        for m in listed
+        if m.id in held or (m in running and m.metadata.get("whisperfarm_run") in live)
+    ]
+    for index, machine in enumerate(listed):
+        if machine in running and machine not in busy:
+            # Left running by a run that is over: it bills until stopped.
+            stopped = stop_left_running(client, ledger, machine)
+            if stopped is None:
+                report.unstopped.append(machine.id)  # left as it is, for reap
+            else:
+                report.stopped_now.append(machine.id)
+                listed[index] = stopped
     report.busy = [m.id for m in busy]
     fitting = usable(listed, image=image, size=size, region=region, held=held)
     room = max(0, target - sum(1 for m in busy if fits(m, image=image, size=size, region=region)))
     keep = fitting[:room]
     report.kept = [m.id for m in keep]
-    doomed = [m for m in listed if m not in busy and m not in keep]
+    doomed = [m for m in listed if m not in busy and m not in keep and m.id not in report.unstopped]
     for machine in listed:
         if machine in keep or machine in busy:
             _remember(ledger, client.app, machine, size, machine.state)
@@ -316,6 +336,26 @@ def warm(
         report.created.append(machine.id)
         _remember(ledger, client.app, machine, size, machine.state or "created")
     return report
+
+
+def stop_left_running(client: MachinesClient, ledger: Ledger, machine: Machine) -> Machine | None:
+    """Stop a pool machine left running by a run that is over, and wait until it is (it
+    bills until then); close that run's row and free the machine. The machine as it is
+    now, or None when it could not be stopped."""
+    owner = machine.metadata.get("whisperfarm_run")
+    try:
+        client.stop(machine.id, signal="SIGTERM")
+        stopped = client.wait(machine.id, "stopped", timeout=STOP_WAIT_SECONDS)
+    except FlyError as error:
+        log.warning("could not stop %s: %s", machine.id, error)
+        return None
+    if owner:
+        ledger.update_machine(
+            machine.id, state="stopped", error="stopped, its run over", run_id=owner
+        )
+        ledger.release_pool_machine(machine.id, owner, state="stopped")
+    ledger.update_pool_machine(machine.id, state="stopped")
+    return stopped
 
 
 def _remember(ledger: Ledger, app: str, machine: Machine, size: Size, state: str) -> None:

@@ -5,12 +5,13 @@ Found by their metadata (``managed_by=whisperfarm``), whatever the ledger knows:
     a run's machine, run not going on          destroyed
     a pool machine running, run not going on   stopped (back in the pool), or destroyed
                                                with ``pool=True``
-    a pool machine stopped (idle in the pool)  left alone, or destroyed with ``pool=True``
+    a pool machine not running (stopped,       left alone, or destroyed with ``pool=True``
+    created, failed or suspended)
     anything of a run still going              kept, unless ``everything``
 
 A run is going on when the ledger marks it running and its process is alive here. Rows
 the ledger thinks alive are brought up to date: gone from Fly means destroyed, a pool
-machine found stopped means stopped.
+machine found not running (stopped, failed, suspended) means ended.
 """
 
 from __future__ import annotations
@@ -20,22 +21,28 @@ from dataclasses import dataclass, field
 
 from whisperfarm.errors import FlyError
 from whisperfarm.fly.client import Machine, MachinesClient
-from whisperfarm.fly.pool import IDLE, held_by_live_runs, is_pool, live_runs
+from whisperfarm.fly.pool import (
+    NOT_RUNNING,
+    held_by_live_runs,
+    is_pool,
+    live_runs,
+    stop_left_running,
+)
 from whisperfarm.ledger import Ledger
 
 log = logging.getLogger("whisperfarm.fly")
 
 ENDED = ("stopped", "failed", "destroyed", "suspended")
-STOP_WAIT_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
 class Reaped:
     destroyed: list[str]
     kept: list[str]  # machines of runs still going
-    failed: list[str]
+    failed: list[str]  # destroys that failed
     stopped: list[str] = field(default_factory=list)  # pool machines put back in the pool
     idle: list[str] = field(default_factory=list)  # stopped pool machines left alone
+    unstopped: list[str] = field(default_factory=list)  # stops that failed
 
 
 def reap(
@@ -54,11 +61,12 @@ def reap(
     failed: list[str] = []
     stopped: list[str] = []
     idle: list[str] = []
+    unstopped: list[str] = []
     for machine in listed:
         if machine.state == "destroyed":
             continue
         owner = machine.metadata.get("whisperfarm_run")
-        if is_pool(machine) and machine.state in IDLE:
+        if is_pool(machine) and machine.state in NOT_RUNNING:  # failed ones too: no stop
             if pool and (everything or machine.id not in held):
                 _destroy(client, ledger, machine, destroyed, failed)
             else:
@@ -67,13 +75,16 @@ def reap(
         if not everything and owner in live:
             kept.append(machine.id)
         elif is_pool(machine) and not pool:
-            _stop(client, ledger, machine, stopped, failed)
+            if stop_left_running(client, ledger, machine) is None:
+                unstopped.append(machine.id)
+            else:
+                stopped.append(machine.id)
         else:
             _destroy(client, ledger, machine, destroyed, failed)
     for row in ledger.pool_machines(client.app):
         if row["id"] not in listed_ids:
             ledger.forget_pool_machine(row["id"])
-    return Reaped(destroyed, kept, failed, stopped, idle)
+    return Reaped(destroyed, kept, failed, stopped, idle, unstopped)
 
 
 def _catch_up(
@@ -94,10 +105,14 @@ def _catch_up(
         elif (
             row["pool"]
             and row["state"] not in ENDED
-            and (machine.state in IDLE or machine.metadata.get("whisperfarm_run") != row["run_id"])
+            and (
+                machine.state in NOT_RUNNING
+                or machine.metadata.get("whisperfarm_run") != row["run_id"]
+            )
         ):
+            state = machine.state if machine.state in ENDED else "stopped"
             ledger.update_machine(
-                row["id"], state="stopped", error="found stopped when reaped", run_id=row["run_id"]
+                row["id"], state=state, error=f"found {state} when reaped", run_id=row["run_id"]
             )
 
 
@@ -117,26 +132,3 @@ def _destroy(
     destroyed.append(machine.id)
     ledger.update_machine(machine.id, state="destroyed", error="reaped")
     ledger.forget_pool_machine(machine.id)
-
-
-def _stop(
-    client: MachinesClient,
-    ledger: Ledger,
-    machine: Machine,
-    stopped: list[str],
-    failed: list[str],
-) -> None:
-    """Stop a pool machine left running and wait until it is: it bills until then."""
-    owner = machine.metadata.get("whisperfarm_run")
-    try:
-        client.stop(machine.id, signal="SIGTERM")
-        client.wait(machine.id, "stopped", timeout=STOP_WAIT_SECONDS)
-    except FlyError as error:
-        log.warning("could not stop %s: %s", machine.id, error)
-        failed.append(machine.id)
-        return
-    stopped.append(machine.id)
-    if owner:
-        ledger.update_machine(machine.id, state="stopped", error="reaped", run_id=owner)
-        ledger.release_pool_machine(machine.id, owner, state="stopped")
-    ledger.update_pool_machine(machine.id, state="stopped")
