@@ -91,6 +91,19 @@ def fly_args(tmp_path: Path, *extra: str) -> list[str]:
     ]
 
 
+def run_fly(
+    tmp_path: Path, fake: FakeFlyProcess, *extra: str, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """``whisperfarm transcribe --backend fly`` on the sample against the fake, to the end."""
+    return subprocess.run(
+        fly_args(tmp_path, *extra),
+        env=fly_env(tmp_path, fake, **env),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+
 def ledger(tmp_path: Path, sql: str) -> list[tuple[Any, ...]]:
     with sqlite3.connect(tmp_path / "home" / "ledger.db") as conn:
         return conn.execute(sql).fetchall()
@@ -117,13 +130,7 @@ def test_fly_run_transcribes_within_machine_and_budget_caps(
     tmp_path: Path, fake: FakeFlyProcess
 ) -> None:
     budget = 0.05
-    result = subprocess.run(
-        fly_args(tmp_path, "--max-machines", "2", "--budget", str(budget)),
-        env=fly_env(tmp_path, fake),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    result = run_fly(tmp_path, fake, "--max-machines", "2", "--budget", str(budget))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "plan:" in result.stdout
     text = (tmp_path / "out" / "episode.txt").read_text()
@@ -220,13 +227,7 @@ def test_ctrl_c_destroys_every_machine(tmp_path: Path, fake: FakeFlyProcess) -> 
     indirect=True,
 )
 def test_api_faults_do_not_break_the_run(tmp_path: Path, fake: FakeFlyProcess) -> None:
-    result = subprocess.run(
-        fly_args(tmp_path, "--max-machines", "3"),
-        env=fly_env(tmp_path, fake),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    result = run_fly(tmp_path, fake, "--max-machines", "3")
     assert result.returncode == 0, result.stdout + result.stderr
     state = fake.state()
     assert_all_destroyed(state)
@@ -238,13 +239,7 @@ def test_api_faults_do_not_break_the_run(tmp_path: Path, fake: FakeFlyProcess) -
 
 @pytest.mark.parametrize("fake", [("--die", "1", "--die-after", "1.5")], indirect=True)
 def test_a_machine_dying_mid_run_loses_no_chunk(tmp_path: Path, fake: FakeFlyProcess) -> None:
-    result = subprocess.run(
-        fly_args(tmp_path, "--max-machines", "2"),
-        env=fly_env(tmp_path, fake, WHISPERFARM_LEASE_SECONDS="3"),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    result = run_fly(tmp_path, fake, "--max-machines", "2", WHISPERFARM_LEASE_SECONDS="3")
     assert result.returncode == 0, result.stdout + result.stderr
     assert_all_destroyed(fake.state())
     text = (tmp_path / "out" / "episode.txt").read_text()
@@ -264,13 +259,7 @@ def test_a_machine_dying_mid_run_loses_no_chunk(tmp_path: Path, fake: FakeFlyPro
 def test_fly_misconfiguration_fails_fast_with_one_line(
     tmp_path: Path, fake: FakeFlyProcess, flags: tuple[str, ...], env: dict[str, str], message: str
 ) -> None:
-    result = subprocess.run(
-        fly_args(tmp_path, *flags),
-        env=fly_env(tmp_path, fake, **env),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    result = run_fly(tmp_path, fake, *flags, **env)
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -280,13 +269,7 @@ def test_fly_misconfiguration_fails_fast_with_one_line(
 
 
 def test_dry_run_plans_without_calling_fly(tmp_path: Path, fake: FakeFlyProcess) -> None:
-    result = subprocess.run(
-        fly_args(tmp_path, "--dry-run", "--max-machines", "20", "--budget", "0.5"),
-        env=fly_env(tmp_path, fake),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    result = run_fly(tmp_path, fake, "--dry-run", "--max-machines", "20", "--budget", "0.5")
     assert result.returncode == 0, result.stderr
     assert "plan:" in result.stdout and "$" in result.stdout
     state = fake.state()
@@ -344,13 +327,7 @@ def test_a_warm_pool_serves_the_run_goes_back_stopped_and_warm_0_destroys_it(
     pool_ids = sorted(m["id"] for m in before["machines"])
 
     budget = 0.05
-    result = subprocess.run(
-        fly_args(tmp_path, "--max-machines", "2", "--budget", str(budget)),
-        env=fly_env(tmp_path, fake),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    result = run_fly(tmp_path, fake, "--max-machines", "2", "--budget", str(budget))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "up to 2 × performance-2x, 2 from the warm pool" in result.stdout  # the plan
     text = (tmp_path / "out" / "episode.txt").read_text()
@@ -396,13 +373,7 @@ def test_a_pool_smaller_than_max_machines_falls_back_to_creates(
     assert warmed.returncode == 0, warmed.stderr
     (pooled,) = [m["id"] for m in fake.state()["machines"]]
     budget = 0.05
-    result = subprocess.run(
-        fly_args(tmp_path, "--max-machines", "3", "--budget", str(budget)),
-        env=fly_env(tmp_path, fake),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    result = run_fly(tmp_path, fake, "--max-machines", "3", "--budget", str(budget))
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "out" / "episode.txt").exists()
     state = fake.state()
