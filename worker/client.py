@@ -87,7 +87,7 @@ class CoordinatorClient:
         retrying = Retrying(
             retry=retry_if_exception(_transient),
             stop=stop_after_delay(self.give_up_seconds),
-            wait=wait_exponential_jitter(multiplier=0.5, max=10.0),
+            wait=wait_exponential_jitter(initial=0.5, max=10.0),  # 8.2 has no multiplier=
             sleep=self.sleep,
             reraise=True,
         )
