@@ -443,6 +443,17 @@ def test_client_retries_transient_errors(transient: Any) -> None:
     client.close()
 
 
+def test_client_backs_off_exponentially_with_jitter_up_to_ten_seconds() -> None:
+    script = Script([503] * 7 + [DONE])
+    client, sleeps = client_for(script)
+    assert client.claim({"id": "w"}) == DONE
+    floors = [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    assert len(sleeps) == len(floors)
+    for slept, floor in zip(sleeps, floors, strict=True):
+        assert floor <= slept <= min(floor + 1.0, 10.0)
+    client.close()
+
+
 @pytest.mark.parametrize("transient", [503, httpx.ConnectError("refused")])
 def test_client_gives_up_after_give_up_seconds(transient: Any) -> None:
     script = Script([transient])
