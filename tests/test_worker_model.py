@@ -101,15 +101,15 @@ def test_switching_models_keeps_one_in_memory() -> None:
 
 
 def test_the_real_loader_names_the_model_and_the_fixes(tmp_path: Any) -> None:
-    """faster-whisper's own loading, offline: a name it would download fails with one line
-    that says which model and how to make it available."""
+    """faster-whisper's own loading of a name it doesn't have: a hub repository that
+    doesn't exist, so nothing is downloaded even where the hub can be reached. It fails
+    with one line that says which model and how to make it available."""
     with pytest.MonkeyPatch.context() as env:
-        env.setenv("HF_HUB_OFFLINE", "1")
         env.setenv("HF_HOME", str(tmp_path / "hf"))
         with pytest.raises(ModelLoadError) as caught:
-            load_model("small.en", threads=1, compute_type="int8", model_dir=str(tmp_path))
+            load_model("no-such/model", threads=1, compute_type="int8", model_dir=str(tmp_path))
     message = str(caught.value)
-    assert message.startswith("model 'small.en' is not available on this worker (")
-    assert "--build-arg MODEL=small.en" in message
-    assert "WHISPERFARM_MODEL_DIR/small.en" in message
+    assert message.startswith("model 'no-such/model' is not available on this worker (")
+    assert "--build-arg MODEL=no-such/model" in message
+    assert "WHISPERFARM_MODEL_DIR/no-such/model" in message
     assert "\n" not in message
