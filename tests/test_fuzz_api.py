@@ -100,6 +100,9 @@ def aim_at_real_jobs(case: Any, data: st.DataObject, leased: dict[int, str]) -> 
     params["chunk_id"] = chunk_id
     if isinstance(case.body, dict) and "lease_token" in case.body:
         case.body["lease_token"] = leased[chunk_id]
+        result = case.body.get("result")
+        if isinstance(result, dict) and "model" in result and data.draw(st.booleans()):
+            result["model"] = "tiny.en"  # the episode's: past the model check too
     case.headers = {**(case.headers or {}), "X-Lease-Token": leased[chunk_id]}
 
 

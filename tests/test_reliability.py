@@ -169,7 +169,10 @@ def http_clients_in_a_process(url: str, n: int, threads: int, start: Any, out: A
                 job = reply["job"]
                 body = {
                     "lease_token": job["lease_token"],
-                    "result": {"segments": [{"start": 0.0, "end": 1.0, "text": f" h{n}-{t}"}]},
+                    "result": {
+                        "segments": [{"start": 0.0, "end": 1.0, "text": f" h{n}-{t}"}],
+                        "model": "tiny.en",
+                    },
                 }
                 answer = http.post(f"/v1/jobs/{job['chunk_id']}/result", json=body)
                 with lock:
@@ -286,7 +289,10 @@ def test_a_stored_answer_leaves_only_after_the_result_is_committed(tmp_path: Pat
         for n in range(3):
             job = client.post("/v1/claim", json={"worker": {"id": "w"}}, headers=AUTH).json()["job"]
             segments = [{"start": 0.0, "end": 1.0, "text": f" chunk {n}"}]
-            body = {"lease_token": job["lease_token"], "result": {"segments": segments}}
+            body = {
+                "lease_token": job["lease_token"],
+                "result": {"segments": segments, "model": "tiny.en"},
+            }
             answer = client.post(f"/v1/jobs/{job['chunk_id']}/result", json=body, headers=AUTH)
             assert answer.json() == {"status": "stored"}
             seen = watch.seen[-1]
@@ -332,7 +338,10 @@ def test_a_stored_result_survives_the_server_being_killed_right_after(tmp_path: 
             for n in range(4):
                 job = http.post("/v1/claim", json={"worker": {"id": "w"}}).json()["job"]
                 segments = [{"start": 0.0, "end": 1.0, "text": f" chunk {n}"}]
-                body = {"lease_token": job["lease_token"], "result": {"segments": segments}}
+                body = {
+                    "lease_token": job["lease_token"],
+                    "result": {"segments": segments, "model": "tiny.en"},
+                }
                 answer = http.post(f"/v1/jobs/{job['chunk_id']}/result", json=body)
                 assert answer.json() == {"status": "stored"}
                 stored[job["chunk_id"]] = segments

@@ -132,7 +132,7 @@ def test_every_route_and_method_needs_the_token_and_changes_nothing(
 
 
 def job_calls(chunk_id: int, token: str) -> list[tuple[str, str, dict[str, Any] | None]]:
-    result = {"segments": [{"start": 0.0, "end": 1.0, "text": " not mine"}]}
+    result = {"segments": [{"start": 0.0, "end": 1.0, "text": " not mine"}], "model": "tiny.en"}
     return [
         ("GET", f"/v1/jobs/{chunk_id}/audio", None),
         ("POST", f"/v1/jobs/{chunk_id}/heartbeat", {"lease_token": token}),
@@ -145,7 +145,7 @@ def job_calls(chunk_id: int, token: str) -> list[tuple[str, str, dict[str, Any] 
 def test_a_lease_token_opens_only_its_own_job(coordinator: Coordinator) -> None:
     mine, theirs = coordinator.job("mallory"), coordinator.job("alice")
     done = coordinator.job("bob")
-    result = {"segments": [{"start": 0.0, "end": 1.0, "text": " bob's"}]}
+    result = {"segments": [{"start": 0.0, "end": 1.0, "text": " bob's"}], "model": "tiny.en"}
     answer = coordinator.client.post(
         f"/v1/jobs/{done['chunk_id']}/result",
         json={"lease_token": done["lease_token"], "result": result},
@@ -205,7 +205,7 @@ def test_a_result_creates_no_file_whatever_the_body_holds(coordinator: Coordinat
         "result": {
             "segments": [{"start": 0.0, "end": 1.0, "text": "../../secret.txt"}],
             "language": "../..",
-            "model": "../../../../tmp/evil",
+            "model": "tiny.en",
         },
         "busy_seconds": 1.0,
     }

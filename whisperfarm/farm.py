@@ -132,8 +132,8 @@ class Fleets:
 
 
 def resolve_model_for_run(model: str) -> str:
-    """What workers on this machine should load: a directory when we can find or fetch one.
-    Fails here, once, rather than in every worker."""
+    """Where ``model`` is on this machine, fetching it into the cache local workers read
+    when it is a name. Fails here, once, rather than in every worker."""
     from worker.models import bundled_tiny_en, resolve_model
 
     resolved = resolve_model(model)
@@ -194,7 +194,7 @@ class Farm:
                 f"two inputs would both write {out_dir / next(iter(clash))}.*: "
                 "rename one, or transcribe them in separate runs with different --out"
             )
-        model_ref = resolve_model_for_run(settings.model)
+        resolve_model_for_run(settings.model)  # fetched once, here: workers find it cached
         options = {
             "language": settings.language or ("en" if settings.model.endswith(".en") else None),
             "beam_size": settings.beam_size,
@@ -231,7 +231,7 @@ class Farm:
             url = f"http://{_url_host(settings.host)}:{server.port}"
             ledger.set_run_url(run_id, url)
             self.reporter.coordinator_ready(url, token, self.fleet.description)
-            self.fleet.start(url, token, model_ref)
+            self.fleet.start(url, token, settings.model)
             ingest = threading.Thread(
                 target=self._ingest_all,
                 args=(requests, registered, cancel, ingest_errors),

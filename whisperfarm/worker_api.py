@@ -3,7 +3,8 @@
     POST /v1/claim                  → {"status": "job", "job": {...}} | "wait" | "done"
     GET  /v1/jobs/{id}/audio        the chunk's WAV (header X-Lease-Token)
     POST /v1/jobs/{id}/heartbeat    extend the lease
-    POST /v1/jobs/{id}/result       store the transcript of the chunk (fenced)
+    POST /v1/jobs/{id}/result       store the transcript of the chunk (fenced; made with the
+                                    episode's model, else 422)
     POST /v1/jobs/{id}/failure      give the chunk back as failed (counts an attempt)
     POST /v1/jobs/{id}/release      give the chunk back unharmed (worker stopping)
 
@@ -93,7 +94,8 @@ class ResultModel(BaseModel):
     segments: list[SegmentModel] = Field(max_length=10_000)
     language: str | None = Field(None, max_length=20)
     duration: float | None = None
-    model: str | None = Field(None, max_length=500)
+    model: str = Field(min_length=1, max_length=500)
+    """The model that produced the result: it must be the episode's (else 422)."""
     elapsed: float | None = None
 
 
@@ -238,6 +240,14 @@ async def result(call: Call) -> Reply:
         return _json({"status": "duplicate"})
     if chunk["state"] != "leased" or chunk["lease_token"] != body.lease_token:
         raise _lost()
+    expected = call.ledger.episode(chunk["episode_id"])["model"]
+    if body.result.model != expected:
+        raise ApiError(
+            422,
+            f"result refused: it was made with model {body.result.model!r}, but episode "
+            f"{chunk['episode_id']} is transcribed with {expected!r}; rebuild the worker image "
+            "from this version of whisperfarm, whose workers load the model each job names",
+        )
     try:
         status = call.ledger.complete(
             call.chunk_id,

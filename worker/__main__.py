@@ -5,12 +5,34 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from worker.client import CoordinatorClient, CoordinatorError, Unauthorized, Unreachable
 from worker.config import ConfigError, WorkerConfig
-from worker.loop import EXIT_MODEL, EXIT_PROTOCOL, EXIT_UNAUTHORIZED, EXIT_UNREACHABLE, Worker
-from worker.models import ModelLoadError
+from worker.loop import EXIT_PROTOCOL, EXIT_UNAUTHORIZED, EXIT_UNREACHABLE, Worker
+from worker.models import ModelLoadError, load_model
 from worker.transcriber import Transcriber
+
+
+def preloaded_transcriber(
+    config: WorkerConfig, loader: Callable[..., Any] = load_model
+) -> Transcriber:
+    """The worker's transcriber, with WHISPERFARM_MODEL loaded while the first chunks are
+    cut. Each job still runs the model it names; one this worker can't load fails the
+    jobs that name it, with the reason, rather than the worker."""
+    transcriber = Transcriber(
+        threads=config.threads,
+        compute_type=config.compute_type,
+        model_dir=config.model_dir,
+        loader=loader,
+    )
+    if config.preload_model:
+        try:
+            transcriber.model(config.preload_model)
+        except ModelLoadError as error:
+            logging.getLogger("worker").warning("%s", error)
+    return transcriber
 
 
 def main() -> int:
@@ -27,19 +49,12 @@ def main() -> int:
         print(f"worker: {error}", file=sys.stderr)
         return 2
     client = CoordinatorClient(config.url, config.token, give_up_seconds=config.give_up_seconds)
-    transcriber = Transcriber(
-        threads=config.threads,
-        compute_type=config.compute_type,
-        model_override=config.model_override,
-        model_dir=config.model_dir,
-    )
+    transcriber = preloaded_transcriber(config)
     worker = Worker(client, transcriber, config.info())
     signal.signal(signal.SIGTERM, worker.request_stop)
     signal.signal(signal.SIGINT, worker.request_stop)
     log.info("worker %s (%d threads) joining %s", config.worker_id, config.threads, config.url)
     try:
-        if config.model_override:
-            transcriber.model(config.model_override)  # load while the first chunks are cut
         return worker.run()
     except Unauthorized as error:
         log.error("%s", error)
@@ -47,9 +62,6 @@ def main() -> int:
     except Unreachable as error:
         log.error("%s", error)
         return EXIT_UNREACHABLE
-    except ModelLoadError as error:
-        log.error("%s", error)
-        return EXIT_MODEL
     except CoordinatorError as error:
         log.error("%s", error)
         return EXIT_PROTOCOL

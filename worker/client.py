@@ -9,17 +9,13 @@ coordinator that is briefly unreachable or restarting, and a bounded time before
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
-from tenacity import (
-    Retrying,
-    retry_if_exception,
-    stop_after_delay,
-    wait_exponential_jitter,
-)
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay
 
 
 class CoordinatorError(Exception):
@@ -44,6 +40,15 @@ def _transient(error: BaseException) -> bool:
     return isinstance(error, httpx.HTTPStatusError) and (
         error.response.status_code >= 500 or error.response.status_code == 429
     )
+
+
+def backoff(retry_state: RetryCallState) -> float:
+    """0.5 s, 1 s, 2 s … doubling up to 10 s, each plus up to 1 s of jitter: tenacity's
+    wait_exponential_jitter spelled out, because its first argument changed names within
+    the versions pyproject allows (8.2 knows only ``initial``, 9.x deprecates it for
+    ``multiplier``)."""
+    attempt = retry_state.attempt_number
+    return min(0.5 * 2 ** min(attempt - 1, 30) + random.uniform(0, 1.0), 10.0)
 
 
 class CoordinatorClient:
@@ -87,7 +92,7 @@ class CoordinatorClient:
         retrying = Retrying(
             retry=retry_if_exception(_transient),
             stop=stop_after_delay(self.give_up_seconds),
-            wait=wait_exponential_jitter(multiplier=0.5, max=10.0),
+            wait=backoff,
             sleep=self.sleep,
             reraise=True,
         )

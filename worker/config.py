@@ -3,7 +3,8 @@
 WHISPERFARM_URL            coordinator base URL (required), e.g. http://127.0.0.1:8765
 WHISPERFARM_TOKEN          the run's bearer token (required)
 WHISPERFARM_THREADS        CPU threads for the model (default: all cores)
-WHISPERFARM_MODEL          use this model whatever the job asks (name or directory)
+WHISPERFARM_MODEL          model to load at start (name or directory), before the first job;
+                           each job still runs the model it names
 WHISPERFARM_MODEL_DIR      directory of baked-in models, one sub-directory per name
 WHISPERFARM_COMPUTE_TYPE   CTranslate2 compute type (default int8)
 WHISPERFARM_WORKER_ID      id shown in status (default FLY_MACHINE_ID or host-pid)
@@ -31,7 +32,7 @@ class WorkerConfig:
     kind: str
     threads: int
     compute_type: str = "int8"
-    model_override: str | None = None
+    preload_model: str | None = None
     model_dir: str | None = None
     give_up_seconds: float = 120.0
     host: str | None = None
@@ -61,7 +62,7 @@ class WorkerConfig:
             kind=env.get("WHISPERFARM_WORKER_KIND") or ("fly" if machine_id else "remote"),
             threads=max(1, threads),
             compute_type=env.get("WHISPERFARM_COMPUTE_TYPE") or "int8",
-            model_override=env.get("WHISPERFARM_MODEL") or None,
+            preload_model=env.get("WHISPERFARM_MODEL") or None,
             model_dir=env.get("WHISPERFARM_MODEL_DIR") or None,
             give_up_seconds=give_up,
             host=host,

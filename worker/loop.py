@@ -25,7 +25,6 @@ log = logging.getLogger("worker")
 EXIT_DONE = 0
 EXIT_STOPPED = 0
 EXIT_UNREACHABLE = 3
-EXIT_MODEL = 4
 EXIT_UNAUTHORIZED = 5
 EXIT_PROTOCOL = 6
 
@@ -109,9 +108,10 @@ class Worker:
         except LeaseLostError:
             log.warning("%s: lease lost before the audio came; dropped", chunk)
             return
-        except ModelLoadError as error:
+        except ModelLoadError as error:  # this worker can't run the job's model
+            log.error("%s: %s", chunk, error)
             self._fail(job, str(error))
-            raise
+            return
         except (CoordinatorError, httpx.HTTPError):
             raise
         except Exception as error:  # a bad chunk must not kill the worker

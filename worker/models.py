@@ -45,8 +45,9 @@ def load_model(name: str, *, threads: int, compute_type: str, model_dir: str | N
             resolved, device="cpu", compute_type=compute_type, cpu_threads=threads, num_workers=1
         )
     except Exception as error:  # network, missing files, bad directory: all the same to a user
-        hint = "pass a local CTranslate2 model directory with --model PATH" + (
-            ", or use --model tiny.en (bundled)" if bundled_tiny_en() else ""
-        )
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelLoadError(f"can't load model {name!r} ({first}): {hint}") from error
+        raise ModelLoadError(
+            f"model {name!r} is not available on this worker ({first}): bake it into the "
+            f"worker image (--build-arg MODEL={name}), put it in WHISPERFARM_MODEL_DIR/{name}, "
+            "or let the worker reach the model hub"
+        ) from error

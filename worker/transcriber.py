@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.models import load_model
+from worker.models import ModelLoadError, load_model
 
 
 class Stopped(Exception):
@@ -27,30 +27,46 @@ def wav_to_float(data: bytes) -> np.ndarray:
 
 
 class Transcriber:
+    """Holds one model at a time: the one the current job names.
+
+    A job's model is loaded by its name (a baked-in copy under ``model_dir``, the bundled
+    tiny.en, a directory, or a faster-whisper download) and kept until a job names
+    another. A model that can't be had raises ModelLoadError, now and for every later
+    job that names it: the worker reports each such job as failed with that reason.
+    """
+
     def __init__(
         self,
         *,
         threads: int,
         compute_type: str = "int8",
-        model_override: str | None = None,
         model_dir: str | None = None,
         loader: Callable[..., Any] = load_model,
     ):
         self.threads = threads
         self.compute_type = compute_type
-        self.model_override = model_override
         self.model_dir = model_dir
         self.loader = loader
         self._model: Any = None
         self._model_name: str | None = None
+        # A failed load is not retried for the worker's life: a download that timed out
+        # once would cost its time-out again on every chunk of the episode.
+        self._unavailable: dict[str, str] = {}
 
     def model(self, name: str) -> Any:
-        name = self.model_override or name
-        if self._model is None or self._model_name != name:
+        if self._model is not None and self._model_name == name:
+            return self._model
+        if name in self._unavailable:
+            raise ModelLoadError(self._unavailable[name])
+        self._model, self._model_name = None, None  # let the old one go before the new loads
+        try:
             self._model = self.loader(
                 name, threads=self.threads, compute_type=self.compute_type, model_dir=self.model_dir
             )
-            self._model_name = name
+        except ModelLoadError as error:
+            self._unavailable[name] = str(error)
+            raise
+        self._model_name = name
         return self._model
 
     def transcribe(

@@ -241,7 +241,10 @@ def worker(
         int | None, typer.Option(help="CPU threads for the model [default: all cores].")
     ] = None,
     model: Annotated[
-        str | None, typer.Option(help="Load this model (name or directory) whatever the jobs ask.")
+        str | None,
+        typer.Option(
+            help="Load this model (name or directory) at start; each job still runs its own."
+        ),
     ] = None,
 ) -> None:
     """Join a running farm from this machine and work until the queue is empty.
