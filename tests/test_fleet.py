@@ -586,6 +586,45 @@ def test_reap_destroys_machines_of_ended_runs_and_keeps_live_ones(
     assert {row["id"]: row["state"] for row in ledger.machines()}[live] == "destroyed"
 
 
+def test_reap_looks_up_what_a_lagging_list_leaves_out_and_destroys_it(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(faults=Faults(list_lag=30.0))
+    ledger = rig.ledger
+    ledger.start_run("dead", backend="fly", episode_ids=[EPISODE], pid=None)
+    ledger.end_run("dead", "crashed")
+    made = []
+    for name in ("wf-dead-001", "wf-dead-002"):
+        config = build_worker_config(
+            image="registry.fly.io/wf-test:v1",
+            size="performance-1x",
+            env={},
+            run_id="dead",
+            machine_name=name,
+            model="tiny.en",
+        )
+        machine = rig.client.create(config, name=name)
+        ledger.record_machine(
+            machine_id=machine.id,
+            run_id="dead",
+            name=name,
+            app=APP,
+            region="ord",
+            size="performance-1x",
+            cpus=1,
+            memory_mb=2048,
+            usd_per_second=SIZES["performance-1x"].usd_per_second,
+            state="started",
+        )
+        made.append(machine.id)
+    rig.fly.set_host(made[1], "unreachable", "null")  # its metadata can't be seen either
+    result = reap(rig.client, ledger)  # the list shows none of them yet
+    assert sorted(result.destroyed) == sorted(made)
+    assert rig.alive_on_fly() == []
+    states = {row["id"]: (row["state"], row["error"]) for row in ledger.machines()}
+    assert {states[m] for m in made} == {("destroyed", "reaped")}
+
+
 # -- configuration -----------------------------------------------------------------------------
 
 
