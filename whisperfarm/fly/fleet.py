@@ -266,7 +266,7 @@ class FlyFleet:
         says there is no such machine; None when Fly could not be asked."""
         try:
             machine = self.client.find(machine_id)
-        except FlyUnavailable as error:
+        except FlyError as error:  # stop() goes on with the others all the same
             log.warning("could not look machine %s up: %s", machine_id, error)
             return None
         return machine if machine is not None else Machine(id=machine_id, state="destroyed")
