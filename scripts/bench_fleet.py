@@ -292,7 +292,8 @@ def main() -> None:
     refused = requests.pop("rate_limited", 0)
     left = sum(1 for m in state["machines"] if m["state"] not in ("destroyed", "stopped"))
     print(
-        f"Fly API (list lag {args.list_lag:g} s): requests {requests}; 429 {refused}; "
+        f"Fly API (list lag {args.list_lag:g} s): requests {requests}; 429 {refused} "
+        f"{state.get('rate_limited', {})}; "
         f"machines on Fly {len(state['machines'])}, at once {state['max_concurrent_started']} "
         f"started / {state['max_concurrent_active']} active; left running {left}"
     )

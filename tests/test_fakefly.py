@@ -701,7 +701,8 @@ def test_list_is_limited_to_burst_3_then_1_per_second_like_every_action(fake, cl
     assert [fake.get(BASE).status_code for _ in range(4)] == [200, 200, 200, 429]
     clock.advance(1)
     assert [fake.get(BASE).status_code for _ in range(2)] == [200, 429]
-    assert fake.get("/_fake/state").json()["requests"]["rate_limited"] == 2
+    state = fake.get("/_fake/state").json()
+    assert state["requests"]["rate_limited"] == 2 and state["rate_limited"] == {"list": 2}
 
 
 def test_a_lagging_list_misses_new_machines_and_shows_old_states_while_get_is_current(clock):

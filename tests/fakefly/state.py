@@ -146,6 +146,7 @@ class FakeFly:
         self.machines: dict[str, FakeMachine] = {}
         self.requests: Counter[str] = Counter()
         self.wait_params: Counter[str] = Counter()  # which version parameter /wait got
+        self.rate_limited: Counter[str] = Counter()  # 429s by action
         self.started_now = self.max_started = 0
         self.active_now = self.max_active = 0
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
@@ -170,6 +171,7 @@ class FakeFly:
             wait = bucket.take(now)
             if wait is not None:
                 self.requests["rate_limited"] += 1
+                self.rate_limited[action] += 1
                 headers = {"Retry-After": str(max(1, round(wait + 0.499)))}
                 raise ApiError(
                     429, "rate limit exceeded", headers=headers if self.retry_after else None
@@ -575,6 +577,7 @@ class FakeFly:
             "max_concurrent_active": self.max_active,
             "requests": dict(self.requests),
             "wait_params": dict(self.wait_params),
+            "rate_limited": dict(self.rate_limited),
             "faults": asdict(self.faults),
         }
 
