@@ -559,11 +559,13 @@ class FlyFleet:
         try:
             machine = self.client.create(config, name=name, region=self.config.region)
         except (FlyCapacityError, FlyUnavailable) as error:
+            self._create_rate.settle(self.clock())
             log.warning("could not create a machine now (%s); backing off", error)
             # From when the failure came, not when the tick began: the client's own
             # retries may have taken longer than the backoff.
             self._backoff_until = self.clock() + CREATE_BACKOFF_SECONDS
             return False
+        self._create_rate.settle(self.clock())
         self._record(ledger, machine.model_copy(update={"name": name}), asked_at)
         if self._stop.is_set():
             # stop() gave up waiting for this thread and may have destroyed the others

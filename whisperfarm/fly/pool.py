@@ -344,6 +344,8 @@ def warm(
         except (FlyCapacityError, FlyUnavailable) as error:
             report.error = str(error)
             break
+        finally:
+            rate.settle(clock())
         report.created.append(machine.id)
         _remember(ledger, client.app, machine, size, machine.state or "created")
     return report
