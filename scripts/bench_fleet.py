@@ -32,7 +32,13 @@ measurement), then the same 0..``--join-delay`` s of boot and model load as a cr
 machine. A pool machine's makespan and start latency count from its update request.
 Run it with and without ``--pool`` to compare; each prints its makespan against its ideal.
 
+``--list-lag S`` makes the fake's List answer as things were S seconds ago (Fly's List is
+eventually consistent; Get stays current). Every run prints what it sent per action, how
+many requests the fake's per-action limits refused (429), the most machines started at
+once and how many were left when the CLI ended.
+
     python scripts/bench_fleet.py [--chunks 1050] [--machines 100] [--budget 1.00] [--pool]
+                                  [--list-lag 3]
 """
 
 from __future__ import annotations
@@ -131,6 +137,9 @@ def main() -> None:
         "--pool-start-latency", type=float, default=3.0, help="stopped machine: start → started"
     )
     parser.add_argument("--time-scale", type=float, default=1.0)
+    parser.add_argument(
+        "--list-lag", type=float, default=0.0, help="the fake's List lags by this many seconds"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
     k = args.time_scale
@@ -152,6 +161,7 @@ def main() -> None:
                 shlex.join([sys.executable, str(REPO / "scripts" / "sim_worker.py")]),
             ),
             *("--log-dir", str(work / "machines")),
+            *("--list-lag", str(args.list_lag)),
         ],
         cwd=REPO,
         env={**os.environ, **sim_env},
@@ -277,6 +287,15 @@ def main() -> None:
         f"{makespan:>10.1f} {simple:>8.1f} {makespan / simple - 1:>+9.1%} {ramp:>13.1f} "
         f"{makespan / ramp - 1:>+14.1%} {wall:>11.1f} {spent:>8.3f} {billed:>14.3f} "
         f"{args.budget:>9.2f} {attempts / len(chunks):>13.3f}"
+    )
+    requests = dict(sorted(state["requests"].items()))
+    refused = requests.pop("rate_limited", 0)
+    left = sum(1 for m in state["machines"] if m["state"] not in ("destroyed", "stopped"))
+    print(
+        f"Fly API (list lag {args.list_lag:g} s): requests {requests}; 429 {refused} "
+        f"{state.get('rate_limited', {})}; "
+        f"machines on Fly {len(state['machines'])}, at once {state['max_concurrent_started']} "
+        f"started / {state['max_concurrent_active']} active; left running {left}"
     )
     print(
         f"(last create or pool start at {max(m['created_at'] for m in machines) - t0:.0f} s;"

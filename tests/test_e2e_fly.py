@@ -398,3 +398,28 @@ def test_ctrl_c_leaves_pool_machines_stopped(tmp_path: Path, fake: FakeFlyProces
     assert state["started_now"] == 0 and not any(m["running"] for m in state["machines"])
     rows = ledger(tmp_path, "SELECT state, stopped_at, destroyed_at FROM machines")
     assert rows and all(st == "stopped" and at and gone is None for st, at, gone in rows)
+
+
+# -- Fly's List lags: absence is not destruction -----------------------------------------------
+
+
+@pytest.mark.parametrize("fake", [("--list-lag", "3")], indirect=True)
+def test_a_lagging_list_never_starts_more_than_max_machines_and_leaves_none(
+    tmp_path: Path, fake: FakeFlyProcess
+) -> None:
+    result = run_fly(tmp_path, fake, "--max-machines", "3")
+    assert result.returncode == 0, result.stdout + result.stderr
+    state = fake.state()
+    left = [m["id"] for m in state["machines"] if m["state"] != "destroyed"]
+    print(
+        f"list lag 3 s, --max-machines 3: created {len(state['machines'])}, "
+        f"at once {state['max_concurrent_started']} started / "
+        f"{state['max_concurrent_active']} active, left {len(left)}, "
+        f"requests {state['requests']}"
+    )
+    assert_all_destroyed(state)
+    assert state["max_concurrent_started"] <= 3
+    assert state["max_concurrent_active"] <= 3
+    assert (tmp_path / "out" / "episode.txt").exists()
+    rows = ledger(tmp_path, "SELECT state FROM machines")
+    assert rows and {row[0] for row in rows} == {"destroyed"}

@@ -688,3 +688,140 @@ def test_update_of_a_running_machine_replaces_its_process(clock):
     assert state_of(fake, machine["id"]) == "started"
     assert launcher.handles[-1].spec.env["WHISPERFARM_TOKEN"] == "run-2"
     assert "replacing" in history(fake, machine["id"])
+
+
+# -- Fly's unkind parts: a lagging List, per-action limits, capacity, failed starts, hosts ----
+
+
+def ids(listing: list[dict[str, Any]]) -> list[str]:
+    return [m["id"] for m in listing]
+
+
+def test_list_is_limited_to_burst_3_then_1_per_second_like_every_action(fake, clock):
+    assert [fake.get(BASE).status_code for _ in range(4)] == [200, 200, 200, 429]
+    clock.advance(1)
+    assert [fake.get(BASE).status_code for _ in range(2)] == [200, 429]
+    state = fake.get("/_fake/state").json()
+    assert state["requests"]["rate_limited"] == 2 and state["rate_limited"] == {"list": 2}
+
+
+def test_a_lagging_list_misses_new_machines_and_shows_old_states_while_get_is_current(clock):
+    fake = make(clock, faults=Faults(list_lag=3.0))
+    machine = created(fake)
+    assert fake.get(BASE).json() == []  # not propagated to the read side yet
+    assert state_of(fake, machine["id"]) == "starting"  # Get is current
+    clock.advance(3.0)
+    (listed,) = fake.get(BASE).json()
+    assert listed["id"] == machine["id"] and listed["state"] == "starting"
+    clock.advance(2.0)  # started at 5 s; the list still says starting
+    assert state_of(fake, machine["id"]) == "started"
+    assert fake.get(BASE).json()[0]["state"] == "starting"
+    assert fake.delete(f"{BASE}/{machine['id']}", params={"force": "true"}).status_code == 200
+    assert state_of(fake, machine["id"]) == "destroyed"
+    clock.advance(1.0)
+    assert ids(fake.get(BASE).json()) == [machine["id"]]  # destroyed, still listed
+    clock.advance(2.0)
+    assert fake.get(BASE).json() == []
+    (deleted,) = fake.get(BASE, params={"include_deleted": "true"}).json()
+    assert deleted["state"] == "destroyed"
+
+
+def test_include_deleted_lags_too(clock):
+    fake = make(clock, faults=Faults(list_lag=3.0))
+    machine = created(fake)
+    clock.advance(3.0)
+    fake.delete(f"{BASE}/{machine['id']}", params={"force": "true"})
+    clock.advance(1.0)
+    listing = fake.get(BASE, params={"include_deleted": "true"}).json()
+    assert [m["state"] for m in listing] == ["starting"]
+
+
+def test_a_lagging_list_shows_the_config_as_it_was(clock):
+    fake = make(clock, faults=Faults(list_lag=3.0))
+    machine = created(fake, skip_launch=True)
+    clock.advance(5.0)
+    config = worker_config(metadata={"whisperfarm_run": "r2"})
+    assert fake.post(f"{BASE}/{machine['id']}", json={"config": config}).status_code == 200
+    assert fake.get(BASE, params={"metadata.whisperfarm_run": "r2"}).json() == []
+    assert ids(fake.get(BASE, params={"metadata.whisperfarm_run": "r1"}).json()) == [machine["id"]]
+    clock.advance(3.0)
+    assert ids(fake.get(BASE, params={"metadata.whisperfarm_run": "r2"}).json()) == [machine["id"]]
+
+
+def test_lag_settable_through_the_control_endpoint(fake, clock):
+    assert fake.post("/_fake/faults", json={"list_lag": 2.5}).json()["list_lag"] == 2.5
+    created(fake)
+    assert fake.get(BASE).json() == []
+    clock.advance(2.5)
+    assert len(fake.get(BASE).json()) == 1
+
+
+def test_list_empty_fault_answers_nothing_for_an_app_with_machines(clock):
+    fake = make(clock, faults=Faults(list_empty=1))
+    machine = created(fake)
+    assert fake.get(BASE).json() == []
+    assert ids(fake.get(BASE).json()) == [machine["id"]]
+
+
+def test_capacity_503_carries_the_status_field(clock):
+    fake = make(clock, faults=Faults(capacity_503=1))
+    response = create(fake)
+    assert response.status_code == 503
+    assert response.json() == {"error": "out of capacity", "status": "insufficient_capacity"}
+    assert create(fake).status_code == 200
+
+
+def test_a_start_can_fail_with_status_error_in_a_200(clock):
+    fake = make(clock, faults=Faults(start_error=1))
+    machine = created(fake, skip_launch=True)
+    response = fake.post(f"{BASE}/{machine['id']}/start")
+    assert response.status_code == 200
+    assert response.json()["status"] == "error" and response.json()["message"]
+    clock.advance(10.0)
+    assert state_of(fake, machine["id"]) == "created"  # nothing started
+    assert fake.post(f"{BASE}/{machine['id']}/start").json()["status"] == ""
+    clock.advance(10.0)
+    assert state_of(fake, machine["id"]) == "started"
+
+
+@pytest.mark.parametrize("view", ["incomplete", "null", "absent"])
+def test_an_unhealthy_host_hides_the_config_and_metadata_filters_miss_it(clock, view):
+    fake = make(clock)
+    machine = created(fake)
+    answer = fake.post(
+        f"/_fake/machines/{machine['id']}/host", json={"status": "unreachable", "config": view}
+    )
+    assert answer.json() == {"ok": True}
+    got = fake.get(f"{BASE}/{machine['id']}").json()
+    assert got["host_status"] == "unreachable" and got["state"] == "starting"
+    if view == "incomplete":
+        assert "config" not in got
+        assert got["incomplete_config"]["image"] == worker_config()["image"]
+        assert "metadata" not in got["incomplete_config"]
+    elif view == "null":
+        assert got["config"] is None and "incomplete_config" not in got
+    else:
+        assert "config" not in got and "incomplete_config" not in got
+    assert fake.get(BASE, params={"metadata.whisperfarm_run": "r1"}).json() == []
+    assert ids(fake.get(BASE).json()) == [machine["id"]]
+    # The fake's own record keeps the truth for assertions.
+    (mine,) = fake.get("/_fake/state").json()["machines"]
+    assert mine["config"]["metadata"] == {"whisperfarm_run": "r1"}
+    bad = fake.post(f"/_fake/machines/{machine['id']}/host", json={"status": "x"})
+    assert bad.status_code == 400
+
+
+def test_unhealthy_fault_puts_the_next_machines_on_a_bad_host(clock):
+    fake = make(clock, faults=Faults(unhealthy=1))
+    sick, well = created(fake, "a"), created(fake, "b")
+    assert sick["host_status"] == "unreachable" and "incomplete_config" in sick
+    assert well["host_status"] == "ok" and well["config"]["metadata"]
+
+
+@pytest.mark.parametrize("name", ["version", "instance_id"])
+def test_wait_takes_version_and_still_the_deprecated_instance_id(fake, clock, name):
+    machine = created(fake)
+    clock.advance(5.0)
+    params = {"state": "started", "timeout": "5", name: machine["instance_id"]}
+    assert fake.get(f"{BASE}/{machine['id']}/wait", params=params).status_code == 200
+    assert fake.get("/_fake/state").json()["wait_params"] == {name: 1}

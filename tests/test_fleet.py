@@ -586,6 +586,45 @@ def test_reap_destroys_machines_of_ended_runs_and_keeps_live_ones(
     assert {row["id"]: row["state"] for row in ledger.machines()}[live] == "destroyed"
 
 
+def test_reap_looks_up_what_a_lagging_list_leaves_out_and_destroys_it(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(faults=Faults(list_lag=30.0))
+    ledger = rig.ledger
+    ledger.start_run("dead", backend="fly", episode_ids=[EPISODE], pid=None)
+    ledger.end_run("dead", "crashed")
+    made = []
+    for name in ("wf-dead-001", "wf-dead-002"):
+        config = build_worker_config(
+            image="registry.fly.io/wf-test:v1",
+            size="performance-1x",
+            env={},
+            run_id="dead",
+            machine_name=name,
+            model="tiny.en",
+        )
+        machine = rig.client.create(config, name=name)
+        ledger.record_machine(
+            machine_id=machine.id,
+            run_id="dead",
+            name=name,
+            app=APP,
+            region="ord",
+            size="performance-1x",
+            cpus=1,
+            memory_mb=2048,
+            usd_per_second=SIZES["performance-1x"].usd_per_second,
+            state="started",
+        )
+        made.append(machine.id)
+    rig.fly.set_host(made[1], "unreachable", "null")  # its metadata can't be seen either
+    result = reap(rig.client, ledger)  # the list shows none of them yet
+    assert sorted(result.destroyed) == sorted(made)
+    assert rig.alive_on_fly() == []
+    states = {row["id"]: (row["state"], row["error"]) for row in ledger.machines()}
+    assert {states[m] for m in made} == {("destroyed", "reaped")}
+
+
 # -- configuration -----------------------------------------------------------------------------
 
 
@@ -990,3 +1029,127 @@ def test_a_stop_that_fails_on_a_machine_stopped_anyway_is_no_leftover(
     (row,) = rig.pool_rows()
     assert row["state"] == "stopped"
     assert rig.fleet.leftovers == []
+
+
+# -- a lagging list: absence is not destruction -------------------------------------------------
+
+
+def test_a_lagging_list_never_makes_more_than_max_machines_and_stop_leaves_none(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(max_machines=3, faults=Faults(list_lag=3.0))
+    for _ in range(20):  # 10 s of ticks, every half second
+        rig.clock.advance(0.5)
+        rig.fleet.tick(rig.ledger)
+        assert len(rig.alive_on_fly()) <= 3
+    assert rig.creates() == 3
+    assert rig.fly.snapshot()["max_concurrent_active"] == 3
+    rig.fleet.stop()
+    assert rig.alive_on_fly() == []
+    assert rig.fleet.leftovers == []
+
+
+def test_an_empty_list_is_checked_machine_by_machine_not_believed(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(max_machines=2)
+    rig.fleet.tick(rig.ledger)
+    rig.clock.advance(6.0)
+    rig.fleet.tick(rig.ledger)
+    gets = rig.fly.requests["get"]
+    rig.fly.faults.list_empty = 3  # Fly's incident: List answers [] for an app with machines
+    rig.tick_every(2.0, 3)
+    assert {row["state"] for row in rig.rows()} == {"started"}
+    assert rig.creates() == 2 and len(rig.alive_on_fly()) == 2
+    assert rig.fly.requests["get"] - gets == 2 * 3  # one Get per machine per tick
+    assert rig.fly.requests["rate_limited"] == 0
+
+
+def test_a_machine_gone_while_the_list_lags_is_seen_gone_by_get_and_replaced(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(max_machines=2, faults=Faults(list_lag=3.0))
+    rig.tick_every(2.0, 4)
+    first, _ = (row["id"] for row in rig.rows())
+    rig.http.post(f"/_fake/machines/{first}/crash")  # exits, Fly auto-destroys it
+    rig.tick_every(0.5, 1)  # the list still shows it started: it keeps counting
+    assert len(rig.rows()) == 2
+    rig.tick_every(3.0, 2)  # the list shows it destroyed (include_deleted): replaced
+    rows = {row["id"]: row for row in rig.rows()}
+    assert rows[first]["state"] == "destroyed" and len(rows) == 3
+    assert rig.fly.snapshot()["max_concurrent_active"] == 2
+    rig.fleet.stop()
+    assert rig.alive_on_fly() == []
+
+
+def test_a_machine_on_an_unhealthy_host_is_neither_gone_nor_adopted_and_is_destroyed_at_the_end(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(max_machines=2)
+    rig.fleet.tick(rig.ledger)
+    rig.clock.advance(6.0)
+    sick = rig.rows()[0]["id"]
+    rig.fly.set_host(sick, "unreachable", "incomplete")  # the filtered list can't see it
+    rig.tick_every(2.0, 5)
+    rows = {row["id"]: row for row in rig.rows()}
+    assert rows[sick]["state"] == "started"
+    assert rig.creates() == 2 and len(rows) == 2
+    rig.fleet.stop()
+    assert rig.alive_on_fly() == [] and rig.fleet.leftovers == []
+
+
+def test_stop_confirms_every_destroy_with_get_not_list(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(max_machines=3, faults=Faults(list_lag=30.0))
+    rig.fleet.tick(rig.ledger)
+    rig.clock.advance(10.0)
+    gets = rig.fly.requests["get"]
+    rig.fleet.stop()
+    assert rig.alive_on_fly() == [] and rig.fleet.leftovers == []
+    assert rig.fly.requests["get"] - gets >= 3
+    assert {row["state"] for row in rig.rows()} == {"destroyed"}
+
+
+def test_stop_waits_for_pool_machines_without_polling_the_list(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(max_machines=2)
+    rig.warm(2)
+    rig.fly.stop_latency = 5.0
+    rig.fleet.tick(rig.ledger)
+    rig.clock.advance(10.0)
+    lists = rig.fly.requests["list"]
+    rig.fleet.stop()
+    assert {state for state in rig.on_fly().values()} == {"stopped"}
+    assert rig.fly.requests["list"] - lists <= 1  # the one look for strays
+    assert rig.fly.requests["wait"] >= 1  # one /wait, not a list loop
+    assert rig.fly.requests["rate_limited"] == 0
+    assert rig.fleet.leftovers == []
+
+
+def test_a_503_capacity_error_backs_off_like_any_capacity_error(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(max_machines=1, faults=Faults(capacity_503=1))
+    rig.fleet.tick(rig.ledger)  # not an outage, not fatal
+    assert rig.creates() == 1 and rig.rows() == []
+    rig.clock.advance(CREATE_BACKOFF_SECONDS + 0.5)
+    rig.fleet.tick(rig.ledger)
+    assert rig.creates() == 2 and len(rig.alive_on_fly()) == 1
+
+
+def test_a_pool_start_answered_with_status_error_is_not_counted_as_running(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(max_machines=1)
+    (pooled,) = rig.warm(1)
+    rig.fly.faults.start_error = 1
+    rig.fleet.tick(rig.ledger)
+    (row,) = rig.pool_rows()
+    assert row["state"] == "starting" and "could not start" in row["error"]  # bills till seen
+    rig.tick_every(2.0, 3)
+    assert {r["id"]: r["state"] for r in rig.pool_rows()} == {pooled: "stopped"}
+    assert rig.on_fly()[pooled] == "created"  # never started
+    created = [r for r in rig.rows() if not r["pool"]]
+    assert len(created) == 1 and rig.alive_on_fly() == [pooled, created[0]["id"]]
+    rig.fleet.stop()
+    assert rig.on_fly()[created[0]["id"]] == "destroyed" and rig.fleet.leftovers == []

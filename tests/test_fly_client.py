@@ -13,6 +13,7 @@ from whisperfarm.errors import (
     FlyCapacityError,
     FlyError,
     FlyGPUUnsupported,
+    FlyStartFailed,
     FlyUnavailable,
     UsageError,
 )
@@ -457,13 +458,16 @@ def test_wait_gives_up_after_the_overall_timeout(client, respx_mock, clock):
     assert route.call_count == 2
 
 
-def test_wait_for_stopped_sends_the_instance_id(client, respx_mock):
+def test_wait_for_stopped_sends_the_version_not_the_deprecated_instance_id(client, respx_mock):
     respx_mock.get(f"{BASE}/m1").respond(json=machine_json(state="stopped"))
     route = respx_mock.get(f"{BASE}/m1/wait").respond(json={"ok": True})
     assert client.wait("m1", "stopped", timeout=10).state == "stopped"
     params = route.calls.last.request.url.params
-    assert params["instance_id"] == "01INSTANCE" and params["state"] == "stopped"
+    assert params["version"] == "01INSTANCE" and params["state"] == "stopped"
+    assert "instance_id" not in params
     assert params["timeout"] == "10"
+    client.wait("m1", "stopped", timeout=10, version="01OTHER")
+    assert route.calls.last.request.url.params["version"] == "01OTHER"
 
 
 # -- build_worker_config ----------------------------------------------------------------------
@@ -572,11 +576,118 @@ def test_prices_can_be_overridden() -> None:
 
 def test_capacity_outside_create_is_reported_not_retried(client, respx_mock, sleeps):
     route = respx_mock.post(f"{BASE}/m1/start").respond(
-        412, json={"error": "insufficient resources to start machine"}
+        412,
+        json={
+            "error": "insufficient resources to start machine",
+            "status": "insufficient_capacity",
+        },
     )
     with pytest.raises(FlyCapacityError, match="another region"):
         client.start("m1")
     assert route.call_count == 1 and sleeps == []
+
+
+# -- Fly's real errors: capacity by the status field, failed starts, unhealthy hosts ---------
+
+CAPACITY_503 = {"error": "out of capacity", "status": "insufficient_capacity"}
+
+
+def test_a_503_with_the_capacity_status_is_capacity_not_an_outage(client, respx_mock, sleeps):
+    route = respx_mock.post(BASE).respond(503, json=CAPACITY_503)
+    listing = respx_mock.get(BASE).respond(json=[])
+    with pytest.raises(FlyCapacityError, match="another region"):
+        client.create({"image": "x"}, name="w1")
+    assert route.call_count == 4 and len(sleeps) == 3
+    assert listing.call_count == 0  # a capacity refusal made nothing: no lookup by name
+
+
+def test_a_503_capacity_then_success_makes_one_machine(client, respx_mock, sleeps):
+    route = respx_mock.post(BASE).mock(
+        side_effect=[
+            httpx.Response(503, json=CAPACITY_503),
+            httpx.Response(200, json=machine_json()),
+        ]
+    )
+    assert client.create({"image": "x"}, name="w1").id == "m1"
+    assert route.call_count == 2
+
+
+@pytest.mark.parametrize("code", [409, 412, 503])
+def test_capacity_is_decided_by_the_status_field_whatever_the_code(client, respx_mock, code):
+    respx_mock.post(f"{BASE}/m1/start").respond(code, json=CAPACITY_503)
+    with pytest.raises(FlyCapacityError):
+        client.start("m1")
+
+
+def test_words_alone_do_not_make_a_capacity_error(client, respx_mock, sleeps):
+    respx_mock.post(f"{BASE}/m1/start").respond(
+        409, json={"error": "insufficient permissions to start machine"}
+    )
+    with pytest.raises(FlyError) as info:
+        client.start("m1")
+    assert not isinstance(info.value, FlyCapacityError)
+
+
+def test_a_start_answered_200_with_status_error_is_a_failed_start(client, respx_mock):
+    respx_mock.post(f"{BASE}/m1/start").respond(
+        json={"message": "failed to start VM: no room on host", "status": "error"},
+        headers={"fly-request-id": "r7"},
+    )
+    with pytest.raises(FlyStartFailed) as info:
+        client.start("m1")
+    message = str(info.value)
+    assert "could not start machine m1" in message and "no room on host" in message
+    assert "r7" in message
+
+
+def test_a_start_answered_200_otherwise_is_a_start(client, respx_mock):
+    respx_mock.post(f"{BASE}/m1/start").respond(
+        json={"message": "", "status": "", "previous_state": "stopped"}
+    )
+    client.start("m1")
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        {"config": None},
+        {"config": None, "incomplete_config": {"image": "registry.fly.io/wf:v1"}},
+        {"incomplete_config": {"image": "registry.fly.io/wf:v1"}},
+        {},
+    ],
+    ids=["null", "null-and-incomplete", "incomplete-only", "absent"],
+)
+def test_a_machine_on_an_unhealthy_host_parses_with_its_metadata_unknown(respx_mock, client, shape):
+    body = machine_json(host_status="unreachable")
+    del body["config"]
+    respx_mock.get(f"{BASE}/m1").respond(json=body | shape)
+    machine = client.get("m1")
+    assert machine.state == "started" and machine.host_status == "unreachable"
+    assert machine.metadata_known is False and machine.metadata == {}
+    assert machine.config == (shape.get("incomplete_config") or {})
+
+
+def test_a_healthy_machine_has_its_metadata_known(respx_mock, client):
+    respx_mock.get(BASE).respond(json=[machine_json()])
+    (machine,) = client.list()
+    assert machine.metadata_known and machine.metadata == {"whisperfarm_run": "r1"}
+    assert machine.host_status == "ok"
+
+
+def test_find_is_none_only_when_fly_says_no_such_machine(client, respx_mock):
+    route = respx_mock.get(f"{BASE}/m1").mock(
+        side_effect=[
+            httpx.Response(200, json=machine_json()),
+            httpx.Response(404, json={"error": "machine not found"}),
+            httpx.Response(404, json={"error": "app not found: wf-test"}),
+        ]
+    )
+    found = client.find("m1")
+    assert found is not None and found.state == "started"
+    assert client.find("m1") is None
+    with pytest.raises(FlyError, match="fly apps create"):
+        client.find("m1")
+    assert route.call_count == 3
 
 
 def test_wait_for_destroyed_tolerates_the_machine_being_gone(client, respx_mock):

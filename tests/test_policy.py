@@ -121,6 +121,16 @@ def test_create_times_follow_the_burst_then_the_rate() -> None:
     assert create_times(8, ready=2) == [0, 0, 0, 0, 0, 1, 2, 3]
 
 
+def test_the_create_rate_credits_no_refill_while_a_create_was_in_flight() -> None:
+    rate = CreateRate(now=100.0)
+    assert [rate.take(100.0) for _ in range(3)] == [True, True, True]
+    rate.settle(100.6)  # the last create's answer came 0.6 s later: Fly saw it up to then
+    assert not rate.take(101.0)  # a second after the send, but 0.4 s after the answer
+    assert not rate.take(101.5)
+    assert rate.take(101.6)
+    assert not rate.take(101.0)  # an earlier clock reading never refills or drains
+
+
 def test_the_create_rate_allows_a_burst_then_one_a_second() -> None:
     rate = CreateRate(now=100.0)
     assert [rate.take(100.0) for _ in range(4)] == [True, True, True, False]

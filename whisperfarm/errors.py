@@ -13,7 +13,8 @@
     └── FlyError                the Machines API said no (see whisperfarm.fly.client)
         ├── FlyAuthError        401: wrong or missing FLY_API_TOKEN
         ├── FlyGPUUnsupported   400: Fly no longer offers GPU machines
-        ├── FlyCapacityError    409/412: no capacity in the region right now
+        ├── FlyCapacityError    status "insufficient_capacity" (409/412/503): none now
+        ├── FlyStartFailed      a start answered with status "error": it did not start
         └── FlyUnavailable      retries exhausted on 408/429/5xx/timeouts
 
 Anything else reaching the CLI is a bug and keeps its traceback.
@@ -84,6 +85,10 @@ class FlyGPUUnsupported(FlyError):
 
 
 class FlyCapacityError(FlyError):
+    pass
+
+
+class FlyStartFailed(FlyError):
     pass
 
 

@@ -84,6 +84,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="machines that die --die-after seconds after starting",
     )
     faults.add_argument("--die-after", type=float, default=1.0, metavar="S")
+    faults.add_argument(
+        "--capacity-503",
+        type=int,
+        default=0,
+        metavar="N",
+        help='creates that answer 503 "out of capacity" with status insufficient_capacity',
+    )
+    faults.add_argument(
+        "--start-error",
+        type=int,
+        default=0,
+        metavar="N",
+        help='starts that answer 200 with status "error" and start nothing',
+    )
+    faults.add_argument(
+        "--unhealthy",
+        type=int,
+        default=0,
+        metavar="N",
+        help="machines whose host is unreachable: served with incomplete_config",
+    )
+    faults.add_argument(
+        "--list-lag",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="List answers as things were S seconds ago (Get is current)",
+    )
+    faults.add_argument(
+        "--list-empty", type=int, default=0, metavar="N", help="List requests that answer []"
+    )
     return parser.parse_args(argv)
 
 
@@ -101,6 +132,11 @@ def main(argv: list[str] | None = None) -> None:
         never_start=args.never_start,
         die=args.die,
         die_after=args.die_after,
+        capacity_503=args.capacity_503,
+        start_error=args.start_error,
+        unhealthy=args.unhealthy,
+        list_lag=args.list_lag,
+        list_empty=args.list_empty,
     )
     app = create_app(
         app=args.app,

@@ -5,11 +5,14 @@
                                           DELETE (?force=true or ?kill=true)
 /v1/apps/{app}/machines/{id}/start        POST
 /v1/apps/{app}/machines/{id}/stop         POST {"signal", "timeout"}
-/v1/apps/{app}/machines/{id}/wait         GET ?state=&timeout=1..60[&instance_id=]
+/v1/apps/{app}/machines/{id}/wait         GET ?state=&timeout=1..60[&version=]
+                                          (instance_id=, deprecated, is still accepted)
 /_fake/health                             GET {"ok": true}
 /_fake/state                              GET every machine ever created, with histories
-/_fake/faults                             GET, POST {"capacity_409": 2, ...} sets fields
+/_fake/faults                             GET, POST {"capacity_409": 2, "list_lag": 3, ...}
 /_fake/machines/{id}/crash                POST: the machine's process dies now
+/_fake/machines/{id}/host                 POST {"status": "unreachable"|"unknown"|"ok",
+                                          "config": "incomplete"|"null"|"absent"}
 """
 
 from __future__ import annotations
@@ -138,6 +141,9 @@ def create_app(
             timeout = 0
         if not 1 <= timeout <= 60:
             raise ApiError(400, "invalid timeout: must be between 1 and 60 seconds")
+        for name in ("version", "instance_id"):
+            if name in request.query_params:
+                fly.wait_params[name] += 1
         since = len(machine.history)
         deadline = fly.clock() + timeout
         while True:
@@ -187,6 +193,20 @@ def create_app(
             return JSONResponse(error.body(), status_code=error.status)
         return JSONResponse({"ok": True})
 
+    async def host(request: Request) -> Response:
+        try:
+            body = await _body(request)
+            if not isinstance(body, dict):
+                raise ApiError(400, "expected a JSON object")
+            fly.set_host(
+                request.path_params["machine_id"],
+                str(body.get("status", "unreachable")),
+                str(body.get("config", "incomplete")),
+            )
+        except ApiError as error:
+            return JSONResponse(error.body(), status_code=error.status)
+        return JSONResponse({"ok": True})
+
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         ticker = asyncio.create_task(_tick(fly, tick_interval)) if tick_interval else None
@@ -211,6 +231,7 @@ def create_app(
         Route("/_fake/state", state_endpoint, methods=["GET"]),
         Route("/_fake/faults", faults_endpoint, methods=["GET", "POST"]),
         Route("/_fake/machines/{machine_id}/crash", crash, methods=["POST"]),
+        Route("/_fake/machines/{machine_id}/host", host, methods=["POST"]),
     ]
     asgi = Starlette(routes=routes, lifespan=lifespan)
     asgi.state.fly = fly

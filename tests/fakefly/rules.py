@@ -17,6 +17,8 @@ GPU_ERROR = (
 AUTH_ERROR = "Authenticate: token validation error"
 CAPACITY_409 = "aborted: could not reserve resource for machine: insufficient memory available"
 CAPACITY_412 = "insufficient resources to create new machine"
+CAPACITY_503 = "out of capacity"  # fly-go flaps/flaps_error_test.go: a 503 with the status field
+START_ERROR = "failed to start VM: could not reserve resource for machine on its host"
 WAIT_STATES = frozenset({"started", "stopped", "suspended", "destroyed"})
 RESTART_POLICIES = frozenset({"no", "always", "on-failure"})
 PERFORMANCE_CPUS = frozenset({1, 2, 4, 8, 16})
@@ -24,9 +26,10 @@ SHARED_CPUS = frozenset({1, 2, 4, 8})
 _MACAROON_PREFIXES = ("fm1r_", "fm1a_", "fm2_")
 
 # Requests per second and burst, per action and machine (per app for create and list).
+# Fly's "Working with the Machines API": 1 req/s with bursts of 3 for every action, List
+# included; Get Machine alone is 5 req/s (burst 10, as Fly's rate-limit table has it).
 DEFAULT_LIMIT = (1.0, 3)
-READ_LIMIT = (5.0, 10)
-READ_ACTIONS = frozenset({"get", "list"})
+GET_LIMIT = (5.0, 10)
 
 
 class ApiError(Exception):
@@ -65,6 +68,11 @@ class Faults:
     never_start: int = 0  # the next N machines stay in "starting" for ever
     die: int = 0  # the next N machines die die_after seconds after reaching "started"
     die_after: float = 1.0
+    capacity_503: int = 0  # the next N creates answer 503 "out of capacity" (status field)
+    start_error: int = 0  # the next N starts answer 200 with status "error", starting nothing
+    unhealthy: int = 0  # the next N machines land on a host whose host_status is unreachable
+    list_lag: float = 0.0  # List answers as things were this many seconds ago (Get is current)
+    list_empty: int = 0  # the next N List requests answer [] (Fly's infra incident)
 
     def update(self, changes: Mapping[str, Any]) -> None:
         known = {f.name: f.type for f in fields(self)}
@@ -73,7 +81,14 @@ class Faults:
                 raise ApiError(400, f"unknown fault {key!r}; known: {', '.join(known)}")
             if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
                 raise ApiError(400, f"fault {key} must be a non-negative number")
-            setattr(self, key, float(value) if key == "die_after" else int(value))
+            setattr(self, key, float(value) if key in _SECONDS else int(value))
+
+
+_SECONDS = frozenset({"die_after", "list_lag"})
+# How a machine on an unhealthy host is served (fly-go machine_types.go, GetConfig()):
+# its config as "incomplete_config" instead of "config", or "config": null, or no config.
+HOST_CONFIG_VIEWS = ("incomplete", "null", "absent")
+HOST_STATUSES = ("ok", "unknown", "unreachable")
 
 
 class TokenBucket:

@@ -4,6 +4,23 @@ Nothing here sleeps or does I/O except through the launcher: time only moves whe
 says so, and :meth:`FakeFly.advance` applies whatever became due (state transitions,
 process exits, kill deadlines, injected deaths). The ASGI layer in ``app.py`` calls it on
 every request and, when served for real, from a background ticker.
+
+Fly's unkind parts, each off unless asked for (``Faults``):
+
+- List is eventually consistent (``list_lag``): it answers from the state as it was that
+  many seconds ago (new machines missing, old states, destroyed ones still listed), while
+  Get is always current; ``include_deleted=true`` lists destroyed ones, with the same lag.
+  ``list_empty`` makes List answer ``[]`` (Fly's infra log records such an incident).
+- Rate limits per action: 1 req/s, burst 3, for every action (create and list per app, the
+  others per machine), except Get Machine at 5 req/s (burst 10); 429 over it.
+- Unhealthy hosts (``unhealthy``, or ``set_host``): a machine whose ``host_status`` is not
+  ``ok`` is served with a partial ``incomplete_config`` (image and guest only) instead of
+  ``config``, or with ``config: null``, or with no config at all (fly-go ``machine_types.go``,
+  ``GetConfig()``; flyctl PR 3840 "Dealing with unreachable machines on dead hosts"). What
+  Fly's List does with ``metadata.KEY=`` for such a machine is not documented (flaps is not
+  public); the fake takes the unkind reading: the filter sees only what the API can show, so
+  a metadata-filtered List leaves the machine out, while an unfiltered List shows it
+  without its metadata. Get always answers it, with its state.
 """
 
 from __future__ import annotations
@@ -22,9 +39,12 @@ from tests.fakefly.rules import (
     AUTH_ERROR,
     CAPACITY_409,
     CAPACITY_412,
+    CAPACITY_503,
     DEFAULT_LIMIT,
-    READ_ACTIONS,
-    READ_LIMIT,
+    GET_LIMIT,
+    HOST_CONFIG_VIEWS,
+    HOST_STATUSES,
+    START_ERROR,
     ApiError,
     Faults,
     TokenBucket,
@@ -64,6 +84,10 @@ class FakeMachine:
     ready_at: float = 0.0  # when its image is unpacked: no start completes before then
     restarts: int = 0
     exit_code: int | None = None
+    host_status: str = "ok"
+    config_view: str = "incomplete"  # how its config is served while the host is not ok
+    versions: list[tuple[float, dict[str, Any], str]] = field(default_factory=list)
+    # (since when, config, instance_id): what a lagging List shows as of an earlier time
 
     @property
     def auto_destroy(self) -> bool:
@@ -121,6 +145,8 @@ class FakeFly:
         self.retry_after = retry_after
         self.machines: dict[str, FakeMachine] = {}
         self.requests: Counter[str] = Counter()
+        self.wait_params: Counter[str] = Counter()  # which version parameter /wait got
+        self.rate_limited: Counter[str] = Counter()  # 429s by action
         self.started_now = self.max_started = 0
         self.active_now = self.max_active = 0
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
@@ -139,12 +165,13 @@ class FakeFly:
             raise ApiError(404, f"app not found: {app}")
         self.advance()
         if self.rate_limit:
-            rate, burst = READ_LIMIT if action in READ_ACTIONS else DEFAULT_LIMIT
+            rate, burst = GET_LIMIT if action == "get" else DEFAULT_LIMIT
             now = self.clock()
             bucket = self._buckets.setdefault((action, key), TokenBucket(rate, burst, now))
             wait = bucket.take(now)
             if wait is not None:
                 self.requests["rate_limited"] += 1
+                self.rate_limited[action] += 1
                 headers = {"Retry-After": str(max(1, round(wait + 0.499)))}
                 raise ApiError(
                     429, "rate limit exceeded", headers=headers if self.retry_after else None
@@ -170,6 +197,9 @@ class FakeFly:
         if faults.capacity_412 > 0:
             faults.capacity_412 -= 1
             raise ApiError(412, CAPACITY_412, status_field="insufficient_capacity")
+        if faults.capacity_503 > 0:
+            faults.capacity_503 -= 1
+            raise ApiError(503, CAPACITY_503, status_field="insufficient_capacity")
         now = self.clock()
         machine = FakeMachine(
             id=secrets.token_hex(7),
@@ -187,6 +217,10 @@ class FakeFly:
         if faults.die > 0:
             faults.die -= 1
             machine.die_after = faults.die_after
+        if faults.unhealthy > 0:
+            faults.unhealthy -= 1
+            machine.host_status = "unreachable"
+        machine.versions.append((now, config, machine.instance_id))
         self.machines[machine.id] = machine
         self._set_state(machine, "created", now)
         self._event(machine, "launch", "created", now)
@@ -202,24 +236,38 @@ class FakeFly:
         return self.to_api(self.machine(machine_id))
 
     def list(self, params: Mapping[str, str]) -> list[dict[str, Any]]:
+        """Machines as they were ``list_lag`` seconds ago; a metadata filter sees only the
+        metadata the API can show (none for a machine whose host is not ok)."""
+        if self.faults.list_empty > 0:
+            self.faults.list_empty -= 1
+            return []
         include_deleted = params.get("include_deleted", "").lower() in ("true", "1")
         wanted = {k[len("metadata.") :]: v for k, v in params.items() if k.startswith("metadata.")}
+        as_of = self.clock() - self.faults.list_lag
         found = []
         for machine in self.machines.values():
-            metadata = machine.config.get("metadata") or {}
-            if machine.state == "destroyed" and not include_deleted:
+            if machine.created > as_of:
+                continue  # not created yet, as far as the read side knows
+            view = self.to_api(machine, as_of=as_of)
+            metadata = (view.get("config") or {}).get("metadata") or {}
+            if view["state"] == "destroyed" and not include_deleted:
                 continue
             if params.get("region") and machine.region != params["region"]:
                 continue
             if any(metadata.get(k) != v for k, v in wanted.items()):
                 continue
-            found.append(self.to_api(machine))
+            found.append(view)
         return found
 
     def start(self, machine_id: str) -> dict[str, Any]:
         machine = self._live(machine_id)
         previous = machine.state
         now = self.clock()
+        if previous in ("created", "stopped", "failed") and self.faults.start_error > 0:
+            # flyctl's `machine start` reads a 200 whose status is "error" as a failed start.
+            self.faults.start_error -= 1
+            self._event(machine, "start", "error", now)
+            return {"message": START_ERROR, "status": "error", "previous_state": previous}
         if previous in ("created", "stopped", "failed"):
             self._schedule_start(machine, now)
             self._event(machine, "start", "requested", now)
@@ -243,6 +291,7 @@ class FakeFly:
             machine.ready_at = now + self.start_latency
         machine.config = config
         machine.instance_id = "01" + secrets.token_hex(12).upper()
+        machine.versions.append((now, config, machine.instance_id))
         self._event(machine, "update", "requested", now)
         launch = not body.get("skip_launch") or self.update_launches
         previous = machine.state
@@ -310,6 +359,18 @@ class FakeFly:
             machine.process.kill()
         elif machine.state == "started":
             self._on_exit(machine, exit_code, self.clock())
+
+    def set_host(self, machine_id: str, status: str, view: str = "incomplete") -> None:
+        """Put the machine's host in ``status``; while not ``ok`` its config is served as
+        ``view``: ``incomplete`` (incomplete_config), ``null`` or ``absent``."""
+        if status not in HOST_STATUSES or view not in HOST_CONFIG_VIEWS:
+            raise ApiError(
+                400,
+                f"host status one of {', '.join(HOST_STATUSES)}; "
+                f"config view one of {', '.join(HOST_CONFIG_VIEWS)}",
+            )
+        machine = self.machine(machine_id)
+        machine.host_status, machine.config_view = status, view
 
     def reached(self, machine: FakeMachine, state: str, since: int) -> bool:
         """Whether the machine is in ``state`` or passed through it after history[since]."""
@@ -448,27 +509,51 @@ class FakeFly:
             raise ApiError(404, "machine not found")
         return machine
 
-    def to_api(self, machine: FakeMachine) -> dict[str, Any]:
-        image = machine.config["image"]
+    def to_api(self, machine: FakeMachine, as_of: float | None = None) -> dict[str, Any]:
+        """The machine as the API shows it now, or as of an earlier time (at or after its
+        creation)."""
+        config, instance_id, state, updated = (
+            machine.config,
+            machine.instance_id,
+            machine.state,
+            machine.updated,
+        )
+        events = machine.events
+        if as_of is not None and as_of < self.clock():
+            config, instance_id = next(
+                (c, i) for at, c, i in reversed(machine.versions) if at <= as_of
+            )
+            state, updated = next((s, at) for s, at in reversed(machine.history) if at <= as_of)
+            events = [e for e in events if e["timestamp"] <= as_of * 1000]
+        image = config["image"]
         repository, tag = image, "latest"
         if ":" in image.rsplit("/", 1)[-1]:
             repository, tag = image.rsplit(":", 1)
         registry, _, path = repository.partition("/")
         if not path:
             registry, path = "", repository
-        return {
+        view: dict[str, Any] = {
             "id": machine.id,
             "name": machine.name,
-            "state": machine.state,
+            "state": state,
             "region": machine.region,
-            "instance_id": machine.instance_id,
+            "instance_id": instance_id,
             "private_ip": machine.private_ip,
-            "config": machine.config,
+            "config": config,
             "image_ref": {"registry": registry, "repository": path, "tag": tag},
             "created_at": _iso(machine.created),
-            "updated_at": _iso(machine.updated),
-            "events": list(reversed(machine.events)),
+            "updated_at": _iso(updated),
+            "events": list(reversed(events)),
+            "host_status": machine.host_status,
         }
+        if machine.host_status != "ok":
+            # The host can't be asked: only a partial config, rebuilt from elsewhere.
+            del view["config"]
+            if machine.config_view == "incomplete":
+                view["incomplete_config"] = {"image": image, "guest": config.get("guest")}
+            elif machine.config_view == "null":
+                view["config"] = None
+        return view
 
     def snapshot(self) -> dict[str, Any]:
         """Everything ever created, with state histories, for test assertions."""
@@ -476,6 +561,7 @@ class FakeFly:
         machines = []
         for machine in self.machines.values():
             view = self.to_api(machine)
+            view["config"] = machine.config  # the truth, whatever its host shows
             view["history"] = [{"state": s, "at": at} for s, at in machine.history]
             view["pid"] = machine.pid
             view["running"] = machine.process is not None
@@ -490,6 +576,8 @@ class FakeFly:
             "max_concurrent_started": self.max_started,
             "max_concurrent_active": self.max_active,
             "requests": dict(self.requests),
+            "wait_params": dict(self.wait_params),
+            "rate_limited": dict(self.rate_limited),
             "faults": asdict(self.faults),
         }
 

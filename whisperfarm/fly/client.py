@@ -2,11 +2,14 @@
 
 Everything here follows shared/FLY_MACHINES_API.md. Retries live only in this module:
 
+    capacity  (retried on create, then         any answer whose body has
+               FlyCapacityError)               "status": "insufficient_capacity" (409, 412,
+                                               503...), and a 412 to a create
     transient (retried, then FlyUnavailable)   408, 429, 5xx, transport errors and timeouts
-    capacity  (retried on create, then         409 "insufficient"/"could not reserve", 412
-               FlyCapacityError)
     final                                      401 -> FlyAuthError, 400 about GPUs ->
-                                               FlyGPUUnsupported, other 4xx -> FlyError
+                                               FlyGPUUnsupported, other 4xx -> FlyError;
+                                               a start answered 200 with "status": "error"
+                                               -> FlyStartFailed
 
 A create that fails ambiguously (408, 5xx, timeout) may still have made the machine, so
 before trying again the client looks for a machine with the caller's unique ``name`` and
@@ -28,7 +31,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NoReturn, TypeVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tenacity import (
     RetryCallState,
     RetryError,
@@ -42,6 +45,7 @@ from whisperfarm.errors import (
     FlyCapacityError,
     FlyError,
     FlyGPUUnsupported,
+    FlyStartFailed,
     FlyUnavailable,
 )
 from whisperfarm.fly.pricing import GPU_GONE_MESSAGE, Size, size_named
@@ -51,7 +55,7 @@ DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 MAX_WAIT_REQUEST_S = 60  # Fly rejects /wait timeouts above 60 s
 STATUS_PAGE = "https://status.flyio.net"
 _MACAROON_PREFIXES = ("fm1r_", "fm1a_", "fm2_")
-_CAPACITY_WORDS = ("insufficient", "could not reserve")
+CAPACITY_STATUS = "insufficient_capacity"  # fly-go flaps/flaps_error.go
 
 T = TypeVar("T")
 _SCHEME = re.compile(r"^(bearer|flyv1)(\s+|$)", re.IGNORECASE)
@@ -75,7 +79,14 @@ def auth_header(token: str) -> str:
 
 
 class Machine(BaseModel):
-    """The fields of Fly's machine object that whisperfarm reads."""
+    """The fields of Fly's machine object that whisperfarm reads.
+
+    When the machine's host is not ``ok`` Fly may send its config as ``incomplete_config``
+    (a partial rebuild), as ``null`` or not at all (fly-go ``machine_types.go``,
+    ``GetConfig()``). ``config`` is then what could be seen (maybe nothing) and
+    ``metadata_known`` is False: a missing key in ``metadata`` proves nothing, so such a
+    machine is neither ours nor not ours by its metadata.
+    """
 
     model_config = ConfigDict(extra="ignore")
 
@@ -86,12 +97,29 @@ class Machine(BaseModel):
     instance_id: str | None = None
     private_ip: str | None = None
     config: dict[str, Any] = Field(default_factory=dict)
+    metadata_known: bool = True
+    host_status: str = "ok"
     created_at: str | None = None
     updated_at: str | None = None
     events: list[dict[str, Any]] = Field(default_factory=list)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _visible_config(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "metadata_known" in data:
+            return data
+        data = dict(data)
+        config = data.get("config")
+        if not isinstance(config, dict):
+            data["config"] = data.get("incomplete_config") or {}
+            data["metadata_known"] = False
+        if data.get("host_status") is None:
+            data.pop("host_status", None)
+        return data
+
     @property
     def metadata(self) -> dict[str, str]:
+        """The metadata Fly showed: all of it only when ``metadata_known``."""
         return dict(self.config.get("metadata") or {})
 
 
@@ -184,14 +212,21 @@ def _error_text(response: httpx.Response) -> str:
     return str(body)[:300]
 
 
-def _is_capacity(response: httpx.Response, text: str, *, creating: bool) -> bool:
-    """409/412 that say capacity; on a create every 412 does (Fly's "insufficient resources")."""
-    if response.status_code not in (409, 412):
-        return False
-    if creating and response.status_code == 412:
+def _body_status(response: httpx.Response) -> str | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    status = body.get("status") if isinstance(body, dict) else None
+    return status if isinstance(status, str) else None
+
+
+def _is_capacity(response: httpx.Response, *, creating: bool) -> bool:
+    """Fly says capacity with the body's status field, whatever the HTTP code (409, 412,
+    503 are seen); a 412 to a create is Fly's "insufficient resources" even without it."""
+    if _body_status(response) == CAPACITY_STATUS:
         return True
-    lowered = f"{text} {response.text}".lower()
-    return any(word in lowered for word in _CAPACITY_WORDS)
+    return creating and response.status_code == 412
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -311,6 +346,27 @@ class MachinesClient:
         response = self._request("GET", f"/{machine_id}", what=f"get machine {machine_id}")
         return Machine.model_validate(response.json())
 
+    def find(self, machine_id: str) -> Machine | None:
+        """Get a machine; None when Fly says there is no such machine (404), which, with a
+        machine answered ``destroyed``, is the only proof that one is gone: Fly's List is
+        eventually consistent and may leave out machines that exist and bill."""
+        response = self._request(
+            "GET",
+            f"/{machine_id}",
+            passthrough=frozenset({404}),
+            what=f"get machine {machine_id}",
+        )
+        if response.status_code == 404:
+            if "app not found" in _error_text(response).lower():
+                raise FlyError(
+                    f"Fly app {self.app} not found: create it with 'fly apps create {self.app}', "
+                    "or set FLY_APP / --app",
+                    status=404,
+                    request_id=response.headers.get("fly-request-id"),
+                )
+            return None
+        return Machine.model_validate(response.json())
+
     def list(
         self, *, metadata: Mapping[str, str] | None = None, include_deleted: bool = False
     ) -> builtins.list[Machine]:
@@ -335,7 +391,16 @@ class MachinesClient:
         return Machine.model_validate(response.json())
 
     def start(self, machine_id: str) -> None:
-        self._request("POST", f"/{machine_id}/start", what=f"start machine {machine_id}")
+        """Start a machine. Fly may answer 200 with ``"status": "error"`` when the start
+        failed (flyctl's ``machine start`` reads it so): that raises FlyStartFailed."""
+        response = self._request("POST", f"/{machine_id}/start", what=f"start machine {machine_id}")
+        if _body_status(response) == "error":
+            raise FlyStartFailed(
+                f"Fly could not start machine {machine_id} ({_error_text(response)}); "
+                f"check it with `fly machine status {machine_id} -a {self.app}`",
+                status=response.status_code,
+                request_id=response.headers.get("fly-request-id"),
+            )
 
     def stop(self, machine_id: str, *, signal: str = "SIGTERM", timeout: str = "30s") -> None:
         self._request(
@@ -361,12 +426,15 @@ class MachinesClient:
         state: str,
         *,
         timeout: float = 300,
-        instance_id: str | None = None,
+        version: str | None = None,
     ) -> Machine:
-        """Block until the machine reaches ``state``, looping on Fly's 60 s /wait limit."""
-        if state == "stopped" and instance_id is None:
-            # Fly documents instance_id as required for state=stopped.
-            instance_id = self.get(machine_id).instance_id
+        """Block until the machine reaches ``state``, looping on Fly's 60 s /wait limit.
+
+        ``version`` is the machine's ``instance_id`` (Fly's parameter of that name is
+        deprecated; ``version`` replaces it); looked up when waiting for ``stopped``."""
+        if state == "stopped" and version is None:
+            # Fly documents the version as required for state=stopped.
+            version = self.get(machine_id).instance_id
         deadline = self._clock() + timeout
         last = ""
         while True:
@@ -379,8 +447,8 @@ class MachinesClient:
                 )
             seconds = max(1, min(MAX_WAIT_REQUEST_S, math.ceil(remaining)))
             params = {"state": state, "timeout": str(seconds)}
-            if instance_id:
-                params["instance_id"] = instance_id
+            if version:
+                params["version"] = version
             response = self._request(
                 "GET",
                 f"/{machine_id}/wait",
@@ -499,7 +567,7 @@ class MachinesClient:
                 status=status,
                 request_id=request_id,
             )
-        if _is_capacity(response, text, creating=capacity_retryable):
+        if _is_capacity(response, creating=capacity_retryable):
             if capacity_retryable:
                 raise _Retryable(detail, status=status, request_id=request_id, capacity=True)
             raise FlyCapacityError(

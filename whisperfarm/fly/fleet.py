@@ -2,11 +2,18 @@
 
 A controller thread ticks every ``poll_seconds``:
 
-1. list the run's machines (found by metadata) and record what it sees in the ledger;
-   a machine gone from the list is destroyed (it exits and auto-destroys when the queue is
-   empty); one stuck starting past ``start_timeout`` is destroyed and not counted; one
-   listed but not in the ledger (a create that failed ambiguously yet made it) is adopted,
-   so it is counted, billed and destroyed like the others;
+1. list the run's machines (found by metadata, destroyed ones included) and record what
+   it sees in the ledger. Fly's List is eventually consistent (it may lag, or answer
+   empty), so absence is not destruction: a machine the list leaves out, or shows ended
+   but not destroyed, is asked about by Get, and counts as gone only when Fly says so for
+   that machine (Get answers 404 or ``destroyed``, or the list shows it ``destroyed``).
+   Until then it bills, counts against ``max_machines`` and is destroyed at the end. A
+   machine whose metadata Fly can't show (its host is not ``ok``) is never destroyed or
+   adopted for that. One stuck starting past ``start_timeout`` is destroyed and not
+   counted; one listed for the run but not in the ledger (a create that failed
+   ambiguously yet made it) is adopted, so it is counted, billed and destroyed like the
+   others. The list goes out at most once a second (Fly allows List 1/s, burst 3, per
+   app); Gets are limited per machine (5/s), so one per machine per tick is well within;
 2. if the spend so far plus what the running machines bill while stopping reaches the
    budget, destroy them all and report BudgetReached;
 3. ask ``policy.machines_to_start`` how many more it wants; start that many from the warm
@@ -20,10 +27,11 @@ tries again, and fails the run only when no machine at all could be had for
 ``give_up_seconds`` while it wanted one. A bad token, a GPU request or a bad config fail
 at once.
 
-``stop()`` destroys every machine the run created that is not gone yet, including any
-that Fly lists for the run but the ledger missed, and stops every pool machine it
-started, waiting until Fly says it is stopped: pool machines go back to the pool, never
-destroyed and never left running.
+``stop()`` destroys, by id from the ledger, every machine the run created that is not gone
+yet, including any that Fly lists for the run but the ledger missed, and confirms each
+destroyed by Get (never by the list); it stops every pool machine it started and waits,
+with Get and per-machine ``/wait``, until Fly says each is stopped: pool machines go back
+to the pool, never destroyed and never left running.
 
 Spend: a created machine bills from its create request, a pool machine from its update
 request (the update may start it), both until first seen stopped or destroyed; a pool
@@ -69,6 +77,8 @@ log = logging.getLogger("whisperfarm.fly")
 ENDED = ("stopped", "failed", "destroyed", "suspended")
 STARTING = ("created", "creating", "starting", "launch_failed", "replacing", "updating")
 CREATE_BACKOFF_SECONDS = 15.0  # after a create failed for capacity or an outage
+LIST_EVERY_SECONDS = 1.0  # Fly allows List 1/s per app (burst 3, left to other callers)
+CONFIRM_SECONDS = 30.0  # how long stop() tries to see each destroyed machine gone
 
 
 class FlyFleet:
@@ -107,6 +117,8 @@ class FlyFleet:
         self._capped = False
         self._gone: list[str] = []
         self._pool: list[Machine] | None = None  # pool machines this run may still start
+        self._listed_at: float | None = None
+        self._unconfirmed: set[str] = set()  # destroyed by us, not yet seen gone by Get
 
     # Fleet protocol ------------------------------------------------------------------
 
@@ -144,18 +156,22 @@ class FlyFleet:
         ledger = Ledger(self.ledger_path, clock=self.clock)
         try:
             listed: list[Machine] | None = None
+            if self._listed_at is not None:  # keep to Fly's List rate, 1/s
+                self._sleep(max(0.0, self._listed_at + LIST_EVERY_SECONDS - self.clock()))
             try:
                 listed = self._list()
                 self._adopt_strays(ledger, listed)
             except FlyError as error:  # end what the ledger knows all the same
                 log.warning("could not list machines before destroying them: %s", error)
             self._retire_all(ledger, listed)
+            self._confirm_destroyed(ledger)
             self._await_pool_stopped(ledger)
             # From what is still open now: a stop that failed because the machine was
             # gone or stopped already is not a leftover.
             rows = ledger.machines(self.run_id)
-            self._gone = [_worker_id(row) for row in rows if _ended(row)]
-            self.leftovers = [str(row["id"]) for row in rows if not _ended(row)]
+            gone = [row for row in rows if _ended(row) and row["id"] not in self._unconfirmed]
+            self._gone = [_worker_id(row) for row in gone]
+            self.leftovers = [str(row["id"]) for row in rows if row not in gone]
         finally:
             ledger.close()
 
@@ -241,35 +257,74 @@ class FlyFleet:
         return not any(w["kind"] != "fly" and w["last_seen"] > now - 30 for w in ledger.workers())
 
     def _list(self) -> list[Machine]:
-        return self.client.list(metadata={"whisperfarm_run": self.run_id})
+        """The run's machines as Fly's List has them: maybe lagging, maybe empty."""
+        self._listed_at = self.clock()
+        return self.client.list(metadata={"whisperfarm_run": self.run_id}, include_deleted=True)
+
+    def _look_up(self, machine_id: str) -> Machine | None:
+        """Fly's current word on one machine (Get, not the list): ``destroyed`` when Fly
+        says there is no such machine; None when Fly could not be asked."""
+        try:
+            machine = self.client.find(machine_id)
+        except FlyError as error:  # stop() goes on with the others all the same
+            log.warning("could not look machine %s up: %s", machine_id, error)
+            return None
+        return machine if machine is not None else Machine(id=machine_id, state="destroyed")
+
+    def _state_for_run(self, row: Mapping[str, object], machine: Machine) -> str | None:
+        """The machine's state as far as this run goes; None when it can't be told."""
+        if not row["pool"]:
+            return machine.state
+        owner = machine.metadata.get("whisperfarm_run")
+        if owner == self.run_id:
+            return _pool_state(machine)
+        if not machine.metadata_known or machine.state == "destroyed":
+            # Its host can't show its metadata: it may run for us, or not.
+            return "destroyed" if machine.state == "destroyed" else None
+        # Another run's now, or the update that would have made it ours never took.
+        return "stopped"
 
     def _observe(self, ledger: Ledger, now: float) -> list[Machine] | None:
-        """Bring the ledger up to Fly's listing of the run's machines; the listing, or
-        None when Fly could not be asked."""
+        """Bring the ledger up to what Fly says of the run's machines; the listing, or
+        None when Fly's List was not asked (paced to once a second) or failed.
+
+        The list only ever adds knowledge: a machine it leaves out, or shows ended but not
+        destroyed, is looked up by Get before the ledger believes it."""
+        if self._listed_at is not None and now - self._listed_at < LIST_EVERY_SECONDS:
+            return None
         try:
-            listed = self._list()
+            listed: list[Machine] | None = self._list()
         except FlyUnavailable as error:
             log.warning("could not list machines: %s", error)
-            return None
-        self._adopt_strays(ledger, listed)
-        seen = {m.id: m for m in listed}
+            listed = None
+        if listed is not None:
+            self._adopt_strays(ledger, listed)
+        seen = {m.id: m for m in listed or []}
         for row in ledger.machines(self.run_id):
             if row["state"] == "destroyed":
                 continue
             machine = seen.get(row["id"])
             if row["pool"] and row["state"] in ENDED:
                 # Back in the pool, unless Fly runs it for this run all the same (a start
-                # that took after all): then it bills again and counts.
+                # that took after all): then it bills again and counts. A lagging list
+                # may show a start long over: Get says whether it runs now.
                 if machine is not None and _pool_state(machine) not in ENDED:
-                    self._reopen(ledger, row, _pool_state(machine))
+                    current = self._look_up(row["id"])
+                    state = self._state_for_run(row, current) if current else None
+                    if state is not None and state not in ENDED:
+                        self._reopen(ledger, row, state)
                 continue
-            if machine is not None:
-                state = _pool_state(machine) if row["pool"] else machine.state
-            else:
-                # Not listed for this run: a created machine is gone; a pool machine is
-                # not running for us (it stopped and another run took it, or the update
-                # that would have made it ours never took).
-                state = "stopped" if row["pool"] else "destroyed"
+            if listed is None:
+                continue  # nothing new from Fly this tick
+            if machine is None or (machine.state in ENDED and machine.state != "destroyed"):
+                # Left out of the list (it lags, or answered empty) or shown ended (maybe
+                # an old answer): Fly's word for this machine decides.
+                machine = self._look_up(row["id"])
+                if machine is None:
+                    continue
+            state = self._state_for_run(row, machine)
+            if state is None:
+                continue
             if state != row["state"]:
                 self._saw(ledger, row, state)
             if state in STARTING and now - row["created_at"] > self.config.start_timeout:
@@ -313,6 +368,8 @@ class FlyFleet:
         for machine in listed:
             if machine.id in known or machine.state == "destroyed":
                 continue
+            if machine.metadata.get("whisperfarm_run") != self.run_id:
+                continue  # listed without the run's metadata in sight: not known to be ours
             log.warning(
                 "adopting machine %s (%s): its create looked failed", machine.id, machine.name
             )
@@ -452,33 +509,38 @@ class FlyFleet:
         return True
 
     def _await_pool_stopped(self, ledger: Ledger) -> None:
-        """Wait until Fly lists every pool machine of the run stopped, for at most
-        ``pool_stop_wait``: ``stop()`` counts those still running as leftovers."""
+        """Wait until Fly says each pool machine of the run is stopped, for at most
+        ``pool_stop_wait`` in all: Get, then ``/wait`` for ``stopped`` on that machine
+        (both limited per machine, so a hundred machines cost no more than one; the list,
+        limited per app, is not polled). ``stop()`` counts those still running as
+        leftovers."""
         deadline = self.clock() + self.config.pool_stop_wait
-        while True:
-            pending = [
-                row
-                for row in ledger.machines(self.run_id)
-                if row["pool"] and row["state"] not in ENDED
-            ]
-            if not pending:
-                return
-            try:
-                seen = {m.id: m for m in self._list()}
-            except FlyError as error:
-                log.warning("could not see whether pool machines stopped: %s", error)
-                seen = None
-            if seen is not None:
-                for row in pending:
-                    machine = seen.get(row["id"])
-                    state = _pool_state(machine) if machine is not None else "stopped"
-                    if state in ENDED:
-                        self._saw(ledger, row, state)
-                    elif state in STARTING or state == "started":
-                        self._stop_pooled(ledger, row["id"])  # started after our stop
-            if self.clock() >= deadline:
-                return
-            self._sleep(1.0)
+        for row in ledger.machines(self.run_id):
+            if not row["pool"] or row["state"] in ENDED:
+                continue
+            while True:
+                machine = self._look_up(row["id"])
+                state = self._state_for_run(row, machine) if machine is not None else None
+                if state in ENDED:
+                    self._saw(ledger, row, str(state))
+                    break
+                if state in STARTING or state == "started":
+                    self._stop_pooled(ledger, row["id"])  # started after our stop
+                remaining = deadline - self.clock()
+                if remaining <= 0:
+                    break
+                if machine is None or state is None:
+                    self._sleep(min(1.0, remaining))  # Fly could not tell: ask again
+                    continue
+                try:
+                    self.client.wait(
+                        row["id"],
+                        "stopped",
+                        timeout=min(remaining, 60.0),
+                        version=machine.instance_id,
+                    )
+                except FlyError as error:
+                    log.info("pool machine %s not stopped yet: %s", row["id"], error)
 
     def _create(self, ledger: Ledger) -> bool:
         self._created += 1
@@ -497,11 +559,13 @@ class FlyFleet:
         try:
             machine = self.client.create(config, name=name, region=self.config.region)
         except (FlyCapacityError, FlyUnavailable) as error:
+            self._create_rate.settle(self.clock())
             log.warning("could not create a machine now (%s); backing off", error)
             # From when the failure came, not when the tick began: the client's own
             # retries may have taken longer than the backoff.
             self._backoff_until = self.clock() + CREATE_BACKOFF_SECONDS
             return False
+        self._create_rate.settle(self.clock())
         self._record(ledger, machine.model_copy(update={"name": name}), asked_at)
         if self._stop.is_set():
             # stop() gave up waiting for this thread and may have destroyed the others
@@ -517,7 +581,27 @@ class FlyFleet:
             log.warning("could not destroy machine %s: %s", machine_id, error)
             return False
         ledger.update_machine(machine_id, state="destroyed", error=reason, run_id=self.run_id)
+        self._unconfirmed.add(machine_id)
         return True
+
+    def _confirm_destroyed(self, ledger: Ledger) -> None:
+        """See every machine this run destroyed gone by Get (the list may lag by seconds
+        and show it, or have never shown it); destroy again any that still runs, for at
+        most CONFIRM_SECONDS. Those never seen gone stay in ``_unconfirmed``: leftovers."""
+        deadline = self.clock() + CONFIRM_SECONDS
+        while self._unconfirmed:
+            for machine_id in sorted(self._unconfirmed):
+                machine = self._look_up(machine_id)
+                if machine is None:
+                    continue
+                if machine.state == "destroyed":
+                    self._unconfirmed.discard(machine_id)
+                elif machine.state != "destroying":
+                    log.warning("machine %s still %s after its destroy", machine_id, machine.state)
+                    self._destroy(ledger, machine_id, reason="destroyed again at the end")
+            if not self._unconfirmed or self.clock() >= deadline:
+                return
+            self._sleep(1.0)
 
     def _retire_all(self, ledger: Ledger, listed: list[Machine] | None = None) -> None:
         """Destroy every machine the run created; stop every pool machine it started.

@@ -44,12 +44,20 @@ class CreateRate:
 
     def take(self, now: float) -> bool:
         """Use one create if the limit allows it at ``now``."""
-        self.tokens = min(float(CREATE_BURST), self.tokens + (now - self.last) * CREATES_PER_SECOND)
-        self.last = now
+        elapsed = max(0.0, now - self.last)
+        self.tokens = min(float(CREATE_BURST), self.tokens + elapsed * CREATES_PER_SECOND)
+        self.last = max(self.last, now)
         if self.tokens < 1:
             return False
         self.tokens -= 1
         return True
+
+    def settle(self, now: float) -> None:
+        """A create taken earlier was answered at ``now``. Fly counted it when it arrived,
+        somewhere in between, so no refill is credited for the time it was in flight: the
+        next create then reaches Fly at least a token's time after it (paced from the
+        send alone, a slow request followed by a fast one arrive too close: 429)."""
+        self.last = max(self.last, now)
 
     def wait(self) -> float:
         """Seconds until the next create is allowed (after a refused ``take``)."""

@@ -117,6 +117,17 @@ def usable(
     )
 
 
+def known_gone(client: MachinesClient, machine_id: str) -> bool:
+    """Whether Fly says this machine is gone (Get: 404 or ``destroyed``): its absence from
+    a List proves nothing, the list may lag. False when Fly can't be asked."""
+    try:
+        machine = client.find(machine_id)
+    except FlyError as error:
+        log.warning("could not look %s up: %s", machine_id, error)
+        return False
+    return machine is None or machine.state == "destroyed"
+
+
 def live_runs(ledger: Ledger) -> set[str]:
     """Runs going on now: marked running, and their process is alive on this machine."""
     return {
@@ -321,7 +332,7 @@ def warm(
         ledger.forget_pool_machine(machine.id)
     listed_ids = {m.id for m in listed}
     for row in ledger.pool_machines(client.app):
-        if row["id"] not in listed_ids:
+        if row["id"] not in listed_ids and known_gone(client, row["id"]):
             ledger.forget_pool_machine(row["id"])  # gone from Fly while no one watched
     rate = CreateRate(clock())
     for name in _names((m.name for m in listed), room - len(keep)):
@@ -333,6 +344,8 @@ def warm(
         except (FlyCapacityError, FlyUnavailable) as error:
             report.error = str(error)
             break
+        finally:
+            rate.settle(clock())
         report.created.append(machine.id)
         _remember(ledger, client.app, machine, size, machine.state or "created")
     return report

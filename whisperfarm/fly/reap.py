@@ -10,8 +10,12 @@ Found by their metadata (``managed_by=whisperfarm``), whatever the ledger knows:
     anything of a run still going              kept, unless ``everything``
 
 A run is going on when the ledger marks it running and its process is alive here. Rows
-the ledger thinks alive are brought up to date: gone from Fly means destroyed, a pool
-machine found not running (stopped, failed, suspended) means ended.
+the ledger thinks alive are brought up to date: a pool machine found not running
+(stopped, failed, suspended) means ended. Fly's List may lag or answer empty, so a row
+the list leaves out is looked up by Get: gone only when Fly says so for that machine
+(404 or ``destroyed``); one that still exists is reaped like a listed one. A machine
+whose metadata Fly can't show (its host is not ``ok``) is never reaped for that: only
+when the ledger knows it as a created machine of a run that is over.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from whisperfarm.fly.pool import (
     NOT_RUNNING,
     held_by_live_runs,
     is_pool,
+    known_gone,
     live_runs,
     stop_left_running,
 )
@@ -53,8 +58,12 @@ def reap(
     warm pool too."""
     live = live_runs(ledger)
     listed = client.list(metadata={"managed_by": "whisperfarm"})
-    listed_ids = {m.id for m in listed}
-    _catch_up(client, ledger, live, listed)
+    listed = listed + _catch_up(client, ledger, live, listed)
+    created_by_run = {
+        row["id"]: row["run_id"]
+        for row in ledger.machines()
+        if row["app"] == client.app and not row["pool"]
+    }
     held = held_by_live_runs(ledger, client.app, live)
     destroyed: list[str] = []
     kept: list[str] = []
@@ -66,6 +75,11 @@ def reap(
         if machine.state == "destroyed":
             continue
         owner = machine.metadata.get("whisperfarm_run")
+        if not machine.metadata_known and not owner:
+            if machine.id not in created_by_run:
+                kept.append(machine.id)  # can't tell whose it is: never destroyed for that
+                continue
+            owner = created_by_run[machine.id]
         if is_pool(machine) and machine.state in NOT_RUNNING:  # failed ones too: no stop
             if pool and (everything or machine.id not in held):
                 _destroy(client, ledger, machine, destroyed, failed)
@@ -81,24 +95,35 @@ def reap(
                 stopped.append(machine.id)
         else:
             _destroy(client, ledger, machine, destroyed, failed)
+    seen = {m.id for m in listed}
     for row in ledger.pool_machines(client.app):
-        if row["id"] not in listed_ids:
+        if row["id"] not in seen and known_gone(client, row["id"]):
             ledger.forget_pool_machine(row["id"])
     return Reaped(destroyed, kept, failed, stopped, idle, unstopped)
 
 
 def _catch_up(
     client: MachinesClient, ledger: Ledger, live: set[str], listed: list[Machine]
-) -> None:
-    """Rows of ended runs that the ledger thinks alive: gone from Fly means destroyed,
-    found idle in the pool means stopped. Only this app's: another app's machines are not
-    in this listing at all."""
+) -> list[Machine]:
+    """Rows of ended runs that the ledger thinks alive: gone from Fly (by Get, not by the
+    list) means destroyed, found idle in the pool means stopped. Only this app's: another
+    app's machines are not in this listing at all. The machines the list left out that
+    Get found alive, to be reaped like listed ones."""
     seen = {m.id: m for m in listed}
+    found: dict[str, Machine] = {}
     for row in ledger.machines():
         if row["app"] != client.app or row["state"] == "destroyed" or row["run_id"] in live:
             continue
-        machine = seen.get(row["id"])
+        machine = seen.get(row["id"]) or found.get(row["id"])
         if machine is None:
+            try:
+                machine = client.find(row["id"])
+            except FlyError as error:
+                log.warning("could not look %s up: %s", row["id"], error)
+                continue
+            if machine is not None and machine.state != "destroyed":
+                found[machine.id] = machine
+        if machine is None or machine.state == "destroyed":
             ledger.update_machine(
                 row["id"], state="destroyed", error="gone when reaped", run_id=row["run_id"]
             )
@@ -107,13 +132,17 @@ def _catch_up(
             and row["state"] not in ENDED
             and (
                 machine.state in NOT_RUNNING
-                or machine.metadata.get("whisperfarm_run") != row["run_id"]
+                or (
+                    machine.metadata_known
+                    and machine.metadata.get("whisperfarm_run") != row["run_id"]
+                )
             )
         ):
             state = machine.state if machine.state in ENDED else "stopped"
             ledger.update_machine(
                 row["id"], state=state, error=f"found {state} when reaped", run_id=row["run_id"]
             )
+    return list(found.values())
 
 
 def _destroy(
