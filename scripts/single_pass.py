@@ -3,6 +3,7 @@ file in one process, same model, compute type and options as a whisperfarm worke
 
     python scripts/single_pass.py AUDIO --threads 2 --out text.txt [--batched]
     python scripts/single_pass.py AUDIO --out text.txt --words words.json  # + word times
+    python scripts/single_pass.py AUDIO --out text.txt --vad   # faster-whisper's vad_filter=True
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def main() -> None:
     parser.add_argument("--beam-size", type=int, default=5)
     parser.add_argument("--batched", action="store_true", help="BatchedInferencePipeline")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--vad", action="store_true", help="vad_filter=True (the single pass)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument(
         "--words", type=Path, help="also write segments with word timestamps to this json file"
@@ -42,6 +44,7 @@ def main() -> None:
             language=language,
             beam_size=args.beam_size,
             batch_size=args.batch_size,
+            word_timestamps=args.words is not None,
         )
     else:
         segments, _ = model.transcribe(
@@ -49,6 +52,7 @@ def main() -> None:
             language=language,
             beam_size=args.beam_size,
             word_timestamps=args.words is not None,
+            vad_filter=args.vad,
         )
     decoded = list(segments)
     args.out.write_text("".join(f"{s.text.strip()}\n" for s in decoded), encoding="utf-8")

@@ -91,12 +91,21 @@ def test_keep_words_false_strips_words() -> None:
 # Words whisper invents at a chunk's edge ----------------------------------------------------
 
 
-def junk_chunk(junk_at: float, *, length: float = 0.0, probability: float = 0.001) -> ChunkResult:
+def junk_chunk(
+    junk_at: float, *, length: float = 0.0, probability: float = 0.001, more: bool = False
+) -> ChunkResult:
     """A chunk 100..120 s whose one segment holds a word at ``junk_at`` (seconds into the
-    chunk) besides two real ones."""
+    chunk) besides two real ones (six with ``more``)."""
     words = [
         {"start": 2.0, "end": 2.4, "word": " real", "probability": 0.9},
         {"start": 2.5, "end": 3.0, "word": " words", "probability": 0.8},
+    ]
+    if more:
+        words += [
+            {"start": 3.0 + n * 0.5, "end": 3.4 + n * 0.5, "word": f" w{n}", "probability": 0.9}
+            for n in range(4)
+        ]
+    words += [
         {"start": junk_at, "end": junk_at + length, "word": " 3.", "probability": probability},
     ]
     words.sort(key=lambda w: w["start"])
@@ -132,7 +141,10 @@ def test_a_segment_of_nothing_but_an_invented_word_is_dropped() -> None:
     ],
 )
 def test_other_words_are_kept(junk_at: float, length: float, probability: float) -> None:
-    (segment,) = stitch([junk_chunk(junk_at, length=length, probability=probability)])
+    # six real words: with two, the one doubtful word would make the whole segment look
+    # invented, and between silences the silence rule (hallucinations.py) drops it
+    chunk = junk_chunk(junk_at, length=length, probability=probability, more=True)
+    (segment,) = stitch([chunk])
     assert "3." in segment.text
 
 

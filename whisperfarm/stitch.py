@@ -9,25 +9,25 @@ around the seam. The two transcripts of the overlap are aligned word by word; th
 moved to the matched word nearest the cut, and each word is kept from exactly one side. If
 the two sides share no word, each word goes to the side that owns its midpoint.
 
-Whisper sometimes invents a word where a chunk's audio begins or ends mid-air: zero
-seconds long and near-certainly wrong (the seams bench found a "3." of probability 0.001
-at a chunk's start that one pass over the whole file, having no cut there, never wrote).
-Such a word within EDGE_SECONDS of a chunk's edge is dropped; a word with any length or any
-real probability is kept, wherever it is.
+Placing a chunk on the timeline is the one place where the timeline is made valid, whatever
+the result holds: what ``hallucinations.clean`` drops goes first (text past the chunk's
+audio, loops, what Whisper flags as no speech …); every other time is clamped into the
+chunk's audio, and a last pass over the episode makes starts never go backwards and keeps
+every word inside its segment. Every segment and word then has 0 ≤ start ≤ end ≤ the
+episode's end, and every output format (``transcripts.py``) inherits that.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from whisperfarm import hallucinations
 from whisperfarm.transcripts import Segment, Word
-
-EDGE_SECONDS = 1.0
-JUNK_PROBABILITY = 0.01
 
 
 @dataclass
@@ -71,48 +71,85 @@ def _norm(text: str) -> str:
     return _NORMALISE.sub("", text.lower())
 
 
-def _edge_junk(word: Word, chunk: ChunkResult) -> bool:
-    """A zero-length, near-certainly-wrong word at the very start or end of the chunk's
-    audio: what whisper invents where audio starts or stops abruptly."""
-    return (
-        word.end <= word.start
-        and word.probability is not None
-        and word.probability < JUNK_PROBABILITY
-        and (word.start - chunk.start < EDGE_SECONDS or chunk.end - word.end < EDGE_SECONDS)
-    )
+def _seconds(value: Any) -> float | None:
+    """A time from a result, or None if it is no usable number."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
-def _absolute_segments(chunk: ChunkResult) -> list[Segment]:
+def _clamp(chunk: ChunkResult, seconds: float) -> float:
+    """A time relative to the chunk, placed on the episode timeline within its audio."""
+    return min(max(chunk.start + seconds, chunk.start), chunk.end)
+
+
+def _place_words(chunk: ChunkResult, raw_words: list[dict[str, Any]]) -> list[Word]:
+    words = []
+    for raw in raw_words:
+        start, end = _seconds(raw.get("start")), _seconds(raw.get("end"))
+        if start is None or end is None or not str(raw.get("word", "")).strip():
+            continue
+        begins = _clamp(chunk, start)
+        words.append(
+            Word(begins, max(begins, _clamp(chunk, end)), raw["word"], raw.get("probability"))
+        )
+    return sorted(words, key=lambda w: w.start)
+
+
+def _place(chunk: ChunkResult) -> list[Segment]:
+    """The chunk's segments on the episode timeline, each inside the chunk's audio.
+
+    What the model placed past the audio, what the hallucination rules drop and empty
+    text go; the other times are clamped into the audio, an end before its start becomes
+    the start, and a segment is widened to hold its words. When words were dropped, the
+    segment's text and times are rebuilt from the ones kept."""
     if not chunk.result:
         return []
+    raw_segments = [s for s in chunk.result.get("segments") or [] if isinstance(s, dict)]
     segments = []
-    for raw in chunk.result.get("segments", []):
+    for raw in hallucinations.clean(raw_segments, chunk.end - chunk.start):
+        start, end = _seconds(raw.get("start")), _seconds(raw.get("end"))
+        text = str(raw.get("text") or "").strip()
+        if start is None or end is None or not text:
+            continue
+        begins = _clamp(chunk, start)
+        ends = max(begins, _clamp(chunk, end))
+        if raw.get("words") is None:
+            segments.append(Segment(begins, ends, text))
+            continue
+        words = _place_words(chunk, raw["words"])
+        if len(words) < len(raw["words"]):
+            if words:
+                text = "".join(w.word for w in words).strip()
+                segments.append(Segment(words[0].start, words[-1].end, text, words))
+            continue
+        if words:
+            begins, ends = min(begins, words[0].start), max(ends, max(w.end for w in words))
+        segments.append(Segment(begins, ends, text, words))
+    return sorted(segments, key=lambda s: s.start)
+
+
+def _on_the_timeline(segments: list[Segment]) -> list[Segment]:
+    """Starts that never go backwards, for segments and for words, and every word inside
+    its segment. Every time here is one already placed inside some chunk's audio or the
+    larger of two such, so all stay within 0 and the episode's end."""
+    placed = []
+    floor = word_floor = 0.0
+    for segment in segments:
+        start = max(segment.start, floor)
+        end = max(segment.end, start)
         words = None
-        if raw.get("words") is not None:
-            words = [
-                Word(
-                    start=chunk.start + w["start"],
-                    end=chunk.start + w["end"],
-                    word=w["word"],
-                    probability=w.get("probability"),
-                )
-                for w in raw["words"]
-            ]
-            kept = [w for w in words if not _edge_junk(w, chunk)]
-            if len(kept) < len(words):
-                if kept:
-                    text = "".join(w.word for w in kept).strip()
-                    segments.append(Segment(kept[0].start, kept[-1].end, text, kept))
-                continue
-        segments.append(
-            Segment(
-                start=chunk.start + raw["start"],
-                end=min(chunk.start + raw["end"], chunk.end),
-                text=raw["text"].strip(),
-                words=words,
-            )
-        )
-    return segments
+        if segment.words is not None:
+            words = []
+            word_floor = max(word_floor, start)
+            for word in segment.words:
+                begins = max(word.start, word_floor)
+                words.append(Word(begins, max(word.end, begins), word.word, word.probability))
+                word_floor = begins
+            end = max([end, *(w.end for w in words)])
+        placed.append(Segment(start, end, segment.text, words))
+        floor = start
+    return placed
 
 
 def _words(segments: list[Segment]) -> list[_Word] | None:
@@ -168,7 +205,7 @@ def _rebuild(segments: list[Segment], kept: list[_Word]) -> list[Segment]:
 def stitch(chunks: Sequence[ChunkResult], *, keep_words: bool = False) -> list[Segment]:
     """The episode's segments, in order, each word once."""
     ordered = sorted(chunks, key=lambda c: c.idx)
-    segments = [_absolute_segments(chunk) for chunk in ordered]
+    segments = [_place(chunk) for chunk in ordered]
     words = [_words(s) for s in segments]
     # For each chunk, the slice of its words to keep (None: keep by segment midpoint).
     first = [0] * len(ordered)
@@ -194,6 +231,7 @@ def stitch(chunks: Sequence[ChunkResult], *, keep_words: bool = False) -> list[S
                 s for s in segments[n] if chunk.keep_start <= (s.start + s.end) / 2 < chunk.keep_end
             ]
         stitched.extend(kept_segments)
+    stitched = _on_the_timeline(stitched)
     if not keep_words:
         for segment in stitched:
             segment.words = None

@@ -1,0 +1,134 @@
+"""The timeline invariants, whatever the chunk results hold: every segment and word has
+0 ≤ start ≤ end ≤ the episode's end, starts never go backwards, every word lies inside its
+segment and every segment inside its chunk's audio; and every output format says so.
+
+Hypothesis feeds the stitcher the results a confused model and a careless worker could
+send: times past the chunk, ends before starts, negative times, overlaps, duplicates,
+empty text, words outside their segment, and chunks that overlap at seams."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from whisperfarm.evaluation import cue_spans, timeline_violations, tsv_spans
+from whisperfarm.stitch import ChunkResult, stitch
+from whisperfarm.transcripts import WRITERS, Segment, Transcript
+
+TEXTS = st.sampled_from(["", " ", " Okay.", " hello there", " so the weather", " -->", " Okay."])
+TIMES = st.one_of(
+    st.floats(min_value=-5.0, max_value=70.0, allow_nan=False),
+    st.sampled_from([0.0, 30.0, 38.0, 60.0]),
+)
+
+
+@st.composite
+def raw_word(draw: st.DrawFn) -> dict[str, Any]:
+    return {
+        "start": draw(TIMES),
+        "end": draw(TIMES),
+        "word": draw(st.sampled_from([" Okay.", " hi", " 3.", "", " you"])),
+        "probability": draw(st.sampled_from([0.001, 0.5, 0.99])),
+    }
+
+
+@st.composite
+def raw_segment(draw: st.DrawFn, words: bool) -> dict[str, Any]:
+    segment: dict[str, Any] = {
+        "start": draw(TIMES),
+        "end": draw(TIMES),
+        "text": draw(TEXTS),
+        "avg_logprob": draw(st.sampled_from([-0.2, -1.5])),
+        "no_speech_prob": draw(st.sampled_from([0.1, 0.9])),
+    }
+    if words:
+        segment["words"] = draw(st.lists(raw_word(), max_size=4))
+    return segment
+
+
+@st.composite
+def chunk_plans(draw: st.DrawFn) -> list[ChunkResult]:
+    """Chunks as the cutter plans them: each owns [keep_start, keep_end), neighbours meet
+    at the cut, and some overlap by up to 3 s on both sides of it."""
+    count = draw(st.integers(1, 4))
+    cuts = [0.0]
+    for _ in range(count):
+        cuts.append(cuts[-1] + draw(st.floats(6.5, 29.0)))
+    overlapped = [draw(st.booleans()) for _ in range(count - 1)]
+    words = draw(st.booleans())
+    chunks = []
+    for n in range(count):
+        overlap_before = n > 0 and overlapped[n - 1]
+        overlap_after = n < count - 1 and overlapped[n]
+        start = cuts[n] - (3.0 if overlap_before else 0.0)
+        end = cuts[n + 1] + (3.0 if overlap_after else 0.0)
+        segments = draw(st.lists(raw_segment(words or overlap_before or overlap_after), max_size=6))
+        if segments and draw(st.booleans()):
+            segments.append(dict(segments[-1]))  # a duplicate
+        result = draw(st.sampled_from([None, {"segments": segments}, {"segments": segments}]))
+        chunks.append(ChunkResult(n, start, end, cuts[n], cuts[n + 1], result))
+    return draw(st.permutations(chunks))
+
+
+def spans(segments: list[Segment]) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    return (
+        [(s.start, s.end) for s in segments],
+        [(w.start, w.end) for s in segments for w in s.words or []],
+    )
+
+
+@given(chunk_plans())
+@settings(max_examples=400, deadline=None, derandomize=True, database=None)
+def test_stitched_segments_and_words_keep_the_timeline(chunks: list[ChunkResult]) -> None:
+    duration = max(c.end for c in chunks)
+    segments = stitch(chunks, keep_words=True)
+    segment_spans, word_spans = spans(segments)
+    assert timeline_violations(segment_spans, duration) == 0
+    assert timeline_violations(word_spans, duration) == 0
+    by_idx = {c.idx: c for c in chunks}
+    audio = [(by_idx[i].start, by_idx[i].end) for i in sorted(by_idx)]
+    for segment in segments:
+        assert any(lo <= segment.start <= segment.end <= hi for lo, hi in audio), (
+            "a segment outside every chunk's audio"
+        )
+        assert segment.text.strip()
+        for word in segment.words or []:
+            assert segment.start <= word.start <= word.end <= segment.end
+
+
+@given(chunk_plans())
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)
+def test_every_output_format_keeps_the_timeline(chunks: list[ChunkResult]) -> None:
+    duration = max(c.end for c in chunks)
+    transcript = Transcript(stitch(chunks, keep_words=True), {"name": "t"}, "en")
+    outputs = {name: write(transcript) for name, write in WRITERS.items()}
+    assert timeline_violations(cue_spans(outputs["srt"]), duration) == 0
+    assert timeline_violations(cue_spans(outputs["vtt"]), duration) == 0
+    assert timeline_violations(tsv_spans(outputs["tsv"]), duration) == 0
+    document = json.loads(outputs["json"])
+    assert (
+        timeline_violations([(s["start"], s["end"]) for s in document["segments"]], duration) == 0
+    )
+    words = [(w["start"], w["end"]) for s in document["segments"] for w in s.get("words", [])]
+    assert timeline_violations(words, duration) == 0
+    assert len(outputs["txt"].splitlines()) == len(document["segments"])
+
+
+def test_the_reported_failure_a_second_window_past_the_chunk() -> None:
+    """Issue 11: chunk 0 (28.64 s of audio) came back with segments up to 38 s from a
+    second, mostly padded window ("Okay." over and over); the srt had a cue
+    00:00:30,000 --> 00:00:28,640 and starts that went backwards."""
+    okay = [{"start": 13.0 + n, "end": 14.0 + n, "text": " Okay."} for n in range(25)]
+    first = {"segments": [{"start": 0.0, "end": 12.5, "text": " Real words."}, *okay]}
+    second = {"segments": [{"start": 0.5, "end": 4.0, "text": " More real words."}]}
+    chunks = [
+        ChunkResult(0, 0.0, 28.64, 0.0, 28.64, first),
+        ChunkResult(1, 28.64, 50.0, 28.64, 50.0, second),
+    ]
+    srt = WRITERS["srt"](Transcript(stitch(chunks)))
+    assert timeline_violations(cue_spans(srt), 50.0) == 0
+    assert "00:00:30,000 --> 00:00:28,640" not in srt
+    assert srt.count("Okay.") == 1
