@@ -19,6 +19,7 @@ import pytest
 
 from whisperfarm import speech
 from whisperfarm.chunking import CutterConfig, cut, has_speech
+from whisperfarm.errors import ModelError
 from whisperfarm.farm import assemble, cutter_config
 from whisperfarm.ledger import ChunkPlan, Ledger, WorkerInfo
 from whisperfarm.media import Decoder
@@ -446,3 +447,9 @@ def test_the_speech_model_is_on_by_default_and_the_vad_setting_turns_it_off(
     assert cutter_config(load_settings()).speech == SpeechConfig()
     monkeypatch.setenv("WHISPERFARM_VAD", "false")
     assert cutter_config(load_settings()).speech is None
+
+
+def test_a_missing_speech_model_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(speech, "MODEL_FILE", "silero_vad_v0.onnx")
+    with pytest.raises(ModelError, match=r"faster-whisper>=1.2.1.*WHISPERFARM_VAD=false"):
+        speech.model_path()

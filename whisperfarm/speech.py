@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from whisperfarm.errors import ModelError
 from whisperfarm.media import SAMPLE_RATE
 from whisperfarm.transcripts import Segment
 
@@ -51,9 +52,15 @@ def model_path() -> Path:
     """Silero VAD as faster-whisper ships it (found without importing faster-whisper,
     which would load CTranslate2 into the CLI for nothing)."""
     spec = importlib.util.find_spec("faster_whisper")
-    if spec is None or not spec.submodule_search_locations:  # pragma: no cover - dependency
-        raise RuntimeError("faster-whisper is not installed: pip install faster-whisper")
-    return Path(next(iter(spec.submodule_search_locations))) / "assets" / MODEL_FILE
+    path = None
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(next(iter(spec.submodule_search_locations))) / "assets" / MODEL_FILE
+    if path is None or not path.exists():
+        raise ModelError(
+            f"the speech model ({MODEL_FILE}) is missing: pip install 'faster-whisper>=1.2.1', "
+            "or set vad = false in the config (WHISPERFARM_VAD=false) to cut by loudness"
+        )
+    return path
 
 
 class SpeechDetector:
