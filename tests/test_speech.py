@@ -226,6 +226,25 @@ def test_cuts_fall_in_pauses_the_model_hears_where_loudness_finds_none() -> None
     assert all(plan.speech for plan in found)
 
 
+def test_ordinary_pauses_are_cut_where_loudness_cuts_them() -> None:
+    """Between sentences the model only confirms what loudness hears, and where a cut lands
+    within a pause changes what Whisper writes at the chunk's end: the seams bench lost a
+    sentence when the model moved one cut 0.3 s. So the cuts stay where they were."""
+    rng = np.random.default_rng(8)
+    parts, talking, t = [], [], 0.0
+    while t < 150.0:
+        speech_s, pause_s = rng.uniform(2.0, 6.0), rng.uniform(0.6, 1.2)
+        parts += [level(rng.standard_normal(int(speech_s * RATE)), -20.0)]
+        parts += [level(rng.standard_normal(int(pause_s * RATE)), -60.0)]
+        talking.append((t - 0.1, t + speech_s + 0.15))  # the model's edges differ a little
+        t += speech_s + pause_s
+    audio = pcm(np.concatenate(parts))
+    with_model = plans(audio, Scripted(lambda x: any(a <= x < b for a, b in talking)))
+    by_loudness = [p for p, _ in cut(blocks_of(audio, RATE * 10), CutterConfig(speech=None))]
+    assert len(with_model) >= 5
+    assert [(p.start, p.end) for p in with_model] == [(p.start, p.end) for p in by_loudness]
+
+
 def test_a_long_stretch_without_speech_is_cut_off_where_speech_ends() -> None:
     """Speech for 15 s, then 60 s of noise: the chunk ends just after the speech (not 29 s
     in, with 14 s of noise for Whisper to invent text in), and the noise goes unsent."""

@@ -13,12 +13,20 @@ word once by aligning the two transcripts of the overlap.
 ``max_seconds`` stays under Whisper's 30-second window, so each chunk is one decoder
 window, with no window boundary inside it.
 
-With a speech model (``CutterConfig.speech``, on by default; see ``speech.py``) the pause
-is where the model hears no speech rather than where it is quiet, so music under a voice
-no longer hides the pauses between sentences. The cut goes early in that pause (``pad``
-after the speech ends), so no chunk carries a long tail of non-speech for Whisper to
-invent text in; a chunk with less than ``min_speech`` seconds of speech is not sent, and
-every chunk records its speech spans for the stitched transcript (``speech.keep_spoken``).
+With a speech model (``CutterConfig.speech``, on by default; see ``speech.py``):
+
+- a long stretch the model hears no speech in (``long_pause``: music, noise) is cut
+  ``pad`` after the speech before it ends, so no chunk carries a long tail of non-speech
+  for Whisper to invent text in, and a chunk that has heard no speech yet ends just before
+  speech begins;
+- where loudness finds no pause (music under a voice), the cut goes in the middle of the
+  latest pause the model hears, so the seam needs no overlap;
+- a chunk with less than ``min_speech`` seconds of speech is not sent, and every chunk
+  records its speech spans for the stitched transcript (``speech.keep_spoken``).
+
+Ordinary pauses between words and sentences are still found by loudness, as before: where
+a cut lands in a pause changes what Whisper writes at the chunk's end (the seams bench
+lost a sentence at one seam when the cut moved 0.3 s within its pause).
 """
 
 from __future__ import annotations
@@ -96,21 +104,22 @@ def find_cut(
         int((config.max_seconds - lead - config.overlap_seconds) * frames_per_second), len(db)
     )
     min_frames = max(1, int(config.min_pause * frames_per_second))
+    heard: list[tuple[int, int]] = []  # pauses the speech model hears
     if voiced is not None and config.speech is not None:
         pad = int(config.speech.pad * frames_per_second)
-        runs = [(a, b) for a, b in _quiet_runs(~voiced[lo:hi]) if b - a >= min_frames]
-        if runs and runs[0][0] == 0 and not voiced[:lo].any():
+        heard = [(a, b) for a, b in _quiet_runs(~voiced[lo:hi]) if b - a >= min_frames]
+        if heard and heard[0][0] == 0 and not voiced[:lo].any():
             # No speech yet: end the chunk just before speech begins (it is not sent).
-            start, end = runs[0]
+            start, end = heard[0]
             return lo + max(start, end - pad), True
-        if runs:
-            # Early in the latest pause: a long one (music, noise) goes to the next chunk,
-            # not into this one's tail, where Whisper would invent text. One that began
-            # before ``min_seconds`` is cut where it began: a short chunk beats a long tail.
-            start, end = runs[-1]
-            if start == 0:
-                start = int(np.flatnonzero(voiced[:lo])[-1]) + 1 - lo
-            return lo + start + min(pad, (end - start) // 2), True
+        start, end = heard[-1] if heard else (0, 0)
+        if start == 0 and end > 0:
+            start = int(np.flatnonzero(voiced[:lo])[-1]) + 1 - lo  # it began earlier
+        if end - start >= config.speech.long_pause * frames_per_second:
+            # A long stretch without speech (music, noise): cut soon after the speech, so
+            # it goes to the next chunk (not sent) and not into this one's tail, where
+            # Whisper invents text; a short chunk beats a long tail.
+            return lo + start + pad, True
     window = db[lo:hi]
     floor, loud = np.percentile(db[:hi], [5, 90])
     if loud - floor >= 15.0:
@@ -119,6 +128,10 @@ def find_cut(
         if runs:
             start, end = runs[-1]
             return lo + (start + end) // 2, True
+    if heard:
+        # A pause the model hears where loudness finds none (a voice over music).
+        start, end = heard[-1]
+        return lo + (start + end) // 2, True
     # No pause: the quietest 100 ms, and the caller overlaps the chunks around it.
     window = db[lo:forced_hi]
     smooth = np.convolve(window, np.ones(5) / 5, mode="same") if len(window) >= 5 else window
@@ -143,6 +156,8 @@ class _SpeechTrack:
     def frames(self, start: int, count: int) -> np.ndarray:
         """Speech flags of ``count`` 20 ms frames from sample ``start`` (a frame takes the
         window holding its middle; windows not heard yet count as speech)."""
+        if len(self.voiced) == 0:
+            return np.ones(count, dtype=bool)
         middles = start + np.arange(count) * FRAME + FRAME // 2
         index = middles // WINDOW - self.first
         known = index < len(self.voiced)

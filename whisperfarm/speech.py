@@ -9,9 +9,8 @@ gets the same chunk plan (resume matches chunks by their cut).
 Loudness can't tell music, a jingle or street noise from a voice; the model can. The
 chunker (``chunking.py``) uses the probabilities three ways:
 
-- it cuts in the latest stretch of at least ``min_pause`` seconds the model calls
-  non-speech (probability under ``neg_threshold``), also where music under the voice
-  leaves no quiet pause;
+- it keeps long stretches without speech out of a chunk's tail, and cuts in a pause the
+  model hears where music under the voice leaves no quiet one;
 - a chunk with less than ``min_speech`` seconds of speech is not sent to a worker;
 - each chunk records its speech spans on the episode's timeline, and after stitching
   ``keep_spoken`` drops the words Whisper placed well away from them (its "Thank you for
@@ -46,6 +45,7 @@ class SpeechConfig:
     neg_threshold: float = 0.35  # speech goes on until a window falls under this
     min_speech: float = 0.25  # seconds: less speech than this in a chunk is no speech
     pad: float = 0.4  # seconds added to each side of a speech span (faster-whisper's 400 ms)
+    long_pause: float = 3.0  # seconds without speech that the cutter keeps out of a tail
 
 
 def model_path() -> Path:
