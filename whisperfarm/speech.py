@@ -145,10 +145,6 @@ def clip(found: Sequence[Span], start: float, end: float) -> list[Span]:
     return [(a, b) for a, b in inside if b - a >= 0.05]
 
 
-def speech_seconds(found: Sequence[Span]) -> float:
-    return sum(b - a for a, b in found)
-
-
 # Whisper times the last word of a sentence loosely: the seams of the real-audio bench
 # showed "middle." as a zero-length word 0.7 s after the speech ended. Within this many
 # seconds of speech a word is kept; what Whisper invents over music or noise lies further.
