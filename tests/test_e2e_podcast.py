@@ -1,4 +1,4 @@
-"""End to end on real recordings: the real CLI as a process, two real workers, tiny.en,
+"""End to end on the hard podcast: the real CLI as a process, two real workers, tiny.en,
 ffmpeg and SQLite, on the short "hard podcast" that scripts/make_real.py strings together
 from samples/real/ (a 31 s music intro, two sentences, 20 s of street ambience, the jfk
 speech, a music outro; its ground truth says where nobody speaks).
