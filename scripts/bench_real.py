@@ -24,8 +24,11 @@ Columns:
     wall s      the process's wall time (start-up and model load included; this shared
                 machine's load moves it, the other columns don't depend on load)
 
+With ``--repeat N``: the median WER and wall time, and the worst run's counts (WER can
+move between runs: Whisper's temperature fallback samples).
+
     python scripts/bench_real.py [--sets jfk,sentences,podcast] [--contenders farm,single]
-    python scripts/bench_real.py --repeat 3     # median wall time of 3 runs
+    python scripts/bench_real.py --repeat 3     # medians of 3 runs (Whisper's fallback samples)
     python scripts/bench_real.py -v             # and the words placed in non-speech
 """
 
@@ -66,8 +69,8 @@ MODEL = "tiny.en"
 class Row:
     contender: str
     walls: list[float] = field(default_factory=list)
-    wer: float = 0.0
-    nonspeech: int = 0
+    wers: list[float] = field(default_factory=list)
+    nonspeech: int = 0  # the worst run's, as are timeline and loops
     timeline: dict[str, int] = field(default_factory=dict)
     loops: int = 0
     strays: list[str] = field(default_factory=list)
@@ -120,16 +123,18 @@ def measure(
         **{name: cue_spans(body) for name, body in others.items() if name in ("srt", "vtt")},
         **{name: tsv_spans(body) for name, body in others.items() if name == "tsv"},
     }
-    row.timeline = {name: timeline_violations(s, duration) for name, s in spans.items()}
+    for name, found in spans.items():
+        row.timeline[name] = max(row.timeline.get(name, 0), timeline_violations(found, duration))
     stretches = [(float(s["start"]), float(s["end"])) for s in truth["nonspeech"]]
-    row.nonspeech = words_within([(float(w["start"]), float(w["end"])) for w in words], stretches)
-    row.strays = [
+    placed = words_within([(float(w["start"]), float(w["end"])) for w in words], stretches)
+    row.nonspeech = max(row.nonspeech, placed)
+    row.strays += [
         f"{w['word'].strip()!r}@{w['start']:.1f}"
         for w in words
         if words_within([(float(w["start"]), float(w["end"]))], stretches)
     ]
-    row.wer = word_error_rate(truth["reference"], text)
-    row.loops = repetition_loops(text)
+    row.wers.append(word_error_rate(truth["reference"], text))
+    row.loops = max(row.loops, repetition_loops(text))
 
 
 def bench(audio: Path, contenders: list[str], repeat: int, verbose: bool) -> list[Row]:
@@ -167,10 +172,11 @@ def bench(audio: Path, contenders: list[str], repeat: int, verbose: bool) -> lis
     for row in rows.values():
         broken = ", ".join(f"{name} {n}" for name, n in row.timeline.items() if n)
         walls = ", ".join(f"{w:.1f}" for w in row.walls)
+        wers = ", ".join(f"{w * 100:.2f}" for w in row.wers)
         print(
-            f"{row.contender:<11} {row.wer * 100:>6.2f} {row.nonspeech:>9} "
+            f"{row.contender:<11} {statistics.median(row.wers) * 100:>6.2f} {row.nonspeech:>9} "
             f"{sum(row.timeline.values()):>8} {row.loops:>5} {statistics.median(row.walls):>7.1f}  "
-            f"{broken or '-'}" + (f" (walls {walls})" if len(row.walls) > 1 else "")
+            f"{broken or '-'}" + (f" (walls {walls}; WER {wers})" if len(row.walls) > 1 else "")
         )
         if verbose and row.strays:
             print(f"{'':<11} in non-speech: {' '.join(row.strays)}")
@@ -181,7 +187,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", default="jfk,sentences,podcast")
     parser.add_argument("--contenders", default=",".join(CONTENDERS))
-    parser.add_argument("--repeat", type=int, default=1, help="runs per contender (wall: median)")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs per contender (WER, wall: median)"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="list words in non-speech")
     args = parser.parse_args()
     sets = args.sets.split(",")

@@ -1,7 +1,9 @@
 """Cutting at pauses, on synthetic int16 audio whose loud and quiet stretches are known.
 
-"Speech" is white noise at -20 dBFS, a pause is white noise at -60 dBFS: the cutter only
-looks at loudness, so that is all the test audio has to get right."""
+"Speech" is white noise at -20 dBFS, a pause is white noise at -60 dBFS: these tests cut
+by loudness alone (``CutterConfig(speech=None)``, also the fallback where the speech model
+finds no pause), so that is all the test audio has to get right. Cutting with the speech
+model is tested in test_speech.py."""
 
 from __future__ import annotations
 
@@ -20,6 +22,11 @@ from worker.transcriber import wav_to_float
 RATE = 16_000
 LOUD = -20.0
 QUIET = -60.0
+
+
+def loudness(**kwargs: float) -> CutterConfig:
+    """A cutter that goes by loudness alone, without the speech model."""
+    return CutterConfig(speech=None, **kwargs)
 
 
 def noise(rng: np.random.Generator, seconds: float, dbfs: float) -> np.ndarray:
@@ -87,7 +94,7 @@ def assert_audio_matches(audio: np.ndarray, chunks) -> None:
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_cuts_land_inside_pauses_and_chunks_are_clean(seed: int) -> None:
     audio, pauses = random_talk(seed, 240)
-    config = CutterConfig()
+    config = loudness()
     chunks = plans_of(audio, config)
     plans = [plan for plan, _ in chunks]
 
@@ -105,7 +112,7 @@ def test_cuts_land_inside_pauses_and_chunks_are_clean(seed: int) -> None:
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_chunks_cut_at_pauses_stay_between_min_and_max_seconds(seed: int) -> None:
     audio, _ = random_talk(seed, 240)
-    config = CutterConfig(min_seconds=12.0, max_seconds=29.0)
+    config = loudness(min_seconds=12.0, max_seconds=29.0)
     plans = [plan for plan, _ in plans_of(audio, config)]
     for plan in plans:
         assert plan.end - plan.start <= config.max_seconds
@@ -129,7 +136,7 @@ def test_cut_is_in_the_middle_of_the_latest_pause_after_min_seconds() -> None:
             ("speech", 12.0),
         ],
     )
-    plans = [plan for plan, _ in plans_of(audio, CutterConfig())]
+    plans = [plan for plan, _ in plans_of(audio, loudness())]
     assert plans[0].keep_end == pytest.approx(23.5, abs=0.04)
     assert plans[0].end == plans[0].keep_end
     assert pauses[2] == pytest.approx((23.0, 24.0))
@@ -137,7 +144,7 @@ def test_cut_is_in_the_middle_of_the_latest_pause_after_min_seconds() -> None:
 
 def test_find_cut_reports_clean_only_for_a_real_pause() -> None:
     rng = np.random.default_rng(3)
-    config = CutterConfig()
+    config = loudness()
     with_pause, _ = talk(rng, [("speech", 19.0), ("pause", 2.0), ("speech", 8.0)])
     frame, clean = find_cut(frame_db(with_pause), config)
     assert clean is True
@@ -155,7 +162,7 @@ def test_find_cut_reports_clean_only_for_a_real_pause() -> None:
 def test_without_a_pause_chunks_overlap_around_the_cut_and_keep_ranges_tile() -> None:
     rng = np.random.default_rng(11)
     audio = noise(rng, 150.0, LOUD)
-    config = CutterConfig(overlap_seconds=1.5)
+    config = loudness(overlap_seconds=1.5)
     chunks = plans_of(audio, config)
     plans = [plan for plan, _ in chunks]
 
@@ -180,7 +187,7 @@ def test_chunks_cut_without_a_pause_still_fit_max_seconds() -> None:
     for dip in (28.5, 57.0, 85.5):  # a slightly softer 0.2 s, far from a pause
         at = round(dip * RATE)
         audio[at : at + RATE // 5] = noise(rng, 0.2, LOUD - 6)
-    config = CutterConfig(max_seconds=29.0, overlap_seconds=1.5)
+    config = loudness(max_seconds=29.0, overlap_seconds=1.5)
     plans = [plan for plan, _ in plans_of(audio, config)]
 
     assert any(plan.overlaps for plan in plans)
@@ -198,7 +205,7 @@ def test_a_silent_stretch_yields_chunks_without_speech() -> None:
         [("speech", 8.0), ("pause", 0.8), ("speech", 8.0), ("pause", 70.0), ("speech", 10.0)],
     )
     silence = (16.8, 86.8)
-    plans = [plan for plan, _ in plans_of(audio, CutterConfig())]
+    plans = [plan for plan, _ in plans_of(audio, loudness())]
 
     silent = [p for p in plans if silence[0] <= p.start and p.end <= silence[1]]
     assert silent, plans
@@ -230,14 +237,14 @@ def test_frame_db_measures_loudness_per_20ms_frame() -> None:
 def test_audio_shorter_than_max_seconds_is_one_chunk() -> None:
     rng = np.random.default_rng(4)
     audio = noise(rng, 20.0, LOUD)
-    ((plan, samples),) = plans_of(audio, CutterConfig())
+    ((plan, samples),) = plans_of(audio, loudness())
     assert plan == ChunkPlan(0, 0.0, 20.0, 0.0, 20.0, speech=True)
     np.testing.assert_array_equal(samples, audio)
 
 
 def test_empty_stream_yields_nothing() -> None:
-    assert list(cut(iter([]), CutterConfig())) == []
-    assert list(cut([np.zeros(0, dtype=np.int16)], CutterConfig())) == []
+    assert list(cut(iter([]), loudness())) == []
+    assert list(cut([np.zeros(0, dtype=np.int16)], loudness())) == []
 
 
 # Streaming --------------------------------------------------------------------------------
@@ -258,7 +265,7 @@ def test_same_chunks_whatever_the_block_sizes(kind: str) -> None:
         audio, _ = random_talk(21, 100)
     else:
         audio = noise(np.random.default_rng(21), 100.0, LOUD)
-    config = CutterConfig()
+    config = loudness()
     reference = plans_of(audio, config)
     assert len(reference) >= 3
 
@@ -289,7 +296,7 @@ def test_two_hour_stream_is_cut_with_a_bounded_buffer() -> None:
             consumed += len(block)
             yield block
 
-    config = CutterConfig()
+    config = loudness()
     most_buffered = 0.0
     plans = []
     tracemalloc.start()

@@ -19,6 +19,7 @@ from typing import Any
 
 from whisperfarm.errors import EpisodeNotFound, TranscriptionFailed, UsageError
 from whisperfarm.ledger import Ledger
+from whisperfarm.speech import episode_spans, keep_spoken
 from whisperfarm.stitch import ChunkResult, stitch
 from whisperfarm.transcripts import Transcript, write_outputs
 
@@ -195,9 +196,11 @@ def text_so_far(ledger: Ledger, episode_id: str) -> tuple[str, bool]:
     parts = []
     complete = episode["state"] != "chunking"
     results = ledger.results(episode_id)
-    for chunk in ledger.chunks(episode_id):
+    chunks = ledger.chunks(episode_id)
+    for chunk in chunks:
         result = results.get(chunk["id"])
         if chunk["state"] != "done" or (chunk["speech"] and result is None):
             complete = False
         parts.append(ChunkResult.from_row(chunk, result))
-    return Transcript(stitch(parts)).text, complete
+    segments = keep_spoken(stitch(parts, keep_words=True), episode_spans(chunks))
+    return Transcript(segments).text, complete

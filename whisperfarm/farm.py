@@ -21,7 +21,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,6 +40,7 @@ from whisperfarm.ledger import EpisodeProgress, Ledger
 from whisperfarm.media import check_input
 from whisperfarm.server import BackgroundServer, bind
 from whisperfarm.settings import Settings
+from whisperfarm.speech import SpeechConfig, episode_spans, keep_spoken
 from whisperfarm.status import process_alive
 from whisperfarm.stitch import ChunkResult, stitch
 from whisperfarm.transcripts import Transcript, write_outputs
@@ -276,11 +277,7 @@ class Farm:
     ) -> None:
         settings = self.settings
         ledger = Ledger(settings.ledger_path)
-        config = CutterConfig(
-            min_seconds=settings.chunk_min_seconds,
-            max_seconds=settings.chunk_max_seconds,
-            overlap_seconds=settings.overlap_seconds,
-        )
+        config = cutter_config(settings)
         try:
             for request, (episode_id, needs_chunking) in zip(requests, registered, strict=True):
                 if cancel.is_set():
@@ -372,17 +369,29 @@ class Farm:
         status.state = "done"
 
 
+def cutter_config(settings: Settings) -> CutterConfig:
+    return CutterConfig(
+        min_seconds=settings.chunk_min_seconds,
+        max_seconds=settings.chunk_max_seconds,
+        overlap_seconds=settings.overlap_seconds,
+        speech=SpeechConfig() if settings.vad else None,
+    )
+
+
 def assemble(ledger: Ledger, episode: dict[str, Any], *, keep_words: bool = False) -> Transcript:
     """The episode's transcript from its stored chunk results."""
     parts = []
     language = None
     results = ledger.results(episode["id"])
-    for chunk in ledger.chunks(episode["id"]):
+    chunks = ledger.chunks(episode["id"])
+    for chunk in chunks:
         result = results.get(chunk["id"])
         if result is not None:
             language = language or result.get("language")
         parts.append(ChunkResult.from_row(chunk, result))
-    segments = stitch(parts, keep_words=keep_words)
+    segments = keep_spoken(stitch(parts, keep_words=True), episode_spans(chunks))
+    if not keep_words:
+        segments = [replace(segment, words=None) for segment in segments]
     meta = {
         "id": episode["id"],
         "name": episode["name"],

@@ -44,11 +44,16 @@ class UnknownChunk(Exception):
     """No chunk with that id."""
 
 
+WORDS_GAP = 2.0  # seconds without speech in a chunk that make its words worth timing
+
+
 @dataclass(frozen=True)
 class ChunkPlan:
     """One cut of an episode: ``start``/``end`` is the audio sent to the worker and
     ``keep_start``/``keep_end`` the part of the timeline this chunk owns in the transcript
-    (they differ only where a cut had no pause and the chunks overlap)."""
+    (they differ only where a cut had no pause and the chunks overlap). ``speech_spans``:
+    where the speech model hears speech in the chunk (seconds on the episode timeline),
+    None when it was cut without one."""
 
     idx: int
     start: float
@@ -56,10 +61,23 @@ class ChunkPlan:
     keep_start: float
     keep_end: float
     speech: bool = True
+    speech_spans: tuple[tuple[float, float], ...] | None = None
 
     @property
     def overlaps(self) -> bool:
         return self.start < self.keep_start or self.end > self.keep_end
+
+    @property
+    def needs_words(self) -> bool:
+        """Word timestamps are needed to join an overlapped seam word by word, and to drop
+        the words Whisper places where nobody speaks: in a chunk whose speech spans leave
+        WORDS_GAP seconds or more without speech."""
+        if self.overlaps:
+            return True
+        if self.speech_spans is None:
+            return False
+        edges = [self.start, *(t for span in self.speech_spans for t in span), self.end]
+        return any(b - a >= WORDS_GAP for a, b in zip(edges[::2], edges[1::2], strict=True))
 
 
 @dataclass(frozen=True)
@@ -308,8 +326,8 @@ class Ledger:
                 )
             conn.execute(
                 "INSERT OR REPLACE INTO chunks (episode_id, idx, start, end, keep_start,"
-                " keep_end, speech, words, audio_path, state, attempt, finished_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                " keep_end, speech, words, audio_path, state, attempt, finished_at,"
+                " speech_spans) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
                 (
                     episode_id,
                     plan.idx,
@@ -318,10 +336,11 @@ class Ledger:
                     plan.keep_start,
                     plan.keep_end,
                     int(plan.speech),
-                    int(plan.overlaps),
+                    int(plan.needs_words),
                     audio_path,
                     state,
                     None if plan.speech else now,
+                    None if plan.speech_spans is None else json.dumps(plan.speech_spans),
                 ),
             )
         return plan.speech

@@ -241,3 +241,10 @@ def m006_machine_pool(db: Database) -> None:
         )
         """
     )
+
+
+@migrations()
+def m007_vad_speech_spans(db: Database) -> None:
+    """Where the speech model heard speech in each chunk (a JSON list of [start, end] on
+    the episode timeline); NULL for chunks cut before, or without, the model."""
+    db.execute("ALTER TABLE chunks ADD COLUMN speech_spans TEXT")

@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     # 3 s, not less: with 1.5 s the seams bench lost words where a model skipped a phrase
     # near the cut (9 over 12 overlapped seams); with 3 s it lost none.
     overlap_seconds: float = Field(3.0, ge=0)
+    # Speech detection by the Silero VAD model (whisperfarm/speech.py): cut where nobody
+    # speaks, send no chunk without speech, drop words placed away from speech. Off: by
+    # loudness alone, as before.
+    vad: bool = True
 
     # Fly fleet
     backend: Literal["local", "fly"] = "local"
