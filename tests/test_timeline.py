@@ -73,6 +73,16 @@ def chunk_plans(draw: st.DrawFn) -> list[ChunkResult]:
     return draw(st.permutations(chunks))
 
 
+SPEECH = st.one_of(
+    st.none(),
+    st.lists(
+        st.tuples(st.floats(0.0, 60.0), st.floats(0.0, 20.0)).map(lambda p: (p[0], p[0] + p[1])),
+        max_size=4,
+    ).map(sorted),
+)
+"""An episode's speech map as the cutter records it, or None (cut without the model)."""
+
+
 def spans(segments: list[Segment]) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
     return (
         [(s.start, s.end) for s in segments],
@@ -80,11 +90,13 @@ def spans(segments: list[Segment]) -> tuple[list[tuple[float, float]], list[tupl
     )
 
 
-@given(chunk_plans())
+@given(chunk_plans(), SPEECH)
 @settings(max_examples=400, deadline=None, derandomize=True, database=None)
-def test_stitched_segments_and_words_keep_the_timeline(chunks: list[ChunkResult]) -> None:
+def test_stitched_segments_and_words_keep_the_timeline(
+    chunks: list[ChunkResult], speech: list[tuple[float, float]] | None
+) -> None:
     duration = max(c.end for c in chunks)
-    segments = stitch(chunks, keep_words=True)
+    segments = stitch(chunks, keep_words=True, speech=speech)
     segment_spans, word_spans = spans(segments)
     assert timeline_violations(segment_spans, duration) == 0
     assert timeline_violations(word_spans, duration) == 0
@@ -99,11 +111,13 @@ def test_stitched_segments_and_words_keep_the_timeline(chunks: list[ChunkResult]
             assert segment.start <= word.start <= word.end <= segment.end
 
 
-@given(chunk_plans())
+@given(chunk_plans(), SPEECH)
 @settings(max_examples=150, deadline=None, derandomize=True, database=None)
-def test_every_output_format_keeps_the_timeline(chunks: list[ChunkResult]) -> None:
+def test_every_output_format_keeps_the_timeline(
+    chunks: list[ChunkResult], speech: list[tuple[float, float]] | None
+) -> None:
     duration = max(c.end for c in chunks)
-    transcript = Transcript(stitch(chunks, keep_words=True), {"name": "t"}, "en")
+    transcript = Transcript(stitch(chunks, keep_words=True, speech=speech), {"name": "t"}, "en")
     outputs = {name: write(transcript) for name, write in WRITERS.items()}
     assert timeline_violations(cue_spans(outputs["srt"]), duration) == 0
     assert timeline_violations(cue_spans(outputs["vtt"]), duration) == 0
@@ -132,3 +146,36 @@ def test_the_reported_failure_a_second_window_past_the_chunk() -> None:
     assert timeline_violations(cue_spans(srt), 50.0) == 0
     assert "00:00:30,000 --> 00:00:28,640" not in srt
     assert srt.count("Okay.") == 1
+
+
+def test_dropping_words_away_from_speech_keeps_starts_in_order() -> None:
+    """The speech filter used to run after the timeline was made valid: a segment that lost
+    its first word ("Hello", far from speech) started at 8.0, after the next one's 5.0."""
+
+    def word(start: float, end: float, text: str) -> dict[str, Any]:
+        return {"start": start, "end": end, "word": text, "probability": 0.9}
+
+    result = {
+        "segments": [
+            {
+                "start": 0.0,
+                "end": 9.0,
+                "text": " Hello there friend",
+                "words": [
+                    word(0.0, 0.5, " Hello"),
+                    word(8.0, 8.5, " there"),
+                    word(8.5, 9.0, " friend"),
+                ],
+            },
+            {"start": 5.0, "end": 7.0, "text": " again", "words": [word(5.0, 7.0, " again")]},
+        ]
+    }
+    segments = stitch(
+        [ChunkResult(0, 0.0, 20.0, 0.0, 20.0, result)], keep_words=True, speech=[(4.0, 10.0)]
+    )
+    assert "Hello" not in " ".join(s.text for s in segments)
+    starts = [s.start for s in segments]
+    assert starts == sorted(starts)
+    for segment in segments:
+        for w in segment.words or []:
+            assert segment.start <= w.start <= w.end <= segment.end

@@ -25,7 +25,7 @@ from worker.client import (
     Unreachable,
 )
 from worker.config import ConfigError, WorkerConfig
-from worker.loop import EXIT_DONE, EXIT_STOPPED, Worker
+from worker.loop import EXIT_DONE, EXIT_NO_MODEL, EXIT_STOPPED, Worker
 from worker.models import ModelLoadError
 from worker.transcriber import Stopped
 
@@ -207,18 +207,23 @@ def test_a_chunk_that_always_fails_goes_dead_and_the_worker_carries_on(setup: Se
     assert worker.chunks_done == 2
 
 
-def test_a_model_this_worker_cannot_load_fails_its_jobs_with_the_reason_not_the_worker(
+def test_a_model_this_worker_cannot_load_fails_one_job_with_the_reason_and_leaves(
     setup: Setup,
 ) -> None:
+    """One attempt of one chunk, not every chunk of the farm: a worker that stayed failed
+    the whole queue dead faster than healthy workers could finish it."""
     reason = "model 'tiny.en' is not available on this worker (no hub): bake it into the image"
 
     def no_model(n: int, _: Callable[[], bool]) -> dict[str, Any]:
         raise ModelLoadError(reason)
 
-    worker = setup.worker(FakeTranscriber(no_model))
-    assert worker.run() == EXIT_DONE  # the loop went on to the end of the queue
-    assert setup.states() == [(idx, "dead", MAX_ATTEMPTS) for idx in range(len(LENGTHS))]
-    assert {chunk["error"] for chunk in setup.ledger.chunks("ep1")} == {reason}
+    transcriber = FakeTranscriber(no_model)
+    worker = setup.worker(transcriber)
+    assert worker.run() == EXIT_NO_MODEL
+    assert len(transcriber.calls) == 1
+    assert setup.states()[0] == (0, "queued", 1)
+    assert setup.states()[1:] == [(idx, "queued", 0) for idx in range(1, len(LENGTHS))]
+    assert setup.ledger.chunks("ep1")[0]["error"] == reason
     assert worker.chunks_done == 0
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from whisperfarm.errors import EpisodeNotFound, TranscriptionFailed, UsageError
 from whisperfarm.ledger import Ledger
-from whisperfarm.speech import episode_spans, keep_spoken
+from whisperfarm.speech import episode_spans
 from whisperfarm.stitch import ChunkResult, stitch
 from whisperfarm.transcripts import Transcript, write_outputs
 
@@ -202,5 +202,5 @@ def text_so_far(ledger: Ledger, episode_id: str) -> tuple[str, bool]:
         if chunk["state"] != "done" or (chunk["speech"] and result is None):
             complete = False
         parts.append(ChunkResult.from_row(chunk, result))
-    segments = keep_spoken(stitch(parts, keep_words=True), episode_spans(chunks))
+    segments = stitch(parts, keep_words=True, speech=episode_spans(chunks))
     return Transcript(segments).text, complete

@@ -40,7 +40,7 @@ from whisperfarm.ledger import EpisodeProgress, Ledger
 from whisperfarm.media import check_input
 from whisperfarm.server import BackgroundServer, bind
 from whisperfarm.settings import Settings
-from whisperfarm.speech import SpeechConfig, episode_spans, keep_spoken
+from whisperfarm.speech import SpeechConfig, episode_spans
 from whisperfarm.status import process_alive
 from whisperfarm.stitch import ChunkResult, stitch
 from whisperfarm.transcripts import Transcript, write_outputs
@@ -389,7 +389,7 @@ def assemble(ledger: Ledger, episode: dict[str, Any], *, keep_words: bool = Fals
         if result is not None:
             language = language or result.get("language")
         parts.append(ChunkResult.from_row(chunk, result))
-    segments = keep_spoken(stitch(parts, keep_words=True), episode_spans(chunks))
+    segments = stitch(parts, keep_words=True, speech=episode_spans(chunks))
     if not keep_words:
         segments = [replace(segment, words=None) for segment in segments]
     meta = {

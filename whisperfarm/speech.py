@@ -174,7 +174,7 @@ def keep_spoken(segments: Iterable[Segment], found: Sequence[Span] | None) -> li
             kept.append(segment)
         elif words:
             text = "".join(w.word for w in words).strip()
-            kept.append(Segment(words[0].start, words[-1].end, text, words))
+            kept.append(Segment(words[0].start, max(w.end for w in words), text, words))
     return kept
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from whisperfarm import hallucinations
+from whisperfarm.speech import Span, keep_spoken
 from whisperfarm.transcripts import Segment, Word
 
 
@@ -202,8 +203,15 @@ def _rebuild(segments: list[Segment], kept: list[_Word]) -> list[Segment]:
     return rebuilt
 
 
-def stitch(chunks: Sequence[ChunkResult], *, keep_words: bool = False) -> list[Segment]:
-    """The episode's segments, in order, each word once."""
+def stitch(
+    chunks: Sequence[ChunkResult],
+    *,
+    keep_words: bool = False,
+    speech: Sequence[Span] | None = None,
+) -> list[Segment]:
+    """The episode's segments, in order, each word once. ``speech``: the episode's speech
+    map (``speech.episode_spans``); what lies well away from it is dropped before the
+    timeline is made valid, so the invariants hold for what is left."""
     ordered = sorted(chunks, key=lambda c: c.idx)
     segments = [_place(chunk) for chunk in ordered]
     words = [_words(s) for s in segments]
@@ -231,7 +239,7 @@ def stitch(chunks: Sequence[ChunkResult], *, keep_words: bool = False) -> list[S
                 s for s in segments[n] if chunk.keep_start <= (s.start + s.end) / 2 < chunk.keep_end
             ]
         stitched.extend(kept_segments)
-    stitched = _on_the_timeline(stitched)
+    stitched = _on_the_timeline(keep_spoken(stitched, speech))
     if not keep_words:
         for segment in stitched:
             segment.words = None

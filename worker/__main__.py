@@ -19,8 +19,8 @@ def preloaded_transcriber(
     config: WorkerConfig, loader: Callable[..., Any] = load_model
 ) -> Transcriber:
     """The worker's transcriber, with WHISPERFARM_MODEL loaded while the first chunks are
-    cut. Each job still runs the model it names; one this worker can't load fails the
-    jobs that name it, with the reason, rather than the worker."""
+    cut. Each job still runs the model it names; a job whose model this worker can't load
+    fails with the reason, and the worker then leaves the farm (exit 7)."""
     transcriber = Transcriber(
         threads=config.threads,
         compute_type=config.compute_type,

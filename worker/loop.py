@@ -1,6 +1,10 @@
 """The worker loop: claim → fetch audio → transcribe (heartbeating) → post, until the
 coordinator says all work is done.
 
+A worker that can't load the model a job names fails that job with the reason (one
+attempt spent) and exits: staying would fail the farm's chunks one after another far
+faster than healthy workers finish them, until every chunk is dead.
+
 Signal handlers only set the ``stopping`` flag. The transcription checks it between
 segments; a stopping worker hands its chunk back at once (release) instead of leaving
 it to a lease expiry.
@@ -27,6 +31,7 @@ EXIT_STOPPED = 0
 EXIT_UNREACHABLE = 3
 EXIT_UNAUTHORIZED = 5
 EXIT_PROTOCOL = 6
+EXIT_NO_MODEL = 7  # this worker can't load the model the farm runs
 
 
 class Heartbeat(threading.Thread):
@@ -67,6 +72,7 @@ class Worker:
         self.clock = clock
         self.stopping = threading.Event()
         self.chunks_done = 0
+        self.exit_code = EXIT_STOPPED
 
     def request_stop(self, *_: object) -> None:
         self.stopping.set()
@@ -82,7 +88,7 @@ class Worker:
                 continue
             self.run_job(reply["job"])
         log.info("stopped after %d chunks", self.chunks_done)
-        return EXIT_STOPPED
+        return self.exit_code
 
     def run_job(self, job: dict[str, Any]) -> None:
         chunk = f"chunk {job['episode_id']}#{job['idx']} (attempt {job['attempt']})"
@@ -109,8 +115,10 @@ class Worker:
             log.warning("%s: lease lost before the audio came; dropped", chunk)
             return
         except ModelLoadError as error:  # this worker can't run the job's model
-            log.error("%s: %s", chunk, error)
+            log.error("%s: %s; this worker leaves the farm", chunk, error)
             self._fail(job, str(error))
+            self.exit_code = EXIT_NO_MODEL
+            self.stopping.set()
             return
         except (CoordinatorError, httpx.HTTPError):
             raise
