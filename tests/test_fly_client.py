@@ -667,6 +667,15 @@ def test_a_machine_on_an_unhealthy_host_parses_with_its_metadata_unknown(respx_m
     assert machine.config == (shape.get("incomplete_config") or {})
 
 
+def test_a_config_sent_from_an_unhealthy_host_is_not_believed_about_metadata(respx_mock, client):
+    """An empty or partial config from a host that is not ok proves no machine is not ours:
+    reap would destroy a live run's machine, the fleet would stop counting it."""
+    body = machine_json(host_status="unreachable") | {"config": {}}
+    respx_mock.get(f"{BASE}/m1").respond(json=body)
+    machine = client.get("m1")
+    assert machine.metadata_known is False
+
+
 def test_a_healthy_machine_has_its_metadata_known(respx_mock, client):
     respx_mock.get(BASE).respond(json=[machine_json()])
     (machine,) = client.list()

@@ -83,8 +83,8 @@ class Machine(BaseModel):
 
     When the machine's host is not ``ok`` Fly may send its config as ``incomplete_config``
     (a partial rebuild), as ``null`` or not at all (fly-go ``machine_types.go``,
-    ``GetConfig()``). ``config`` is then what could be seen (maybe nothing) and
-    ``metadata_known`` is False: a missing key in ``metadata`` proves nothing, so such a
+    ``GetConfig()``); a ``config`` sent from such a host may be partial too. ``config`` is
+    then what could be seen (maybe nothing) and ``metadata_known`` is False: a missing key in ``metadata`` proves nothing, so such a
     machine is neither ours nor not ours by its metadata.
     """
 
@@ -115,6 +115,10 @@ class Machine(BaseModel):
             data["metadata_known"] = False
         if data.get("host_status") is None:
             data.pop("host_status", None)
+        elif data["host_status"] != "ok":
+            # Whatever config came from an unhealthy host may be partial: don't believe
+            # its metadata either way.
+            data["metadata_known"] = False
         return data
 
     @property

@@ -55,7 +55,12 @@ from whisperfarm.errors import (
     FlyUnavailable,
     WhisperfarmError,
 )
-from whisperfarm.fly.client import Machine, MachinesClient, build_worker_config
+from whisperfarm.fly.client import (
+    MAX_WAIT_REQUEST_S,
+    Machine,
+    MachinesClient,
+    build_worker_config,
+)
 from whisperfarm.fly.config import FlyConfig
 from whisperfarm.fly.policy import CreateRate, FleetState, machines_to_start, must_stop
 from whisperfarm.fly.pool import (
@@ -536,7 +541,7 @@ class FlyFleet:
                     self.client.wait(
                         row["id"],
                         "stopped",
-                        timeout=min(remaining, 60.0),
+                        timeout=min(remaining, MAX_WAIT_REQUEST_S),
                         version=machine.instance_id,
                     )
                 except FlyError as error:
@@ -591,6 +596,8 @@ class FlyFleet:
         deadline = self.clock() + CONFIRM_SECONDS
         while self._unconfirmed:
             for machine_id in sorted(self._unconfirmed):
+                if self.clock() >= deadline:
+                    return
                 machine = self._look_up(machine_id)
                 if machine is None:
                     continue
