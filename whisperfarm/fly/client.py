@@ -84,8 +84,9 @@ class Machine(BaseModel):
     When the machine's host is not ``ok`` Fly may send its config as ``incomplete_config``
     (a partial rebuild), as ``null`` or not at all (fly-go ``machine_types.go``,
     ``GetConfig()``); a ``config`` sent from such a host may be partial too. ``config`` is
-    then what could be seen (maybe nothing) and ``metadata_known`` is False: a missing key in ``metadata`` proves nothing, so such a
-    machine is neither ours nor not ours by its metadata.
+    then what could be seen (maybe nothing) and ``metadata_known`` is False: a missing key
+    in ``metadata`` proves nothing, so such a machine is neither ours nor not ours by its
+    metadata.
     """
 
     model_config = ConfigDict(extra="ignore")
