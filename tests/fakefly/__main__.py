@@ -15,7 +15,9 @@ import uvicorn
 
 from tests.fakefly.app import create_app
 from tests.fakefly.launcher import SubprocessLauncher
-from tests.fakefly.rules import Faults
+from tests.fakefly.rules import UNREACHABLE_HOST, Faults
+
+EVERY_MACHINE = 1_000_000  # a fault count no test uses up
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -84,7 +86,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="machines that die --die-after seconds after starting",
     )
     faults.add_argument("--die-after", type=float, default=1.0, metavar="S")
+    faults.add_argument(
+        "--unreachable",
+        type=_count_or_all,
+        default=0,
+        metavar="N|all",
+        help="machines whose network can't reach the coordinator: their process sees every "
+        f"URL in config.env pointed at a closed loopback port ({UNREACHABLE_HOST})",
+    )
     return parser.parse_args(argv)
+
+
+def _count_or_all(value: str) -> int:
+    return EVERY_MACHINE if value == "all" else int(value)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -101,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         never_start=args.never_start,
         die=args.die,
         die_after=args.die_after,
+        unreachable=args.unreachable,
     )
     app = create_app(
         app=args.app,
