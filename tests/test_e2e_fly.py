@@ -246,6 +246,45 @@ def test_a_machine_dying_mid_run_loses_no_chunk(tmp_path: Path, fake: FakeFlyPro
     assert word_error_rate(SAMPLE_TEXT.read_text(), text) <= 0.03
 
 
+@pytest.mark.parametrize("fake", [("--unreachable", "all")], indirect=True)
+def test_a_run_whose_machines_cant_reach_the_coordinator_stops_and_leaves_none(
+    tmp_path: Path, fake: FakeFlyProcess
+) -> None:
+    """Every machine's network is cut off from the laptop: the first machine's worker
+    never claims, so after the reach timeout the run destroys it and stops, naming the
+    advertised URL and the fixes. The worker would retry for 60 s: the fleet does not
+    wait for it to give up."""
+    started = time.monotonic()
+    result = run_fly(
+        tmp_path,
+        fake,
+        "--max-machines",
+        "3",
+        "--reach-timeout",
+        "8",
+        WHISPERFARM_FLY_WORKER_GIVE_UP_SECONDS="60",
+    )
+    took = time.monotonic() - started
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    (url,) = ledger(tmp_path, "SELECT url FROM runs")[0]  # = --advertise-url, in this test
+    assert f"first Fly machine never reached this coordinator at {url} " in error
+    assert "--host ::" in error and "--advertise-url" in error and "machines check" in error
+    state = fake.state()
+    assert len(state["machines"]) == 1, "more machines than the probe"
+    assert state["machines"][0]["unreachable"]
+    assert_all_destroyed(state)
+    assert state["machines"][0]["exit_code"] != 3, "the worker gave up before the fleet did"
+    assert took < TIMEOUT
+    rows = ledger(tmp_path, "SELECT state, error FROM machines")
+    assert [row[0] for row in rows] == ["destroyed"]
+    assert "never reached the coordinator" in rows[0][1]
+    assert ledger(tmp_path, "SELECT state FROM runs") == [("failed",)]
+    assert ledger(tmp_path, "SELECT count(*) FROM workers") == [(0,)]
+    assert ledger(tmp_path, "SELECT count(*) FROM chunks WHERE state = 'queued'")[0][0] > 0
+
+
 @pytest.mark.parametrize(
     ("flags", "env", "message"),
     [

@@ -9,6 +9,7 @@
     ├── TranscriptionFailed     chunks died after their attempts; the episode is resumable
     ├── WorkersLost             every local worker exited while work remained
     ├── BudgetReached           spend hit the cap; the episode is resumable
+    ├── MachinesCantReach       Fly machines never reached the coordinator's advertised URL
     ├── Interrupted             Ctrl-C: work so far is kept, rerun to resume (exit 130)
     └── FlyError                the Machines API said no (see whisperfarm.fly.client)
         ├── FlyAuthError        401: wrong or missing FLY_API_TOKEN
@@ -57,6 +58,10 @@ class WorkersLost(WhisperfarmError):
 
 
 class BudgetReached(WhisperfarmError):
+    pass
+
+
+class MachinesCantReach(WhisperfarmError):
     pass
 
 

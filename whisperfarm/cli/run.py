@@ -82,6 +82,13 @@ def transcribe(
             help="Fly: the coordinator URL machines use, e.g. http://laptop._peer.internal:8765."
         ),
     ] = None,
+    reach_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Fly: seconds a machine's worker has to reach the coordinator once the "
+            "machine runs; the first machine must, before more start [default: 90]."
+        ),
+    ] = None,
     gpu: Annotated[
         bool, typer.Option("--gpu", help="Fly: GPU machines (no longer offered by Fly).")
     ] = False,
@@ -132,6 +139,7 @@ def transcribe(
         image=image,
         fly_app=fly_app,
         advertise_url=advertise_url,
+        fly_reach_timeout=reach_timeout,
     )
     format_list = parse_formats(settings.formats)
     run_id = secrets.token_hex(4)
