@@ -194,8 +194,11 @@ def test_budget_cap_stops_machines_and_leaves_the_episode_resumable(
     assert_all_destroyed(fake.state())
 
 
-def interrupt_once_a_machine_runs(tmp_path: Path, fake: FakeFlyProcess) -> None:
-    """A Fly run on two machines, Ctrl-C'd two seconds after a machine has started."""
+def interrupt_once_a_machine_runs(
+    tmp_path: Path, fake: FakeFlyProcess, signum: int = signal.SIGINT
+) -> str:
+    """A Fly run on two machines, Ctrl-C'd (or sent ``signum``) two seconds after a machine
+    has started; its stderr."""
     process = subprocess.Popen(
         fly_args(tmp_path, "--max-machines", "2"),
         env=fly_env(tmp_path, fake),
@@ -209,16 +212,32 @@ def interrupt_once_a_machine_runs(tmp_path: Path, fake: FakeFlyProcess) -> None:
         if any(m["state"] == "started" for m in fake.state()["machines"]):
             break
     time.sleep(2)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr
+    assert process.returncode == 128 + signum, stderr
+    return stderr
 
 
-def test_ctrl_c_destroys_every_machine(tmp_path: Path, fake: FakeFlyProcess) -> None:
-    interrupt_once_a_machine_runs(tmp_path, fake)
-    assert_all_destroyed(fake.state())
+@pytest.mark.parametrize(
+    ("signum", "label"),
+    [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM"), (signal.SIGHUP, "SIGHUP")],
+    ids=["ctrl-c", "SIGTERM", "SIGHUP"],
+)
+def test_ctrl_c_sigterm_and_sighup_destroy_every_machine(
+    tmp_path: Path, fake: FakeFlyProcess, signum: int, label: str
+) -> None:
+    """A kill, a service stop or a closed terminal ends the run as Ctrl-C does: by the
+    time the CLI has exited, every machine it made is destroyed, and it says so."""
+    stderr = interrupt_once_a_machine_runs(tmp_path, fake, signum)
+    assert_all_destroyed(fake.state())  # now, not once the workers give up on their own
     rows = ledger(tmp_path, "SELECT state, destroyed_at FROM machines")
     assert rows and all(state == "destroyed" and at for state, at in rows)
+    assert "Traceback" not in stderr
+    (line,) = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert f"error: stopped by {label} with " in line
+    destroyed = f"destroyed {len(rows)} Fly machine{'s' if len(rows) != 1 else ''}"
+    assert f": {destroyed}; run the same command again to resume" in line
+    assert ledger(tmp_path, "SELECT state FROM runs") == [("interrupted",)]
 
 
 @pytest.mark.parametrize(
@@ -433,7 +452,11 @@ def test_ctrl_c_leaves_pool_machines_stopped(tmp_path: Path, fake: FakeFlyProces
     interrupt_once_a_machine_runs(tmp_path, fake)
     state = fake.state()
     assert len(state["machines"]) == 2 and state["requests"]["create"] == 2
-    assert {m["state"] for m in state["machines"]} == {"stopped"}, state["machines"]
+    # The ones the run started are stopped, back in the pool; one it had not started yet
+    # (reachability first: one machine until its worker claims) was never started.
+    used = {row[0] for row in ledger(tmp_path, "SELECT id FROM machines")}
+    assert {m["state"] for m in state["machines"] if m["id"] in used} == {"stopped"}
+    assert {m["state"] for m in state["machines"] if m["id"] not in used} <= {"created"}
     assert state["started_now"] == 0 and not any(m["running"] for m in state["machines"])
     rows = ledger(tmp_path, "SELECT state, stopped_at, destroyed_at FROM machines")
     assert rows and all(st == "stopped" and at and gone is None for st, at, gone in rows)

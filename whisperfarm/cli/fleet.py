@@ -46,6 +46,7 @@ def serve(
     from whisperfarm.cli.run import _warn_if_exposed
     from whisperfarm.console import RunReporter
     from whisperfarm.farm import Farm, unfinished_sources
+    from whisperfarm.interrupts import stop_signals
     from whisperfarm.local import LocalFleet
     from whisperfarm.settings import load_settings, parse_formats
 
@@ -60,12 +61,13 @@ def serve(
     run_id = secrets.token_hex(4)
     fleet = LocalFleet(workers, 1, logs_dir=settings.logs_dir, run_id=run_id)
     reporter = RunReporter(out, quiet=quiet)
-    try:
-        summary = Farm(settings, fleet, reporter, run_id=run_id).transcribe(
-            paths, out_dir, parse_formats(settings.formats)
-        )
-    finally:
-        reporter.close()
+    with stop_signals():  # SIGTERM and SIGHUP end it as Ctrl-C does: workers stopped
+        try:
+            summary = Farm(settings, fleet, reporter, run_id=run_id).transcribe(
+                paths, out_dir, parse_formats(settings.formats)
+            )
+        finally:
+            reporter.close()
     reporter.summary(summary, out_dir)
     if summary.failed:
         raise typer.Exit(1)

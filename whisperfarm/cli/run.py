@@ -115,6 +115,7 @@ def transcribe(
     from whisperfarm.errors import FlyGPUUnsupported
     from whisperfarm.farm import Farm, Fleet, Fleets
     from whisperfarm.fly.pricing import GPU_GONE_MESSAGE
+    from whisperfarm.interrupts import stop_signals
     from whisperfarm.local import LocalFleet, default_workers
     from whisperfarm.media import check_input
     from whisperfarm.settings import load_settings, parse_formats
@@ -203,19 +204,21 @@ def transcribe(
         return
     _warn_if_exposed(settings.host)
     reporter = RunReporter(out, quiet=quiet)
-    try:
-        summary = Farm(settings, Fleets(*fleets), reporter, run_id=run_id).transcribe(
-            inputs, out_dir, format_list
-        )
-    finally:
-        reporter.close()
-        if fly is not None and fly.leftovers:
-            left = ", ".join(fly.leftovers)
-            err.print(
-                f"[yellow]warning:[/yellow] could not destroy or stop machine(s) {left}:"
-                " run 'whisperfarm machines reap'",
-                highlight=False,
+    # SIGTERM and SIGHUP end the run as Ctrl-C does: machines destroyed, workers stopped.
+    with stop_signals():
+        try:
+            summary = Farm(settings, Fleets(*fleets), reporter, run_id=run_id).transcribe(
+                inputs, out_dir, format_list
             )
+        finally:
+            reporter.close()
+            if fly is not None and fly.leftovers:
+                left = ", ".join(fly.leftovers)
+                err.print(
+                    f"[yellow]warning:[/yellow] could not destroy or stop machine(s) {left}:"
+                    " run 'whisperfarm machines reap'",
+                    highlight=False,
+                )
     reporter.summary(summary, out_dir)
     if plan is not None and not quiet:
         from whisperfarm.ledger import Ledger

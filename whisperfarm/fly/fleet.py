@@ -114,6 +114,7 @@ class FlyFleet:
         self._gone: list[str] = []
         self._pool: list[Machine] | None = None  # pool machines this run may still start
         self._reach = Reachability(config.reach) if config.reach is not None else None
+        self._stop_began: float | None = None
 
     # Fleet protocol ------------------------------------------------------------------
 
@@ -145,6 +146,7 @@ class FlyFleet:
             raise self.error
 
     def stop(self) -> None:
+        self._stop_began = self.clock()  # for stopped()
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=120)
@@ -169,6 +171,27 @@ class FlyFleet:
     def gone_workers(self) -> list[str]:
         """Workers of destroyed machines and of stopped pool machines."""
         return list(self._gone)
+
+    def stopped(self) -> str:
+        """What ``stop`` ended: machines destroyed, pool machines stopped, since it began."""
+        if self._stop_began is None:
+            return ""
+        ledger = Ledger(self.ledger_path, clock=self.clock)
+        try:
+            rows = ledger.machines(self.run_id)
+        finally:
+            ledger.close()
+        since = self._stop_began
+        destroyed = sum(1 for r in rows if not r["pool"] and (r["destroyed_at"] or 0) >= since)
+        stopped = sum(1 for r in rows if r["pool"] and (r["stopped_at"] or 0) >= since)
+        parts = []
+        if destroyed:
+            parts.append(f"destroyed {destroyed} Fly machine{'s' if destroyed != 1 else ''}")
+        if stopped:
+            parts.append(f"stopped {stopped} pool machine{'s' if stopped != 1 else ''}")
+        if self.leftovers:
+            parts.append(f"{len(self.leftovers)} could not be ended ('whisperfarm machines reap')")
+        return ", ".join(parts) or "no Fly machine was running"
 
     # The controller ------------------------------------------------------------------
 
