@@ -335,6 +335,66 @@ def test_dry_run_plans_without_calling_fly(tmp_path: Path, fake: FakeFlyProcess)
     assert not (tmp_path / "home" / "ledger.db").exists()
 
 
+# -- machines check ----------------------------------------------------------------------------
+
+
+def machines_check(
+    tmp_path: Path, fake: FakeFlyProcess, *extra: str
+) -> tuple[subprocess.CompletedProcess[str], str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    result = whisperfarm(
+        tmp_path, fake, "machines", "check", "-m", "tiny.en", "--port", str(port),
+        "--advertise-url", url, *extra,
+    )  # fmt: skip
+    return result, url
+
+
+def verdict_lines(stdout: str) -> dict[str, str]:
+    lines = [line.split(None, 2) for line in stdout.splitlines()]
+    return {parts[1]: parts[0] for parts in lines if parts and parts[0] in ("ok", "FAIL")}
+
+
+def test_machines_check_makes_a_round_trip_from_one_machine_and_destroys_it(
+    tmp_path: Path, fake: FakeFlyProcess
+) -> None:
+    result, url = machines_check(tmp_path, fake)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert verdict_lines(result.stdout) == dict.fromkeys(
+        ["token", "app", "image", "reach", "cleanup"], "ok"
+    )
+    assert f"reached this coordinator at {url}" in result.stdout
+    assert "all checks passed" in result.stdout and "cost $0.0" in result.stdout
+    state = fake.state()
+    assert len(state["machines"]) == 1
+    assert_all_destroyed(state)
+    # The worker really came over HTTP: the coordinator recorded its claim.
+    (machine_id,) = [m["id"] for m in state["machines"]]
+    assert ledger(tmp_path, "SELECT id, kind FROM workers") == [(machine_id, "fly")]
+    assert ledger(tmp_path, "SELECT backend, state FROM runs") == [("check", "done")]
+    assert ledger(tmp_path, "SELECT state FROM machines") == [("destroyed",)]
+
+
+@pytest.mark.parametrize("fake", [("--unreachable", "all")], indirect=True)
+def test_machines_check_says_when_machines_cant_reach_the_coordinator(
+    tmp_path: Path, fake: FakeFlyProcess
+) -> None:
+    result, url = machines_check(tmp_path, fake, "--reach-timeout", "8")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert verdict_lines(result.stdout) == {
+        "token": "ok", "app": "ok", "image": "ok", "reach": "FAIL", "cleanup": "ok",
+    }  # fmt: skip
+    (reach,) = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
+    assert f"can't reach this coordinator at {url} (no claim within 8s)" in reach
+    assert "WireGuard" in reach and "--host ::" in reach
+    assert "Traceback" not in result.stderr
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "the reach check failed" in error
+    assert_all_destroyed(fake.state())
+    assert ledger(tmp_path, "SELECT count(*) FROM workers") == [(0,)]
+    assert ledger(tmp_path, "SELECT backend, state FROM runs") == [("check", "failed")]
+
+
 # -- the warm pool -----------------------------------------------------------------------------
 
 

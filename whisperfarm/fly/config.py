@@ -58,6 +58,17 @@ class FlyConfig:
     # tests of scaling use that.
     reach: ReachLimits | None = None
 
+    def worker_env(self, token: str) -> dict[str, str]:
+        """What a worker machine of this config gets in its environment."""
+        return {
+            "WHISPERFARM_URL": self.advertise_url,
+            "WHISPERFARM_TOKEN": token,
+            "WHISPERFARM_MODEL": self.model,
+            "WHISPERFARM_THREADS": str(self.size.cpus),
+            "WHISPERFARM_WORKER_KIND": "fly",
+            "WHISPERFARM_GIVE_UP_SECONDS": str(self.worker_give_up_seconds),
+        }
+
 
 def fly_config(
     settings: Settings,

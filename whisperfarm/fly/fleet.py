@@ -120,14 +120,7 @@ class FlyFleet:
 
     def start(self, url: str, token: str, model: str) -> None:
         del url, model  # machines reach the coordinator by the advertised URL, load by name
-        self._env = {
-            "WHISPERFARM_URL": self.config.advertise_url,
-            "WHISPERFARM_TOKEN": token,
-            "WHISPERFARM_MODEL": self.config.model,
-            "WHISPERFARM_THREADS": str(self.config.size.cpus),
-            "WHISPERFARM_WORKER_KIND": "fly",
-            "WHISPERFARM_GIVE_UP_SECONDS": str(self.config.worker_give_up_seconds),
-        }
+        self._env = self.config.worker_env(token)
         ledger = Ledger(self.ledger_path, clock=self.clock)
         try:
             ledger.set_run_limits(
