@@ -71,10 +71,17 @@ def test_a_machine_judged_reached_stays_so_when_it_ends() -> None:
 
 
 def test_the_message_names_the_url_and_the_fixes() -> None:
-    first = unreachable_message("http://10.0.0.5:8765", unreached=1, reached_before=False)
+    first = unreachable_message("http://10.0.0.5:8765", app="wf", unreached=1, reached_before=False)
     assert "first Fly machine never reached this coordinator at http://10.0.0.5:8765" in first
-    for fix in ("WireGuard", "--host ::", "--advertise-url", "tunnel", "machines check"):
+    for fix in (
+        "WireGuard",
+        "--host ::",
+        "--advertise-url",
+        "tunnel",
+        "machines check",
+        "fly logs -a wf",
+    ):
         assert fix in first
-    later = unreachable_message("http://x:1", unreached=3, reached_before=True)
+    later = unreachable_message("http://x:1", app="wf", unreached=3, reached_before=True)
     assert "3 Fly machines in a row never reached this coordinator at http://x:1" in later
     assert "\n" not in first + later

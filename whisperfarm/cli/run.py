@@ -107,6 +107,11 @@ def transcribe(
     after a crash or Ctrl-C resumes: finished chunks are kept (matched by the file's
     content and the model).
 
+    On Fly, one machine starts first; more start once its worker has reached the
+    coordinator at --advertise-url (within --reach-timeout), else the run stops
+    ('whisperfarm machines check' tests this). Ctrl-C, SIGTERM and SIGHUP destroy the
+    run's machines and stop its workers before it exits (130, 143, 129).
+
     Example: `whisperfarm transcribe show.mp3 -m tiny.en --format all -o out/`
     """
     import secrets

@@ -282,6 +282,7 @@ class FlyFleet:
         if self._reach.failed and not self._capped:
             message = unreachable_message(
                 self.config.advertise_url,
+                app=self.config.app,
                 unreached=self._reach.streak,
                 reached_before=self._reach.reached_any,
             )

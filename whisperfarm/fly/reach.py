@@ -79,8 +79,12 @@ class Reachability:
         self.unreached += 1
 
 
-def unreachable_message(advertise_url: str, *, unreached: int, reached_before: bool) -> str:
-    """One line: what happened, the URL the machines were given, and the fixes."""
+def unreachable_message(
+    advertise_url: str, *, app: str, unreached: int, reached_before: bool
+) -> str:
+    """One line: what happened, the URL the machines were given, and the fixes. (A machine
+    that crashed before its worker's first claim looks the same from here: the line says
+    where to look.)"""
     if reached_before:
         what = f"{unreached} Fly machines in a row never reached this coordinator"
     else:
@@ -90,5 +94,6 @@ def unreachable_message(advertise_url: str, *, unreached: int, reached_before: b
         "Bring up a Fly WireGuard peer (fly wireguard create ORG REGION laptop laptop.conf; "
         "wg-quick up ./laptop.conf) and run with --host :: --port PORT --advertise-url "
         "http://laptop._peer.internal:PORT, or pass a tunnel's public URL as --advertise-url; "
-        "'whisperfarm machines check' tests this in about a minute"
+        f"'whisperfarm machines check' tests this in about a minute ('fly logs -a {app}' "
+        "shows whether a machine crashed instead)"
     )
