@@ -505,7 +505,7 @@ def test_with_local_workers_a_tiny_budget_just_means_no_machines(
 
 # -- reachability first, then scale ------------------------------------------------------------
 
-REACH = ReachLimits(timeout=90.0, limit=3)
+REACH = ReachLimits(timeout=90.0, limit=3, give_up=50.0)
 
 
 def test_one_machine_runs_until_its_worker_reaches_the_coordinator_then_the_fleet_scales(
@@ -546,20 +546,58 @@ def test_a_first_machine_whose_worker_never_reaches_the_coordinator_ends_the_run
     assert row["state"] == "destroyed" and "never reached the coordinator" in row["error"]
 
 
-def test_a_first_machine_that_ends_without_reaching_the_coordinator_ends_the_run_at_once(
+def test_a_first_machine_whose_worker_gave_up_on_the_coordinator_ends_the_run_at_once(
     make_rig: Callable[..., Rig],
 ) -> None:
-    """The worker gave up on the coordinator before the reach timeout; its machine exited
-    and Fly destroyed it."""
+    """The worker gave up on the coordinator before the reach timeout (its give-up, 50 s
+    here, is shorter); it exited and Fly destroyed its machine."""
     rig = make_rig(max_machines=3, reach=REACH)
     rig.fleet.tick(rig.ledger)
     rig.clock.advance(6.0)
     rig.fleet.tick(rig.ledger)  # seen running
-    rig.clock.advance(30.0)
+    rig.clock.advance(51.0)
     rig.http.post(f"/_fake/machines/{rig.rows()[0]['id']}/crash")
     with pytest.raises(MachinesCantReach):
         rig.fleet.tick(rig.ledger)
     assert rig.creates() == 1
+
+
+def test_a_first_machine_that_crashes_at_boot_is_replaced_and_the_run_goes_on(
+    make_rig: Callable[..., Rig],
+) -> None:
+    """Dead two seconds after it started (out of memory, a sick host): that says nothing
+    about the network, so the fleet tries another machine, still one at a time."""
+    rig = make_rig(max_machines=3, reach=REACH)
+    rig.fleet.tick(rig.ledger)
+    rig.clock.advance(6.0)
+    rig.fleet.tick(rig.ledger)
+    rig.clock.advance(2.0)
+    (first,) = rig.alive_on_fly()
+    rig.http.post(f"/_fake/machines/{first}/crash")
+    rig.fleet.tick(rig.ledger)
+    (second,) = rig.alive_on_fly()
+    assert second != first and rig.creates() == 2
+    rig.clock.advance(6.0)
+    rig.reaches(second)
+    rig.fleet.tick(rig.ledger)
+    assert len(rig.alive_on_fly()) == 3
+
+
+def test_first_machines_crashing_at_boot_three_times_in_a_row_end_the_run(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(max_machines=3, reach=REACH)
+    with pytest.raises(MachinesCantReach):
+        for _ in range(3):
+            rig.fleet.tick(rig.ledger)
+            rig.clock.advance(6.0)
+            rig.fleet.tick(rig.ledger)  # seen running
+            rig.clock.advance(2.0)
+            for machine_id in rig.alive_on_fly():
+                rig.http.post(f"/_fake/machines/{machine_id}/crash")
+            rig.clock.advance(2.0)
+            rig.fleet.tick(rig.ledger)
+    assert rig.creates() == 3 and rig.fly.snapshot()["max_concurrent_active"] == 1
 
 
 def test_after_a_worker_reached_us_k_unreached_machines_in_a_row_end_the_run_one_at_a_time(
@@ -652,10 +690,14 @@ def test_an_unreached_pool_machine_is_stopped_not_destroyed(make_rig: Callable[.
 
 def test_fly_config_probes_first_with_the_reach_settings(tmp_path: Path) -> None:
     base = {"fly_app": APP, "advertise_url": "http://10.0.0.5:8765"}
-    assert fly_config(fly_settings(tmp_path, **base)).reach == ReachLimits(90.0, 3)
-    tuned = fly_settings(tmp_path, **base, fly_reach_timeout=30, fly_unreached_limit=5)
+    # A worker gives up after 60 s; the fleet sees it a poll (2 s) late at most.
+    assert fly_config(fly_settings(tmp_path, **base)).reach == ReachLimits(90.0, 3, 58.0)
+    tuned = fly_settings(
+        tmp_path, **base, fly_reach_timeout=30, fly_unreached_limit=5,
+        fly_worker_give_up_seconds=20,
+    )  # fmt: skip
     config = fly_config(tuned)
-    assert config.reach == ReachLimits(30.0, 5)
+    assert config.reach == ReachLimits(30.0, 5, 18.0)
     # The plan waits for the probe: one machine, then the others a start latency later.
     probed = estimate(config, 3600)
     unprobed = estimate(replace(config, reach=None), 3600)

@@ -113,7 +113,7 @@ def run(
         advertise_url=URL,
         limits=FleetLimits(1, None, SIZE.usd_per_second, 10.0),
         start_timeout=60.0,
-        reach=ReachLimits(timeout=30.0, limit=3),
+        reach=ReachLimits(timeout=30.0, limit=3, give_up=58.0),
     )
     heard: list[Check] = []
     report = check(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from whisperfarm.fly.reach import Reachability, ReachLimits, unreachable_message
 
-LIMITS = ReachLimits(timeout=90.0, limit=3)
+LIMITS = ReachLimits(timeout=90.0, limit=3, give_up=50.0)
 
 
 def test_probing_until_a_worker_reaches_the_coordinator() -> None:
@@ -37,14 +37,33 @@ def test_a_timeout_runs_from_when_the_machine_was_first_seen_running() -> None:
     assert reach.observe("m1", state="started", reached=False, now=175.0)
 
 
-def test_ending_after_running_without_reaching_counts_and_never_running_does_not() -> None:
+def test_a_first_machine_whose_worker_gave_up_on_us_stops_the_run_one_that_never_ran_not() -> None:
     reach = Reachability(LIMITS)
     reach.observe("ran", state="started", reached=False, now=0.0)
     reach.observe("never", state="starting", reached=False, now=0.0)
     reach.observe("never", state="destroyed", reached=False, now=10.0)
-    assert not reach.failed
-    reach.observe("ran", state="destroyed", reached=False, now=60.0)
+    assert not reach.failed and reach.unreached == 0
+    reach.observe("ran", state="destroyed", reached=False, now=50.0)  # ran its give-up
     assert reach.failed and reach.unreached == 1
+
+
+def test_first_machines_that_crash_early_count_in_a_row_but_do_not_stop_the_run_at_once() -> None:
+    reach = Reachability(LIMITS)
+    for n, machine in enumerate(["a", "b"], start=1):
+        reach.observe(machine, state="started", reached=False, now=100.0 * n)
+        reach.observe(machine, state="destroyed", reached=False, now=100.0 * n + 5)  # OOM
+        assert reach.streak == n and reach.probing and not reach.failed
+    reach.observe("c", state="started", reached=False, now=300.0)
+    reach.observe("c", state="destroyed", reached=False, now=303.0)
+    assert reach.failed  # three in a row: an image that crashes is no better
+
+
+def test_after_a_crash_a_machine_that_reaches_us_resets_the_row() -> None:
+    reach = Reachability(LIMITS)
+    reach.observe("a", state="started", reached=False, now=0.0)
+    reach.observe("a", state="destroyed", reached=False, now=2.0)
+    reach.observe("b", state="started", reached=True, now=10.0)
+    assert reach.streak == 0 and not reach.probing and not reach.failed
 
 
 def test_after_a_reach_it_takes_limit_unreached_in_a_row_and_a_reach_resets_the_row() -> None:

@@ -116,7 +116,11 @@ def fly_config(
         worker_give_up_seconds=settings.fly_worker_give_up_seconds,
         with_local_workers=with_local_workers,
         speed_source=source,
-        reach=ReachLimits(settings.fly_reach_timeout, settings.fly_unreached_limit),
+        reach=ReachLimits(
+            timeout=settings.fly_reach_timeout,
+            limit=settings.fly_unreached_limit,
+            give_up=max(0.0, settings.fly_worker_give_up_seconds - settings.fly_poll_seconds),
+        ),
     )
 
 

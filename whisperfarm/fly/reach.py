@@ -11,9 +11,12 @@ The coordinator's ledger holds the truth: a worker that reached it has a row in
 - a machine whose worker has not reached the coordinator ``timeout`` seconds after the
   machine was first seen running, or that was seen running and ended without its worker
   reaching it, is *unreached*: the fleet destroys it if it still runs;
-- the run stops when its first machine is unreached (nothing reached yet), or when
-  ``limit`` machines in a row are; after any unreached machine it probes again, one
-  machine at a time, until a worker reaches the coordinator.
+- before any worker has reached the coordinator, the first machine that runs out its
+  ``timeout``, or ends after running at least ``give_up`` seconds (its worker gave up on
+  the coordinator), stops the run; one that ends sooner crashed, which says nothing about
+  the network, and only counts towards the next rule;
+- ``limit`` unreached machines in a row stop the run; after any unreached machine the
+  fleet probes again, one machine at a time, until a worker reaches the coordinator.
 
 Pure: the fleet passes what it saw and the time; nothing here reads a clock or the ledger.
 """
@@ -29,6 +32,9 @@ class ReachLimits:
 
     timeout: float  # seconds from a machine running to its worker's first claim, at most
     limit: int  # unreached machines in a row that end the run
+    # A machine that ran this long and ended unreached had a worker that gave up on the
+    # coordinator (the worker's own give-up, less a poll); one that ended sooner crashed.
+    give_up: float
 
 
 class Reachability:
@@ -37,6 +43,7 @@ class Reachability:
         self.reached_any = False
         self.streak = 0  # unreached machines since the last one whose worker reached us
         self.unreached = 0  # in all
+        self.gave_up = False  # a machine timed out, or its worker gave up on us
         self._running_since: dict[str, float] = {}
         self._judged: set[str] = set()
 
@@ -47,7 +54,7 @@ class Reachability:
 
     @property
     def failed(self) -> bool:
-        return self.streak >= (self.limits.limit if self.reached_any else 1)
+        return self.streak >= self.limits.limit or (self.gave_up and not self.reached_any)
 
     def observe(self, machine_id: str, *, state: str, reached: bool, now: float) -> bool:
         """Take in what was seen of one machine; True when it is newly found unreached
@@ -60,23 +67,25 @@ class Reachability:
             self.streak = 0
             return False
         if state in ("stopped", "failed", "destroyed", "suspended"):
-            if machine_id in self._running_since:
-                self._count_unreached(machine_id)
-            else:  # never seen running: a failed launch, not a network
+            if machine_id not in self._running_since:  # a failed launch, not a network
                 self._judged.add(machine_id)
+                return False
+            ran = now - self._running_since[machine_id]
+            self._count_unreached(machine_id, gave_up=ran >= self.limits.give_up)
             return False
         if state != "started":
             return False
         since = self._running_since.setdefault(machine_id, now)
         if now - since < self.limits.timeout:
             return False
-        self._count_unreached(machine_id)
+        self._count_unreached(machine_id, gave_up=True)
         return True
 
-    def _count_unreached(self, machine_id: str) -> None:
+    def _count_unreached(self, machine_id: str, *, gave_up: bool) -> None:
         self._judged.add(machine_id)
         self.streak += 1
         self.unreached += 1
+        self.gave_up = self.gave_up or gave_up
 
 
 def unreachable_message(
