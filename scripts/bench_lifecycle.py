@@ -5,9 +5,12 @@ workers: the numbers for issue 10's closing note.
         every machine's network is cut off from the coordinator (the fake's
         --unreachable all): machines created, most at once, left, and the time until the
         CLI gave up (or the cap, after which it is stopped with Ctrl-C)
-    python scripts/bench_lifecycle.py signal SIGTERM|SIGHUP|SIGINT [--max-machines 3]
+    python scripts/bench_lifecycle.py signal SIGTERM|SIGHUP|SIGINT [--max-machines 3] \
+            WHISPERFARM_FLY_START_LATENCY=2
         the signal to the CLI two seconds after --max-machines machines run: how long it
         took to exit, with what code, and the machines still running then and 35 s later
+        (a start latency of 2 s makes the fleet want more than one machine for the
+        4-minute sample)
 
 NAME=VALUE pairs go into the CLI's environment, e.g. WHISPERFARM_FLY_REACH_TIMEOUT=20.
 Not part of CI: a run takes up to a few minutes.
@@ -107,6 +110,12 @@ def signalled(workdir: Path, args: argparse.Namespace, env: dict[str, str]) -> N
         process = cli(workdir, fake, args.max_machines, env)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and running(fake.state()) < args.max_machines:
+            if process.poll() is not None:
+                raise SystemExit(
+                    f"the run ended (exit {process.returncode}) before {args.max_machines} "
+                    "machines ran: give it more work per machine, e.g. "
+                    "WHISPERFARM_FLY_START_LATENCY=2"
+                )
             time.sleep(0.5)
         time.sleep(2)
         print(f"{running(fake.state())} machine(s) running; sending {signum.name}")
