@@ -33,6 +33,23 @@ def test_every_command_is_in_the_readme() -> None:
         assert f"whisperfarm {name}" in readme, f"README does not document '{name}'"
 
 
+def subcommands() -> list[str]:
+    import typer.main
+
+    group = typer.main.get_command(app)
+    machines = group.commands["machines"]  # type: ignore[attr-defined]
+    return sorted(f"machines {name}" for name in machines.commands)
+
+
+@pytest.mark.parametrize("name", subcommands())
+def test_every_subcommand_has_help_with_an_example_and_is_in_the_readme(name: str) -> None:
+    result = runner.invoke(app, [*name.split(), "--help"])
+    assert result.exit_code == 0
+    assert "Example:" in result.output
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert f"whisperfarm {name}" in readme, f"README does not document '{name}'"
+
+
 def _one_line_error(result) -> str:  # type: ignore[no-untyped-def]
     assert result.exit_code != 0
     assert "Traceback" not in result.output

@@ -140,6 +140,30 @@ def test_reap_without_a_token_is_one_line_naming_the_fix() -> None:
     assert "FLY_API_TOKEN" in line
 
 
+# -- machines check ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "fix"),
+    [
+        ([], 2, "FLY_APP"),
+        (["--app", APP], 2, "--advertise-url"),
+        (["--app", APP, "--advertise-url", "http://10.0.0.5:8765"], 1, "FLY_API_TOKEN"),
+        (["--app", APP, "--advertise-url", "http://x:1", "--reach-timeout", "0"], 2, "reach"),
+    ],
+    ids=["no-app", "no-url", "no-token", "bad-timeout"],
+)
+def test_machines_check_misconfigured_is_one_line_naming_the_fix(
+    args: list[str], code: int, fix: str, home: Path
+) -> None:
+    result = runner.invoke(app, ["machines", "check", *args])
+    assert result.exit_code == code, result.output
+    (line,) = error_lines(result.output)
+    assert fix in line
+    assert "Traceback" not in result.output
+    assert not (home / "ledger.db").exists(), "nothing started, nothing recorded"
+
+
 @pytest.fixture
 def fake_fly(monkeypatch: pytest.MonkeyPatch) -> Iterator[MachinesClient]:
     """The CLI's Fly client, talking to the fake in-process."""

@@ -194,8 +194,11 @@ def test_budget_cap_stops_machines_and_leaves_the_episode_resumable(
     assert_all_destroyed(fake.state())
 
 
-def interrupt_once_a_machine_runs(tmp_path: Path, fake: FakeFlyProcess) -> None:
-    """A Fly run on two machines, Ctrl-C'd two seconds after a machine has started."""
+def interrupt_once_a_machine_runs(
+    tmp_path: Path, fake: FakeFlyProcess, signum: int = signal.SIGINT
+) -> str:
+    """A Fly run on two machines, Ctrl-C'd (or sent ``signum``) two seconds after a machine
+    has started; its stderr."""
     process = subprocess.Popen(
         fly_args(tmp_path, "--max-machines", "2"),
         env=fly_env(tmp_path, fake),
@@ -209,16 +212,32 @@ def interrupt_once_a_machine_runs(tmp_path: Path, fake: FakeFlyProcess) -> None:
         if any(m["state"] == "started" for m in fake.state()["machines"]):
             break
     time.sleep(2)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr
+    assert process.returncode == 128 + signum, stderr
+    return stderr
 
 
-def test_ctrl_c_destroys_every_machine(tmp_path: Path, fake: FakeFlyProcess) -> None:
-    interrupt_once_a_machine_runs(tmp_path, fake)
-    assert_all_destroyed(fake.state())
+@pytest.mark.parametrize(
+    ("signum", "label"),
+    [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM"), (signal.SIGHUP, "SIGHUP")],
+    ids=["ctrl-c", "SIGTERM", "SIGHUP"],
+)
+def test_ctrl_c_sigterm_and_sighup_destroy_every_machine(
+    tmp_path: Path, fake: FakeFlyProcess, signum: int, label: str
+) -> None:
+    """A kill, a service stop or a closed terminal ends the run as Ctrl-C does: by the
+    time the CLI has exited, every machine it made is destroyed, and it says so."""
+    stderr = interrupt_once_a_machine_runs(tmp_path, fake, signum)
+    assert_all_destroyed(fake.state())  # now, not once the workers give up on their own
     rows = ledger(tmp_path, "SELECT state, destroyed_at FROM machines")
     assert rows and all(state == "destroyed" and at for state, at in rows)
+    assert "Traceback" not in stderr
+    (line,) = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert f"error: stopped by {label} with " in line
+    destroyed = f"destroyed {len(rows)} Fly machine{'s' if len(rows) != 1 else ''}"
+    assert f": {destroyed}; run the same command again to resume" in line
+    assert ledger(tmp_path, "SELECT state FROM runs") == [("interrupted",)]
 
 
 @pytest.mark.parametrize(
@@ -244,6 +263,45 @@ def test_a_machine_dying_mid_run_loses_no_chunk(tmp_path: Path, fake: FakeFlyPro
     assert_all_destroyed(fake.state())
     text = (tmp_path / "out" / "episode.txt").read_text()
     assert word_error_rate(SAMPLE_TEXT.read_text(), text) <= 0.03
+
+
+@pytest.mark.parametrize("fake", [("--unreachable", "all")], indirect=True)
+def test_a_run_whose_machines_cant_reach_the_coordinator_stops_and_leaves_none(
+    tmp_path: Path, fake: FakeFlyProcess
+) -> None:
+    """Every machine's network is cut off from the laptop: the first machine's worker
+    never claims, so after the reach timeout the run destroys it and stops, naming the
+    advertised URL and the fixes. The worker would retry for 60 s: the fleet does not
+    wait for it to give up."""
+    started = time.monotonic()
+    result = run_fly(
+        tmp_path,
+        fake,
+        "--max-machines",
+        "3",
+        "--reach-timeout",
+        "8",
+        WHISPERFARM_FLY_WORKER_GIVE_UP_SECONDS="60",
+    )
+    took = time.monotonic() - started
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    (url,) = ledger(tmp_path, "SELECT url FROM runs")[0]  # = --advertise-url, in this test
+    assert f"first Fly machine never reached this coordinator at {url} " in error
+    assert "--host ::" in error and "--advertise-url" in error and "machines check" in error
+    state = fake.state()
+    assert len(state["machines"]) == 1, "more machines than the probe"
+    assert state["machines"][0]["unreachable"]
+    assert_all_destroyed(state)
+    assert state["machines"][0]["exit_code"] != 3, "the worker gave up before the fleet did"
+    assert took < TIMEOUT
+    rows = ledger(tmp_path, "SELECT state, error FROM machines")
+    assert [row[0] for row in rows] == ["destroyed"]
+    assert "never reached the coordinator" in rows[0][1]
+    assert ledger(tmp_path, "SELECT state FROM runs") == [("failed",)]
+    assert ledger(tmp_path, "SELECT count(*) FROM workers") == [(0,)]
+    assert ledger(tmp_path, "SELECT count(*) FROM chunks WHERE state = 'queued'")[0][0] > 0
 
 
 @pytest.mark.parametrize(
@@ -275,6 +333,66 @@ def test_dry_run_plans_without_calling_fly(tmp_path: Path, fake: FakeFlyProcess)
     state = fake.state()
     assert state["machines"] == [] and not any(state["requests"].values())
     assert not (tmp_path / "home" / "ledger.db").exists()
+
+
+# -- machines check ----------------------------------------------------------------------------
+
+
+def machines_check(
+    tmp_path: Path, fake: FakeFlyProcess, *extra: str
+) -> tuple[subprocess.CompletedProcess[str], str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    result = whisperfarm(
+        tmp_path, fake, "machines", "check", "-m", "tiny.en", "--port", str(port),
+        "--advertise-url", url, *extra,
+    )  # fmt: skip
+    return result, url
+
+
+def verdict_lines(stdout: str) -> dict[str, str]:
+    lines = [line.split(None, 2) for line in stdout.splitlines()]
+    return {parts[1]: parts[0] for parts in lines if parts and parts[0] in ("ok", "FAIL")}
+
+
+def test_machines_check_makes_a_round_trip_from_one_machine_and_destroys_it(
+    tmp_path: Path, fake: FakeFlyProcess
+) -> None:
+    result, url = machines_check(tmp_path, fake)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert verdict_lines(result.stdout) == dict.fromkeys(
+        ["token", "app", "image", "reach", "cleanup"], "ok"
+    )
+    assert f"reached this coordinator at {url}" in result.stdout
+    assert "all checks passed" in result.stdout and "cost $0.0" in result.stdout
+    state = fake.state()
+    assert len(state["machines"]) == 1
+    assert_all_destroyed(state)
+    # The worker really came over HTTP: the coordinator recorded its claim.
+    (machine_id,) = [m["id"] for m in state["machines"]]
+    assert ledger(tmp_path, "SELECT id, kind FROM workers") == [(machine_id, "fly")]
+    assert ledger(tmp_path, "SELECT backend, state FROM runs") == [("check", "done")]
+    assert ledger(tmp_path, "SELECT state FROM machines") == [("destroyed",)]
+
+
+@pytest.mark.parametrize("fake", [("--unreachable", "all")], indirect=True)
+def test_machines_check_says_when_machines_cant_reach_the_coordinator(
+    tmp_path: Path, fake: FakeFlyProcess
+) -> None:
+    result, url = machines_check(tmp_path, fake, "--reach-timeout", "8")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert verdict_lines(result.stdout) == {
+        "token": "ok", "app": "ok", "image": "ok", "reach": "FAIL", "cleanup": "ok",
+    }  # fmt: skip
+    (reach,) = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
+    assert f"can't reach this coordinator at {url} (no claim within 8s)" in reach
+    assert "WireGuard" in reach and "--host ::" in reach
+    assert "Traceback" not in result.stderr
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "the reach check failed" in error
+    assert_all_destroyed(fake.state())
+    assert ledger(tmp_path, "SELECT count(*) FROM workers") == [(0,)]
+    assert ledger(tmp_path, "SELECT backend, state FROM runs") == [("check", "failed")]
 
 
 # -- the warm pool -----------------------------------------------------------------------------
@@ -394,7 +512,11 @@ def test_ctrl_c_leaves_pool_machines_stopped(tmp_path: Path, fake: FakeFlyProces
     interrupt_once_a_machine_runs(tmp_path, fake)
     state = fake.state()
     assert len(state["machines"]) == 2 and state["requests"]["create"] == 2
-    assert {m["state"] for m in state["machines"]} == {"stopped"}, state["machines"]
+    # The ones the run started are stopped, back in the pool; one it had not started yet
+    # (reachability first: one machine until its worker claims) was never started.
+    used = {row[0] for row in ledger(tmp_path, "SELECT id FROM machines")}
+    assert {m["state"] for m in state["machines"] if m["id"] in used} == {"stopped"}
+    assert {m["state"] for m in state["machines"] if m["id"] not in used} <= {"created"}
     assert state["started_now"] == 0 and not any(m["running"] for m in state["machines"])
     rows = ledger(tmp_path, "SELECT state, stopped_at, destroyed_at FROM machines")
     assert rows and all(st == "stopped" and at and gone is None for st, at, gone in rows)

@@ -45,6 +45,16 @@ def ledger_rows(home: Path, sql: str) -> list[tuple]:  # type: ignore[type-arg]
         return conn.execute(sql).fetchall()
 
 
+def ledger_count(home: Path, sql: str) -> int:
+    """A count from a run's ledger while it goes: 0 before the ledger has its tables."""
+    if not (home / "ledger.db").exists():
+        return 0
+    try:
+        return int(ledger_rows(home, sql)[0][0])
+    except sqlite3.OperationalError:  # created, not migrated yet
+        return 0
+
+
 def parse_srt_times(text: str, separator: str) -> list[tuple[str, str]]:
     stamp = rf"\d\d:\d\d:\d\d{re.escape(separator)}\d\d\d"
     return re.findall(rf"({stamp}) --> ({stamp})", text)
@@ -152,6 +162,66 @@ def test_rerun_reuses_finished_chunks(farm_run: dict) -> None:  # type: ignore[t
     assert (out / "episode.json").read_text() == first_json
 
 
+def children_of(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def is_worker(pid: int) -> bool:
+    try:
+        return b"\0-m\0worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize(
+    ("signum", "name"), [(signal.SIGTERM, "SIGTERM"), (signal.SIGHUP, "SIGHUP")]
+)
+def test_sigterm_and_sighup_stop_the_local_workers_as_ctrl_c_does(
+    tmp_path: Path, signum: int, name: str
+) -> None:
+    home, out = tmp_path / "home", tmp_path / "out"
+    env = {**os.environ, "WHISPERFARM_HOME": str(home)}
+    args = [sys.executable, "-m", "whisperfarm", "transcribe", str(SAMPLE)]
+    args += ["--model", "tiny.en", "--workers", "2", "--out", str(out)]
+    process = subprocess.Popen(
+        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        if ledger_count(home, "SELECT count(*) FROM workers") >= 2:
+            break
+    workers = [pid for pid in children_of(process.pid) if is_worker(pid)]
+    assert len(workers) == 2, workers
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signum, stdout + stderr
+    assert "Traceback" not in stderr
+    (line,) = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert f"stopped by {name} with " in line
+    assert ": stopped 2 local workers; run the same command again to resume" in line
+    assert not [pid for pid in workers if alive(pid)], "a local worker outlived the run"
+    assert ledger_rows(home, "SELECT count(*) FROM chunks WHERE state = 'leased'") == [(0,)]
+    assert ledger_rows(home, "SELECT state FROM runs") == [("interrupted",)]
+
+
 def test_ctrl_c_then_resume_keeps_finished_chunks(tmp_path: Path) -> None:
     home, out = tmp_path / "home", tmp_path / "out"
     env = {**os.environ, "WHISPERFARM_HOME": str(home)}
@@ -174,12 +244,9 @@ def test_ctrl_c_then_resume_keeps_finished_chunks(tmp_path: Path) -> None:
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
         time.sleep(0.5)
-        if (home / "ledger.db").exists():
-            done = ledger_rows(
-                home, "SELECT count(*) FROM chunks WHERE state = 'done' AND speech = 1"
-            )
-            if done[0][0] >= 2:
-                break
+        done = "SELECT count(*) FROM chunks WHERE state = 'done' AND speech = 1"
+        if ledger_count(home, done) >= 2:
+            break
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stdout + stderr

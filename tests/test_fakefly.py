@@ -391,6 +391,45 @@ def test_launcher_runs_at_started_with_flys_env(clock):
     assert state_of(fake, machine["id"]) == "destroyed"
 
 
+def test_an_unreachable_machine_sees_every_url_in_its_env_on_a_closed_loopback_port(clock):
+    launcher = FakeLauncher()
+    fake = make(clock, launcher=launcher, faults=Faults(unreachable=1))
+    env = {
+        "WHISPERFARM_URL": "http://laptop._peer.internal:8765",
+        "HOOK": "https://example.com/v1/x?y=1",
+        "WHISPERFARM_TOKEN": "secret",
+    }
+    cut, fine = (created(fake, name, config=worker_config(env=env)) for name in ("w1", "w2"))
+    clock.advance(5)
+    fake.get(BASE)
+    first, second = launcher.handles
+    assert first.spec.machine_id == cut["id"]
+    assert first.spec.env["WHISPERFARM_URL"] == "http://127.0.0.1:9"
+    assert first.spec.env["HOOK"] == "http://127.0.0.1:9/v1/x?y=1"
+    assert first.spec.env["WHISPERFARM_TOKEN"] == "secret"
+    assert second.spec.env["WHISPERFARM_URL"] == env["WHISPERFARM_URL"]  # one was asked for
+    machines = {m["id"]: m for m in fake.get("/_fake/state").json()["machines"]}
+    assert machines[cut["id"]]["unreachable"] and not machines[fine["id"]]["unreachable"]
+    assert fake.get("/_fake/faults").json()["unreachable"] == 0
+    # The API still shows the config as created: only the machine's network differs.
+    assert fake.get(f"{BASE}/{cut['id']}").json()["config"]["env"] == env
+
+
+def test_an_unreachable_machine_stays_so_when_started_again(clock):
+    launcher = FakeLauncher()
+    fake = make(clock, launcher=launcher, faults=Faults(unreachable=1))
+    env = {"WHISPERFARM_URL": "http://10.0.0.5:8765"}
+    machine = created(fake, config=worker_config(env=env, auto_destroy=False))
+    clock.advance(5)
+    fake.get(BASE)
+    launcher.handles[0].code = 3  # the worker gave up on the coordinator
+    assert state_of(fake, machine["id"]) == "stopped"
+    assert fake.post(f"{BASE}/{machine['id']}/start").status_code == 200
+    clock.advance(5)
+    fake.get(BASE)
+    assert [h.spec.env["WHISPERFARM_URL"] for h in launcher.handles] == ["http://127.0.0.1:9"] * 2
+
+
 def test_exit_without_auto_destroy_leaves_it_stopped(clock):
     launcher = FakeLauncher()
     fake = make(clock, launcher=launcher)

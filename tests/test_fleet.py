@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +26,16 @@ from whisperfarm.errors import (
     FlyError,
     FlyGPUUnsupported,
     FlyUnavailable,
+    MachinesCantReach,
     UsageError,
 )
 from whisperfarm.fly.client import MachinesClient, build_worker_config
-from whisperfarm.fly.config import FlyConfig, fly_client, fly_config
+from whisperfarm.fly.config import FlyConfig, describe_plan, estimate, fly_client, fly_config
 from whisperfarm.fly.fleet import CREATE_BACKOFF_SECONDS, FlyFleet
 from whisperfarm.fly.policy import FleetLimits
 from whisperfarm.fly.pool import POOL_KEY, warm
 from whisperfarm.fly.pricing import SIZES, Size
+from whisperfarm.fly.reach import ReachLimits
 from whisperfarm.fly.reap import reap
 from whisperfarm.ledger import ChunkPlan, Ledger, WorkerInfo
 from whisperfarm.settings import Settings
@@ -107,6 +109,15 @@ class Rig:
     def on_fly(self) -> dict[str, str]:
         return {m["id"]: m["state"] for m in self.fake_machines()}
 
+    def reaches(self, machine_id: str) -> None:
+        """The machine's worker reaches the coordinator: its first claim, as the worker
+        API records it (a created machine's worker is named by its machine id, a pool
+        machine's by its id and the run)."""
+        row = next(row for row in self.rows() if row["id"] == machine_id)
+        worker_id = f"{machine_id}-{RUN}" if row["pool"] else machine_id
+        worker = WorkerInfo(worker_id, kind="fly", machine_id=machine_id)
+        self.ledger.claim([], worker, lease_seconds=60, max_attempts=3)
+
     def tick_every(self, seconds: float, times: int) -> None:
         for _ in range(times):
             self.clock.advance(seconds)
@@ -161,6 +172,7 @@ def make_rig(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., Rig]]:
         attempts: int = 1,
         with_local_workers: bool = False,
         update_launches: bool = False,
+        reach: ReachLimits | None = None,
     ) -> Rig:
         app = create_app(
             app=APP,
@@ -208,6 +220,7 @@ def make_rig(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., Rig]]:
             give_up_seconds=give_up_seconds,
             with_local_workers=with_local_workers,
             pool_parallel=1,  # the in-process fake is not thread-safe
+            reach=reach,
         )
         fleet = FlyFleet(
             client,
@@ -488,6 +501,211 @@ def test_with_local_workers_a_tiny_budget_just_means_no_machines(
         rig.fleet.tick(rig.ledger)
         rig.clock.advance(40.0)
     assert rig.creates() == 0
+
+
+# -- reachability first, then scale ------------------------------------------------------------
+
+REACH = ReachLimits(timeout=90.0, limit=3, give_up=50.0)
+
+
+def test_one_machine_runs_until_its_worker_reaches_the_coordinator_then_the_fleet_scales(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(max_machines=5, reach=REACH)
+    rig.fleet.tick(rig.ledger)
+    (probe,) = rig.rows()
+    rig.tick_every(2.0, 20)  # started at 5 s, its worker loading: still one machine
+    assert rig.creates() == 1 and rig.alive_on_fly() == [probe["id"]]
+    rig.reaches(probe["id"])
+    rig.clock.advance(2.0)
+    rig.fleet.tick(rig.ledger)
+    assert rig.creates() == 4  # the create burst, at once
+    rig.tick_every(2.0, 2)
+    assert rig.creates() == 5 and len(rig.alive_on_fly()) == 5
+
+
+def test_a_first_machine_whose_worker_never_reaches_the_coordinator_ends_the_run(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(max_machines=3, reach=REACH)
+    rig.fleet.tick(rig.ledger)
+    rig.clock.advance(6.0)  # started
+    rig.fleet.tick(rig.ledger)
+    rig.tick_every(8.0, 11)  # 88 s running, no worker: wait, and make no other machine
+    assert rig.creates() == 1
+    rig.clock.advance(3.0)
+    with pytest.raises(MachinesCantReach) as failed:
+        rig.fleet.tick(rig.ledger)
+    message = str(failed.value)
+    assert "first Fly machine never reached this coordinator" in message
+    assert "http://laptop._peer.internal:8765" in message  # the advertised URL
+    assert "--host ::" in message and "WireGuard" in message and "tunnel" in message
+    assert "whisperfarm machines check" in message
+    assert rig.alive_on_fly() == [] and rig.creates() == 1
+    (row,) = rig.rows()
+    assert row["state"] == "destroyed" and "never reached the coordinator" in row["error"]
+
+
+def test_a_first_machine_whose_worker_gave_up_on_the_coordinator_ends_the_run_at_once(
+    make_rig: Callable[..., Rig],
+) -> None:
+    """The worker gave up on the coordinator before the reach timeout (its give-up, 50 s
+    here, is shorter); it exited and Fly destroyed its machine."""
+    rig = make_rig(max_machines=3, reach=REACH)
+    rig.fleet.tick(rig.ledger)
+    rig.clock.advance(6.0)
+    rig.fleet.tick(rig.ledger)  # seen running
+    rig.clock.advance(51.0)
+    rig.http.post(f"/_fake/machines/{rig.rows()[0]['id']}/crash")
+    with pytest.raises(MachinesCantReach):
+        rig.fleet.tick(rig.ledger)
+    assert rig.creates() == 1
+
+
+def test_a_first_machine_that_crashes_at_boot_is_replaced_and_the_run_goes_on(
+    make_rig: Callable[..., Rig],
+) -> None:
+    """Dead two seconds after it started (out of memory, a sick host): that says nothing
+    about the network, so the fleet tries another machine, still one at a time."""
+    rig = make_rig(max_machines=3, reach=REACH)
+    rig.fleet.tick(rig.ledger)
+    rig.clock.advance(6.0)
+    rig.fleet.tick(rig.ledger)
+    rig.clock.advance(2.0)
+    (first,) = rig.alive_on_fly()
+    rig.http.post(f"/_fake/machines/{first}/crash")
+    rig.fleet.tick(rig.ledger)
+    (second,) = rig.alive_on_fly()
+    assert second != first and rig.creates() == 2
+    rig.clock.advance(6.0)
+    rig.reaches(second)
+    rig.fleet.tick(rig.ledger)
+    assert len(rig.alive_on_fly()) == 3
+
+
+def test_first_machines_crashing_at_boot_three_times_in_a_row_end_the_run(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(max_machines=3, reach=REACH)
+    with pytest.raises(MachinesCantReach):
+        for _ in range(3):
+            rig.fleet.tick(rig.ledger)
+            rig.clock.advance(6.0)
+            rig.fleet.tick(rig.ledger)  # seen running
+            rig.clock.advance(2.0)
+            for machine_id in rig.alive_on_fly():
+                rig.http.post(f"/_fake/machines/{machine_id}/crash")
+            rig.clock.advance(2.0)
+            rig.fleet.tick(rig.ledger)
+    assert rig.creates() == 3 and rig.fly.snapshot()["max_concurrent_active"] == 1
+
+
+def test_after_a_worker_reached_us_k_unreached_machines_in_a_row_end_the_run_one_at_a_time(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(max_machines=3, reach=REACH)
+    rig.fleet.tick(rig.ledger)
+    (first,) = rig.rows()
+    rig.clock.advance(6.0)
+    rig.reaches(first["id"])
+    rig.fleet.tick(rig.ledger)
+    assert len(rig.alive_on_fly()) == 3
+    # Now the network breaks: the first machine exits, the two others never reach us.
+    rig.http.post(f"/_fake/machines/{first['id']}/crash")
+    rig.tick_every(2.0, 3)  # the first is replaced (a machine that reached ends: no count)
+    assert rig.creates() == 4 and len(rig.alive_on_fly()) == 3
+    rig.tick_every(10.0, 9)  # 90 s: the two others are unreached, and destroyed
+    unreached = [row for row in rig.rows() if "never reached" in (row["error"] or "")]
+    assert len(unreached) == 2
+    # Probing again: one unproven machine at a time, never three.
+    assert len(rig.alive_on_fly()) == 1
+    creates = rig.creates()
+    with pytest.raises(MachinesCantReach, match="3 Fly machines in a row never reached"):
+        rig.tick_every(10.0, 12)
+    assert rig.creates() == creates
+    assert rig.fly.snapshot()["max_concurrent_active"] == 3
+
+
+def test_a_worker_that_reaches_us_resets_the_count_and_the_fleet_scales_again(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(max_machines=2, reach=REACH)
+    rig.fleet.tick(rig.ledger)
+    rig.clock.advance(6.0)
+    rig.reaches(rig.rows()[0]["id"])
+    rig.fleet.tick(rig.ledger)
+    second = rig.rows()[1]["id"]
+    rig.tick_every(10.0, 10)  # the second never reaches us: destroyed, one in a row
+    assert rig.on_fly()[second] == "destroyed"
+    (replacement,) = [m for m in rig.alive_on_fly() if m != rig.rows()[0]["id"]]
+    rig.reaches(replacement)
+    rig.tick_every(10.0, 30)  # 300 s more: nothing is unreached, nothing ends
+    assert len(rig.alive_on_fly()) == 2 and rig.creates() == 3
+
+
+def test_machines_that_never_ran_say_nothing_about_reachability(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(max_machines=1, start_timeout=120.0, faults=Faults(never_start=3), reach=REACH)
+    rig.tick_every(30.0, 16)  # three stuck machines destroyed one after another
+    stuck = [row for row in rig.rows() if "stuck starting" in (row["error"] or "")]
+    assert len(stuck) == 3  # and no MachinesCantReach
+
+
+def test_with_local_workers_unreachable_machines_end_but_the_run_goes_on(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(max_machines=2, reach=REACH, with_local_workers=True)
+    rig.fleet.tick(rig.ledger)
+    rig.tick_every(10.0, 30)  # no MachinesCantReach: the local workers carry on
+    assert rig.creates() == 1 and rig.alive_on_fly() == []
+
+
+def test_the_warm_pool_starts_one_machine_until_its_worker_reaches_the_coordinator(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(max_machines=4, reach=REACH)
+    pool = rig.warm(4)
+    rig.fleet.tick(rig.ledger)
+    rig.tick_every(2.0, 5)
+    assert rig.fly.requests["start"] == 1 and len(rig.pool_rows()) == 1
+    assert sorted(rig.on_fly().values()).count("started") == 1
+    rig.reaches(rig.pool_rows()[0]["id"])
+    rig.fleet.tick(rig.ledger)
+    assert rig.fly.requests["start"] == 4 and rig.creates() == 4  # the warm-up's only
+    rig.clock.advance(2.0)
+    assert {rig.on_fly()[machine_id] for machine_id in pool} == {"started"}
+
+
+def test_an_unreached_pool_machine_is_stopped_not_destroyed(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(max_machines=2, reach=REACH)
+    (machine_id,) = rig.warm(1)
+    rig.fleet.tick(rig.ledger)
+    rig.tick_every(10.0, 9)
+    with pytest.raises(MachinesCantReach):
+        rig.tick_every(10.0, 2)
+    rig.clock.advance(1.0)
+    assert rig.on_fly()[machine_id] == "stopped"  # back in the pool
+
+
+def test_fly_config_probes_first_with_the_reach_settings(tmp_path: Path) -> None:
+    base = {"fly_app": APP, "advertise_url": "http://10.0.0.5:8765"}
+    # A worker gives up after 60 s; the fleet sees it a poll (2 s) late at most.
+    assert fly_config(fly_settings(tmp_path, **base)).reach == ReachLimits(90.0, 3, 58.0)
+    tuned = fly_settings(
+        tmp_path, **base, fly_reach_timeout=30, fly_unreached_limit=5,
+        fly_worker_give_up_seconds=20,
+    )  # fmt: skip
+    config = fly_config(tuned)
+    assert config.reach == ReachLimits(30.0, 5, 18.0)
+    # The plan waits for the probe: one machine, then the others a start latency later.
+    probed = estimate(config, 3600)
+    unprobed = estimate(replace(config, reach=None), 3600)
+    assert probed.machines == unprobed.machines == 10
+    assert probed.wall_seconds - unprobed.wall_seconds > config.limits.start_latency / 2
+    text = describe_plan(config, probed, 3600)
+    assert "one machine first, the others once its worker reaches http://10.0.0.5:8765" in text
+    assert "(within 30s, else the run stops)" in text
 
 
 # -- stop and leftovers -------------------------------------------------------------------------

@@ -146,3 +146,24 @@ def test_machine_speed_grows_with_cpus_sublinearly() -> None:
     assert one < four < 4 * one
     assert machine_speed("unknown-model", 2) < machine_speed("tiny.en", 2)
     assert machine_speed("tiny.en", 1, per_cpu=3.0) == 3.0
+
+
+def test_with_a_probe_one_machine_goes_first_and_the_rest_once_its_worker_claims() -> None:
+    assert create_times(6, probe=45.0) == [0, 45, 45, 45, 46, 47]
+    assert create_times(6, ready=4, probe=45.0) == [0, 45, 45, 45, 45, 45]
+    assert create_times(1, probe=45.0) == [0]
+    assert create_times(3, ready=5, probe=10.0) == [0, 10, 10]
+
+
+def test_the_plan_counts_the_probe_wait_in_time_and_money() -> None:
+    """20 machines: one at 0, the others asked for when its worker claims (45 s), then
+    three at once and one a second (the 20th at 45 + 16 s); each claims 45 s after."""
+    direct, probed = plan(3600, 140, LIMITS), plan(3600, 140, LIMITS, probe=True)
+    requests = [0, *(45 + at for at in [0, 0, 0, *range(1, 17)])]
+    done = (360 + sum(at + 45 for at in requests)) / 20
+    assert probed.machines == 20
+    assert probed.wall_seconds == pytest.approx(done + 2.9)
+    assert probed.cost == pytest.approx(sum(done - at + 30 for at in requests) * PRICE)
+    assert probed.wall_seconds > direct.wall_seconds
+    one = FleetLimits(max_machines=1, budget=None, price_per_second=PRICE, speed=10.0)
+    assert plan(3600, 140, one, probe=True) == plan(3600, 140, one)  # nothing waits for it

@@ -9,7 +9,9 @@
     ├── TranscriptionFailed     chunks died after their attempts; the episode is resumable
     ├── WorkersLost             every local worker exited while work remained
     ├── BudgetReached           spend hit the cap; the episode is resumable
-    ├── Interrupted             Ctrl-C: work so far is kept, rerun to resume (exit 130)
+    ├── MachinesCantReach       Fly machines never reached the coordinator's advertised URL
+    ├── Interrupted             Ctrl-C, SIGTERM, SIGHUP: work so far is kept, rerun to resume
+    │                           (exit 130, 143, 129: 128 + the signal's number)
     └── FlyError                the Machines API said no (see whisperfarm.fly.client)
         ├── FlyAuthError        401: wrong or missing FLY_API_TOKEN
         ├── FlyGPUUnsupported   400: Fly no longer offers GPU machines
@@ -61,8 +63,18 @@ class BudgetReached(WhisperfarmError):
     pass
 
 
+class MachinesCantReach(WhisperfarmError):
+    pass
+
+
 class Interrupted(WhisperfarmError):
+    """Stopped by a signal: 130 for Ctrl-C (SIGINT), 143 for SIGTERM, 129 for SIGHUP."""
+
     exit_code = 130
+
+    def __init__(self, message: str, *, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class FlyError(WhisperfarmError):

@@ -7,7 +7,8 @@ stitch each episode as soon as its last chunk is in.
       ├── start the coordinator (thread) and the local workers (processes)
       ├── cut and queue chunks in a background thread while workers already work
       └── watch the ledger: stitch and write each finished episode; stop when all are
-          finished, or every worker is gone, or the user presses Ctrl-C
+          finished, or every worker is gone, or the user presses Ctrl-C (or the CLI gets
+          SIGTERM or SIGHUP: see interrupts.py); whatever ends it, stop every worker
 
 The fleet that runs the workers is a ``Fleet`` (local processes here; Fly machines in
 ``whisperfarm.fly``), so this module never knows where workers run.
@@ -36,6 +37,7 @@ from whisperfarm.errors import (
     WorkersLost,
 )
 from whisperfarm.ingest import EpisodeRequest, chunk_episode, register
+from whisperfarm.interrupts import StopSignal, as_stop_signal, held
 from whisperfarm.ledger import EpisodeProgress, Ledger
 from whisperfarm.media import check_input
 from whisperfarm.server import BackgroundServer, bind
@@ -93,6 +95,10 @@ class Fleet(Protocol):
         """After ``stop``: ids of this fleet's workers known to be gone for good (their
         process exited, their machine was destroyed), whose leases are void."""
 
+    def stopped(self) -> str:
+        """After ``stop``: what stopping ended, e.g. "destroyed 3 Fly machines"; "" if
+        nothing."""
+
 
 class Fleets:
     """Several fleets as one: local workers and Fly machines steal from the same queue."""
@@ -130,6 +136,9 @@ class Fleets:
 
     def gone_workers(self) -> list[str]:
         return [worker for fleet in self.fleets for worker in fleet.gone_workers()]
+
+    def stopped(self) -> str:
+        return ", ".join(filter(None, (fleet.stopped() for fleet in self.fleets)))
 
 
 def resolve_model_for_run(model: str) -> str:
@@ -227,6 +236,7 @@ class Farm:
         cancel = threading.Event()
         ingest_errors: dict[str, str] = {}
         state = "failed"
+        stopped_by: tuple[StopSignal, int, int] | None = None  # signal, chunks done, total
         try:
             server.start()
             url = f"http://{_url_host(settings.host)}:{server.port}"
@@ -245,27 +255,33 @@ class Farm:
         except BudgetReached:
             state = "budget"
             raise
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:  # Ctrl-C, SIGTERM, SIGHUP (interrupts.py)
             state = "interrupted"
             cancel.set()
             progress = [ledger.progress(e) for e in episode_ids]
             done = sum(p.done for p in progress)
-            total = sum(p.total for p in progress)
-            raise Interrupted(
-                f"interrupted with {done} of {total} chunks done; "
-                "run the same command again to resume"
-            ) from None
+            stopped_by = (as_stop_signal(interrupt), done, sum(p.total for p in progress))
         finally:
-            cancel.set()
-            self.fleet.stop()
-            # A worker stopped mid-chunk hands it back itself; one that could not (killed,
-            # machine destroyed) must not leave its chunk leased until the lease expires.
-            ledger.release_leases(self.fleet.gone_workers())
-            server.stop()
-            coordinator.close()
-            _measure(ledger, run_id)
-            ledger.end_run(run_id, state)
-            ledger.close()
+            with held():  # a second signal must not cut the cleanup short
+                cancel.set()
+                self.fleet.stop()
+                # A worker stopped mid-chunk hands it back itself; one that could not
+                # (killed, machine destroyed) must not leave its chunk leased until the
+                # lease expires.
+                ledger.release_leases(self.fleet.gone_workers())
+                server.stop()
+                coordinator.close()
+                _measure(ledger, run_id)
+                ledger.end_run(run_id, state)
+                ledger.close()
+        if stopped_by is not None:
+            stop, done, total = stopped_by
+            ended = self.fleet.stopped()
+            raise Interrupted(
+                f"stopped by {stop.label} with {done} of {total} chunks done"
+                f"{f': {ended}' if ended else ''}; run the same command again to resume",
+                exit_code=stop.exit_code,
+            )
         return RunSummary(run_id, statuses, time.monotonic() - started)
 
     def _ingest_all(

@@ -652,6 +652,14 @@ class Ledger:
     def workers(self) -> list[dict[str, Any]]:
         return self._rows("SELECT * FROM workers ORDER BY first_seen")
 
+    def workers_seen(self, worker_ids: Iterable[str]) -> set[str]:
+        """Which of these workers have reached the coordinator (claimed at least once)."""
+        rows = self.db.conn.execute(
+            "SELECT id FROM workers WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(worker_ids)),),
+        )
+        return {row[0] for row in rows}
+
     # Runs -----------------------------------------------------------------------------
 
     def start_run(

@@ -49,6 +49,7 @@ class LocalFleet:
         self.compute_type = compute_type
         self.give_up_seconds = give_up_seconds
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.ended = 0  # workers still running when stop() came
         self._logs: list[IO[bytes]] = []
         self.description = (
             f"{workers} local worker{'s' if workers != 1 else ''} × {threads} thread"
@@ -126,6 +127,11 @@ class LocalFleet:
             if process.poll() is not None
         ]
 
+    def stopped(self) -> str:
+        if not self.ended:
+            return ""
+        return f"stopped {self.ended} local worker{'s' if self.ended != 1 else ''}"
+
     def stop(self, grace: float = 3.0) -> None:
         # Ask every worker still running to stop now (SIGTERM): one waiting for work exits
         # at once instead of after its "wait" back-off (about a second at the end of every
@@ -133,6 +139,7 @@ class LocalFleet:
         for process in self.processes:
             if process.poll() is None:
                 process.terminate()
+                self.ended += 1
         for process in self.processes:
             try:
                 process.wait(timeout=grace)

@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     fly_start_timeout: float = Field(300.0, gt=0)
     fly_give_up_seconds: float = Field(300.0, gt=0)
     fly_worker_give_up_seconds: float = Field(60.0, gt=0)
+    # Reachability first (fly/reach.py): a machine's worker must reach the coordinator
+    # this long after the machine runs; this many unreached machines in a row end the run.
+    fly_reach_timeout: float = Field(90.0, gt=0)
+    fly_unreached_limit: int = Field(3, ge=1)
     # The worker image unpacked, in GB: what a stopped pool machine is billed for. The
     # Machines API does not say; 2 GB is the Dockerfile's small.en image, about.
     fly_rootfs_gb: float = Field(2.0, gt=0)

@@ -15,7 +15,9 @@ import uvicorn
 
 from tests.fakefly.app import create_app
 from tests.fakefly.launcher import SubprocessLauncher
-from tests.fakefly.rules import Faults
+from tests.fakefly.rules import UNREACHABLE_HOST, Faults
+
+EVERY_MACHINE = 1_000_000  # a fault count no test uses up
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -115,7 +117,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     faults.add_argument(
         "--list-empty", type=int, default=0, metavar="N", help="List requests that answer []"
     )
+    faults.add_argument(
+        "--unreachable",
+        type=_count_or_all,
+        default=0,
+        metavar="N|all",
+        help="machines whose network can't reach the coordinator: their process sees every "
+        f"URL in config.env pointed at a closed loopback port ({UNREACHABLE_HOST})",
+    )
     return parser.parse_args(argv)
+
+
+def _count_or_all(value: str) -> int:
+    return EVERY_MACHINE if value == "all" else int(value)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -137,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         unhealthy=args.unhealthy,
         list_lag=args.list_lag,
         list_empty=args.list_empty,
+        unreachable=args.unreachable,
     )
     app = create_app(
         app=args.app,

@@ -73,6 +73,9 @@ class Faults:
     unhealthy: int = 0  # the next N machines land on a host whose host_status is unreachable
     list_lag: float = 0.0  # List answers as things were this many seconds ago (Get is current)
     list_empty: int = 0  # the next N List requests answer [] (Fly's infra incident)
+    # The next N machines launched sit on a network that can't reach the caller's
+    # coordinator (no WireGuard peer, a firewall): see ``cut_off``. A machine stays so.
+    unreachable: int = 0
 
     def update(self, changes: Mapping[str, Any]) -> None:
         known = {f.name: f.type for f in fields(self)}
@@ -104,6 +107,19 @@ class TokenBucket:
             self.tokens -= 1
             return None
         return (1 - self.tokens) / self.rate
+
+
+UNREACHABLE_HOST = "127.0.0.1:9"
+"""Where an unreachable machine's URLs point: the discard port on loopback, closed on any
+test box, so a connection is refused at once and nothing beyond this host is ever tried."""
+_URL = re.compile(r"^(https?)://[^/]+", re.IGNORECASE)
+
+
+def cut_off(env: Mapping[str, str]) -> dict[str, str]:
+    """A machine's ``config.env`` as its process sees it from a network that reaches
+    nothing the caller runs: every http(s) URL points at a closed loopback port instead.
+    The fake can't firewall a process, so it rewrites the addresses it would dial."""
+    return {key: _URL.sub(f"http://{UNREACHABLE_HOST}", value) for key, value in env.items()}
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")

@@ -48,6 +48,7 @@ from tests.fakefly.rules import (
     ApiError,
     Faults,
     TokenBucket,
+    cut_off,
     is_macaroon,
     parse_duration,
     token_value,
@@ -81,6 +82,7 @@ class FakeMachine:
     die_after: float | None = None
     die_at: float | None = None
     never_start: bool = False
+    unreachable: bool = False  # its network can't reach the caller (Faults.unreachable)
     ready_at: float = 0.0  # when its image is unpacked: no start completes before then
     restarts: int = 0
     exit_code: int | None = None
@@ -440,6 +442,10 @@ class FakeFly:
     def _launch(self, machine: FakeMachine, at: float) -> None:
         if self.launcher is None:
             return
+        if self.faults.unreachable > 0 and not machine.unreachable:
+            self.faults.unreachable -= 1
+            machine.unreachable = True
+        machine_env = machine.config.get("env") or {}
         env = {
             "FLY_APP_NAME": self.app,
             "FLY_MACHINE_ID": machine.id,
@@ -451,7 +457,7 @@ class FakeFly:
             "FLY_PROCESS_GROUP": "app",
             "FLY_VM_MEMORY_MB": str((machine.config.get("guest") or {}).get("memory_mb", 256)),
             "PRIMARY_REGION": self.region,
-            **(machine.config.get("env") or {}),
+            **(cut_off(machine_env) if machine.unreachable else machine_env),
         }
         spec = LaunchSpec(self.app, machine.id, machine.name, machine.region, machine.config, env)
         try:
@@ -567,6 +573,7 @@ class FakeFly:
             view["running"] = machine.process is not None
             view["exit_code"] = machine.exit_code
             view["restarts"] = machine.restarts
+            view["unreachable"] = machine.unreachable
             machines.append(view)
         return {
             "app": self.app,

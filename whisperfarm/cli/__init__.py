@@ -6,6 +6,7 @@ line and a non-zero exit (``friendly``). No SQL, HTTP or ffmpeg here.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ from rich.console import Console
 
 from whisperfarm import __version__
 from whisperfarm.errors import WhisperfarmError
+from whisperfarm.interrupts import StopSignal
 
 app = typer.Typer(
     name="whisperfarm",
@@ -40,12 +42,15 @@ def friendly(fn: F) -> F:
             return fn(*args, **kwargs)
         except WhisperfarmError as error:
             fail(str(error), error.exit_code)
+        except StopSignal as stop:  # outside a run (a run says what it cleaned up)
+            fail(f"stopped by {stop.label}", stop.exit_code)
 
     return wrapper  # type: ignore[return-value]
 
 
 def fail(message: str, code: int = 1) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True, markup=True)
+    with contextlib.suppress(OSError):  # stderr gone with a closed terminal (SIGHUP)
+        err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True, markup=True)
     raise typer.Exit(code)
 
 

@@ -1,6 +1,7 @@
 """The fleet commands: ``serve`` (coordinator for outside workers), ``machines``,
 ``machines warm`` and ``machines reap`` (Fly machines this tool started, and its warm pool
-of stopped ones), ``cost`` (what runs cost)."""
+of stopped ones), ``machines check`` (will a Fly run work from here?), ``cost`` (what runs
+cost)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from whisperfarm.cli import Formats, OutDir, Quiet, app, err, friendly, out
+from whisperfarm.cli import Formats, OutDir, Quiet, app, err, fail, friendly, out
 
 machines_app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
 app.add_typer(machines_app, name="machines")
@@ -46,6 +47,7 @@ def serve(
     from whisperfarm.cli.run import _warn_if_exposed
     from whisperfarm.console import RunReporter
     from whisperfarm.farm import Farm, unfinished_sources
+    from whisperfarm.interrupts import stop_signals
     from whisperfarm.local import LocalFleet
     from whisperfarm.settings import load_settings, parse_formats
 
@@ -60,12 +62,13 @@ def serve(
     run_id = secrets.token_hex(4)
     fleet = LocalFleet(workers, 1, logs_dir=settings.logs_dir, run_id=run_id)
     reporter = RunReporter(out, quiet=quiet)
-    try:
-        summary = Farm(settings, fleet, reporter, run_id=run_id).transcribe(
-            paths, out_dir, parse_formats(settings.formats)
-        )
-    finally:
-        reporter.close()
+    with stop_signals():  # SIGTERM and SIGHUP end it as Ctrl-C does: workers stopped
+        try:
+            summary = Farm(settings, fleet, reporter, run_id=run_id).transcribe(
+                paths, out_dir, parse_formats(settings.formats)
+            )
+        finally:
+            reporter.close()
     reporter.summary(summary, out_dir)
     if summary.failed:
         raise typer.Exit(1)
@@ -269,6 +272,95 @@ def machines_warm(
             soft_wrap=True,
         )
         raise typer.Exit(1)
+
+
+@machines_app.command("check")
+@friendly
+def machines_check(
+    advertise_url: Annotated[
+        str | None,
+        typer.Option(
+            help="The coordinator URL machines use, as for 'transcribe', e.g. "
+            "http://laptop._peer.internal:8765."
+        ),
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Listen address, e.g. :: for a WireGuard peer.")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port [default: any free port].")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="The model runs will use: picks the default size."),
+    ] = None,
+    machine_size: Annotated[
+        str | None,
+        typer.Option(help="performance-1x … performance-16x [default: suits the model]."),
+    ] = None,
+    region: Annotated[str | None, typer.Option(help="Region for the machine.")] = None,
+    image: Annotated[
+        str | None, typer.Option(help="Worker image [default: registry.fly.io/APP:latest].")
+    ] = None,
+    fly_app: Annotated[
+        str | None, typer.Option("--app", help="The worker app [default: $FLY_APP].")
+    ] = None,
+    reach_timeout: Annotated[
+        float | None,
+        typer.Option(help="Seconds the worker has to reach the coordinator [default: 90]."),
+    ] = None,
+) -> None:
+    """Check that Fly runs will work from here, in about a minute for about a cent: the
+    token, the app, the image, and a round trip from one machine back to this coordinator.
+
+    Serves a coordinator with nothing to do (--host/--port/--advertise-url as for
+    'transcribe'), creates one worker machine as a run would, waits for its worker to
+    reach the coordinator, destroys it, and says what it cost. One line per check; exits
+    non-zero at the first that fails, naming the fix.
+
+    Example: `whisperfarm machines check --host :: --port 8765 --advertise-url
+    http://laptop._peer.internal:8765`
+    """
+    from whisperfarm.cli.run import _warn_if_exposed
+    from whisperfarm.fly.check import Check, run_check
+    from whisperfarm.fly.config import fly_client, fly_config
+    from whisperfarm.interrupts import stop_signals
+    from whisperfarm.settings import load_settings
+
+    settings = load_settings(
+        advertise_url=advertise_url,
+        host=host,
+        port=port,
+        model=model,
+        machine_size=machine_size,
+        region=region,
+        image=image,
+        fly_app=fly_app,
+        fly_reach_timeout=reach_timeout,
+    )
+    config = fly_config(settings)
+    client = fly_client(settings)
+    _warn_if_exposed(settings.host)
+
+    def show(check: Check) -> None:
+        verdict = "[green]ok[/green]  " if check.ok else "[red]FAIL[/red]"
+        out.print(f"{verdict} {check.name:<8} {check.detail}", highlight=False, soft_wrap=True)
+
+    out.print(
+        f"checking Fly app {config.app} with one {config.size.name} machine "
+        f"(image {config.image}); machines will call {config.advertise_url}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    with stop_signals():  # SIGTERM and SIGHUP destroy the machine as Ctrl-C does
+        report = run_check(settings, client, config, report=show)
+    if not report.ok:
+        failed = next((check for check in report.checks if not check.ok), None)
+        what = f"the {failed.name} check failed" if failed else "the check did not finish"
+        fail(f"{what}: Fly runs from here won't work until it passes (cost ${report.cost:.4f})")
+    out.print(
+        f"all checks passed: runs with --backend fly can use these settings "
+        f"(cost ${report.cost:.4f})",
+        highlight=False,
+    )
 
 
 @machines_app.command("reap")

@@ -82,6 +82,13 @@ def transcribe(
             help="Fly: the coordinator URL machines use, e.g. http://laptop._peer.internal:8765."
         ),
     ] = None,
+    reach_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Fly: seconds a machine's worker has to reach the coordinator once the "
+            "machine runs; the first machine must, before more start [default: 90]."
+        ),
+    ] = None,
     gpu: Annotated[
         bool, typer.Option("--gpu", help="Fly: GPU machines (no longer offered by Fly).")
     ] = False,
@@ -100,6 +107,11 @@ def transcribe(
     after a crash or Ctrl-C resumes: finished chunks are kept (matched by the file's
     content and the model).
 
+    On Fly, one machine starts first; more start once its worker has reached the
+    coordinator at --advertise-url (within --reach-timeout), else the run stops
+    ('whisperfarm machines check' tests this). Ctrl-C, SIGTERM and SIGHUP destroy the
+    run's machines and stop its workers before it exits (130, 143, 129).
+
     Example: `whisperfarm transcribe show.mp3 -m tiny.en --format all -o out/`
     """
     import secrets
@@ -108,6 +120,7 @@ def transcribe(
     from whisperfarm.errors import FlyGPUUnsupported
     from whisperfarm.farm import Farm, Fleet, Fleets
     from whisperfarm.fly.pricing import GPU_GONE_MESSAGE
+    from whisperfarm.interrupts import stop_signals
     from whisperfarm.local import LocalFleet, default_workers
     from whisperfarm.media import check_input
     from whisperfarm.settings import load_settings, parse_formats
@@ -132,6 +145,7 @@ def transcribe(
         image=image,
         fly_app=fly_app,
         advertise_url=advertise_url,
+        fly_reach_timeout=reach_timeout,
     )
     format_list = parse_formats(settings.formats)
     run_id = secrets.token_hex(4)
@@ -195,19 +209,21 @@ def transcribe(
         return
     _warn_if_exposed(settings.host)
     reporter = RunReporter(out, quiet=quiet)
-    try:
-        summary = Farm(settings, Fleets(*fleets), reporter, run_id=run_id).transcribe(
-            inputs, out_dir, format_list
-        )
-    finally:
-        reporter.close()
-        if fly is not None and fly.leftovers:
-            left = ", ".join(fly.leftovers)
-            err.print(
-                f"[yellow]warning:[/yellow] could not destroy or stop machine(s) {left}:"
-                " run 'whisperfarm machines reap'",
-                highlight=False,
+    # SIGTERM and SIGHUP end the run as Ctrl-C does: machines destroyed, workers stopped.
+    with stop_signals():
+        try:
+            summary = Farm(settings, Fleets(*fleets), reporter, run_id=run_id).transcribe(
+                inputs, out_dir, format_list
             )
+        finally:
+            reporter.close()
+            if fly is not None and fly.leftovers:
+                left = ", ".join(fly.leftovers)
+                err.print(
+                    f"[yellow]warning:[/yellow] could not destroy or stop machine(s) {left}:"
+                    " run 'whisperfarm machines reap'",
+                    highlight=False,
+                )
     reporter.summary(summary, out_dir)
     if plan is not None and not quiet:
         from whisperfarm.ledger import Ledger

@@ -17,6 +17,7 @@ from whisperfarm.errors import FlyAuthError, UsageError
 from whisperfarm.fly.client import MachinesClient
 from whisperfarm.fly.policy import FleetLimits, Plan, machine_speed, plan
 from whisperfarm.fly.pricing import Size, size_named
+from whisperfarm.fly.reach import ReachLimits
 from whisperfarm.settings import Settings
 
 if TYPE_CHECKING:
@@ -52,6 +53,21 @@ class FlyConfig:
     speed_source: str = "built-in estimate"
     pool_parallel: int = 16  # pool machines updated and started at once
     pool_stop_wait: float = 90.0  # seconds to wait at the end for pool machines to stop
+    # Reachability first, then scale (reach.py); ``fly_config`` always sets it. None scales
+    # at once without waiting for a worker to reach the coordinator: the fleet's unit
+    # tests of scaling use that.
+    reach: ReachLimits | None = None
+
+    def worker_env(self, token: str) -> dict[str, str]:
+        """What a worker machine of this config gets in its environment."""
+        return {
+            "WHISPERFARM_URL": self.advertise_url,
+            "WHISPERFARM_TOKEN": token,
+            "WHISPERFARM_MODEL": self.model,
+            "WHISPERFARM_THREADS": str(self.size.cpus),
+            "WHISPERFARM_WORKER_KIND": "fly",
+            "WHISPERFARM_GIVE_UP_SECONDS": str(self.worker_give_up_seconds),
+        }
 
 
 def fly_config(
@@ -100,6 +116,11 @@ def fly_config(
         worker_give_up_seconds=settings.fly_worker_give_up_seconds,
         with_local_workers=with_local_workers,
         speed_source=source,
+        reach=ReachLimits(
+            timeout=settings.fly_reach_timeout,
+            limit=settings.fly_unreached_limit,
+            give_up=max(0.0, settings.fly_worker_give_up_seconds - settings.fly_poll_seconds),
+        ),
     )
 
 
@@ -126,10 +147,11 @@ def fly_client(settings: Settings) -> MachinesClient:
 
 
 def estimate(config: FlyConfig, audio_seconds: float, *, ready: int = 0) -> Plan:
-    """The plan printed before a run: machines, wall time and cost; ``ready`` machines of
-    the warm pool start at once, the rest are created at Fly's create rate."""
+    """The plan printed before a run: machines, wall time and cost; one machine first
+    (reachability first), then ``ready`` machines of the warm pool at once and the rest
+    created at Fly's create rate."""
     chunks = max(1, math.ceil(audio_seconds / 25))
-    return plan(audio_seconds, chunks, config.limits, ready=ready)
+    return plan(audio_seconds, chunks, config.limits, ready=ready, probe=config.reach is not None)
 
 
 def describe_plan(config: FlyConfig, plan: Plan, audio_seconds: float, *, ready: int = 0) -> str:
@@ -137,11 +159,17 @@ def describe_plan(config: FlyConfig, plan: Plan, audio_seconds: float, *, ready:
     budget = f" of a ${config.limits.budget:.2f} budget" if config.limits.budget is not None else ""
     where = f" in {config.region}" if config.region else ""
     pool = f", {min(ready, plan.machines)} from the warm pool" if ready else ""
+    probe = ""
+    if config.reach is not None and plan.machines > 1:
+        probe = (
+            f"\n      one machine first, the others once its worker reaches "
+            f"{config.advertise_url} (within {config.reach.timeout:.0f}s, else the run stops)"
+        )
     return (
         f"plan: {audio_seconds / 60:.1f} min of audio on up to {plan.machines} × "
         f"{config.size.name}{where}{pool} (app {config.app}, image {config.image})\n"
         f"      about {plan.wall_seconds / 60:.1f} min wall time and ${plan.cost:.2f}{budget}; "
-        f"machine speed {config.limits.speed:.1f}× realtime ({source})"
+        f"machine speed {config.limits.speed:.1f}× realtime ({source}){probe}"
     )
 
 

@@ -16,7 +16,11 @@ A controller thread ticks every ``poll_seconds``:
    app); Gets are limited per machine (5/s), so one per machine per tick is well within;
 2. if the spend so far plus what the running machines bill while stopping reaches the
    budget, destroy them all and report BudgetReached;
-3. ask ``policy.machines_to_start`` how many more it wants; start that many from the warm
+3. reachability first (reach.py): a machine whose worker has not reached the coordinator
+   within ``reach.timeout`` of running is destroyed; the run stops when its first machine
+   never reaches the coordinator, or ``reach.limit`` in a row don't; until a worker has
+   reached it (and again after one that didn't) one unproven machine runs at a time;
+4. ask ``policy.machines_to_start`` how many more it wants; start that many from the warm
    pool first (stopped machines made by ``whisperfarm machines warm``, see pool.py:
    updated to this run's worker config and started, many at once, since Fly limits
    start and update per machine), then create the rest at Fly's create rate (1/s,
@@ -53,6 +57,7 @@ from whisperfarm.errors import (
     FlyCapacityError,
     FlyError,
     FlyUnavailable,
+    MachinesCantReach,
     WhisperfarmError,
 )
 from whisperfarm.fly.client import (
@@ -75,6 +80,7 @@ from whisperfarm.fly.pool import (
     pool_worker_id,
     usable,
 )
+from whisperfarm.fly.reach import Reachability, unreachable_message
 from whisperfarm.ledger import Ledger
 
 log = logging.getLogger("whisperfarm.fly")
@@ -124,19 +130,14 @@ class FlyFleet:
         self._pool: list[Machine] | None = None  # pool machines this run may still start
         self._listed_at: float | None = None
         self._unconfirmed: set[str] = set()  # destroyed by us, not yet seen gone by Get
+        self._reach = Reachability(config.reach) if config.reach is not None else None
+        self._stop_began: float | None = None
 
     # Fleet protocol ------------------------------------------------------------------
 
     def start(self, url: str, token: str, model: str) -> None:
         del url, model  # machines reach the coordinator by the advertised URL, load by name
-        self._env = {
-            "WHISPERFARM_URL": self.config.advertise_url,
-            "WHISPERFARM_TOKEN": token,
-            "WHISPERFARM_MODEL": self.config.model,
-            "WHISPERFARM_THREADS": str(self.config.size.cpus),
-            "WHISPERFARM_WORKER_KIND": "fly",
-            "WHISPERFARM_GIVE_UP_SECONDS": str(self.config.worker_give_up_seconds),
-        }
+        self._env = self.config.worker_env(token)
         ledger = Ledger(self.ledger_path, clock=self.clock)
         try:
             ledger.set_run_limits(
@@ -155,6 +156,7 @@ class FlyFleet:
             raise self.error
 
     def stop(self) -> None:
+        self._stop_began = self.clock()  # for stopped()
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=120)
@@ -184,6 +186,27 @@ class FlyFleet:
         """Workers of destroyed machines and of stopped pool machines."""
         return list(self._gone)
 
+    def stopped(self) -> str:
+        """What ``stop`` ended: machines destroyed, pool machines stopped, since it began."""
+        if self._stop_began is None:
+            return ""
+        ledger = Ledger(self.ledger_path, clock=self.clock)
+        try:
+            rows = ledger.machines(self.run_id)
+        finally:
+            ledger.close()
+        since = self._stop_began
+        destroyed = sum(1 for r in rows if not r["pool"] and (r["destroyed_at"] or 0) >= since)
+        stopped = sum(1 for r in rows if r["pool"] and (r["stopped_at"] or 0) >= since)
+        parts = []
+        if destroyed:
+            parts.append(f"destroyed {destroyed} Fly machine{'s' if destroyed != 1 else ''}")
+        if stopped:
+            parts.append(f"stopped {stopped} pool machine{'s' if stopped != 1 else ''}")
+        if self.leftovers:
+            parts.append(f"{len(self.leftovers)} could not be ended ('whisperfarm machines reap')")
+        return ", ".join(parts) or "no Fly machine was running"
+
     # The controller ------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -208,6 +231,7 @@ class FlyFleet:
         """One round of observe → budget check → scale. Public for tests."""
         now = self.clock()
         listed = self._observe(ledger, now)
+        room = self._check_reach(ledger, now)
         active = [m for m in ledger.machines(self.run_id) if m["state"] not in ENDED]
         remaining, chunks_left = ledger.work_left(ledger.run_episodes(self.run_id))
         state = FleetState(remaining, chunks_left, len(active), ledger.spend(self.run_id))
@@ -222,6 +246,8 @@ class FlyFleet:
             log.warning("budget reached: machines stopped, local workers carry on")
             self._capped = True
         wanted = 0 if self._capped else machines_to_start(state, self.config.limits)
+        if room is not None:
+            wanted = min(wanted, room)
         if (
             not wanted
             and not active
@@ -256,6 +282,44 @@ class FlyFleet:
                 break
             if not self._create(ledger):
                 break
+
+    def _check_reach(self, ledger: Ledger, now: float) -> int | None:
+        """Reachability first (reach.py): end machines whose worker never reached the
+        coordinator, stop the run when too many didn't; how many more machines may start
+        while probing (None: as many as the policy wants)."""
+        if self._reach is None:
+            return None
+        rows = ledger.machines(self.run_id)
+        seen = ledger.workers_seen(self._worker_id(row) for row in rows)
+        for row in rows:
+            reached = self._worker_id(row) in seen
+            if self._reach.observe(row["id"], state=row["state"], reached=reached, now=now):
+                reason = "its worker never reached the coordinator"
+                log.warning("machine %s: %s; ending it", row["id"], reason)
+                if row["pool"]:
+                    self._stop_pooled(ledger, row["id"], reason=reason)
+                else:
+                    self._destroy(ledger, row["id"], reason=reason)
+        if self._reach.failed and not self._capped:
+            message = unreachable_message(
+                self.config.advertise_url,
+                app=self.config.app,
+                unreached=self._reach.streak,
+                reached_before=self._reach.reached_any,
+            )
+            if not self.config.with_local_workers:
+                raise MachinesCantReach(message)
+            self._retire_all(ledger)
+            log.warning("%s; local workers carry on", message)
+            self._capped = True
+        if not self._reach.probing:
+            return None
+        unproven = [
+            row
+            for row in ledger.machines(self.run_id)
+            if row["state"] not in ENDED and self._worker_id(row) not in seen
+        ]
+        return max(0, 1 - len(unproven))
 
     def _only_fly_workers(self, ledger: Ledger, now: float) -> bool:
         """No other worker (local, remote) has been active in the last half minute."""

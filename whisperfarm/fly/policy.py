@@ -64,10 +64,16 @@ class CreateRate:
         return max(0.0, (1 - self.tokens) / CREATES_PER_SECOND)
 
 
-def create_times(machines: int, ready: int = 0) -> list[float]:
+def create_times(machines: int, ready: int = 0, *, probe: float = 0.0) -> list[float]:
     """Seconds from the start of a run until each machine's create (or start) request can
     go out: ``ready`` warm-pool machines and the first CREATE_BURST creates at once, then
-    CREATES_PER_SECOND."""
+    CREATES_PER_SECOND. With a ``probe`` (reachability first, see reach.py) one machine
+    goes first, a pool machine if there is one, and the rest follow as above once its
+    worker has reached the coordinator, ``probe`` seconds later (the create burst is back
+    by then)."""
+    if probe > 0 and machines > 1:
+        rest = create_times(machines - 1, max(0, ready - 1))
+        return [0.0] + [probe + at for at in rest]
     created = max(0, machines - ready)
     ramp = [max(0, n - CREATE_BURST + 1) / CREATES_PER_SECOND for n in range(created)]
     return [0.0] * min(ready, machines) + ramp
@@ -163,18 +169,21 @@ def plan(
     longest_chunk: float = 29.0,
     *,
     ready: int = 0,
+    probe: bool = False,
 ) -> Plan:
     """The estimate shown before a run: how many machines, how long, what it costs.
 
     Machines join as Fly lets them be made (``create_times``; ``ready`` of them from the
     warm pool, at once), each a start latency after its request; they share the work
     until it is done, plus the longest chunk for the last one. Each bills from its request
-    until the work is done, plus a stop margin."""
+    until the work is done, plus a stop margin. With ``probe`` (reachability first), the
+    others are asked for only when the first machine's worker has reached the
+    coordinator: a start latency after the first request."""
     machines = max(1, min(limits.max_machines, chunks))
     if limits.budget is not None:
         state = FleetState(audio_seconds, chunks, 0, 0.0)
         machines = max(1, min(machines, machines_to_start(state, limits) or 1))
-    requests = create_times(machines, ready)
+    requests = create_times(machines, ready, probe=limits.start_latency if probe else 0.0)
     done = _work_done_at(
         audio_seconds / limits.speed, [at + limits.start_latency for at in requests]
     )
