@@ -25,7 +25,7 @@ from worker.client import (
     Unreachable,
 )
 from worker.config import ConfigError, WorkerConfig
-from worker.loop import EXIT_DONE, EXIT_NO_MODEL, EXIT_STOPPED, Worker
+from worker.loop import EXIT_DONE, EXIT_MODEL, EXIT_STOPPED, Worker
 from worker.models import ModelLoadError
 from worker.transcriber import Stopped
 
@@ -219,7 +219,7 @@ def test_a_model_this_worker_cannot_load_fails_one_job_with_the_reason_and_leave
 
     transcriber = FakeTranscriber(no_model)
     worker = setup.worker(transcriber)
-    assert worker.run() == EXIT_NO_MODEL
+    assert worker.run() == EXIT_MODEL
     assert len(transcriber.calls) == 1
     assert setup.states()[0] == (0, "queued", 1)
     assert setup.states()[1:] == [(idx, "queued", 0) for idx in range(1, len(LENGTHS))]

@@ -20,7 +20,7 @@ def preloaded_transcriber(
 ) -> Transcriber:
     """The worker's transcriber, with WHISPERFARM_MODEL loaded while the first chunks are
     cut. Each job still runs the model it names; a job whose model this worker can't load
-    fails with the reason, and the worker then leaves the farm (exit 7)."""
+    fails with the reason, and the worker then leaves the farm (exit 4)."""
     transcriber = Transcriber(
         threads=config.threads,
         compute_type=config.compute_type,

@@ -29,9 +29,9 @@ log = logging.getLogger("worker")
 EXIT_DONE = 0
 EXIT_STOPPED = 0
 EXIT_UNREACHABLE = 3
+EXIT_MODEL = 4  # this worker can't load the model the farm runs
 EXIT_UNAUTHORIZED = 5
 EXIT_PROTOCOL = 6
-EXIT_NO_MODEL = 7  # this worker can't load the model the farm runs
 
 
 class Heartbeat(threading.Thread):
@@ -117,7 +117,7 @@ class Worker:
         except ModelLoadError as error:  # this worker can't run the job's model
             log.error("%s: %s; this worker leaves the farm", chunk, error)
             self._fail(job, str(error))
-            self.exit_code = EXIT_NO_MODEL
+            self.exit_code = EXIT_MODEL
             self.stopping.set()
             return
         except (CoordinatorError, httpx.HTTPError):
