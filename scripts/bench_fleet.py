@@ -186,6 +186,9 @@ def main() -> None:
             "WHISPERFARM_SPEED": str(args.speed * k / machine_speed("", size.cpus, 1.0)),
             "WHISPERFARM_FLY_START_LATENCY": str((args.start_latency + args.join_delay / 2) / k),
             "WHISPERFARM_FLY_POLL_SECONDS": "1",
+            # The tones stand in for speech (the simulated workers transcribe nothing); the
+            # speech model rightly hears none in them, so cut by loudness alone.
+            "WHISPERFARM_VAD": "false",
         }
         warm_seconds = None
         if args.pool:

@@ -22,7 +22,8 @@ def transcribe(
         typer.Option(
             "--workers",
             "-w",
-            help="Local worker processes (default: one per core; 0: remote workers only).",
+            help="Local worker processes (default: one per core up to 4, then one per 2 cores; "
+            "0: remote workers only).",
         ),
     ] = None,
     threads: Annotated[
@@ -39,7 +40,12 @@ def transcribe(
     out_dir: OutDir = Path("."),
     formats: Formats = None,
     words: Annotated[
-        bool | None, typer.Option("--words/--no-words", help="Word timestamps in the json output.")
+        bool | None,
+        typer.Option(
+            "--words/--no-words",
+            help="Word timestamps in the json output; they also let the silence-hallucination "
+            "rule judge every chunk, which can change the text of every format.",
+        ),
     ] = None,
     language: Annotated[
         str | None,
