@@ -393,3 +393,31 @@ def test_serve_finishes_with_a_worker_that_joins_by_the_printed_command(tmp_path
         episodes = conn.execute("SELECT state FROM episodes").fetchall()
     assert len(rows) == 1 and rows[0][0] == "remote" and rows[0][1] > 0
     assert episodes == [("done",)]
+
+
+def test_a_fly_run_that_cannot_reach_the_api_fails_before_cutting_anything(
+    monkeypatch: pytest.MonkeyPatch, home: Path
+) -> None:
+    """No network to Fly used to mean minutes of a fleet backing off (fly_give_up_seconds)
+    after the audio was cut; now one List before anything starts fails in one line."""
+    client = MachinesClient(
+        APP, TOKEN, base_url="http://127.0.0.1:9", max_attempts=2, sleep=lambda _: None
+    )
+    monkeypatch.setattr(fly_config_module, "fly_client", lambda settings: client)
+    monkeypatch.setenv("FLY_API_TOKEN", TOKEN)
+    command = [
+        *("transcribe", str(SAMPLE), "--model", "tiny.en", "--backend", "fly", "--app", APP),
+        *("--advertise-url", "http://127.0.0.1:8765", "--yes", "--out", str(home / "out")),
+    ]
+    result = runner.invoke(app, command)
+    assert result.exit_code == 1, result.output
+    (line,) = error_lines(result.output)
+    assert "can't use Fly's Machines API" in line and "network" in line
+    assert "Traceback" not in result.output
+    if (home / "ledger.db").exists():
+        ledger = Ledger(home / "ledger.db")
+        try:
+            assert ledger.episodes() == [], "no audio was cut"
+        finally:
+            ledger.close()
+    assert not (home / "out").exists()

@@ -161,6 +161,7 @@ def transcribe(
     if settings.backend == "fly":
         from whisperfarm.calibration import for_settings
         from whisperfarm.fly.config import (
+            ask_fly_first,
             describe_plan,
             estimate,
             fly_client,
@@ -187,9 +188,9 @@ def transcribe(
             )
         if not yes and not typer.confirm("Start the machines?", default=True):
             raise typer.Exit(1)
-        fly = FlyFleet(
-            fly_client(settings), config, ledger_path=settings.ledger_path, run_id=run_id
-        )
+        client = fly_client(settings)
+        ask_fly_first(client)
+        fly = FlyFleet(client, config, ledger_path=settings.ledger_path, run_id=run_id)
     n_workers, n_threads = default_workers()
     if settings.workers is not None:
         n_workers = settings.workers

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from whisperfarm.errors import FlyAuthError, UsageError
+from whisperfarm.errors import FlyAuthError, FlyUnavailable, UsageError
 from whisperfarm.fly.client import MachinesClient
 from whisperfarm.fly.policy import FleetLimits, Plan, machine_speed, plan
 from whisperfarm.fly.pricing import Size, size_named
@@ -144,6 +144,20 @@ def fly_client(settings: Settings) -> MachinesClient:
         settings.fly_api_token.get_secret_value(),
         base_url=settings.fly_api_url,
     )
+
+
+def ask_fly_first(client: MachinesClient) -> None:
+    """One List before a run cuts any audio or starts anything: a wrong token, a missing
+    app, or no way to reach Fly's API (no network, DNS, a proxy) then fails in one line,
+    not after minutes of a fleet backing off (``fly_give_up_seconds``)."""
+    try:
+        client.list(metadata={"managed_by": "whisperfarm"})
+    except FlyUnavailable as error:
+        raise FlyUnavailable(
+            f"can't use Fly's Machines API from here: {error}. Nothing was started: check "
+            "this machine's network (and FLY_API_HOSTNAME if set), then rerun",
+            status=error.status,  # its message names the fly-request-id already
+        ) from error
 
 
 def estimate(config: FlyConfig, audio_seconds: float, *, ready: int = 0) -> Plan:
