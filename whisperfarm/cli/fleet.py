@@ -18,6 +18,21 @@ machines_app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
 app.add_typer(machines_app, name="machines")
 
 
+# The Fly options the `machines` commands share.
+ModelOption = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="The model runs will use: picks the default size."),
+]
+SizeOption = Annotated[
+    str | None,
+    typer.Option(help="performance-1x … performance-16x [default: suits the model]."),
+]
+ImageOption = Annotated[
+    str | None, typer.Option(help="Worker image [default: registry.fly.io/APP:latest].")
+]
+AppOption = Annotated[str | None, typer.Option("--app", help="The worker app [default: $FLY_APP].")]
+
+
 @app.command()
 @friendly
 def serve(
@@ -152,21 +167,11 @@ def machines_warm(
             help="Stopped machines to keep; 0 destroys the pool.", min=0, metavar="COUNT"
         ),
     ],
-    model: Annotated[
-        str | None,
-        typer.Option("--model", "-m", help="The model runs will use: picks the default size."),
-    ] = None,
-    machine_size: Annotated[
-        str | None,
-        typer.Option(help="performance-1x … performance-16x [default: suits the model]."),
-    ] = None,
+    model: ModelOption = None,
+    machine_size: SizeOption = None,
     region: Annotated[str | None, typer.Option(help="Region for the machines.")] = None,
-    image: Annotated[
-        str | None, typer.Option(help="Worker image [default: registry.fly.io/APP:latest].")
-    ] = None,
-    fly_app: Annotated[
-        str | None, typer.Option("--app", help="The worker app [default: $FLY_APP].")
-    ] = None,
+    image: ImageOption = None,
+    fly_app: AppOption = None,
     rootfs_gb: Annotated[
         float | None,
         typer.Option(help="The image's unpacked size in GB, for the storage cost [default: 2]."),
@@ -288,21 +293,11 @@ def machines_check(
         str | None, typer.Option(help="Listen address, e.g. :: for a WireGuard peer.")
     ] = None,
     port: Annotated[int | None, typer.Option(help="Port [default: any free port].")] = None,
-    model: Annotated[
-        str | None,
-        typer.Option("--model", "-m", help="The model runs will use: picks the default size."),
-    ] = None,
-    machine_size: Annotated[
-        str | None,
-        typer.Option(help="performance-1x … performance-16x [default: suits the model]."),
-    ] = None,
+    model: ModelOption = None,
+    machine_size: SizeOption = None,
     region: Annotated[str | None, typer.Option(help="Region for the machine.")] = None,
-    image: Annotated[
-        str | None, typer.Option(help="Worker image [default: registry.fly.io/APP:latest].")
-    ] = None,
-    fly_app: Annotated[
-        str | None, typer.Option("--app", help="The worker app [default: $FLY_APP].")
-    ] = None,
+    image: ImageOption = None,
+    fly_app: AppOption = None,
     reach_timeout: Annotated[
         float | None,
         typer.Option(help="Seconds the worker has to reach the coordinator [default: 90]."),
@@ -377,9 +372,7 @@ def machines_reap(
             "by runs that are over.",
         ),
     ] = False,
-    fly_app: Annotated[
-        str | None, typer.Option("--app", help="The worker app [default: $FLY_APP].")
-    ] = None,
+    fly_app: AppOption = None,
 ) -> None:
     """Destroy machines whisperfarm left behind (found by their metadata on Fly), and stop
     warm-pool machines left running.
