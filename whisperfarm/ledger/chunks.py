@@ -12,6 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from whisperfarm.ledger.episodes import EpisodeStore
+from whisperfarm.states import ChunkState, EpisodeState
+
+# The states as SQL spells them (StrEnums format as their values).
+DEAD = ChunkState.DEAD
+DONE = ChunkState.DONE
+EPISODE_QUEUED = EpisodeState.QUEUED
+LEASED = ChunkState.LEASED
+QUEUED = ChunkState.QUEUED
 
 
 class UnknownChunk(Exception):
@@ -64,11 +72,11 @@ class EpisodeProgress:
 
     @property
     def done(self) -> int:
-        return self.counts.get("done", 0)
+        return self.counts.get(ChunkState.DONE, 0)
 
     @property
     def dead(self) -> int:
-        return self.counts.get("dead", 0)
+        return self.counts.get(ChunkState.DEAD, 0)
 
     @property
     def finished(self) -> bool:
@@ -98,11 +106,11 @@ class ChunkStore(EpisodeStore):
                 and abs(existing[0] - plan.start) < 1e-3
                 and abs(existing[1] - plan.end) < 1e-3
             )
-            if same_cut and existing[2] in ("done", "leased", "queued"):
+            if same_cut and existing[2] in (ChunkState.DONE, ChunkState.LEASED, ChunkState.QUEUED):
                 # Kept as it is: finished work stays finished, and a worker holding the
                 # lease keeps a valid chunk id.
-                return existing[2] != "done"
-            state = "queued" if plan.speech else "done"
+                return existing[2] != ChunkState.DONE
+            state = ChunkState.QUEUED if plan.speech else ChunkState.DONE
             if existing is not None:  # a new cut: the old one's result is no use
                 conn.execute(
                     "DELETE FROM results WHERE chunk_id IN"
@@ -136,7 +144,7 @@ class ChunkStore(EpisodeStore):
                 "DELETE FROM chunks WHERE episode_id = ? AND idx >= ?", (episode_id, chunk_count)
             )
             conn.execute(
-                "UPDATE episodes SET state = 'queued', duration = ?, chunk_count = ?,"
+                f"UPDATE episodes SET state = '{EPISODE_QUEUED}', duration = ?, chunk_count = ?,"
                 " error = NULL, updated_at = ? WHERE id = ?",
                 (duration, chunk_count, self.clock(), episode_id),
             )
@@ -150,12 +158,14 @@ class ChunkStore(EpisodeStore):
             raise UnknownChunk(chunk_id)
         return rows[0]
 
-    def requeue(self, episode_id: str, *, states: tuple[str, ...] = ("leased", "dead")) -> int:
+    def requeue(
+        self, episode_id: str, *, states: tuple[str, ...] = (ChunkState.LEASED, ChunkState.DEAD)
+    ) -> int:
         """Put unfinished chunks back in the queue (resume after a crash, retry dead ones)."""
         marks = ", ".join("?" for _ in states)
         with self._write() as conn:
             cursor = conn.execute(
-                "UPDATE chunks SET state = 'queued', attempt = 0, lease_token = NULL,"
+                f"UPDATE chunks SET state = '{QUEUED}', attempt = 0, lease_token = NULL,"
                 " lease_expires_at = NULL, error = NULL"
                 f" WHERE episode_id = ? AND state IN ({marks})",
                 (episode_id, *states),
@@ -167,9 +177,9 @@ class ChunkStore(EpisodeStore):
         ids = json.dumps(chunk_ids)
         with self._write() as conn:
             cursor = conn.execute(
-                "UPDATE chunks SET state = 'queued', attempt = 0, lease_token = NULL,"
+                f"UPDATE chunks SET state = '{QUEUED}', attempt = 0, lease_token = NULL,"
                 " lease_expires_at = NULL, error = NULL, result_path = NULL, finished_at = NULL"
-                " WHERE state IN ('done', 'dead') AND id IN (SELECT value FROM json_each(?))",
+                f" WHERE state IN ('{DONE}', '{DEAD}') AND id IN (SELECT value FROM json_each(?))",
                 (ids,),
             )
             conn.execute(
@@ -199,7 +209,7 @@ class ChunkStore(EpisodeStore):
         """Chunks marked done with speech but no stored result: only a ledger from before
         results moved into it, whose result file was gone, has any."""
         return self._rows(
-            "SELECT * FROM chunks WHERE episode_id = ? AND state = 'done' AND speech = 1"
+            f"SELECT * FROM chunks WHERE episode_id = ? AND state = '{DONE}' AND speech = 1"
             " AND id NOT IN (SELECT chunk_id FROM results) ORDER BY idx",
             (episode_id,),
         )
@@ -216,7 +226,7 @@ class ChunkStore(EpisodeStore):
             progress.counts[state] = count
             progress.total += count
             progress.audio_total += seconds or 0.0
-            if state == "done":
+            if state == ChunkState.DONE:
                 progress.audio_done += seconds or 0.0
         return progress
 
@@ -226,17 +236,17 @@ class ChunkStore(EpisodeStore):
         audio, chunks = 0.0, 0
         for episode_id in episode_ids:
             episode = self.episode(episode_id)
-            if episode["state"] in ("done", "failed"):
+            if episode["state"] in (EpisodeState.DONE, EpisodeState.FAILED):
                 continue
             row = self.db.conn.execute(
-                "SELECT coalesce(sum(CASE WHEN state IN ('queued', 'leased') THEN end - start"
-                " END), 0), count(CASE WHEN state IN ('queued', 'leased') THEN 1 END),"
+                f"SELECT coalesce(sum(CASE WHEN state IN ('{QUEUED}', '{LEASED}') THEN end - start"
+                f" END), 0), count(CASE WHEN state IN ('{QUEUED}', '{LEASED}') THEN 1 END),"
                 " coalesce(max(keep_end), 0) FROM chunks WHERE episode_id = ?",
                 (episode_id,),
             ).fetchone()
             audio += row[0]
             chunks += row[1]
-            if episode["state"] == "chunking" and episode["duration"]:
+            if episode["state"] == EpisodeState.CHUNKING and episode["duration"]:
                 uncut = max(0.0, episode["duration"] - row[2])
                 audio += uncut
                 chunks += int(uncut // 25) + (1 if uncut % 25 else 0)
@@ -245,7 +255,7 @@ class ChunkStore(EpisodeStore):
     def chunk_counts(self, episode_ids: list[str]) -> tuple[int, int]:
         """(done, total) chunks over these episodes."""
         row = self.db.conn.execute(
-            "SELECT count(CASE WHEN state = 'done' THEN 1 END), count(*) FROM chunks"
+            f"SELECT count(CASE WHEN state = '{DONE}' THEN 1 END), count(*) FROM chunks"
             " WHERE episode_id IN (SELECT value FROM json_each(?))",
             (json.dumps(episode_ids),),
         ).fetchone()

@@ -7,6 +7,10 @@ from typing import Any
 
 from whisperfarm.errors import EpisodeNotFound
 from whisperfarm.ledger.store import Store
+from whisperfarm.states import EpisodeState
+
+# The states as SQL spells them (StrEnums format as their values).
+EPISODE_CHUNKING = EpisodeState.CHUNKING
 
 
 class EpisodeStore(Store):
@@ -30,7 +34,7 @@ class EpisodeStore(Store):
         with self._write() as conn:
             conn.execute(
                 "INSERT INTO episodes (id, name, source, content_hash, model, options, state,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'chunking', ?, ?)",
+                f" created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, '{EPISODE_CHUNKING}', ?, ?)",
                 (episode_id, name, source, content_hash, model, json.dumps(options), now, now),
             )
         return self.episode(episode_id)

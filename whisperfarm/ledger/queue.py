@@ -23,6 +23,14 @@ from typing import Any, Literal
 
 from whisperfarm.ledger.chunks import ChunkStore, UnknownChunk
 from whisperfarm.ledger.workers import WorkerInfo, touch_worker
+from whisperfarm.states import ChunkState, EpisodeState
+
+# The states as SQL spells them (StrEnums format as their values).
+DEAD = ChunkState.DEAD
+DONE = ChunkState.DONE
+EPISODE_CHUNKING = EpisodeState.CHUNKING
+LEASED = ChunkState.LEASED
+QUEUED = ChunkState.QUEUED
 
 
 class LeaseLost(Exception):
@@ -62,10 +70,10 @@ def _new_token() -> str:
 _NEXT_CHUNK = (
     "SELECT id FROM ("
     " SELECT * FROM (SELECT id, end - start AS length, idx FROM chunks"
-    "  WHERE state = 'queued' AND episode_id IN (SELECT value FROM json_each(?5))"
+    f"  WHERE state = '{QUEUED}' AND episode_id IN (SELECT value FROM json_each(?5))"
     "  ORDER BY end - start DESC, idx LIMIT 1)"
     " UNION ALL SELECT id, end - start, idx FROM chunks"
-    "  WHERE state = 'leased' AND lease_expires_at < ?4"
+    f"  WHERE state = '{LEASED}' AND lease_expires_at < ?4"
     "  AND episode_id IN (SELECT value FROM json_each(?5))"
     ") ORDER BY length DESC, idx LIMIT 1"
 )
@@ -88,14 +96,14 @@ class QueueStore(ChunkStore):
         with self._write() as conn:
             touch_worker(conn, worker, now)
             conn.execute(
-                "UPDATE chunks SET state = 'dead', lease_token = NULL,"
+                f"UPDATE chunks SET state = '{DEAD}', lease_token = NULL,"
                 " error = coalesce(error, 'lease expired on every attempt (worker lost?)')"
-                " WHERE state = 'leased' AND lease_expires_at < ? AND attempt >= ?"
+                f" WHERE state = '{LEASED}' AND lease_expires_at < ? AND attempt >= ?"
                 " AND episode_id IN (SELECT value FROM json_each(?))",
                 (now, max_attempts, scope),
             )
             row = conn.execute(
-                "UPDATE chunks SET state = 'leased', attempt = attempt + 1, lease_token = ?1,"
+                f"UPDATE chunks SET state = '{LEASED}', attempt = attempt + 1, lease_token = ?1,"
                 " lease_expires_at = ?2, worker_id = ?3, claimed_at = ?4"
                 f" WHERE id = ({_NEXT_CHUNK})"
                 " RETURNING id, episode_id, idx, start, end, attempt, words",
@@ -124,9 +132,9 @@ class QueueStore(ChunkStore):
                 )
                 return Claim("job", job)
             pending = conn.execute(
-                "SELECT (SELECT count(*) FROM episodes WHERE state = 'chunking'"
+                f"SELECT (SELECT count(*) FROM episodes WHERE state = '{EPISODE_CHUNKING}'"
                 "        AND id IN (SELECT value FROM json_each(?)))"
-                "     + (SELECT count(*) FROM chunks WHERE state IN ('leased', 'queued')"
+                f"     + (SELECT count(*) FROM chunks WHERE state IN ('{LEASED}', '{QUEUED}')"
                 "        AND episode_id IN (SELECT value FROM json_each(?)))",
                 (scope, scope),
             ).fetchone()[0]
@@ -141,7 +149,7 @@ class QueueStore(ChunkStore):
         with self._write() as conn:
             row = conn.execute(
                 "UPDATE chunks SET lease_expires_at = max(lease_expires_at, ?)"
-                " WHERE id = ? AND lease_token = ? AND state = 'leased'"
+                f" WHERE id = ? AND lease_token = ? AND state = '{LEASED}'"
                 " RETURNING lease_expires_at, worker_id",
                 (now + lease_seconds, chunk_id, token),
             ).fetchone()
@@ -167,9 +175,9 @@ class QueueStore(ChunkStore):
         now = self.clock()
         with self._write() as conn:
             row = conn.execute(
-                "UPDATE chunks SET state = 'done', finished_at = ?,"
+                f"UPDATE chunks SET state = '{DONE}', finished_at = ?,"
                 " lease_expires_at = NULL, error = NULL"
-                " WHERE id = ? AND lease_token = ? AND state = 'leased'"
+                f" WHERE id = ? AND lease_token = ? AND state = '{LEASED}'"
                 " RETURNING worker_id, end - start",
                 (now, chunk_id, token),
             ).fetchone()
@@ -179,7 +187,7 @@ class QueueStore(ChunkStore):
                 ).fetchone()
                 if state is None:
                     raise UnknownChunk(chunk_id)
-                if state[0] == "done" and state[1] == token:
+                if state[0] == ChunkState.DONE and state[1] == token:
                     return "duplicate"
                 raise LeaseLost(chunk_id)
             conn.execute(
@@ -197,9 +205,10 @@ class QueueStore(ChunkStore):
         """A worker gave up on its chunk: back to the queue, or dead at the attempt cap."""
         with self._write() as conn:
             row = conn.execute(
-                "UPDATE chunks SET state = CASE WHEN attempt >= ? THEN 'dead' ELSE 'queued' END,"
+                f"UPDATE chunks SET state = CASE WHEN attempt >= ? THEN '{DEAD}'"
+                f" ELSE '{QUEUED}' END,"
                 " lease_token = NULL, lease_expires_at = NULL, error = ?"
-                " WHERE id = ? AND lease_token = ? AND state = 'leased'"
+                f" WHERE id = ? AND lease_token = ? AND state = '{LEASED}'"
                 " RETURNING state, worker_id",
                 (max_attempts, error[:2000], chunk_id, token),
             ).fetchone()
@@ -212,9 +221,9 @@ class QueueStore(ChunkStore):
         """A worker stopping gracefully hands its chunk back at once, attempt not spent."""
         with self._write() as conn:
             row = conn.execute(
-                "UPDATE chunks SET state = 'queued', attempt = max(attempt - 1, 0),"
+                f"UPDATE chunks SET state = '{QUEUED}', attempt = max(attempt - 1, 0),"
                 " lease_token = NULL, lease_expires_at = NULL"
-                " WHERE id = ? AND lease_token = ? AND state = 'leased' RETURNING worker_id",
+                f" WHERE id = ? AND lease_token = ? AND state = '{LEASED}' RETURNING worker_id",
                 (chunk_id, token),
             ).fetchone()
             if row is None:
@@ -230,9 +239,9 @@ class QueueStore(ChunkStore):
         refund = 0 if count_attempt else 1
         with self._write() as conn:
             cursor = conn.execute(
-                "UPDATE chunks SET state = 'queued', attempt = max(attempt - ?, 0),"
+                f"UPDATE chunks SET state = '{QUEUED}', attempt = max(attempt - ?, 0),"
                 " lease_token = NULL, lease_expires_at = NULL"
-                " WHERE state = 'leased' AND worker_id IN (SELECT value FROM json_each(?))",
+                f" WHERE state = '{LEASED}' AND worker_id IN (SELECT value FROM json_each(?))",
                 (refund, json.dumps(worker_ids)),
             )
             conn.execute(
@@ -245,7 +254,7 @@ class QueueStore(ChunkStore):
     def lease_holder(self, chunk_id: int, token: str) -> dict[str, Any]:
         """The chunk, if ``token`` holds its lease now; else LeaseLost/UnknownChunk."""
         chunk = self.chunk(chunk_id)
-        if chunk["state"] != "leased" or chunk["lease_token"] != token:
+        if chunk["state"] != ChunkState.LEASED or chunk["lease_token"] != token:
             raise LeaseLost(chunk_id)
         return chunk
 

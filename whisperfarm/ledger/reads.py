@@ -7,6 +7,10 @@ import json
 from typing import Any
 
 from whisperfarm.ledger.store import Store
+from whisperfarm.states import ChunkState
+
+# The states as SQL spells them (StrEnums format as their values).
+LEASED = ChunkState.LEASED
 
 
 class StatusReads(Store):
@@ -47,7 +51,7 @@ class StatusReads(Store):
         return self._rows(
             "SELECT c.id, c.episode_id, c.idx, c.worker_id, c.lease_expires_at,"
             " e.name AS episode_name FROM chunks c JOIN episodes e ON e.id = c.episode_id"
-            " WHERE c.state = 'leased' ORDER BY c.id"
+            f" WHERE c.state = '{LEASED}' ORDER BY c.id"
         )
 
     def episode_count(self) -> int:

@@ -7,6 +7,11 @@ import json
 from typing import Any
 
 from whisperfarm.ledger.store import Store
+from whisperfarm.states import ChunkState, RunState
+
+# The states as SQL spells them (StrEnums format as their values).
+DONE = ChunkState.DONE
+RUN_RUNNING = RunState.RUNNING
 
 
 class RunStore(Store):
@@ -23,7 +28,7 @@ class RunStore(Store):
         with self._write() as conn:
             conn.execute(
                 "INSERT INTO runs (id, backend, url, pid, budget, started_at, state)"
-                " VALUES (?, ?, ?, ?, ?, ?, 'running')",
+                f" VALUES (?, ?, ?, ?, ?, ?, '{RUN_RUNNING}')",
                 (run_id, backend, url, pid, budget, self.clock()),
             )
             conn.executemany(
@@ -46,7 +51,8 @@ class RunStore(Store):
         """Runs marked running that include any of these episodes."""
         return self._rows(
             "SELECT DISTINCT r.* FROM runs r JOIN run_episodes e ON e.run_id = r.id"
-            " WHERE r.state = 'running' AND e.episode_id IN (SELECT value FROM json_each(?))",
+            f" WHERE r.state = '{RUN_RUNNING}'"
+            " AND e.episode_id IN (SELECT value FROM json_each(?))",
             (json.dumps(episode_ids),),
         )
 
@@ -71,7 +77,7 @@ class RunStore(Store):
         return self._rows(
             "SELECT * FROM workers WHERE id IN (SELECT DISTINCT c.worker_id FROM chunks c"
             " JOIN run_episodes e ON e.episode_id = c.episode_id JOIN runs r ON r.id = e.run_id"
-            " WHERE r.id = ? AND c.state = 'done' AND c.finished_at >= r.started_at)",
+            f" WHERE r.id = ? AND c.state = '{DONE}' AND c.finished_at >= r.started_at)",
             (run_id,),
         )
 
