@@ -28,6 +28,7 @@ from whisperfarm.evaluation import word_error_rate
 from whisperfarm.fly import config as fly_config_module
 from whisperfarm.fly.client import MachinesClient, build_worker_config
 from whisperfarm.fly.pool import as_pool_config
+from whisperfarm.fly.store import MachineStore
 from whisperfarm.ledger import ChunkPlan, Ledger
 
 runner = CliRunner()
@@ -57,7 +58,7 @@ def ledger(home: Path) -> Iterator[Ledger]:
 
 
 def record(ledger: Ledger, machine_id: str, run_id: str = "r1", price: float = 0.001) -> None:
-    ledger.record_machine(
+    MachineStore(ledger).record_machine(
         machine_id=machine_id,
         run_id=run_id,
         name=f"wf-{run_id}-{machine_id}",
@@ -106,7 +107,7 @@ def test_machines_lists_ids_states_and_costs(ledger: Ledger) -> None:
     assert isinstance(clock, FakeClock)
     record(ledger, "m-ended")
     clock.advance(100.0)
-    ledger.update_machine("m-ended", state="destroyed")
+    MachineStore(ledger).update_machine("m-ended", state="destroyed")
     record(ledger, "m-running")
     result = runner.invoke(app, ["machines"])
     assert result.exit_code == 0, result.output
@@ -187,7 +188,7 @@ def test_reap_destroys_what_a_crashed_run_left(
     )
     machine = fake_fly.create(config, name="wf-r1-1")
     ledger.start_run("r1", backend="fly", episode_ids=[], pid=None)
-    ledger.record_machine(
+    MachineStore(ledger).record_machine(
         machine_id=machine.id,
         run_id="r1",
         name="wf-r1-1",
@@ -204,7 +205,7 @@ def test_reap_destroys_what_a_crashed_run_left(
     assert result.exit_code == 0, result.output
     assert f"destroyed 1 machine(s): {machine.id}" in result.output
     assert [m.id for m in fake_fly.list()] == []
-    assert [row["state"] for row in ledger.machines()] == ["destroyed"]
+    assert [row["state"] for row in MachineStore(ledger).machines()] == ["destroyed"]
 
 
 def test_reap_says_stop_when_a_stop_failed(
@@ -324,7 +325,7 @@ def test_cost_shows_each_run_and_its_episodes_share(ledger: Ledger) -> None:
     ledger.start_run("run-abc", backend="fly", episode_ids=["e1", "e2"], budget=2.0)
     record(ledger, "m1", run_id="run-abc")
     clock.advance(150.0)
-    ledger.update_machine("m1", state="destroyed")
+    MachineStore(ledger).update_machine("m1", state="destroyed")
     ledger.end_run("run-abc", "done")
     result = runner.invoke(app, ["cost"])
     assert result.exit_code == 0, result.output

@@ -37,6 +37,7 @@ from whisperfarm.fly.pool import POOL_KEY, warm
 from whisperfarm.fly.pricing import SIZES, Size
 from whisperfarm.fly.reach import ReachLimits
 from whisperfarm.fly.reap import reap
+from whisperfarm.fly.store import MachineStore
 from whisperfarm.ledger import ChunkPlan, Ledger, WorkerInfo
 from whisperfarm.settings import Settings
 
@@ -76,7 +77,7 @@ class Rig:
     fleet: FlyFleet
 
     def rows(self) -> list[dict[str, Any]]:
-        return self.ledger.machines(RUN)
+        return MachineStore(self.ledger).machines(RUN)
 
     def fake_machines(self) -> list[dict[str, Any]]:
         return self.fly.snapshot()["machines"]
@@ -314,7 +315,7 @@ def test_a_machine_stuck_starting_is_destroyed_after_start_timeout(
     rig.fleet.tick(rig.ledger)
     (stuck,) = rig.rows()
     rig.tick_every(30.0, 4)  # 120 s: not yet past the timeout
-    assert rig.ledger.machines(RUN)[0]["state"] == "starting"
+    assert MachineStore(rig.ledger).machines(RUN)[0]["state"] == "starting"
     assert rig.alive_on_fly() == [stuck["id"]]
     rig.tick_every(30.0, 1)
     rows = {row["id"]: row for row in rig.rows()}
@@ -431,7 +432,7 @@ def test_at_the_budget_every_machine_is_destroyed_and_the_user_told_what_finishi
         for _ in range(200):
             rig.clock.advance(2.0)
             rig.fleet.tick(rig.ledger)
-    spent = rig.ledger.spend(RUN)
+    spent = MachineStore(rig.ledger).spend(RUN)
     assert 0.8 < spent <= budget  # close to the cap, never over it
     assert rig.alive_on_fly() == []
     assert all(row["state"] == "destroyed" and row["destroyed_at"] for row in rig.rows())
@@ -446,7 +447,7 @@ def test_at_the_budget_every_machine_is_destroyed_and_the_user_told_what_finishi
     assert "larger --budget" in message
     # Nothing else spends after the stop.
     rig.clock.advance(100.0)
-    assert rig.ledger.spend(RUN) == spent
+    assert MachineStore(rig.ledger).spend(RUN) == spent
 
 
 def test_a_budget_too_small_for_one_machine_stops_at_once(make_rig: Callable[..., Rig]) -> None:
@@ -488,7 +489,7 @@ def test_with_local_workers_the_cap_stops_machines_but_not_the_run(
     for _ in range(200):  # well past the cap: no BudgetReached, since local workers go on
         rig.clock.advance(2.0)
         rig.fleet.tick(rig.ledger)
-    assert rig.ledger.spend(RUN) <= 1.0
+    assert MachineStore(rig.ledger).spend(RUN) <= 1.0
     assert rig.alive_on_fly() == []
     assert len(rig.fake_machines()) == 1, "no machine started after the cap"
 
@@ -723,7 +724,7 @@ def test_stop_destroys_every_machine_and_records_when(make_rig: Callable[..., Ri
     assert all(row["state"] == "destroyed" for row in rows)
     assert all(row["destroyed_at"] == rig.clock.now for row in rows)
     assert rig.fleet.leftovers == []
-    assert rig.ledger.spend(RUN) == pytest.approx(3 * 30.0 * PRICE)
+    assert MachineStore(rig.ledger).spend(RUN) == pytest.approx(3 * 30.0 * PRICE)
 
 
 def test_machines_whose_destroy_failed_are_leftovers(make_rig: Callable[..., Rig]) -> None:
@@ -767,7 +768,7 @@ def test_reap_destroys_machines_of_ended_runs_and_keeps_live_ones(
         return made.id
 
     def record(run_id: str, machine_id: str, name: str, app: str = APP) -> None:
-        ledger.record_machine(
+        MachineStore(ledger).record_machine(
             machine_id=machine_id,
             run_id=run_id,
             name=name,
@@ -792,7 +793,7 @@ def test_reap_destroys_machines_of_ended_runs_and_keeps_live_ones(
     assert result.kept == [live]
     assert result.failed == []
     assert rig.alive_on_fly() == [live]
-    states = {row["id"]: (row["state"], row["error"]) for row in ledger.machines()}
+    states = {row["id"]: (row["state"], row["error"]) for row in MachineStore(ledger).machines()}
     assert states[dead] == ("destroyed", "reaped")
     assert states["gone-1"] == ("destroyed", "gone when reaped")
     assert states["other-1"] == ("started", None)  # another app's listing can't tell
@@ -801,7 +802,7 @@ def test_reap_destroys_machines_of_ended_runs_and_keeps_live_ones(
     everything = reap(client, ledger, everything=True)
     assert everything.destroyed == [live] and everything.kept == []
     assert rig.alive_on_fly() == []
-    assert {row["id"]: row["state"] for row in ledger.machines()}[live] == "destroyed"
+    assert {row["id"]: row["state"] for row in MachineStore(ledger).machines()}[live] == "destroyed"
 
 
 def test_reap_looks_up_what_a_lagging_list_leaves_out_and_destroys_it(
@@ -822,7 +823,7 @@ def test_reap_looks_up_what_a_lagging_list_leaves_out_and_destroys_it(
             model="tiny.en",
         )
         machine = rig.client.create(config, name=name)
-        ledger.record_machine(
+        MachineStore(ledger).record_machine(
             machine_id=machine.id,
             run_id="dead",
             name=name,
@@ -839,7 +840,7 @@ def test_reap_looks_up_what_a_lagging_list_leaves_out_and_destroys_it(
     result = reap(rig.client, ledger)  # the list shows none of them yet
     assert sorted(result.destroyed) == sorted(made)
     assert rig.alive_on_fly() == []
-    states = {row["id"]: (row["state"], row["error"]) for row in ledger.machines()}
+    states = {row["id"]: (row["state"], row["error"]) for row in MachineStore(ledger).machines()}
     assert {states[m] for m in made} == {("destroyed", "reaped")}
 
 
@@ -916,7 +917,7 @@ def test_cost_report_splits_a_run_over_its_episodes_by_audio(
     clock.advance(60.0)
     ledger.start_run("r2", backend="local", episode_ids=["short"])
     for machine_id, seconds in (("m1", 100.0), ("m2", 50.0)):
-        ledger.record_machine(
+        MachineStore(ledger).record_machine(
             machine_id=machine_id,
             run_id="r1",
             name=f"wf-r1-{machine_id}",
@@ -929,7 +930,7 @@ def test_cost_report_splits_a_run_over_its_episodes_by_audio(
             state="created",
         )
         clock.advance(seconds)
-        ledger.update_machine(machine_id, state="destroyed")
+        MachineStore(ledger).update_machine(machine_id, state="destroyed")
     first, second = cost_report(ledger)
     ledger.close()
     assert first.run_id == "r1" and first.machines == 2
@@ -977,7 +978,7 @@ def test_pool_machines_start_first_then_creates_make_up_the_rest(
             }
             for key in ("image", "guest", "init", "stop_config", "restart"):
                 assert config[key] == created[key]
-    held = {row["id"]: row["run_id"] for row in rig.ledger.pool_machines()}
+    held = {row["id"]: row["run_id"] for row in MachineStore(rig.ledger).pool_machines()}
     assert held == {machine_id: RUN for machine_id in pool}
 
 
@@ -1004,14 +1005,16 @@ def test_a_pool_machine_bills_from_its_update_until_seen_stopped_and_stays(
     rig.fleet.tick(rig.ledger)
     (row,) = rig.pool_rows()
     assert row["state"] == "stopped" and row["stopped_at"] == rig.clock.now
-    assert rig.ledger.spend(RUN) == pytest.approx(11.0 * PRICE)
+    assert MachineStore(rig.ledger).spend(RUN) == pytest.approx(11.0 * PRICE)
     assert row["started_at"] == asked
-    assert rig.ledger.pool_machines()[0]["run_id"] is None  # free for another run
+    assert MachineStore(rig.ledger).pool_machines()[0]["run_id"] is None  # free for another run
     # The run still wants a machine: it creates one rather than restart the same.
     assert rig.fly.requests["start"] == 1
     assert len(rig.rows()) == 2 and rig.creates() == 2
     rig.clock.advance(100.0)
-    assert rig.ledger.spend(RUN) == pytest.approx((11.0 + 100.0) * PRICE)  # the created one
+    assert MachineStore(rig.ledger).spend(RUN) == pytest.approx(
+        (11.0 + 100.0) * PRICE
+    )  # the created one
 
 
 def test_stop_stops_pool_machines_and_destroys_created_ones(make_rig: Callable[..., Rig]) -> None:
@@ -1030,10 +1033,10 @@ def test_stop_stops_pool_machines_and_destroys_created_ones(make_rig: Callable[.
     assert {rows[m]["state"] for m in created} == {"destroyed"}
     assert rig.fleet.leftovers == []
     assert sorted(rig.fleet.gone_workers()) == sorted([*created, *(f"{m}-{RUN}" for m in pool)])
-    assert {row["run_id"] for row in rig.ledger.pool_machines()} == {None}
-    spent = rig.ledger.spend(RUN)
+    assert {row["run_id"] for row in MachineStore(rig.ledger).pool_machines()} == {None}
+    spent = MachineStore(rig.ledger).spend(RUN)
     rig.clock.advance(1000.0)
-    assert rig.ledger.spend(RUN) == spent  # nothing bills once stopped
+    assert MachineStore(rig.ledger).spend(RUN) == spent  # nothing bills once stopped
 
 
 def test_stop_waits_for_pool_machines_to_be_stopped(make_rig: Callable[..., Rig]) -> None:
@@ -1061,7 +1064,7 @@ def test_at_the_budget_pool_machines_are_stopped_not_destroyed(
             rig.clock.advance(2.0)
             rig.fleet.tick(rig.ledger)
     rig.fleet.stop()
-    assert rig.ledger.spend(RUN) <= budget
+    assert MachineStore(rig.ledger).spend(RUN) <= budget
     assert rig.on_fly()[machine_id] == "stopped"
     assert all(state in ("stopped", "created") for state in rig.on_fly().values())
     assert rig.creates() == 2  # the warm-up's only
@@ -1092,7 +1095,7 @@ def test_a_pool_machine_another_live_run_holds_is_not_taken(make_rig: Callable[.
     rig = make_rig(max_machines=2)
     held, free = rig.warm(2)
     rig.ledger.start_run("other", backend="fly", episode_ids=[], pid=os.getpid())
-    assert rig.ledger.hold_pool_machine(held, "other", live_runs=set())
+    assert MachineStore(rig.ledger).hold_pool_machine(held, "other", live_runs=set())
     rig.fleet.tick(rig.ledger)
     assert [row["id"] for row in rig.pool_rows()] == [free]
     assert rig.on_fly()[held] == "created"
@@ -1167,9 +1170,9 @@ def test_a_pool_machine_not_started_bills_until_seen_stopped_and_fly_may_start_i
     assert rig.on_fly()[machine_id] == "started"
     (row,) = rig.pool_rows()
     assert row["state"] == "started" and row["stopped_at"] is None  # ours, billing
-    assert rig.ledger.spend(RUN) == pytest.approx((rig.clock.now - asked) * PRICE)
+    assert MachineStore(rig.ledger).spend(RUN) == pytest.approx((rig.clock.now - asked) * PRICE)
     assert len(rig.rows()) == 1 and rig.creates() == 1  # --max-machines 1 holds
-    assert rig.ledger.pool_machines()[0]["run_id"] == RUN  # no other run takes it
+    assert MachineStore(rig.ledger).pool_machines()[0]["run_id"] == RUN  # no other run takes it
     rig.fleet.stop()
     assert rig.on_fly()[machine_id] == "stopped" and rig.fleet.leftovers == []
 
@@ -1183,7 +1186,7 @@ def test_a_pool_machine_not_started_and_seen_stopped_ends_its_bill(
     rig.tick_every(2.0, 1)
     row = next(row for row in rig.pool_rows() if row["id"] == machine_id)
     assert row["state"] == "stopped" and row["stopped_at"] == rig.clock.now
-    assert rig.ledger.pool_machines()[0]["run_id"] is None
+    assert MachineStore(rig.ledger).pool_machines()[0]["run_id"] is None
     assert len(rig.rows()) == 2  # a created machine took over
 
 
@@ -1202,10 +1205,12 @@ def test_a_pool_machine_seen_stopped_that_runs_again_for_the_run_bills_again(
     rig.tick_every(2.0, 2)
     row = next(row for row in rig.pool_rows() if row["id"] == machine_id)
     assert row["state"] == "started" and row["stopped_at"] is None
-    assert rig.ledger.pool_machines()[0]["run_id"] == RUN
-    spent = rig.ledger.spend(RUN)
+    assert MachineStore(rig.ledger).pool_machines()[0]["run_id"] == RUN
+    spent = MachineStore(rig.ledger).spend(RUN)
     rig.clock.advance(100.0)
-    assert rig.ledger.spend(RUN) == pytest.approx(spent + 2 * 100.0 * PRICE)  # both bill
+    assert MachineStore(rig.ledger).spend(RUN) == pytest.approx(
+        spent + 2 * 100.0 * PRICE
+    )  # both bill
     rig.fleet.stop()
     assert rig.on_fly()[machine_id] == "stopped" and rig.fleet.leftovers == []
 
@@ -1227,7 +1232,7 @@ def test_at_the_budget_with_local_workers_a_pool_machine_fly_started_is_stopped(
     assert rig.fleet._capped
     assert all(state in ("stopped", "destroyed") for state in rig.on_fly().values())
     assert rig.on_fly()[machine_id] == "stopped"
-    assert rig.ledger.spend(RUN) <= 2.0
+    assert MachineStore(rig.ledger).spend(RUN) <= 2.0
 
 
 def test_a_stop_that_fails_on_a_machine_stopped_anyway_is_no_leftover(

@@ -20,6 +20,7 @@ from whisperfarm.fly.config import FlyConfig
 from whisperfarm.fly.policy import FleetLimits
 from whisperfarm.fly.pricing import SIZES
 from whisperfarm.fly.reach import ReachLimits
+from whisperfarm.fly.store import MachineStore
 from whisperfarm.ledger import Ledger, WorkerInfo
 from worker.loop import EXIT_MODEL, EXIT_UNREACHABLE
 
@@ -145,7 +146,7 @@ def test_every_check_passes_when_the_worker_reaches_the_coordinator(
     assert machine["config"]["metadata"]["whisperfarm_run"] == RUN  # reap finds it
     assert machine["config"]["auto_destroy"] is True
     assert machine["config"]["guest"]["cpus"] == SIZE.cpus
-    (row,) = ledger.machines(RUN)
+    (row,) = MachineStore(ledger).machines(RUN)
     assert row["state"] == "destroyed" and row["id"] == machine["id"]
     assert report.cost == pytest.approx(
         (row["destroyed_at"] - row["created_at"]) * SIZE.usd_per_second
@@ -161,7 +162,7 @@ def test_a_wrong_token_fails_the_first_check_and_makes_no_machine(
     report, state = run(ledger, clock, reaches(ledger), token="wrong")
     assert verdicts(report) == [("token", False)]
     assert "fly tokens create deploy" in detail(report, "token")
-    assert state["machines"] == [] and ledger.machines(RUN) == []
+    assert state["machines"] == [] and MachineStore(ledger).machines(RUN) == []
 
 
 def test_an_unknown_app_fails_the_app_check(ledger: Ledger, clock: FakeClock) -> None:

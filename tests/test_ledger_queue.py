@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FakeClock
-from whisperfarm.ledger import _NEXT_CHUNK, ChunkPlan, Ledger, WorkerInfo
+from whisperfarm.ledger import ChunkPlan, Ledger, WorkerInfo
+from whisperfarm.ledger.queue import _NEXT_CHUNK
 
 LEASE = 60.0
 

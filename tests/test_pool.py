@@ -32,8 +32,10 @@ from whisperfarm.fly.pool import (
 )
 from whisperfarm.fly.pricing import SIZES, stopped_cost_per_month
 from whisperfarm.fly.reap import reap
-from whisperfarm.ledger import Ledger, machine_cost
+from whisperfarm.fly.store import MachineStore
+from whisperfarm.ledger import Ledger
 from whisperfarm.migrations import migrations
+from whisperfarm.money import machine_cost
 
 APP = "wf-test"
 TOKEN = "fake-token"
@@ -149,7 +151,7 @@ def ledger(tmp_path: Path) -> Iterator[Ledger]:
 
 
 def remember(ledger: Ledger, machine_id: str) -> None:
-    ledger.record_pool_machine(
+    MachineStore(ledger).record_pool_machine(
         machine_id=machine_id,
         app=APP,
         name=f"wf-pool-{machine_id}",
@@ -162,20 +164,24 @@ def remember(ledger: Ledger, machine_id: str) -> None:
 
 def test_a_pool_machine_is_held_by_one_live_run_at_a_time(ledger: Ledger) -> None:
     remember(ledger, "m1")
-    assert ledger.hold_pool_machine("m1", "r1", live_runs=set())
-    assert not ledger.hold_pool_machine("m1", "r2", live_runs={"r1"})  # r1 is going on
-    assert ledger.hold_pool_machine("m1", "r2", live_runs=set())  # r1 crashed: free
-    ledger.release_pool_machine("m1", "r1", state="stopped")  # not r1's any more: no effect
-    assert ledger.pool_machines()[0]["run_id"] == "r2"
-    ledger.release_pool_machine("m1", "r2", state="stopped")
-    assert ledger.pool_machines()[0]["run_id"] is None
-    assert not ledger.hold_pool_machine("unknown", "r3", live_runs=set())
+    assert MachineStore(ledger).hold_pool_machine("m1", "r1", live_runs=set())
+    assert not MachineStore(ledger).hold_pool_machine(
+        "m1", "r2", live_runs={"r1"}
+    )  # r1 is going on
+    assert MachineStore(ledger).hold_pool_machine("m1", "r2", live_runs=set())  # r1 crashed: free
+    MachineStore(ledger).release_pool_machine(
+        "m1", "r1", state="stopped"
+    )  # not r1's any more: no effect
+    assert MachineStore(ledger).pool_machines()[0]["run_id"] == "r2"
+    MachineStore(ledger).release_pool_machine("m1", "r2", state="stopped")
+    assert MachineStore(ledger).pool_machines()[0]["run_id"] is None
+    assert not MachineStore(ledger).hold_pool_machine("unknown", "r3", live_runs=set())
     remember(ledger, "m1")  # seen again: its holder is kept, its details refreshed
-    ledger.hold_pool_machine("m1", "r3", live_runs=set())
+    MachineStore(ledger).hold_pool_machine("m1", "r3", live_runs=set())
     remember(ledger, "m1")
-    assert ledger.pool_machines(APP)[0]["run_id"] == "r3"
-    ledger.forget_pool_machine("m1")
-    assert ledger.pool_machines() == []
+    assert MachineStore(ledger).pool_machines(APP)[0]["run_id"] == "r3"
+    MachineStore(ledger).forget_pool_machine("m1")
+    assert MachineStore(ledger).pool_machines() == []
 
 
 def test_the_plan_counts_the_idle_fitting_pool_machines_the_ledger_knows(
@@ -184,8 +190,8 @@ def test_the_plan_counts_the_idle_fitting_pool_machines_the_ledger_knows(
     """What the plan before a run assumes starts at once, without an API call."""
     for machine_id in ("m1", "m2", "m3", "m4", "m5"):
         remember(ledger, machine_id)
-    ledger.update_pool_machine("m2", state="started")  # busy
-    ledger.record_pool_machine(
+    MachineStore(ledger).update_pool_machine("m2", state="started")  # busy
+    MachineStore(ledger).record_pool_machine(
         machine_id="m3", app=APP, name="wf-pool-m3", region="ord", size=SIZE.name,
         image=f"registry.fly.io/{APP}:old", state="stopped",
     )  # fmt: skip
@@ -195,7 +201,7 @@ def test_the_plan_counts_the_idle_fitting_pool_machines_the_ledger_knows(
             " ('live', 'fly', 'running', 0, ?)",
             (os.getpid(),),
         )
-    assert ledger.hold_pool_machine("m4", "live", live_runs=set())
+    assert MachineStore(ledger).hold_pool_machine("m4", "live", live_runs=set())
     ready = ready_in_ledger(ledger, APP, image=IMAGE, size=SIZE, region="ord")
     assert ready == 2  # m1 and m5
     assert ready_in_ledger(ledger, APP, image=IMAGE, size=SIZE, region="iad") == 0
@@ -204,7 +210,7 @@ def test_the_plan_counts_the_idle_fitting_pool_machines_the_ledger_knows(
 
 
 def record_use(ledger: Ledger, machine_id: str, run_id: str) -> None:
-    ledger.record_machine(
+    MachineStore(ledger).record_machine(
         machine_id=machine_id,
         run_id=run_id,
         name=f"wf-pool-{machine_id}",
@@ -224,16 +230,16 @@ def test_a_pool_machine_bills_each_run_separately(ledger: Ledger) -> None:
     assert isinstance(clock, FakeClock)
     record_use(ledger, "m1", "r1")
     clock.advance(100)
-    ledger.update_machine("m1", state="stopped", run_id="r1")
+    MachineStore(ledger).update_machine("m1", state="stopped", run_id="r1")
     clock.advance(1000)  # stopped: nothing billed
     record_use(ledger, "m1", "r2")
     clock.advance(30)
-    rows = {row["run_id"]: row for row in ledger.machines()}
+    rows = {row["run_id"]: row for row in MachineStore(ledger).machines()}
     assert machine_cost(rows["r1"], clock()) == pytest.approx(1.0)
     assert machine_cost(rows["r2"], clock()) == pytest.approx(0.3)  # still running
     assert rows["r1"]["pool"] == 1 and rows["r1"]["state"] == "stopped"
-    assert ledger.spend("r1") == pytest.approx(1.0)
-    assert ledger.spend() == pytest.approx(1.3)
+    assert MachineStore(ledger).spend("r1") == pytest.approx(1.0)
+    assert MachineStore(ledger).spend() == pytest.approx(1.3)
 
 
 def test_m006_keeps_the_machines_of_an_older_ledger(tmp_path: Path) -> None:
@@ -250,11 +256,11 @@ def test_m006_keeps_the_machines_of_an_older_ledger(tmp_path: Path) -> None:
     old.close()
     ledger = Ledger(path, clock=FakeClock(200))
     try:
-        (row,) = ledger.machines()
+        (row,) = MachineStore(ledger).machines()
         assert (row["id"], row["run_id"], row["pool"], row["stopped_at"]) == ("m1", "r1", 0, 110)
-        assert ledger.spend("r1") == pytest.approx(5.0)
+        assert MachineStore(ledger).spend("r1") == pytest.approx(5.0)
         record_use(ledger, "m1", "r2")  # the same machine in another run: a second row
-        assert [r["run_id"] for r in ledger.machines()] == ["r1", "r2"]
+        assert [r["run_id"] for r in MachineStore(ledger).machines()] == ["r1", "r2"]
     finally:
         ledger.close()
 
@@ -438,7 +444,7 @@ def test_warm_creates_stopped_machines_at_the_create_rate_and_records_them(rig: 
     assert config["metadata"][POOL_KEY] == POOL_VALUE
     assert {m["region"] for m in machines} == {"ams"}
     assert [m["name"] for m in machines] == [f"wf-pool-00{n}" for n in range(1, 6)]
-    pool = rig.ledger.pool_machines(APP)
+    pool = MachineStore(rig.ledger).pool_machines(APP)
     assert sorted(row["id"] for row in pool) == sorted(report.created)
     assert {row["image"] for row in pool} == {IMAGE}
 
@@ -458,7 +464,7 @@ def test_warm_tops_up_shrinks_replaces_misfits_and_zero_destroys_all(rig: Rig) -
     gone = rig.warm(0)
     assert len(gone.destroyed) == 3 and gone.stopped == 0 and gone.usd_per_month == 0
     assert set(rig.on_fly().values()) == {"destroyed"}
-    assert rig.ledger.pool_machines() == []
+    assert MachineStore(rig.ledger).pool_machines() == []
 
 
 def test_warm_leaves_machines_a_live_run_uses_alone(rig: Rig) -> None:
@@ -468,7 +474,7 @@ def test_warm_leaves_machines_a_live_run_uses_alone(rig: Rig) -> None:
     rig.client.update(busy, config, skip_launch=True)
     rig.client.start(busy)
     rig.ledger.start_run("r1", backend="fly", episode_ids=[], pid=os.getpid())
-    rig.ledger.hold_pool_machine(report.created[1], "r1", live_runs=set())
+    MachineStore(rig.ledger).hold_pool_machine(report.created[1], "r1", live_runs=set())
     zero = rig.warm(0)
     assert sorted(zero.busy) == sorted(report.created) and zero.destroyed == []
     assert rig.on_fly()[busy] in ("starting", "started")
@@ -482,13 +488,13 @@ def test_warm_stops_machines_left_running_by_a_run_that_is_over(rig: Rig) -> Non
     rig.client.update(orphan, config, skip_launch=True)
     rig.client.start(orphan)
     record_use(rig.ledger, orphan, "dead")
-    rig.ledger.hold_pool_machine(orphan, "dead", live_runs=set())
+    MachineStore(rig.ledger).hold_pool_machine(orphan, "dead", live_runs=set())
     rig.client.start(unmarked)  # started by hand: no run at all
     rig.clock.advance(10.0)
     again = rig.warm(2)
     assert again.busy == [] and sorted(again.stopped_now) == sorted(report.created)
     assert {rig.on_fly()[m] for m in report.created} == {"stopped"}
-    (row,) = rig.ledger.machines("dead")
+    (row,) = MachineStore(rig.ledger).machines("dead")
     assert row["state"] == "stopped" and row["stopped_at"] is not None
     rig.client.start(unmarked)
     rig.clock.advance(10.0)
@@ -515,20 +521,20 @@ def test_reap_stops_pool_machines_left_running_and_leaves_idle_ones(rig: Rig) ->
     rig.clock.advance(5)
     assert rig.on_fly()[running] == "started"
     record_use(rig.ledger, running, "dead")
-    rig.ledger.hold_pool_machine(running, "dead", live_runs=set())
+    MachineStore(rig.ledger).hold_pool_machine(running, "dead", live_runs=set())
 
     result = reap(rig.client, rig.ledger)
     assert result.stopped == [running] and result.destroyed == [] and result.failed == []
     assert sorted(result.idle) == sorted(report.created[1:])
     assert rig.on_fly()[running] == "stopped"  # back in the pool, not destroyed
-    (row,) = rig.ledger.machines("dead")
+    (row,) = MachineStore(rig.ledger).machines("dead")
     assert row["state"] == "stopped" and row["stopped_at"] is not None
-    assert {r["id"]: r["run_id"] for r in rig.ledger.pool_machines()}[running] is None
+    assert {r["id"]: r["run_id"] for r in MachineStore(rig.ledger).pool_machines()}[running] is None
 
     everything = reap(rig.client, rig.ledger, pool=True)
     assert sorted(everything.destroyed) == sorted(report.created) and everything.idle == []
     assert set(rig.on_fly().values()) == {"destroyed"}
-    assert rig.ledger.pool_machines() == []
+    assert MachineStore(rig.ledger).pool_machines() == []
     assert idle in everything.destroyed
 
 
@@ -547,11 +553,11 @@ def test_reap_takes_a_failed_pool_machine_as_not_running_and_ends_its_runs_bill(
     result = reap(rig.client, rig.ledger)
     assert result.failed == result.unstopped == [] and result.idle == [machine_id]
     assert rig.clock.now == before  # no stop asked, none waited for
-    (row,) = rig.ledger.machines("dead")
+    (row,) = MachineStore(rig.ledger).machines("dead")
     assert row["state"] == state and row["stopped_at"] == before
-    spent = rig.ledger.spend("dead")
+    spent = MachineStore(rig.ledger).spend("dead")
     rig.clock.advance(3600)
-    assert rig.ledger.spend("dead") == spent
+    assert MachineStore(rig.ledger).spend("dead") == spent
 
     everything = reap(rig.client, rig.ledger, pool=True)
     assert everything.destroyed == [machine_id] and everything.failed == []

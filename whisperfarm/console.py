@@ -22,8 +22,10 @@ from rich.text import Text
 
 from whisperfarm.errors import WhisperfarmError
 from whisperfarm.farm import EpisodeStatus, RunSummary
+from whisperfarm.fly.store import MachineStore
 from whisperfarm.ledger import Ledger
-from whisperfarm.status import RunRow, StatusSnapshot, machine_seconds, snapshot
+from whisperfarm.money import machines_cost
+from whisperfarm.status import RunRow, StatusSnapshot, snapshot
 from whisperfarm.status_view import duration_text, money
 
 __all__ = ["RunReporter", "duration_text"]
@@ -280,11 +282,11 @@ class RunReporter:
         except (WhisperfarmError, sqlite3.Error):
             return None
         try:
-            machines = ledger.machines_of_runs([run_id])
+            machines = MachineStore(ledger).machines_of_runs([run_id])
             if not machines:
                 return None
             now = self.clock()
-            spent = sum(machine_seconds(m, now) * m["usd_per_second"] for m in machines)
+            spent = machines_cost(machines, now)
             budget = next((r["budget"] for r in ledger.runs() if r["id"] == run_id), None)
             return spent, len(machines), budget
         finally:

@@ -1,8 +1,7 @@
 """What runs and episodes cost: machine time × price, from the ledger.
 
-Spend uses the ledger's one definition (``ledger.machine_cost``), and a run's spend is
-shared among its episodes the way ``status`` shares it (``status.episode_spend``), so the
-two commands always agree.
+Spend and a run's share per episode come from ``whisperfarm.money``, as ``status``'s do,
+so the two commands always agree.
 """
 
 from __future__ import annotations
@@ -11,8 +10,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from whisperfarm.ledger import Ledger, machine_cost, machine_seconds
-from whisperfarm.status import episode_spend
+from whisperfarm.fly.store import MachineRecord, MachineStore
+from whisperfarm.ledger import Ledger
+from whisperfarm.money import episode_spend, machine_seconds, machines_cost
 
 
 @dataclass
@@ -35,8 +35,8 @@ def cost_report(ledger: Ledger) -> list[RunCost]:
     with ledger.reading():
         runs = ledger.runs()
         workers = ledger.workers()
-        machines_by_run: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for machine in ledger.machines_of_runs([r["id"] for r in runs]):
+        machines_by_run: dict[str, list[MachineRecord]] = defaultdict(list)
+        for machine in MachineStore(ledger).machines_of_runs([r["id"] for r in runs]):
             machines_by_run[machine["run_id"]].append(machine)
         pairs = ledger.run_episode_pairs([r["id"] for r in runs])
         episode_ids = list(dict.fromkeys(p["episode_id"] for p in pairs))
@@ -53,7 +53,7 @@ def cost_report(ledger: Ledger) -> list[RunCost]:
             run["state"],
             len(machines),
             sum(machine_seconds(m, now) for m in machines),
-            sum(machine_cost(m, now) for m in machines),
+            machines_cost(machines, now),
             run["budget"],
         )
         run_pairs = [p for p in pairs if p["run_id"] == run["id"]]

@@ -36,6 +36,7 @@ from whisperfarm.errors import (
     UsageError,
     WorkersLost,
 )
+from whisperfarm.fly.store import MachineStore
 from whisperfarm.ingest import EpisodeRequest, chunk_episode, register
 from whisperfarm.interrupts import StopSignal, as_stop_signal, held
 from whisperfarm.ledger import EpisodeProgress, Ledger
@@ -272,7 +273,7 @@ class Farm:
                 server.stop()
                 coordinator.close()
                 _measure(ledger, run_id)
-                ledger.end_run(run_id, state)
+                ledger.end_run(run_id, state, spent=MachineStore(ledger).spend(run_id))
                 ledger.close()
         if stopped_by is not None:
             stop, done, total = stopped_by
@@ -454,7 +455,7 @@ def _refuse_concurrent_runs(ledger: Ledger, episode_ids: list[str]) -> None:
                 f"run {run['id']} (pid {run['pid']}) is already transcribing this episode: "
                 "wait for it, or stop it first"
             )
-        ledger.end_run(run["id"], "crashed")
+        ledger.end_run(run["id"], "crashed", spent=MachineStore(ledger).spend(run["id"]))
 
 
 def _url_host(host: str) -> str:

@@ -9,11 +9,7 @@ What a snapshot holds:
     workers   the workers heard from since the earliest of those runs started
     machines  the Fly machines of those runs
 
-Money. A machine costs ``usd_per_second`` from ``started_at`` until it stopped or was
-destroyed (until ``now`` while it runs). A run's spend is the sum over its machines; an
-episode's spend is its share of every run that included it, split among that run's
-episodes by the audio its machines transcribed for each (by audio length while they have
-transcribed nothing yet).
+Money (a machine's cost, a run's spend, an episode's share of it) is ``whisperfarm.money``'s.
 
 Speed is audio seconds transcribed per wall-clock second (× realtime) since the start of
 the episode's latest run; the ETA is the audio left at that speed. A worker is *stale*
@@ -33,7 +29,16 @@ from pathlib import Path
 from typing import Any
 
 from whisperfarm.errors import EpisodeNotFound
-from whisperfarm.ledger import Ledger, machine_cost, machine_seconds
+from whisperfarm.fly.store import MachineRecord, MachineStore
+from whisperfarm.ledger import Ledger
+from whisperfarm.ledger.chunks import kept_seconds
+from whisperfarm.money import (
+    episode_spend,
+    machine_cost,
+    machine_seconds,
+    machines_cost,
+    over_budget,
+)
 
 SCHEMA_VERSION = 1
 CHUNK_STATES = ("queued", "leased", "done", "dead")
@@ -243,8 +248,8 @@ def snapshot(
                 [*(p["run_id"] for p in episode_run_pairs), *(r["id"] for r in shown_runs)]
             )
         )
-        machines_by_run: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for machine in ledger.machines_of_runs(spend_run_ids):
+        machines_by_run: dict[str, list[MachineRecord]] = defaultdict(list)
+        for machine in MachineStore(ledger).machines_of_runs(spend_run_ids):
             machines_by_run[machine["run_id"]].append(machine)
         paying_runs = [
             run_id
@@ -406,11 +411,6 @@ def _current(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [latest] if latest else []
 
 
-def _keep(chunk: Mapping[str, Any]) -> float:
-    """Seconds of the timeline a chunk owns: these add up to the episode's duration."""
-    return max(0.0, chunk["keep_end"] - chunk["keep_start"])
-
-
 def _episode_row(
     episode: dict[str, Any],
     chunks: list[dict[str, Any]],
@@ -424,7 +424,7 @@ def _episode_row(
     audio = dict.fromkeys(CHUNK_STATES, 0.0)
     for chunk in chunks:
         counts[chunk["state"]] = counts.get(chunk["state"], 0) + 1
-        audio[chunk["state"]] = audio.get(chunk["state"], 0.0) + _keep(chunk)
+        audio[chunk["state"]] = audio.get(chunk["state"], 0.0) + kept_seconds(chunk)
     total = len(chunks)
     audio_total = sum(audio.values())
     if episode["state"] != "chunking" and episode["duration"]:
@@ -447,7 +447,7 @@ def _episode_row(
             and c["claimed_at"] is not None
             and (c["finished_at"] or 0) >= since
         ]
-        worked = sum(_keep(c) for c in recent)
+        worked = sum(kept_seconds(c) for c in recent)
         if running and unfinished:
             until = now
         else:
@@ -511,50 +511,10 @@ def _episode_state(stored: str, counts: dict[str, int], total: int, running: boo
     return "transcribing" if counts["leased"] else "waiting"
 
 
-def episode_spend(
-    pairs: list[dict[str, Any]],
-    runs: dict[str, dict[str, Any]],
-    machines_by_run: Mapping[str, list[dict[str, Any]]],
-    workers: list[dict[str, Any]],
-    chunks_by_episode: Mapping[str, list[dict[str, Any]]],
-    now: float,
-) -> dict[str, float]:
-    """Each run's machine cost shared among its episodes (see the module docstring)."""
-    machine_of = {w["id"]: w["machine_id"] for w in workers if w["machine_id"]}
-    episodes_of: dict[str, list[str]] = defaultdict(list)
-    for pair in pairs:
-        episodes_of[pair["run_id"]].append(pair["episode_id"])
-    spend: dict[str, float] = defaultdict(float)
-    for run_id, run in runs.items():
-        machines = machines_by_run.get(run_id, [])
-        cost = sum(machine_cost(m, now) for m in machines)
-        ids = {m["id"] for m in machines}
-        start, end = run["started_at"], run["ended_at"] or now
-        weights = {
-            episode_id: sum(
-                _keep(c)
-                for c in chunks_by_episode.get(episode_id, [])
-                if c["state"] == "done"
-                and machine_of.get(c["worker_id"] or "") in ids
-                and start <= (c["finished_at"] or 0) <= end
-            )
-            for episode_id in episodes_of[run_id]
-        }
-        if not any(weights.values()):
-            weights = {
-                episode_id: sum(_keep(c) for c in chunks_by_episode.get(episode_id, [])) or 1.0
-                for episode_id in episodes_of[run_id]
-            }
-        total = sum(weights.values())
-        for episode_id, weight in weights.items():
-            spend[episode_id] += cost * weight / total if total else 0.0
-    return dict(spend)
-
-
 def _run_row(
-    run: dict[str, Any], episode_ids: list[str], machines: list[dict[str, Any]], now: float
+    run: dict[str, Any], episode_ids: list[str], machines: list[MachineRecord], now: float
 ) -> RunRow:
-    spent = sum(machine_cost(m, now) for m in machines)
+    spent = machines_cost(machines, now)
     budget = run.get("budget")
     end = run["ended_at"] if run["state"] != "running" and run["ended_at"] else now
     return RunRow(
@@ -571,7 +531,7 @@ def _run_row(
         max_machines=run.get("max_machines"),
         budget_usd=budget,
         spent_usd=spent,
-        over_budget=budget is not None and spent > budget,
+        over_budget=over_budget(spent, budget),
     )
 
 
@@ -583,7 +543,7 @@ def _machine_running(machine: Mapping[str, Any]) -> bool:
     )
 
 
-def _machine_row(machine: dict[str, Any], now: float) -> MachineRow:
+def _machine_row(machine: MachineRecord, now: float) -> MachineRow:
     seconds = machine_seconds(machine, now)
     return MachineRow(
         id=machine["id"],
@@ -596,7 +556,7 @@ def _machine_row(machine: dict[str, Any], now: float) -> MachineRow:
         created_at=machine["created_at"],
         started_at=machine["started_at"],
         uptime_seconds=seconds,
-        cost_usd=seconds * machine["usd_per_second"],
+        cost_usd=machine_cost(machine, now),
         error=_first_line(machine["error"]),
     )
 
@@ -662,7 +622,6 @@ __all__ = [
     "StatusReader",
     "StatusSnapshot",
     "WorkerRow",
-    "machine_seconds",
     "process_alive",
     "snapshot",
 ]

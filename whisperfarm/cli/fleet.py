@@ -102,13 +102,15 @@ def machines(ctx: typer.Context) -> None:
     if ctx.invoked_subcommand is not None:
         return
     from whisperfarm.fly.pool import describe_storage
-    from whisperfarm.ledger import Ledger, machine_cost
+    from whisperfarm.fly.store import MachineStore, machine_done
+    from whisperfarm.ledger import Ledger
+    from whisperfarm.money import machine_cost
     from whisperfarm.settings import load_settings
 
     settings = load_settings()
     ledger = Ledger(settings.ledger_path)
-    rows = ledger.machines()
-    pool = ledger.pool_machines()
+    rows = MachineStore(ledger).machines()
+    pool = MachineStore(ledger).pool_machines()
     if not rows and not pool:
         out.print("no machines started yet (runs with --backend fly start them)")
         return
@@ -128,8 +130,7 @@ def machines(ctx: typer.Context) -> None:
             )
         out.print(table)
     # Created machines should be destroyed, pool machines stopped (back in the pool).
-    ended = ("stopped", "failed", "destroyed", "suspended")
-    alive = [r for r in rows if r["state"] not in (ended if r["pool"] else ("destroyed",))]
+    alive = [r for r in rows if not machine_done(r)]
     if alive:
         out.print(
             f"{len(alive)} not known to be destroyed: 'whisperfarm machines reap' cleans up"
@@ -137,15 +138,15 @@ def machines(ctx: typer.Context) -> None:
         )
     if pool:
         table = Table("pool machine", "name", "state", "size", "region", "run", "image", box=None)
-        for row in pool:
+        for pool_row in pool:
             table.add_row(
-                row["id"],
-                row["name"],
-                row["state"],
-                row["size"],
-                row["region"] or "-",
-                row["run_id"] or "-",
-                row["image"],
+                pool_row["id"],
+                pool_row["name"],
+                pool_row["state"],
+                pool_row["size"],
+                pool_row["region"] or "-",
+                pool_row["run_id"] or "-",
+                pool_row["image"],
             )
         out.print(f"warm pool ({len(pool)}, states as last seen):")
         out.print(table)

@@ -233,9 +233,10 @@ def transcribe(
                 )
     reporter.summary(summary, out_dir)
     if plan is not None and not quiet:
+        from whisperfarm.fly.store import MachineStore
         from whisperfarm.ledger import Ledger
 
-        spent = Ledger(settings.ledger_path).spend(run_id)
+        spent = MachineStore(Ledger(settings.ledger_path)).spend(run_id)
         out.print(
             f"  estimate before the run: {plan.wall_seconds / 60:.1f} min, ${plan.cost:.2f}"
             f" · actual: {summary.wall_seconds / 60:.1f} min, ${spent:.2f}",

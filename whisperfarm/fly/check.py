@@ -29,13 +29,15 @@ from whisperfarm.coordinator import CoordinatorConfig, create_app
 from whisperfarm.errors import FlyAuthError, FlyCapacityError, FlyError
 from whisperfarm.fly.client import Machine, MachinesClient, build_worker_config
 from whisperfarm.fly.config import FlyConfig
+from whisperfarm.fly.store import MachineStore
 from whisperfarm.interrupts import held
-from whisperfarm.ledger import Ledger, machine_cost, machine_seconds
+from whisperfarm.ledger import Ledger
+from whisperfarm.money import machine_cost, machine_seconds
 from whisperfarm.server import BackgroundServer, bind
 from whisperfarm.settings import Settings
+from whisperfarm.states import MACHINE_ENDED
 from worker.loop import EXIT_UNREACHABLE  # the worker gave up on the coordinator
 
-ENDED = ("stopped", "failed", "destroyed", "suspended")
 DEPLOY = "fly deploy --build-only --push --image-label latest"
 
 
@@ -91,7 +93,8 @@ def run_check(
         with probe_coordinator(settings) as token:
             result = check(client, config, ledger, run_id=run_id, token=token, report=report)
     finally:
-        ledger.end_run(run_id, "done" if result.ok else "failed")
+        state = "done" if result.ok else "failed"
+        ledger.end_run(run_id, state, spent=MachineStore(ledger).spend(run_id))
         ledger.close()
     return result
 
@@ -170,7 +173,7 @@ def _create(
             f"Fly refused a machine from {config.image}: {error}; deploy the image with "
             f"'{DEPLOY}', or name yours with --image",
         )
-    ledger.record_machine(
+    MachineStore(ledger).record_machine(
         machine_id=machine.id,
         run_id=run_id,
         name=name,
@@ -197,19 +200,19 @@ def _check_image(
     sleep: Callable[[float], None],
     poll: float,
 ) -> None:
-    asked = ledger.machines(run_id)[0]["created_at"]
+    asked = MachineStore(ledger).machines(run_id)[0]["created_at"]
     while True:
         seen = client.get(machine.id)
         state = seen.state
-        ledger.update_machine(machine.id, state=state, run_id=run_id)
+        MachineStore(ledger).update_machine(machine.id, state=state, run_id=run_id)
         # Ended with an exit event: it ran, if briefly (the reach check reads the code).
-        if state == "started" or (state in ENDED and _exit_code(seen) is not None):
+        if state == "started" or (state in MACHINE_ENDED and _exit_code(seen) is not None):
             verdicts.ok(
                 "image",
                 f"{config.image} runs on {config.size.name}: started in {clock() - asked:.0f}s",
             )
             return
-        if state in ENDED:
+        if state in MACHINE_ENDED:
             verdicts.fail(
                 "image",
                 f"the machine from {config.image} ended {state} without running: see "
@@ -248,8 +251,8 @@ def _check_reach(
             )
             return
         seen = client.get(machine.id)
-        ledger.update_machine(machine.id, state=seen.state, run_id=run_id)
-        if seen.state in ENDED and not ledger.workers_seen([machine.id]):
+        MachineStore(ledger).update_machine(machine.id, state=seen.state, run_id=run_id)
+        if seen.state in MACHINE_ENDED and not ledger.workers_seen([machine.id]):
             code = _exit_code(seen)
             if code != EXIT_UNREACHABLE:
                 verdicts.fail(
@@ -282,7 +285,7 @@ def _clean_up(
     clock: Callable[[], float],
 ) -> float:
     """Destroy the machine (gone already counts); what it cost."""
-    (row,) = [row for row in ledger.machines(run_id) if row["id"] == machine_id]
+    (row,) = [row for row in MachineStore(ledger).machines(run_id) if row["id"] == machine_id]
     try:
         client.destroy(machine_id, force=True)
     except FlyError as error:
@@ -293,8 +296,8 @@ def _clean_up(
                 "reap'",
             )
         return machine_cost(row, clock())
-    ledger.update_machine(machine_id, state="destroyed", run_id=run_id)
-    (row,) = [row for row in ledger.machines(run_id) if row["id"] == machine_id]
+    MachineStore(ledger).update_machine(machine_id, state="destroyed", run_id=run_id)
+    (row,) = [row for row in MachineStore(ledger).machines(run_id) if row["id"] == machine_id]
     now = clock()
     cost = machine_cost(row, now)
     verdicts.ok(

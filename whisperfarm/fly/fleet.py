@@ -81,11 +81,12 @@ from whisperfarm.fly.pool import (
     usable,
 )
 from whisperfarm.fly.reach import Reachability, unreachable_message
+from whisperfarm.fly.store import MachineRecord, MachineStore, machine_done
 from whisperfarm.ledger import Ledger
+from whisperfarm.states import MACHINE_ENDED
 
 log = logging.getLogger("whisperfarm.fly")
 
-ENDED = ("stopped", "failed", "destroyed", "suspended")
 STARTING = ("created", "creating", "starting", "launch_failed", "replacing", "updating")
 CREATE_BACKOFF_SECONDS = 15.0  # after a create failed for capacity or an outage
 LIST_EVERY_SECONDS = 1.0  # Fly allows List 1/s per app (burst 3, left to other callers)
@@ -175,8 +176,8 @@ class FlyFleet:
             self._await_pool_stopped(ledger)
             # From what is still open now: a stop that failed because the machine was
             # gone or stopped already is not a leftover.
-            rows = ledger.machines(self.run_id)
-            gone = [row for row in rows if _ended(row) and row["id"] not in self._unconfirmed]
+            rows = MachineStore(ledger).machines(self.run_id)
+            gone = [row for row in rows if machine_done(row) and row["id"] not in self._unconfirmed]
             self._gone = [_worker_id(row) for row in gone]
             self.leftovers = [str(row["id"]) for row in rows if row not in gone]
         finally:
@@ -192,7 +193,7 @@ class FlyFleet:
             return ""
         ledger = Ledger(self.ledger_path, clock=self.clock)
         try:
-            rows = ledger.machines(self.run_id)
+            rows = MachineStore(ledger).machines(self.run_id)
         finally:
             ledger.close()
         since = self._stop_began
@@ -232,9 +233,13 @@ class FlyFleet:
         now = self.clock()
         listed = self._observe(ledger, now)
         room = self._check_reach(ledger, now)
-        active = [m for m in ledger.machines(self.run_id) if m["state"] not in ENDED]
+        active = [
+            m for m in MachineStore(ledger).machines(self.run_id) if m["state"] not in MACHINE_ENDED
+        ]
         remaining, chunks_left = ledger.work_left(ledger.run_episodes(self.run_id))
-        state = FleetState(remaining, chunks_left, len(active), ledger.spend(self.run_id))
+        state = FleetState(
+            remaining, chunks_left, len(active), MachineStore(ledger).spend(self.run_id)
+        )
         # Until the next check: one poll, plus as long as the last tick took (API retries
         # can block a tick while the machines go on billing).
         lookahead = self.config.poll_seconds + self._last_tick_seconds
@@ -289,7 +294,7 @@ class FlyFleet:
         while probing (None: as many as the policy wants)."""
         if self._reach is None:
             return None
-        rows = ledger.machines(self.run_id)
+        rows = MachineStore(ledger).machines(self.run_id)
         seen = ledger.workers_seen(self._worker_id(row) for row in rows)
         for row in rows:
             reached = self._worker_id(row) in seen
@@ -316,8 +321,8 @@ class FlyFleet:
             return None
         unproven = [
             row
-            for row in ledger.machines(self.run_id)
-            if row["state"] not in ENDED and self._worker_id(row) not in seen
+            for row in MachineStore(ledger).machines(self.run_id)
+            if row["state"] not in MACHINE_ENDED and self._worker_id(row) not in seen
         ]
         return max(0, 1 - len(unproven))
 
@@ -369,23 +374,23 @@ class FlyFleet:
         if listed is not None:
             self._adopt_strays(ledger, listed)
         seen = {m.id: m for m in listed or []}
-        for row in ledger.machines(self.run_id):
+        for row in MachineStore(ledger).machines(self.run_id):
             if row["state"] == "destroyed":
                 continue
             machine = seen.get(row["id"])
-            if row["pool"] and row["state"] in ENDED:
+            if row["pool"] and row["state"] in MACHINE_ENDED:
                 # Back in the pool, unless Fly runs it for this run all the same (a start
                 # that took after all): then it bills again and counts. A lagging list
                 # may show a start long over: Get says whether it runs now.
-                if machine is not None and _pool_state(machine) not in ENDED:
+                if machine is not None and _pool_state(machine) not in MACHINE_ENDED:
                     current = self._look_up(row["id"])
                     state = self._state_for_run(row, current) if current else None
-                    if state is not None and state not in ENDED:
+                    if state is not None and state not in MACHINE_ENDED:
                         self._reopen(ledger, row, state)
                 continue
             if listed is None:
                 continue  # nothing new from Fly this tick
-            if machine is None or (machine.state in ENDED and machine.state != "destroyed"):
+            if machine is None or (machine.state in MACHINE_ENDED and machine.state != "destroyed"):
                 # Left out of the list (it lags, or answered empty) or shown ended (maybe
                 # an old answer): Fly's word for this machine decides.
                 machine = self._look_up(row["id"])
@@ -405,26 +410,28 @@ class FlyFleet:
                     self._destroy(ledger, row["id"], reason=f"stuck {state}")
         return listed
 
-    def _reopen(self, ledger: Ledger, row: dict[str, object], state: str) -> None:
+    def _reopen(self, ledger: Ledger, row: MachineRecord, state: str) -> None:
         """A pool machine this run was done with runs for it again: hold it and bill it."""
         machine_id = str(row["id"])
         log.warning("pool machine %s runs again for this run (%s); billing it", machine_id, state)
-        ledger.reopen_machine(machine_id, self.run_id, state=state)
-        if not ledger.hold_pool_machine(
+        MachineStore(ledger).reopen_machine(machine_id, self.run_id, state=state)
+        if not MachineStore(ledger).hold_pool_machine(
             machine_id, self.run_id, live_runs=live_runs(ledger) - {self.run_id}
         ):
             log.warning("pool machine %s is held by another run too", machine_id)
 
     def _saw(
-        self, ledger: Ledger, row: dict[str, object], state: str, error: str | None = None
+        self, ledger: Ledger, row: MachineRecord, state: str, error: str | None = None
     ) -> None:
         machine_id = str(row["id"])
-        ledger.update_machine(machine_id, state=state, error=error, run_id=self.run_id)
-        if state in ENDED:
+        MachineStore(ledger).update_machine(
+            machine_id, state=state, error=error, run_id=self.run_id
+        )
+        if state in MACHINE_ENDED:
             # Its worker is gone with it: hand its chunk back now, not at expiry.
             ledger.release_leases([self._worker_id(row)], count_attempt=True)
             if row["pool"]:
-                ledger.release_pool_machine(machine_id, self.run_id, state=state)
+                MachineStore(ledger).release_pool_machine(machine_id, self.run_id, state=state)
 
     def _take_create_token(self, now: float) -> bool:
         return self._create_rate.take(now)
@@ -433,7 +440,7 @@ class FlyFleet:
         """Record machines Fly lists for this run that the ledger lacks: a create that
         timed out may have made its machine after all. They bill from when their create
         was asked for, so the spend stays conservative."""
-        known = {row["id"] for row in ledger.machines(self.run_id)}
+        known = {row["id"] for row in MachineStore(ledger).machines(self.run_id)}
         for machine in listed:
             if machine.id in known or machine.state == "destroyed":
                 continue
@@ -449,7 +456,7 @@ class FlyFleet:
     def _record(
         self, ledger: Ledger, machine: Machine, created_at: float | None, *, pool: bool = False
     ) -> None:
-        ledger.record_machine(
+        MachineStore(ledger).record_machine(
             machine_id=machine.id,
             run_id=self.run_id,
             name=machine.name or machine.id,
@@ -494,7 +501,7 @@ class FlyFleet:
         chosen: list[tuple[Machine, dict[str, object]]] = []
         while candidates and len(chosen) < wanted:
             machine = candidates.pop(0)
-            ledger.record_pool_machine(
+            MachineStore(ledger).record_pool_machine(
                 machine_id=machine.id,
                 app=self.config.app,
                 name=machine.name or machine.id,
@@ -503,7 +510,7 @@ class FlyFleet:
                 image=self.config.image,
                 state=machine.state,
             )
-            if not ledger.hold_pool_machine(machine.id, self.run_id, live_runs=live):
+            if not MachineStore(ledger).hold_pool_machine(machine.id, self.run_id, live_runs=live):
                 continue  # another run on this ledger took it first
             config = as_pool_config(
                 build_worker_config(
@@ -526,7 +533,9 @@ class FlyFleet:
         outcomes = self._launch_all(chosen)
         for outcome in outcomes:
             if outcome.going:
-                ledger.update_machine(outcome.machine_id, state=outcome.state, run_id=self.run_id)
+                MachineStore(ledger).update_machine(
+                    outcome.machine_id, state=outcome.state, run_id=self.run_id
+                )
             elif outcome.state == "unknown":
                 # Maybe started, maybe not: it keeps billing until the controller sees it.
                 log.warning("pool machine %s: %s", outcome.machine_id, outcome.error)
@@ -534,13 +543,13 @@ class FlyFleet:
                 # Not started by us, but Fly may yet start it (an update still applying):
                 # it keeps billing and counting until the controller sees it stopped.
                 log.warning("pool machine %s not started: %s", outcome.machine_id, outcome.error)
-                ledger.update_machine(
+                MachineStore(ledger).update_machine(
                     outcome.machine_id, state="starting", error=outcome.error, run_id=self.run_id
                 )
         if self._stop.is_set():
             # stop() gave up waiting for this thread: these must not outlive the run.
             for outcome in outcomes:
-                if outcome.state not in (*ENDED, "created"):
+                if outcome.state not in (*MACHINE_ENDED, "created"):
                     self._stop_pooled(ledger, outcome.machine_id, reason="started while stopping")
         return len(outcomes)
 
@@ -564,7 +573,7 @@ class FlyFleet:
             raise fatal
         return outcomes
 
-    def _worker_id(self, row: dict[str, object]) -> str:
+    def _worker_id(self, row: Mapping[str, object]) -> str:
         return _worker_id({"run_id": self.run_id, **row})
 
     def _stop_pooled(self, ledger: Ledger, machine_id: str, *, reason: str | None = None) -> bool:
@@ -574,7 +583,9 @@ class FlyFleet:
         except FlyError as error:
             log.warning("could not stop pool machine %s: %s", machine_id, error)
             return False
-        ledger.update_machine(machine_id, state="stopping", error=reason, run_id=self.run_id)
+        MachineStore(ledger).update_machine(
+            machine_id, state="stopping", error=reason, run_id=self.run_id
+        )
         return True
 
     def _await_pool_stopped(self, ledger: Ledger) -> None:
@@ -584,13 +595,13 @@ class FlyFleet:
         limited per app, is not polled). ``stop()`` counts those still running as
         leftovers."""
         deadline = self.clock() + self.config.pool_stop_wait
-        for row in ledger.machines(self.run_id):
-            if not row["pool"] or row["state"] in ENDED:
+        for row in MachineStore(ledger).machines(self.run_id):
+            if not row["pool"] or row["state"] in MACHINE_ENDED:
                 continue
             while True:
                 machine = self._look_up(row["id"])
                 state = self._state_for_run(row, machine) if machine is not None else None
-                if state in ENDED:
+                if state in MACHINE_ENDED:
                     self._saw(ledger, row, str(state))
                     break
                 if state in STARTING or state == "started":
@@ -649,7 +660,9 @@ class FlyFleet:
         except FlyError as error:
             log.warning("could not destroy machine %s: %s", machine_id, error)
             return False
-        ledger.update_machine(machine_id, state="destroyed", error=reason, run_id=self.run_id)
+        MachineStore(ledger).update_machine(
+            machine_id, state="destroyed", error=reason, run_id=self.run_id
+        )
         self._unconfirmed.add(machine_id)
         return True
 
@@ -678,12 +691,12 @@ class FlyFleet:
         """Destroy every machine the run created; stop every pool machine it started.
         ``listed`` (Fly's view, when at hand) catches a pool machine the ledger thinks
         stopped that runs all the same."""
-        running = {m.id for m in listed or [] if _pool_state(m) not in ENDED}
-        for row in ledger.machines(self.run_id):
+        running = {m.id for m in listed or [] if _pool_state(m) not in MACHINE_ENDED}
+        for row in MachineStore(ledger).machines(self.run_id):
             if row["state"] == "destroyed":
                 continue
             if row["pool"]:
-                if row["state"] in ENDED and row["id"] not in running:
+                if row["state"] in MACHINE_ENDED and row["id"] not in running:
                     continue
                 if row["state"] == "stopping" and row["id"] not in running:
                     continue  # asked already
@@ -697,17 +710,12 @@ class FlyFleet:
         finish = (limits.start_latency + remaining / limits.speed + limits.stop_margin) * (
             limits.price_per_second
         )
-        spent = ledger.spend(self.run_id)
+        spent = MachineStore(ledger).spend(self.run_id)
         return (
             f"budget ${limits.budget:.2f} reached (${spent:.2f} spent): {done} of {total} chunks "
             f"done, {remaining / 60:.1f} min of audio left, every machine stopped. Finishing "
             f"costs about ${finish:.2f} more: rerun the same command with a larger --budget"
         )
-
-
-def _ended(row: Mapping[str, object]) -> bool:
-    """Done with the run: a created machine destroyed, a pool machine stopped."""
-    return row["state"] == "destroyed" or bool(row["pool"] and row["state"] in ENDED)
 
 
 def _pool_state(machine: Machine) -> str:

@@ -37,6 +37,7 @@ from whisperfarm.errors import (
 from whisperfarm.fly.client import Machine, MachinesClient, build_worker_config
 from whisperfarm.fly.policy import CreateRate
 from whisperfarm.fly.pricing import STOPPED_USD_PER_GB_MONTH, Size, stopped_cost_per_month
+from whisperfarm.fly.store import MachineStore
 from whisperfarm.ledger import Ledger
 from whisperfarm.status import process_alive
 
@@ -138,7 +139,7 @@ def live_runs(ledger: Ledger) -> set[str]:
 
 
 def held_by_live_runs(ledger: Ledger, app: str, live: Collection[str]) -> set[str]:
-    return {row["id"] for row in ledger.pool_machines(app) if row["run_id"] in live}
+    return {row["id"] for row in MachineStore(ledger).pool_machines(app) if row["run_id"] in live}
 
 
 def ready_in_ledger(ledger: Ledger, app: str, *, image: str, size: Size, region: str | None) -> int:
@@ -147,7 +148,7 @@ def ready_in_ledger(ledger: Ledger, app: str, *, image: str, size: Size, region:
     live = live_runs(ledger)
     return sum(
         1
-        for row in ledger.pool_machines(app)
+        for row in MachineStore(ledger).pool_machines(app)
         if row["state"] in IDLE
         and row["run_id"] not in live
         and row["image"] == image
@@ -329,11 +330,13 @@ def warm(
             report.failed.append(machine.id)
             continue
         report.destroyed.append(machine.id)
-        ledger.forget_pool_machine(machine.id)
+        MachineStore(ledger).forget_pool_machine(machine.id)
     listed_ids = {m.id for m in listed}
-    for row in ledger.pool_machines(client.app):
+    for row in MachineStore(ledger).pool_machines(client.app):
         if row["id"] not in listed_ids and known_gone(client, row["id"]):
-            ledger.forget_pool_machine(row["id"])  # gone from Fly while no one watched
+            MachineStore(ledger).forget_pool_machine(
+                row["id"]
+            )  # gone from Fly while no one watched
     rate = CreateRate(clock())
     for name in _names((m.name for m in listed), room - len(keep)):
         while not rate.take(clock()):
@@ -363,18 +366,18 @@ def stop_left_running(client: MachinesClient, ledger: Ledger, machine: Machine) 
         log.warning("could not stop %s: %s", machine.id, error)
         return None
     if owner:
-        ledger.update_machine(
+        MachineStore(ledger).update_machine(
             machine.id, state="stopped", error="stopped, its run over", run_id=owner
         )
-        ledger.release_pool_machine(machine.id, owner, state="stopped")
-    ledger.update_pool_machine(machine.id, state="stopped")
+        MachineStore(ledger).release_pool_machine(machine.id, owner, state="stopped")
+    MachineStore(ledger).update_pool_machine(machine.id, state="stopped")
     return stopped
 
 
 def _remember(ledger: Ledger, app: str, machine: Machine, size: Size, state: str) -> None:
     guest = machine.config.get("guest") or {}
     named = size.name if guest.get("cpus") == size.cpus else f"performance-{guest.get('cpus')}x"
-    ledger.record_pool_machine(
+    MachineStore(ledger).record_pool_machine(
         machine_id=machine.id,
         app=app,
         name=machine.name or machine.id,

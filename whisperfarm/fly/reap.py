@@ -33,11 +33,11 @@ from whisperfarm.fly.pool import (
     live_runs,
     stop_left_running,
 )
+from whisperfarm.fly.store import MachineStore
 from whisperfarm.ledger import Ledger
+from whisperfarm.states import MACHINE_ENDED
 
 log = logging.getLogger("whisperfarm.fly")
-
-ENDED = ("stopped", "failed", "destroyed", "suspended")
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def reap(
     listed = listed + _catch_up(client, ledger, live, listed)
     created_by_run = {
         row["id"]: row["run_id"]
-        for row in ledger.machines()
+        for row in MachineStore(ledger).machines()
         if row["app"] == client.app and not row["pool"]
     }
     held = held_by_live_runs(ledger, client.app, live)
@@ -96,9 +96,9 @@ def reap(
         else:
             _destroy(client, ledger, machine, destroyed, failed)
     seen = {m.id for m in listed}
-    for row in ledger.pool_machines(client.app):
+    for row in MachineStore(ledger).pool_machines(client.app):
         if row["id"] not in seen and known_gone(client, row["id"]):
-            ledger.forget_pool_machine(row["id"])
+            MachineStore(ledger).forget_pool_machine(row["id"])
     return Reaped(destroyed, kept, failed, stopped, idle, unstopped)
 
 
@@ -111,7 +111,7 @@ def _catch_up(
     Get found alive, to be reaped like listed ones."""
     seen = {m.id: m for m in listed}
     found: dict[str, Machine] = {}
-    for row in ledger.machines():
+    for row in MachineStore(ledger).machines():
         if row["app"] != client.app or row["state"] == "destroyed" or row["run_id"] in live:
             continue
         machine = seen.get(row["id"]) or found.get(row["id"])
@@ -124,12 +124,12 @@ def _catch_up(
             if machine is not None and machine.state != "destroyed":
                 found[machine.id] = machine
         if machine is None or machine.state == "destroyed":
-            ledger.update_machine(
+            MachineStore(ledger).update_machine(
                 row["id"], state="destroyed", error="gone when reaped", run_id=row["run_id"]
             )
         elif (
             row["pool"]
-            and row["state"] not in ENDED
+            and row["state"] not in MACHINE_ENDED
             and (
                 machine.state in NOT_RUNNING
                 or (
@@ -138,8 +138,8 @@ def _catch_up(
                 )
             )
         ):
-            state = machine.state if machine.state in ENDED else "stopped"
-            ledger.update_machine(
+            state = machine.state if machine.state in MACHINE_ENDED else "stopped"
+            MachineStore(ledger).update_machine(
                 row["id"], state=state, error=f"found {state} when reaped", run_id=row["run_id"]
             )
     return list(found.values())
@@ -159,5 +159,5 @@ def _destroy(
         failed.append(machine.id)
         return
     destroyed.append(machine.id)
-    ledger.update_machine(machine.id, state="destroyed", error="reaped")
-    ledger.forget_pool_machine(machine.id)
+    MachineStore(ledger).update_machine(machine.id, state="destroyed", error="reaped")
+    MachineStore(ledger).forget_pool_machine(machine.id)
