@@ -17,7 +17,8 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from tests.fakefly import FakeClock, Faults, LaunchSpec, create_app
+from tests.fakefly import Faults, LaunchSpec, create_app
+from tests.support.clock import FakeClock
 from whisperfarm.fly import MachinesClient, build_worker_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,11 +66,6 @@ class FakeLauncher:
         handle = FakeHandle(spec, pid=1000 + len(self.handles))
         self.handles.append(handle)
         return handle
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 def make(clock: FakeClock, **kwargs: Any) -> TestClient:

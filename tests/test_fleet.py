@@ -17,8 +17,8 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from tests.conftest import FakeClock
 from tests.fakefly import FakeFly, Faults, create_app
+from tests.support.clock import FakeClock
 from whisperfarm.costs import cost_report
 from whisperfarm.errors import (
     BudgetReached,
@@ -146,10 +146,7 @@ def fly_settings(tmp_path: Path, **values: Any) -> Settings:
     return Settings(**values)
 
 
-@pytest.fixture(autouse=True)
-def no_fly_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("FLY_APP", "FLY_API_TOKEN", "FLY_ACCESS_TOKEN", "FLY_FLAPS_BASE_URL"):
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("no_fly_env")
 
 
 @pytest.fixture

@@ -6,14 +6,14 @@ or exits with the code the real worker uses, or does nothing (its network is cut
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
 
-from tests.conftest import FakeClock
 from tests.fakefly import Faults, LaunchSpec, create_app
+from tests.support.clock import FakeClock
 from whisperfarm.fly.check import Check, CheckReport, check
 from whisperfarm.fly.client import MachinesClient
 from whisperfarm.fly.config import FlyConfig
@@ -50,12 +50,10 @@ class Worker:
 Launcher = Callable[[LaunchSpec], Worker]
 
 
-@pytest.fixture
-def ledger(tmp_path: Path, clock: FakeClock) -> Iterator[Ledger]:
-    ledger = Ledger(tmp_path / "ledger.db", clock=clock)
+@pytest.fixture(autouse=True)
+def check_run(ledger: Ledger) -> None:
+    """The run a check records its machine and its worker's claim under."""
     ledger.start_run(RUN, backend="check", episode_ids=[])
-    yield ledger
-    ledger.close()
 
 
 def reaches(ledger: Ledger) -> Launcher:
@@ -86,7 +84,7 @@ def run(
     faults: Faults | None = None,
     token: str = TOKEN,
     app: str = APP,
-) -> tuple[CheckReport, dict]:  # type: ignore[type-arg]
+) -> tuple[CheckReport, dict[str, Any]]:
     async def fake_sleep(seconds: float) -> None:
         clock.advance(seconds)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlite_utils import Database
 
-from tests.conftest import FakeClock
+from tests.support.clock import FakeClock
 from whisperfarm.errors import EpisodeNotFound, LedgerError
 from whisperfarm.ledger import ChunkPlan, LeaseLost, Ledger, UnknownChunk, WorkerInfo
 from whisperfarm.migrations import migrations
@@ -21,13 +21,6 @@ LEASE = 60.0
 MAX = 3
 W1 = WorkerInfo("w1")
 W2 = WorkerInfo("w2")
-
-
-@pytest.fixture
-def ledger(tmp_path: Path, clock) -> Ledger:
-    ledger = Ledger(tmp_path / "ledger.db", clock=clock)
-    yield ledger
-    ledger.close()
 
 
 def make_episode(
@@ -548,7 +541,8 @@ def test_requeue_leaves_other_episodes_alone(ledger: Ledger) -> None:
 
 def test_episode_lookup_and_delete(ledger: Ledger) -> None:
     make_episode(ledger, "abc123", lengths=(5.0,))
-    assert ledger.find_episode("hash-abc123", "tiny.en")["id"] == "abc123"
+    found = ledger.find_episode("hash-abc123", "tiny.en")
+    assert found is not None and found["id"] == "abc123"
     assert ledger.find_episode("hash-abc123", "small.en") is None
     assert [e["id"] for e in ledger.find_episodes("abc")] == ["abc123"]
     assert ledger.find_episodes("zzz") == []

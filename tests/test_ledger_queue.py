@@ -4,21 +4,11 @@ that finding it walks the queue index instead of sorting the queue on every clai
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import pytest
-
-from tests.conftest import FakeClock
+from tests.support.clock import FakeClock
 from whisperfarm.ledger import _NEXT_CHUNK, ChunkPlan, Ledger, WorkerInfo
 
 LEASE = 60.0
-
-
-@pytest.fixture
-def ledger(tmp_path: Path, clock: FakeClock) -> Ledger:
-    ledger = Ledger(tmp_path / "ledger.db", clock=clock)
-    yield ledger
-    ledger.close()
 
 
 def add_episode(ledger: Ledger, episode_id: str, lengths: list[float]) -> None:

@@ -15,7 +15,8 @@ import pytest
 from sqlite_utils import Database
 from starlette.testclient import TestClient
 
-from tests.fakefly import FakeClock, create_app
+from tests.fakefly import create_app
+from tests.support.clock import FakeClock
 from whisperfarm.errors import FlyGPUUnsupported, UsageError
 from whisperfarm.fly.client import Machine, MachinesClient, build_worker_config
 from whisperfarm.fly.pool import (
@@ -139,13 +140,6 @@ def test_stopped_machines_cost_their_root_filesystems_only() -> None:
 
 
 # -- the ledger's records ------------------------------------------------------------------------
-
-
-@pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    ledger = Ledger(tmp_path / "home" / "ledger.db", clock=FakeClock())
-    yield ledger
-    ledger.close()
 
 
 def remember(ledger: Ledger, machine_id: str) -> None:

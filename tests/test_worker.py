@@ -4,7 +4,7 @@ the worker's configuration; and the client's retry policy over httpx.MockTranspo
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.support.clock import FakeClock
 from whisperfarm.chunking import write_wav
 from whisperfarm.coordinator import CoordinatorConfig, create_app
 from whisperfarm.ledger import ChunkPlan, Ledger, WorkerInfo
@@ -106,7 +107,7 @@ class Setup:
 
 
 @pytest.fixture
-def setup(tmp_path: Path, clock) -> Setup:
+def setup(tmp_path: Path, clock: FakeClock) -> Iterator[Setup]:
     path = tmp_path / "home" / "ledger.db"
     ledger = Ledger(path, clock=clock)
     ledger.create_episode(
@@ -169,7 +170,7 @@ def test_worker_completes_every_chunk_and_exits_when_done(setup: Setup) -> None:
         )
     for chunk in setup.ledger.chunks("ep1"):
         stored = setup.ledger.result(chunk["id"])
-        assert stored["segments"][0]["end"] == LENGTHS[chunk["idx"]]
+        assert stored is not None and stored["segments"][0]["end"] == LENGTHS[chunk["idx"]]
     (row,) = setup.ledger.workers()
     assert (row["id"], row["kind"], row["chunks_done"]) == ("w1", "local", 3)
     assert row["busy_seconds"] == pytest.approx(7.5)
@@ -281,9 +282,9 @@ def test_lease_lost_result_is_refused_and_the_worker_carries_on(setup: Setup) ->
             clock.advance(LEASE + 1)
             claim = ledger.claim(
                 ["ep1"], WorkerInfo("thief"), lease_seconds=LEASE, max_attempts=MAX_ATTEMPTS
-            )
-            assert claim.job.idx == 0 and claim.job.attempt == 2
-            ledger.complete(claim.job.chunk_id, claim.job.lease_token, result='"/thief.json"')
+            ).job
+            assert claim is not None and claim.idx == 0 and claim.attempt == 2
+            ledger.complete(claim.chunk_id, claim.lease_token, result='"/thief.json"')
         return result_for(audio)
 
     transcriber = FakeTranscriber(slow_first_chunk)
@@ -306,7 +307,7 @@ def test_audio_gone_with_the_lease_is_dropped_without_transcribing(setup: Setup)
     thief = setup.ledger.claim(
         ["ep1"], WorkerInfo("thief"), lease_seconds=LEASE, max_attempts=MAX_ATTEMPTS
     ).job
-    assert thief.chunk_id == job["chunk_id"]
+    assert thief is not None and thief.chunk_id == job["chunk_id"]
 
     transcriber = FakeTranscriber()
     setup.worker(transcriber).run_job(job)
