@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from tests.fakefly import create_app
 from tests.support.clock import FakeClock
+from tests.support.in_process import BASE_URL, in_process
 from tests.support.paths import REPO, SAMPLE, SAMPLE_TEXT
 from whisperfarm.cli import app, out
 from whisperfarm.errors import FlyError
@@ -164,8 +165,9 @@ def test_machines_check_misconfigured_is_one_line_naming_the_fix(
 @pytest.fixture
 def fake_fly(monkeypatch: pytest.MonkeyPatch) -> Iterator[MachinesClient]:
     """The CLI's Fly client, talking to the fake in-process."""
-    http = TestClient(create_app(app=APP, token=TOKEN, tick_interval=None, rate_limit=False))
-    client = MachinesClient(APP, TOKEN, base_url="http://testserver", http=http, max_attempts=1)
+    fake = TestClient(create_app(app=APP, token=TOKEN, tick_interval=None, rate_limit=False))
+    http = in_process(fake)
+    client = MachinesClient(APP, TOKEN, base_url=BASE_URL, http=http, max_attempts=1)
     monkeypatch.setattr(fly_config_module, "fly_client", lambda settings: client)
     yield client
     http.close()

@@ -11,14 +11,21 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 from starlette.testclient import TestClient
 
+if TYPE_CHECKING:
+    # What the TestClient answers with: httpx2's Response in recent Starlette, not httpx's.
+    from starlette.testclient import httpx as testclient_httpx
+
+    Answer = testclient_httpx.Response
+
 from tests.fakefly import Faults, LaunchSpec, create_app
 from tests.support.clock import FakeClock
+from tests.support.in_process import BASE_URL, in_process
 from whisperfarm.fly import MachinesClient, build_worker_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +87,7 @@ def fake(clock: FakeClock) -> TestClient:
     return make(clock)
 
 
-def create(fake: TestClient, name: str = "w1", **body: Any) -> httpx.Response:
+def create(fake: TestClient, name: str = "w1", **body: Any) -> Answer:
     body.setdefault("config", worker_config())
     return fake.post(BASE, json={"name": name, **body})
 
@@ -468,7 +475,7 @@ def test_force_destroy_kills_the_process(clock):
 
 def client_for(fake: TestClient, clock: FakeClock, token: str = TOKEN) -> MachinesClient:
     return MachinesClient(
-        APP, token, base_url="http://testserver", http=fake, sleep=clock.sleep_sync, clock=clock
+        APP, token, base_url=BASE_URL, http=in_process(fake), sleep=clock.sleep_sync, clock=clock
     )
 
 

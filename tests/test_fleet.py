@@ -19,6 +19,7 @@ from starlette.testclient import TestClient
 
 from tests.fakefly import FakeFly, Faults, create_app
 from tests.support.clock import FakeClock
+from tests.support.in_process import BASE_URL, InProcessTransport
 from whisperfarm.costs import cost_report
 from whisperfarm.errors import (
     BudgetReached,
@@ -49,15 +50,15 @@ SIZE = Size("performance-2x", 2, 4096, PRICE)
 CHUNK = 25.0
 
 
-class LossyHttp(TestClient):
+class LossyHttp(httpx.Client):
     """The fake in-process, with answers that can go missing: a request named in
     ``lose_answers`` (by method, in order) takes effect on the fake, then times out."""
 
     def __init__(self, app: Any):
-        super().__init__(app)
+        super().__init__(transport=InProcessTransport(TestClient(app)), base_url=BASE_URL)
         self.lose_answers: list[str] = []
 
-    def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:  # type: ignore[override]
+    def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
         response = super().send(request, **kwargs)
         if self.lose_answers and self.lose_answers[0] == request.method:
             self.lose_answers.pop(0)
@@ -90,7 +91,10 @@ class Rig:
     def warm(self, count: int, **kwargs: Any) -> list[str]:
         """Make ``count`` pool machines fit for the rig's runs, as `machines warm` does."""
         self.clock.advance(3.0)  # Fly's create burst is back
-        kwargs = {"image": f"registry.fly.io/{APP}:v1", "size": SIZE, "model": "tiny.en"} | kwargs
+        defaults: dict[str, Any] = {
+            "image": f"registry.fly.io/{APP}:v1", "size": SIZE, "model": "tiny.en"
+        }  # fmt: skip
+        kwargs = defaults | kwargs
         report = warm(
             self.client,
             self.ledger,

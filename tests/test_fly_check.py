@@ -14,6 +14,7 @@ from starlette.testclient import TestClient
 
 from tests.fakefly import Faults, LaunchSpec, create_app
 from tests.support.clock import FakeClock
+from tests.support.in_process import BASE_URL, in_process
 from whisperfarm.fly.check import Check, CheckReport, check
 from whisperfarm.fly.client import MachinesClient
 from whisperfarm.fly.config import FlyConfig
@@ -98,9 +99,9 @@ def run(
         launcher=launcher,
         faults=faults,
     )
-    http = TestClient(fake)
+    http = in_process(TestClient(fake))
     client = MachinesClient(
-        app, token, base_url="http://testserver", http=http, sleep=clock.advance, clock=clock,
+        app, token, base_url=BASE_URL, http=http, sleep=clock.advance, clock=clock,
         max_attempts=1,
     )  # fmt: skip
     config = FlyConfig(

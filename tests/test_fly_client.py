@@ -414,7 +414,9 @@ def test_create_ignores_a_destroyed_namesake(client, respx_mock):
 # -- wait ------------------------------------------------------------------------------------
 
 
-def test_wait_loops_on_408_in_chunks_of_at_most_60s(client, respx_mock, clock):
+def test_wait_loops_on_408_in_chunks_of_at_most_60s(
+    client: MachinesClient, respx_mock: respx.MockRouter, clock: FakeClock
+) -> None:
     timeouts: list[str] = []
     answers = iter([408, 408, 200])
 
@@ -432,7 +434,9 @@ def test_wait_loops_on_408_in_chunks_of_at_most_60s(client, respx_mock, clock):
     assert timeouts == ["60", "60", "30"]
 
 
-def test_wait_gives_up_after_the_overall_timeout(client, respx_mock, clock):
+def test_wait_gives_up_after_the_overall_timeout(
+    client: MachinesClient, respx_mock: respx.MockRouter, clock: FakeClock
+) -> None:
     def always_408(request: httpx.Request) -> httpx.Response:
         clock.now += float(request.url.params["timeout"])
         return httpx.Response(

@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.support.clock import FakeClock
+from tests.support.in_process import in_process
 from whisperfarm.chunking import write_wav
 from whisperfarm.coordinator import CoordinatorConfig, create_app
 from whisperfarm.ledger import ChunkPlan, Ledger, WorkerInfo
@@ -28,7 +29,7 @@ from worker.client import (
 from worker.config import ConfigError, WorkerConfig
 from worker.loop import EXIT_DONE, EXIT_MODEL, EXIT_STOPPED, Worker
 from worker.models import ModelLoadError
-from worker.transcriber import Stopped
+from worker.transcriber import Stopped, Transcriber
 
 TOKEN = "worker-test-token"
 LEASE = 60.0
@@ -56,9 +57,10 @@ class Call:
 
 
 @dataclass
-class FakeTranscriber:
-    """Same signature as worker.transcriber.Transcriber.transcribe; ``behave`` decides
-    what each call does (return a result or raise)."""
+class FakeTranscriber(Transcriber):
+    """A Transcriber that loads no model (its ``__init__`` is the dataclass's), so mypy
+    holds ``transcribe`` to the real signature; ``behave`` decides what each call does
+    (return a result or raise)."""
 
     behave: Callable[[int, Callable[[], bool]], dict[str, Any]] | None = None
     calls: list[Call] = field(default_factory=list)
@@ -92,7 +94,7 @@ def result_for(audio: np.ndarray, text: str | None = None) -> dict[str, Any]:
 @dataclass
 class Setup:
     ledger: Ledger
-    app_client: TestClient
+    app_client: httpx.Client
     client: CoordinatorClient
     samples: dict[int, np.ndarray]  # idx -> int16 samples
     clock: Any
@@ -136,7 +138,7 @@ def setup(tmp_path: Path, clock: FakeClock) -> Iterator[Setup]:
         max_attempts=MAX_ATTEMPTS,
         clock=clock,
     )
-    app_client = TestClient(create_app(config))
+    app_client = in_process(TestClient(create_app(config)))
     client = CoordinatorClient("http://unused", TOKEN, http=app_client, sleep=lambda _: None)
     yield Setup(ledger, app_client, client, samples, clock)
     client.close()
