@@ -86,14 +86,12 @@ def add_episode(ledger: Ledger, chunks_dir: Path, episode_id: str, lengths: list
 
 
 @pytest.fixture
-def farm(tmp_path: Path, clock: FakeClock) -> Iterator[Farm]:
-    ledger_path = tmp_path / "home" / "ledger.db"
-    ledger = Ledger(ledger_path, clock=clock)
+def farm(tmp_path: Path, home: Path, ledger: Ledger, clock: FakeClock) -> Iterator[Farm]:
     audio = add_episode(ledger, tmp_path / "chunks", "ep1", [2.0, 1.0])
     add_episode(ledger, tmp_path / "chunks", "ep2", [1.0])
     outside = ledger.chunks("ep2")[0]["id"]
     config = CoordinatorConfig(
-        ledger_path=ledger_path,
+        ledger_path=home / "ledger.db",
         token=TOKEN,
         scope=lambda: ["ep1"],
         episodes_dir=tmp_path / "home" / "episodes",
@@ -105,7 +103,6 @@ def farm(tmp_path: Path, clock: FakeClock) -> Iterator[Farm]:
     yield Farm(client, ledger, config, config.episodes_dir, audio, outside)
     client.close()
     config.close()
-    ledger.close()
 
 
 # Authorization ------------------------------------------------------------------------------

@@ -109,9 +109,7 @@ class Setup:
 
 
 @pytest.fixture
-def setup(tmp_path: Path, clock: FakeClock) -> Iterator[Setup]:
-    path = tmp_path / "home" / "ledger.db"
-    ledger = Ledger(path, clock=clock)
+def setup(tmp_path: Path, home: Path, ledger: Ledger, clock: FakeClock) -> Iterator[Setup]:
     ledger.create_episode(
         episode_id="ep1",
         name="show",
@@ -130,7 +128,7 @@ def setup(tmp_path: Path, clock: FakeClock) -> Iterator[Setup]:
         t += length
     ledger.finish_chunking("ep1", duration=t, chunk_count=len(LENGTHS))
     config = CoordinatorConfig(
-        ledger_path=path,
+        ledger_path=home / "ledger.db",
         token=TOKEN,
         scope=lambda: ["ep1"],
         episodes_dir=tmp_path / "home" / "episodes",
@@ -143,7 +141,6 @@ def setup(tmp_path: Path, clock: FakeClock) -> Iterator[Setup]:
     yield Setup(ledger, app_client, client, samples, clock)
     client.close()
     config.close()
-    ledger.close()
 
 
 # The loop -----------------------------------------------------------------------------------
