@@ -157,9 +157,6 @@ pytestmark = pytest.mark.usefixtures("no_fly_env")
 def make_rig(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., Rig]]:
     opened: list[Rig] = []
 
-    async def fake_sleep(seconds: float) -> None:
-        clock.advance(seconds)
-
     def make(
         *,
         max_machines: int = 3,
@@ -179,7 +176,7 @@ def make_rig(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., Rig]]:
             app=APP,
             token=TOKEN,
             clock=clock,
-            sleep=fake_sleep,
+            sleep=clock.sleep,
             tick_interval=None,
             start_latency=5.0,
             warm_start_latency=2.0,

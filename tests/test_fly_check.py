@@ -86,14 +86,11 @@ def run(
     token: str = TOKEN,
     app: str = APP,
 ) -> tuple[CheckReport, dict[str, Any]]:
-    async def fake_sleep(seconds: float) -> None:
-        clock.advance(seconds)
-
     fake = create_app(
         app=APP,
         token=TOKEN,
         clock=clock,
-        sleep=fake_sleep,
+        sleep=clock.sleep,
         tick_interval=None,
         start_latency=5.0,
         launcher=launcher,
