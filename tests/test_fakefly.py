@@ -10,12 +10,17 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 from starlette.testclient import TestClient
+
+from tests.fakefly import Faults, LaunchSpec, create_app
+from tests.support.clock import FakeClock
+from tests.support.in_process import BASE_URL, in_process
+from tests.support.paths import REPO as ROOT
+from whisperfarm.fly import MachinesClient, build_worker_config
 
 if TYPE_CHECKING:
     # What the TestClient answers with: httpx2's Response in recent Starlette, not httpx's.
@@ -23,12 +28,6 @@ if TYPE_CHECKING:
 
     Answer = testclient_httpx.Response
 
-from tests.fakefly import Faults, LaunchSpec, create_app
-from tests.support.clock import FakeClock
-from tests.support.in_process import BASE_URL, in_process
-from whisperfarm.fly import MachinesClient, build_worker_config
-
-ROOT = Path(__file__).resolve().parents[1]
 APP = "wf-test"
 TOKEN = "fake-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
