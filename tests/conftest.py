@@ -1,17 +1,18 @@
-"""Shared fixtures. Every test gets its own WHISPERFARM_HOME, so no test touches a real
-ledger and tests don't see each other's state."""
+"""Shared fixtures (plain helpers live in tests/support). Every test gets its own
+WHISPERFARM_HOME, so no test touches a real ledger and tests don't see each other's state."""
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO / "samples" / "episode.mp3"
-SAMPLE_TEXT = REPO / "samples" / "episode.txt"
+from tests.support import farm_state
+from tests.support.clock import FakeClock
+from whisperfarm.ledger import Ledger
 
 
 @pytest.fixture(autouse=True)
@@ -28,17 +29,19 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
-class FakeClock:
-    """A clock tests move by hand: lease expiry without sleeping."""
-
-    def __init__(self, start: float = 1_000_000.0):
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+@pytest.fixture
+def no_fly_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Fly app or token from the shell the tests run in (modules that read Fly settings
+    use it: ``pytestmark = pytest.mark.usefixtures("no_fly_env")``)."""
+    for name in (
+        "FLY_API_TOKEN",
+        "FLY_ACCESS_TOKEN",
+        "FLY_APP",
+        "FLY_FLAPS_BASE_URL",
+        "FLY_API_URL",
+        "FLY_APP_NAME",
+    ):
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture
@@ -49,3 +52,18 @@ def clock() -> FakeClock:
 @pytest.fixture
 def python() -> str:
     return sys.executable
+
+
+@pytest.fixture
+def ledger(home: Path, clock: FakeClock) -> Iterator[Ledger]:
+    """An empty ledger where the CLI looks for it (the test's home), on the ``clock``."""
+    ledger = Ledger(home / "ledger.db", clock=clock)
+    yield ledger
+    ledger.close()
+
+
+@pytest.fixture
+def farm(ledger: Ledger, clock: FakeClock) -> Ledger:
+    """The ``ledger`` in the known state tests/support/farm_state.py draws; the clock at NOW."""
+    farm_state.build(ledger, clock)
+    return ledger

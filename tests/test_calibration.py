@@ -6,17 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FakeClock
+from tests.support.clock import FakeClock
 from whisperfarm.calibration import best, for_settings, measure_run
 from whisperfarm.fly.config import describe_plan, estimate, fly_config
 from whisperfarm.fly.policy import THREAD_EFFICIENCY, machine_speed
 from whisperfarm.ledger import ChunkPlan, Ledger, WorkerInfo
 from whisperfarm.settings import load_settings
-
-
-@pytest.fixture
-def ledger(tmp_path: Path, clock: FakeClock) -> Ledger:
-    return Ledger(tmp_path / "ledger.db", clock=clock)
 
 
 def run_with_workers(

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
-from tests.conftest import SAMPLE
+from tests.support.paths import REPO, SAMPLE
 from whisperfarm.cli import app
 
 runner = CliRunner()
@@ -28,7 +29,7 @@ def test_every_command_has_help_with_an_example(name: str) -> None:
 
 
 def test_every_command_is_in_the_readme() -> None:
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     for name in commands():
         assert f"whisperfarm {name}" in readme, f"README does not document '{name}'"
 
@@ -46,11 +47,11 @@ def test_every_subcommand_has_help_with_an_example_and_is_in_the_readme(name: st
     result = runner.invoke(app, [*name.split(), "--help"])
     assert result.exit_code == 0
     assert "Example:" in result.output
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     assert f"whisperfarm {name}" in readme, f"README does not document '{name}'"
 
 
-def _one_line_error(result) -> str:  # type: ignore[no-untyped-def]
+def _one_line_error(result: Result) -> str:
     assert result.exit_code != 0
     assert "Traceback" not in result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
@@ -69,7 +70,7 @@ def _one_line_error(result) -> str:  # type: ignore[no-untyped-def]
     ],
     ids=["missing", "directory", "empty", "text-named-mp3"],
 )
-def test_bad_input(tmp_path: Path, make, expected: str, home: Path) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input(tmp_path: Path, make: Callable[[Path], Path], expected: str, home: Path) -> None:
     path = make(tmp_path / "show.mp3")
     result = runner.invoke(app, ["transcribe", str(path), "-o", str(tmp_path / "out")])
     assert expected in _one_line_error(result)

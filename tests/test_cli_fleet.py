@@ -20,8 +20,10 @@ import pytest
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
-from tests.conftest import SAMPLE, SAMPLE_TEXT, FakeClock
 from tests.fakefly import create_app
+from tests.support.clock import FakeClock
+from tests.support.in_process import BASE_URL, in_process
+from tests.support.paths import REPO, SAMPLE, SAMPLE_TEXT
 from whisperfarm.cli import app, out
 from whisperfarm.errors import FlyError
 from whisperfarm.evaluation import word_error_rate
@@ -36,10 +38,7 @@ APP = "wf-test"
 TOKEN = "fake-token"
 
 
-@pytest.fixture(autouse=True)
-def no_fly_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("FLY_APP", "FLY_API_TOKEN", "FLY_ACCESS_TOKEN", "FLY_FLAPS_BASE_URL"):
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("no_fly_env")
 
 
 @pytest.fixture(autouse=True)
@@ -50,11 +49,10 @@ def wide_output(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def ledger(home: Path) -> Iterator[Ledger]:
-    # Times from a little while ago, so ages and costs of ended machines are exact.
-    ledger = Ledger(home / "ledger.db", clock=FakeClock(time.time() - 500))
-    yield ledger
-    ledger.close()
+def clock() -> FakeClock:
+    """The ledger's clock: times from a little while ago, so ages and costs of ended
+    machines (which the CLI reads against the real time) are exact."""
+    return FakeClock(time.time() - 500)
 
 
 def record(ledger: Ledger, machine_id: str, run_id: str = "r1", price: float = 0.001) -> None:
@@ -168,8 +166,9 @@ def test_machines_check_misconfigured_is_one_line_naming_the_fix(
 @pytest.fixture
 def fake_fly(monkeypatch: pytest.MonkeyPatch) -> Iterator[MachinesClient]:
     """The CLI's Fly client, talking to the fake in-process."""
-    http = TestClient(create_app(app=APP, token=TOKEN, tick_interval=None, rate_limit=False))
-    client = MachinesClient(APP, TOKEN, base_url="http://testserver", http=http, max_attempts=1)
+    fake = TestClient(create_app(app=APP, token=TOKEN, tick_interval=None, rate_limit=False))
+    http = in_process(fake)
+    client = MachinesClient(APP, TOKEN, base_url=BASE_URL, http=http, max_attempts=1)
     monkeypatch.setattr(fly_config_module, "fly_client", lambda settings: client)
     yield client
     http.close()
@@ -238,7 +237,7 @@ def test_the_pool_help_says_what_reap_destroys_and_how_to_change_the_image() -> 
     warm_help = " ".join(runner.invoke(app, ["machines", "warm", "--help"]).output.split())
     assert "--image-label v2" in warm_help and "registry.fly.io/APP:v2" in warm_help
     assert "run it again after deploying a new image" not in warm_help
-    readme = " ".join((Path(__file__).parent.parent / "README.md").read_text().split())
+    readme = " ".join((REPO / "README.md").read_text().split())
     assert "Run it again after deploying a new image" not in readme
     assert "--image-label v2" in readme
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import SAMPLE
+from tests.support.paths import SAMPLE
 from whisperfarm.cli import app
 from whisperfarm.ledger import ChunkPlan, Ledger
 from whisperfarm.media import ffmpeg_exe

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
 
-from tests import farm_state
-from tests.conftest import FakeClock
-from tests.farm_state import EPISODES, NOW, PRICE
+from tests.support import farm_state
+from tests.support.clock import FakeClock
+from tests.support.farm_state import EPISODES, NOW, PRICE
 from whisperfarm.console import RunReporter
 from whisperfarm.farm import EpisodeStatus, RunSummary
 from whisperfarm.ledger import EpisodeProgress, Ledger
@@ -20,19 +21,14 @@ URL, TOKEN = "http://127.0.0.1:8765", "tok-123"
 
 
 @pytest.fixture
-def fly_ledger(home: Path, clock: FakeClock) -> Path:
-    ledger = Ledger(home / "ledger.db", clock=clock)
-    farm_state.build(ledger, clock)
-    ledger.close()
+def fly_ledger(home: Path, farm: Ledger) -> Path:
     return home / "ledger.db"
 
 
 @pytest.fixture
-def local_ledger(home: Path, clock: FakeClock) -> Path:
-    ledger = Ledger(home / "ledger.db", clock=clock)
+def local_ledger(home: Path, ledger: Ledger) -> Path:
     farm_state.add_episode(ledger, EPISODES["interview"], "interview", 10)
     ledger.start_run("local1", backend="local", episode_ids=[EPISODES["interview"]])
-    ledger.close()
     return home / "ledger.db"
 
 
@@ -40,8 +36,14 @@ def plain_console() -> Console:
     return Console(file=io.StringIO(), width=120, color_system=None, force_terminal=False)
 
 
-def status(  # type: ignore[no-untyped-def]
-    done: int, total: int = 10, state: str = "queued", name: str = "interview", **kw
+def printed(console: Console) -> str:
+    """What was printed on a console that writes to a StringIO."""
+    assert isinstance(console.file, io.StringIO)
+    return console.file.getvalue()
+
+
+def status(
+    done: int, total: int = 10, state: str = "queued", name: str = "interview", **kw: Any
 ) -> EpisodeStatus:
     progress = EpisodeProgress(
         EPISODES["interview"],
@@ -53,14 +55,14 @@ def status(  # type: ignore[no-untyped-def]
     return EpisodeStatus(EPISODES["interview"], name, state, progress, total * 30.0, **kw)
 
 
-def reporter(console: Console, ledger: Path, clock: FakeClock, **kw) -> RunReporter:  # type: ignore[no-untyped-def]
+def reporter(console: Console, ledger: Path, clock: FakeClock, **kw: Any) -> RunReporter:
     return RunReporter(console, ledger_path=ledger, monotonic=clock, clock=lambda: NOW, **kw)
 
 
 def test_ready_prints_the_status_page_with_its_token(local_ledger: Path, clock: FakeClock) -> None:
     console = plain_console()
     reporter(console, local_ledger, clock).coordinator_ready(URL, TOKEN, "2 local workers")
-    text = console.file.getvalue()
+    text = printed(console)
     assert f"status page: {URL}/?token={TOKEN}" in text
     assert f"whisperfarm worker --url {URL} --token {TOKEN}" in text
     assert text.count(f"?token={TOKEN}") == 1
@@ -75,7 +77,7 @@ def test_plain_lines_with_speed_since_start_and_eta(local_ledger: Path, clock: F
     report.update([status(5)])  # 30 s of audio in 10 s: 3× realtime, 150 s left → 0:50
     clock.advance(1)
     report.update([status(6)])  # under 5 s since the last line: not printed
-    lines = console.file.getvalue().splitlines()[3:]
+    lines = printed(console).splitlines()[3:]
     assert lines == [
         "interview: 4/10 chunks, 0.0× realtime, ETA —",
         "interview: 5/10 chunks, 3.0× realtime, ETA 0:50",
@@ -87,7 +89,7 @@ def test_plain_machines_line_when_the_run_has_machines(fly_ledger: Path, clock: 
     console = plain_console()
     report = reporter(console, fly_ledger, clock)
     report.update([status(6, state="queued")])
-    text = console.file.getvalue()
+    text = printed(console)
     assert (
         "machines: 1 up of 3 started (max 3) · spent $0.023 of $0.010 budget · OVER BUDGET" in text
     )
@@ -104,7 +106,7 @@ def test_rich_display_on_a_terminal(fly_ledger: Path, clock: FakeClock) -> None:
         report.update([status(7)])
     finally:
         report.close()
-    text = console.file.getvalue()
+    text = printed(console)
     assert "interview" in text and "7/10 chunks" in text and "3.5/5.0 min" in text
     assert "3.0× realtime" in text and "ETA 0:30" in text  # 90 s left at 3×
     assert "machines: 1 up of 3 started" in text and "OVER BUDGET" in text
@@ -115,7 +117,7 @@ def test_summary_with_cost_and_files(fly_ledger: Path, clock: FakeClock, tmp_pat
     report = reporter(console, fly_ledger, clock)
     done = status(10, state="done", files=[tmp_path / "interview.txt", tmp_path / "interview.srt"])
     report.summary(RunSummary("r1", [done], wall_seconds=75.0), tmp_path)
-    lines = console.file.getvalue().splitlines()
+    lines = printed(console).splitlines()
     cost = f"${980 * PRICE:.3f}"
     assert lines[0] == (
         f"done: 1 of 1 episode(s) · 5:00 of audio in 1:15 (4.0× realtime) · "
@@ -129,7 +131,7 @@ def test_summary_of_a_local_run_has_no_cost(local_ledger: Path, clock: FakeClock
     report = reporter(console, local_ledger, clock)
     failed = status(3, state="failed", error="boom")
     report.summary(RunSummary("local1", [status(10, state="done"), failed], 12.5), Path("."))
-    first = console.file.getvalue().splitlines()[0]
+    first = printed(console).splitlines()[0]
     assert first == "finished: 1 of 2 episode(s) · 5:00 of audio in 12.5s (24.0× realtime)"
 
 
@@ -139,7 +141,7 @@ def test_quiet_prints_nothing(fly_ledger: Path, clock: FakeClock) -> None:
     report.coordinator_ready(URL, TOKEN, "fly")
     report.update([status(6)])
     report.summary(RunSummary("r1", [status(10, state="done")], 10.0), Path("."))
-    assert console.file.getvalue() == ""
+    assert printed(console) == ""
 
 
 def test_names_and_errors_are_printed_as_they_are(local_ledger: Path, clock: FakeClock) -> None:
@@ -153,6 +155,6 @@ def test_names_and_errors_are_printed_as_they_are(local_ledger: Path, clock: Fak
         report.close()
     done = status(10, state="done", name="show [live]", files=[Path("out/show [live].txt")])
     report.summary(RunSummary("local1", [done], 10.0), Path("out"))
-    text = console.file.getvalue()
+    text = printed(console)
     assert "interview: [Errno 2] no such file" in text
     assert "  show [live] → out/show [live].txt" in text

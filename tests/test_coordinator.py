@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.support.clock import FakeClock
 from whisperfarm.chunking import write_wav
 from whisperfarm.coordinator import MAX_BODY_BYTES, CoordinatorConfig, create_app
 from whisperfarm.ledger import ChunkPlan, Ledger, WorkerInfo
@@ -84,14 +86,12 @@ def add_episode(ledger: Ledger, chunks_dir: Path, episode_id: str, lengths: list
 
 
 @pytest.fixture
-def farm(tmp_path: Path, clock) -> Farm:
-    ledger_path = tmp_path / "home" / "ledger.db"
-    ledger = Ledger(ledger_path, clock=clock)
+def farm(tmp_path: Path, home: Path, ledger: Ledger, clock: FakeClock) -> Iterator[Farm]:
     audio = add_episode(ledger, tmp_path / "chunks", "ep1", [2.0, 1.0])
     add_episode(ledger, tmp_path / "chunks", "ep2", [1.0])
     outside = ledger.chunks("ep2")[0]["id"]
     config = CoordinatorConfig(
-        ledger_path=ledger_path,
+        ledger_path=home / "ledger.db",
         token=TOKEN,
         scope=lambda: ["ep1"],
         episodes_dir=tmp_path / "home" / "episodes",
@@ -103,7 +103,6 @@ def farm(tmp_path: Path, clock) -> Farm:
     yield Farm(client, ledger, config, config.episodes_dir, audio, outside)
     client.close()
     config.close()
-    ledger.close()
 
 
 # Authorization ------------------------------------------------------------------------------
@@ -461,8 +460,11 @@ def test_unknown_job_is_404_everywhere(farm: Farm) -> None:
 
 
 def test_a_job_of_an_episode_outside_the_scope_is_404_even_with_its_token(farm: Farm) -> None:
-    job = farm.ledger.claim(["ep2"], WorkerInfo("elsewhere"), lease_seconds=LEASE, max_attempts=3)
-    outside = {"chunk_id": job.job.chunk_id, "lease_token": job.job.lease_token}
+    job = farm.ledger.claim(
+        ["ep2"], WorkerInfo("elsewhere"), lease_seconds=LEASE, max_attempts=3
+    ).job
+    assert job is not None
+    outside = {"chunk_id": job.chunk_id, "lease_token": job.lease_token}
     assert outside["chunk_id"] == farm.outside_chunk
     before = farm.snapshot()
     for method, path, body, headers in job_requests(outside)[2:]:

@@ -31,9 +31,10 @@ from typing import IO, Any
 import httpx
 import pytest
 
-from tests.conftest import REPO, SAMPLE, SAMPLE_TEXT
 from tests.fakefly.process import FakeFlyProcess
-from tests.test_e2e_fly import APP, assert_all_destroyed, billed, fly_args
+from tests.support.fly_runs import APP, assert_all_destroyed, billed, fly_args
+from tests.support.ledger_db import DONE_WITH_RESULTS, integrity, rows
+from tests.support.paths import REPO, SAMPLE, SAMPLE_TEXT
 from whisperfarm.chunking import write_wav
 from whisperfarm.coordinator import CoordinatorConfig, create_app
 from whisperfarm.evaluation import word_error_rate
@@ -44,11 +45,6 @@ from whisperfarm.media import SAMPLE_RATE, Decoder, ffmpeg_exe
 from whisperfarm.server import BackgroundServer, bind
 
 TIMEOUT = 300
-DONE_WITH_RESULTS = (
-    "SELECT c.idx, c.attempt, c.finished_at, r.body FROM chunks c"
-    " JOIN results r ON r.chunk_id = c.id"
-)
-"""Finished chunks with their results: a chunk transcribed again changes its row."""
 WORKER_ID = re.compile(rb"^WHISPERFARM_WORKER_ID=(.*)$")
 
 
@@ -112,15 +108,6 @@ def whisperfarm(*args: str) -> list[str]:
 
 def env_for(home: Path, **extra: str) -> dict[str, str]:
     return {**os.environ, "WHISPERFARM_HOME": str(home), **extra}
-
-
-def rows(home: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(home / "ledger.db", timeout=30) as conn:
-        return conn.execute(sql, params).fetchall()
-
-
-def integrity(home: Path) -> str:
-    return str(rows(home, "PRAGMA integrity_check")[0][0])
 
 
 def wait_for(condition: Any, what: str, timeout: float = TIMEOUT, every: float = 0.1) -> Any:

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -18,19 +16,16 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import SAMPLE, SAMPLE_TEXT
 from tests.fakefly.process import FakeFlyProcess
+from tests.support import ledger_db
+from tests.support.fly_runs import APP, assert_all_destroyed, billed, fly_args, free_port
+from tests.support.ledger_db import DONE_WITH_RESULTS
+from tests.support.paths import SAMPLE_TEXT
 from whisperfarm.evaluation import word_error_rate
 from whisperfarm.fly.pricing import SIZES
 
 TIMEOUT = 300
-DONE_WITH_RESULTS = (
-    "SELECT c.idx, c.attempt, c.finished_at, r.body FROM chunks c"
-    " JOIN results r ON r.chunk_id = c.id"
-)
-"""Finished chunks with their results: a chunk transcribed again changes its row."""
 TOKEN = "fake-token"
-APP = "whisperfarm-workers"
 
 
 def start_fake_fly(tmp: Path, *flags: str) -> FakeFlyProcess:
@@ -43,12 +38,6 @@ def fake(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[FakeFlyProc
     fly = start_fake_fly(tmp_path, *flags)
     yield fly
     fly.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def fly_env(tmp_path: Path, fake: FakeFlyProcess, **extra: str) -> dict[str, str]:
@@ -66,31 +55,6 @@ def fly_env(tmp_path: Path, fake: FakeFlyProcess, **extra: str) -> dict[str, str
     }
 
 
-def fly_args(tmp_path: Path, *extra: str) -> list[str]:
-    port = free_port()
-    return [
-        sys.executable,
-        "-m",
-        "whisperfarm",
-        "transcribe",
-        str(SAMPLE),
-        "--model",
-        "tiny.en",
-        "--backend",
-        "fly",
-        "--advertise-url",
-        f"http://127.0.0.1:{port}",
-        "--port",
-        str(port),
-        "--out",
-        str(tmp_path / "out"),
-        "--format",
-        "txt,json",
-        "--yes",
-        *extra,
-    ]
-
-
 def run_fly(
     tmp_path: Path, fake: FakeFlyProcess, *extra: str, **env: str
 ) -> subprocess.CompletedProcess[str]:
@@ -102,28 +66,6 @@ def run_fly(
         text=True,
         timeout=TIMEOUT,
     )
-
-
-def ledger(tmp_path: Path, sql: str) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(tmp_path / "home" / "ledger.db") as conn:
-        return conn.execute(sql).fetchall()
-
-
-def billed(state: dict[str, Any], price: float) -> float:
-    """What Fly would bill, from the fake's own record: created → stopped/destroyed."""
-    total = 0.0
-    for machine in state["machines"]:
-        times = {h["state"]: h["at"] for h in machine["history"]}
-        end = times.get("stopped") or times.get("destroying") or times.get("destroyed")
-        assert end is not None, f"machine {machine['id']} never ended"
-        total += (end - times["created"]) * price
-    return total
-
-
-def assert_all_destroyed(state: dict[str, Any]) -> None:
-    assert state["machines"], "no machine was started"
-    left = [(m["id"], m["state"]) for m in state["machines"] if m["state"] != "destroyed"]
-    assert not left, f"machines left behind: {left}"
 
 
 def test_fly_run_transcribes_within_machine_and_budget_caps(
@@ -141,7 +83,7 @@ def test_fly_run_transcribes_within_machine_and_budget_caps(
     assert state["max_concurrent_active"] <= 2
     price = SIZES["performance-2x"].usd_per_second
     assert billed(state, price) <= budget
-    spent = ledger(tmp_path, "SELECT spent, budget, max_machines FROM runs")[0]
+    spent = ledger_db.rows(tmp_path / "home", "SELECT spent, budget, max_machines FROM runs")[0]
     assert 0 < spent[0] <= budget and spent[1] == budget and spent[2] == 2
     for machine in state["machines"]:
         config = machine["config"]
@@ -151,7 +93,9 @@ def test_fly_run_transcribes_within_machine_and_budget_caps(
         assert config["metadata"]["managed_by"] == "whisperfarm"
     names = [m["name"] for m in state["machines"]]
     assert len(names) == len(set(names))
-    workers = ledger(tmp_path, "SELECT kind, sum(chunks_done) FROM workers GROUP BY kind")
+    workers = ledger_db.rows(
+        tmp_path / "home", "SELECT kind, sum(chunks_done) FROM workers GROUP BY kind"
+    )
     assert workers[0][0] == "fly" and workers[0][1] >= 1
 
 
@@ -176,8 +120,8 @@ def test_budget_cap_stops_machines_and_leaves_the_episode_resumable(
     state = fake.state()
     assert_all_destroyed(state)
     assert billed(state, 0.001) <= budget
-    assert ledger(tmp_path, "SELECT spent FROM runs")[0][0] <= budget
-    done_before = {idx: rest for idx, *rest in ledger(tmp_path, DONE_WITH_RESULTS)}
+    assert ledger_db.rows(tmp_path / "home", "SELECT spent FROM runs")[0][0] <= budget
+    done_before = {idx: rest for idx, *rest in ledger_db.rows(tmp_path / "home", DONE_WITH_RESULTS)}
     assert not (tmp_path / "out" / "episode.txt").exists()
 
     rerun = subprocess.run(
@@ -188,7 +132,7 @@ def test_budget_cap_stops_machines_and_leaves_the_episode_resumable(
         timeout=TIMEOUT,
     )
     assert rerun.returncode == 0, rerun.stderr
-    after = {idx: rest for idx, *rest in ledger(tmp_path, DONE_WITH_RESULTS)}
+    after = {idx: rest for idx, *rest in ledger_db.rows(tmp_path / "home", DONE_WITH_RESULTS)}
     assert all(after[idx] == kept for idx, kept in done_before.items()), "a chunk was redone"
     assert (tmp_path / "out" / "episode.txt").exists()
     assert_all_destroyed(fake.state())
@@ -230,14 +174,14 @@ def test_ctrl_c_sigterm_and_sighup_destroy_every_machine(
     time the CLI has exited, every machine it made is destroyed, and it says so."""
     stderr = interrupt_once_a_machine_runs(tmp_path, fake, signum)
     assert_all_destroyed(fake.state())  # now, not once the workers give up on their own
-    rows = ledger(tmp_path, "SELECT state, destroyed_at FROM machines")
+    rows = ledger_db.rows(tmp_path / "home", "SELECT state, destroyed_at FROM machines")
     assert rows and all(state == "destroyed" and at for state, at in rows)
     assert "Traceback" not in stderr
     (line,) = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert f"error: stopped by {label} with " in line
     destroyed = f"destroyed {len(rows)} Fly machine{'s' if len(rows) != 1 else ''}"
     assert f": {destroyed}; run the same command again to resume" in line
-    assert ledger(tmp_path, "SELECT state FROM runs") == [("interrupted",)]
+    assert ledger_db.rows(tmp_path / "home", "SELECT state FROM runs") == [("interrupted",)]
 
 
 @pytest.mark.parametrize(
@@ -287,7 +231,9 @@ def test_a_run_whose_machines_cant_reach_the_coordinator_stops_and_leaves_none(
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     (error,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    (url,) = ledger(tmp_path, "SELECT url FROM runs")[0]  # = --advertise-url, in this test
+    (url,) = ledger_db.rows(tmp_path / "home", "SELECT url FROM runs")[
+        0
+    ]  # = --advertise-url, in this test
     assert f"first Fly machine never reached this coordinator at {url} " in error
     assert "--host ::" in error and "--advertise-url" in error and "machines check" in error
     state = fake.state()
@@ -296,12 +242,17 @@ def test_a_run_whose_machines_cant_reach_the_coordinator_stops_and_leaves_none(
     assert_all_destroyed(state)
     assert state["machines"][0]["exit_code"] != 3, "the worker gave up before the fleet did"
     assert took < TIMEOUT
-    rows = ledger(tmp_path, "SELECT state, error FROM machines")
+    rows = ledger_db.rows(tmp_path / "home", "SELECT state, error FROM machines")
     assert [row[0] for row in rows] == ["destroyed"]
     assert "never reached the coordinator" in rows[0][1]
-    assert ledger(tmp_path, "SELECT state FROM runs") == [("failed",)]
-    assert ledger(tmp_path, "SELECT count(*) FROM workers") == [(0,)]
-    assert ledger(tmp_path, "SELECT count(*) FROM chunks WHERE state = 'queued'")[0][0] > 0
+    assert ledger_db.rows(tmp_path / "home", "SELECT state FROM runs") == [("failed",)]
+    assert ledger_db.rows(tmp_path / "home", "SELECT count(*) FROM workers") == [(0,)]
+    assert (
+        ledger_db.rows(tmp_path / "home", "SELECT count(*) FROM chunks WHERE state = 'queued'")[0][
+            0
+        ]
+        > 0
+    )
 
 
 @pytest.mark.parametrize(
@@ -370,9 +321,13 @@ def test_machines_check_makes_a_round_trip_from_one_machine_and_destroys_it(
     assert_all_destroyed(state)
     # The worker really came over HTTP: the coordinator recorded its claim.
     (machine_id,) = [m["id"] for m in state["machines"]]
-    assert ledger(tmp_path, "SELECT id, kind FROM workers") == [(machine_id, "fly")]
-    assert ledger(tmp_path, "SELECT backend, state FROM runs") == [("check", "done")]
-    assert ledger(tmp_path, "SELECT state FROM machines") == [("destroyed",)]
+    assert ledger_db.rows(tmp_path / "home", "SELECT id, kind FROM workers") == [
+        (machine_id, "fly")
+    ]
+    assert ledger_db.rows(tmp_path / "home", "SELECT backend, state FROM runs") == [
+        ("check", "done")
+    ]
+    assert ledger_db.rows(tmp_path / "home", "SELECT state FROM machines") == [("destroyed",)]
 
 
 @pytest.mark.parametrize("fake", [("--unreachable", "all")], indirect=True)
@@ -391,8 +346,10 @@ def test_machines_check_says_when_machines_cant_reach_the_coordinator(
     (error,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert "the reach check failed" in error
     assert_all_destroyed(fake.state())
-    assert ledger(tmp_path, "SELECT count(*) FROM workers") == [(0,)]
-    assert ledger(tmp_path, "SELECT backend, state FROM runs") == [("check", "failed")]
+    assert ledger_db.rows(tmp_path / "home", "SELECT count(*) FROM workers") == [(0,)]
+    assert ledger_db.rows(tmp_path / "home", "SELECT backend, state FROM runs") == [
+        ("check", "failed")
+    ]
 
 
 # -- the warm pool -----------------------------------------------------------------------------
@@ -461,13 +418,13 @@ def test_a_warm_pool_serves_the_run_goes_back_stopped_and_warm_0_destroys_it(
         assert "started" in [h["state"] for h in machine["history"]]
     price = SIZES["performance-2x"].usd_per_second
     assert started_billed(state, price) <= budget
-    rows = ledger(tmp_path, "SELECT id, pool, state, stopped_at FROM machines")
+    rows = ledger_db.rows(tmp_path / "home", "SELECT id, pool, state, stopped_at FROM machines")
     assert sorted(row[0] for row in rows) == pool_ids
     assert all(pool == 1 and st == "stopped" and at for _, pool, st, at in rows)
-    spent = ledger(tmp_path, "SELECT spent FROM runs")[0][0]
+    spent = ledger_db.rows(tmp_path / "home", "SELECT spent FROM runs")[0][0]
     assert 0 < spent <= budget
-    run_id = ledger(tmp_path, "SELECT id FROM runs")[0][0]
-    workers = ledger(tmp_path, "SELECT id, machine_id, chunks_done FROM workers")
+    run_id = ledger_db.rows(tmp_path / "home", "SELECT id FROM runs")[0][0]
+    workers = ledger_db.rows(tmp_path / "home", "SELECT id, machine_id, chunks_done FROM workers")
     assert {w[0] for w in workers} <= {f"{m}-{run_id}" for m in pool_ids}
     assert sum(w[2] for w in workers) >= 1
 
@@ -480,7 +437,7 @@ def test_a_warm_pool_serves_the_run_goes_back_stopped_and_warm_0_destroys_it(
     assert emptied.returncode == 0, emptied.stdout + emptied.stderr
     assert "destroyed 2" in emptied.stdout
     assert {m["state"] for m in fake.state()["machines"]} == {"destroyed"}
-    assert ledger(tmp_path, "SELECT count(*) FROM pool_machines")[0][0] == 0
+    assert ledger_db.rows(tmp_path / "home", "SELECT count(*) FROM pool_machines")[0][0] == 0
 
 
 @pytest.mark.parametrize("fake", [WARM], indirect=True)
@@ -502,7 +459,7 @@ def test_a_pool_smaller_than_max_machines_falls_back_to_creates(
     assert [m["state"] for m in pool_of(state)] == ["stopped"]
     assert state["started_now"] == 0
     assert started_billed(state, SIZES["performance-2x"].usd_per_second) <= budget
-    assert 0 < ledger(tmp_path, "SELECT spent FROM runs")[0][0] <= budget
+    assert 0 < ledger_db.rows(tmp_path / "home", "SELECT spent FROM runs")[0][0] <= budget
 
 
 @pytest.mark.parametrize("fake", [WARM], indirect=True)
@@ -514,11 +471,11 @@ def test_ctrl_c_leaves_pool_machines_stopped(tmp_path: Path, fake: FakeFlyProces
     assert len(state["machines"]) == 2 and state["requests"]["create"] == 2
     # The ones the run started are stopped, back in the pool; one it had not started yet
     # (reachability first: one machine until its worker claims) was never started.
-    used = {row[0] for row in ledger(tmp_path, "SELECT id FROM machines")}
+    used = {row[0] for row in ledger_db.rows(tmp_path / "home", "SELECT id FROM machines")}
     assert {m["state"] for m in state["machines"] if m["id"] in used} == {"stopped"}
     assert {m["state"] for m in state["machines"] if m["id"] not in used} <= {"created"}
     assert state["started_now"] == 0 and not any(m["running"] for m in state["machines"])
-    rows = ledger(tmp_path, "SELECT state, stopped_at, destroyed_at FROM machines")
+    rows = ledger_db.rows(tmp_path / "home", "SELECT state, stopped_at, destroyed_at FROM machines")
     assert rows and all(st == "stopped" and at and gone is None for st, at, gone in rows)
 
 
@@ -543,5 +500,5 @@ def test_a_lagging_list_never_starts_more_than_max_machines_and_leaves_none(
     assert state["max_concurrent_started"] <= 3
     assert state["max_concurrent_active"] <= 3
     assert (tmp_path / "out" / "episode.txt").exists()
-    rows = ledger(tmp_path, "SELECT state FROM machines")
+    rows = ledger_db.rows(tmp_path / "home", "SELECT state FROM machines")
     assert rows and {row[0] for row in rows} == {"destroyed"}

@@ -7,28 +7,25 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.conftest import SAMPLE, SAMPLE_TEXT
+from tests.support import ledger_db
+from tests.support.ledger_db import DONE_WITH_RESULTS
+from tests.support.paths import SAMPLE, SAMPLE_TEXT
 from whisperfarm.evaluation import word_error_rate
 from whisperfarm.media import check_input
 from worker.models import bundled_tiny_en
 
 TIMEOUT = 300
-DONE_WITH_RESULTS = (
-    "SELECT c.idx, c.attempt, c.finished_at, r.body FROM chunks c"
-    " JOIN results r ON r.chunk_id = c.id"
-)
-"""Finished chunks with their results: a chunk transcribed again changes its row."""
 
 
-def cli(*args: str, home: Path, **kwargs) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+def cli(*args: str, home: Path, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "WHISPERFARM_HOME": str(home)}
     return subprocess.run(
         [sys.executable, "-m", "whisperfarm", *args],
@@ -40,28 +37,13 @@ def cli(*args: str, home: Path, **kwargs) -> subprocess.CompletedProcess[str]:  
     )
 
 
-def ledger_rows(home: Path, sql: str) -> list[tuple]:  # type: ignore[type-arg]
-    with sqlite3.connect(home / "ledger.db") as conn:
-        return conn.execute(sql).fetchall()
-
-
-def ledger_count(home: Path, sql: str) -> int:
-    """A count from a run's ledger while it goes: 0 before the ledger has its tables."""
-    if not (home / "ledger.db").exists():
-        return 0
-    try:
-        return int(ledger_rows(home, sql)[0][0])
-    except sqlite3.OperationalError:  # created, not migrated yet
-        return 0
-
-
 def parse_srt_times(text: str, separator: str) -> list[tuple[str, str]]:
     stamp = rf"\d\d:\d\d:\d\d{re.escape(separator)}\d\d\d"
     return re.findall(rf"({stamp}) --> ({stamp})", text)
 
 
 @pytest.fixture(scope="module")
-def farm_run(tmp_path_factory: pytest.TempPathFactory) -> dict:  # type: ignore[type-arg]
+def farm_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     base = tmp_path_factory.mktemp("e2e")
     home, out = base / "home", base / "out"
     started = time.monotonic()
@@ -82,7 +64,7 @@ def farm_run(tmp_path_factory: pytest.TempPathFactory) -> dict:  # type: ignore[
     return {"home": home, "out": out, "result": result, "wall": time.monotonic() - started}
 
 
-def test_transcribes_the_sample_accurately(farm_run: dict) -> None:  # type: ignore[type-arg]
+def test_transcribes_the_sample_accurately(farm_run: dict[str, Any]) -> None:
     result = farm_run["result"]
     assert result.returncode == 0, result.stdout + result.stderr
     txt = (farm_run["out"] / "episode.txt").read_text()
@@ -91,7 +73,7 @@ def test_transcribes_the_sample_accurately(farm_run: dict) -> None:  # type: ign
     assert "done: 1 of 1 episode(s)" in result.stdout
 
 
-def test_formats_agree_with_each_other(farm_run: dict) -> None:  # type: ignore[type-arg]
+def test_formats_agree_with_each_other(farm_run: dict[str, Any]) -> None:
     out = farm_run["out"]
     document = json.loads((out / "episode.json").read_text())
     segments = document["segments"]
@@ -117,7 +99,7 @@ def test_formats_agree_with_each_other(farm_run: dict) -> None:  # type: ignore[
     assert document["text"] == " ".join(s["text"] for s in segments)
 
 
-def test_timestamps_are_on_the_whole_files_timeline(farm_run: dict) -> None:  # type: ignore[type-arg]
+def test_timestamps_are_on_the_whole_files_timeline(farm_run: dict[str, Any]) -> None:
     document = json.loads((farm_run["out"] / "episode.json").read_text())
     duration = check_input(SAMPLE).duration
     assert duration is not None
@@ -130,17 +112,19 @@ def test_timestamps_are_on_the_whole_files_timeline(farm_run: dict) -> None:  # 
     assert abs(document["episode"]["duration"] - duration) < 0.5
 
 
-def test_both_workers_stole_work(farm_run: dict) -> None:  # type: ignore[type-arg]
-    rows = ledger_rows(farm_run["home"], "SELECT id, chunks_done FROM workers WHERE kind = 'local'")
+def test_both_workers_stole_work(farm_run: dict[str, Any]) -> None:
+    rows = ledger_db.rows(
+        farm_run["home"], "SELECT id, chunks_done FROM workers WHERE kind = 'local'"
+    )
     assert len(rows) == 2
     assert all(done >= 1 for _, done in rows), rows
-    chunks = ledger_rows(farm_run["home"], "SELECT state, attempt FROM chunks")
+    chunks = ledger_db.rows(farm_run["home"], "SELECT state, attempt FROM chunks")
     assert {state for state, _ in chunks} == {"done"}
 
 
-def test_rerun_reuses_finished_chunks(farm_run: dict) -> None:  # type: ignore[type-arg]
+def test_rerun_reuses_finished_chunks(farm_run: dict[str, Any]) -> None:
     home, out = farm_run["home"], farm_run["out"]
-    before = ledger_rows(home, DONE_WITH_RESULTS + " ORDER BY idx")
+    before = ledger_db.rows(home, DONE_WITH_RESULTS + " ORDER BY idx")
     first_json = (out / "episode.json").read_text()
     result = cli(
         "transcribe",
@@ -157,7 +141,7 @@ def test_rerun_reuses_finished_chunks(farm_run: dict) -> None:  # type: ignore[t
         home=home,
     )
     assert result.returncode == 0, result.stderr
-    after = ledger_rows(home, DONE_WITH_RESULTS + " ORDER BY idx")
+    after = ledger_db.rows(home, DONE_WITH_RESULTS + " ORDER BY idx")
     assert after == before, "no chunk may be transcribed again"
     assert (out / "episode.json").read_text() == first_json
 
@@ -206,7 +190,7 @@ def test_sigterm_and_sighup_stop_the_local_workers_as_ctrl_c_does(
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
         time.sleep(0.5)
-        if ledger_count(home, "SELECT count(*) FROM workers") >= 2:
+        if ledger_db.count(home, "SELECT count(*) FROM workers") >= 2:
             break
     workers = [pid for pid in children_of(process.pid) if is_worker(pid)]
     assert len(workers) == 2, workers
@@ -218,8 +202,8 @@ def test_sigterm_and_sighup_stop_the_local_workers_as_ctrl_c_does(
     assert f"stopped by {name} with " in line
     assert ": stopped 2 local workers; run the same command again to resume" in line
     assert not [pid for pid in workers if alive(pid)], "a local worker outlived the run"
-    assert ledger_rows(home, "SELECT count(*) FROM chunks WHERE state = 'leased'") == [(0,)]
-    assert ledger_rows(home, "SELECT state FROM runs") == [("interrupted",)]
+    assert ledger_db.rows(home, "SELECT count(*) FROM chunks WHERE state = 'leased'") == [(0,)]
+    assert ledger_db.rows(home, "SELECT state FROM runs") == [("interrupted",)]
 
 
 def test_ctrl_c_then_resume_keeps_finished_chunks(tmp_path: Path) -> None:
@@ -245,7 +229,7 @@ def test_ctrl_c_then_resume_keeps_finished_chunks(tmp_path: Path) -> None:
     while time.monotonic() < deadline:
         time.sleep(0.5)
         done = "SELECT count(*) FROM chunks WHERE state = 'done' AND speech = 1"
-        if ledger_count(home, done) >= 2:
+        if ledger_db.count(home, done) >= 2:
             break
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
@@ -253,13 +237,13 @@ def test_ctrl_c_then_resume_keeps_finished_chunks(tmp_path: Path) -> None:
     assert "run the same command again to resume" in stderr
     assert "Traceback" not in stderr
     assert not out.exists() or not list(out.iterdir()), "no partial transcript"
-    kept = [(idx, rest) for idx, *rest in ledger_rows(home, DONE_WITH_RESULTS)]
+    kept = [(idx, rest) for idx, *rest in ledger_db.rows(home, DONE_WITH_RESULTS)]
     assert len(kept) >= 2
-    assert ledger_rows(home, "SELECT count(*) FROM chunks WHERE state = 'leased'") == [(0,)]
+    assert ledger_db.rows(home, "SELECT count(*) FROM chunks WHERE state = 'leased'") == [(0,)]
 
     result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 0, result.stderr
-    after = {idx: rest for idx, *rest in ledger_rows(home, DONE_WITH_RESULTS)}
+    after = {idx: rest for idx, *rest in ledger_db.rows(home, DONE_WITH_RESULTS)}
     for idx, rest in kept:
         assert after[idx] == rest, f"chunk {idx} was transcribed again"
     wer = word_error_rate(SAMPLE_TEXT.read_text(), (out / "episode.txt").read_text())
@@ -323,8 +307,8 @@ def test_a_remote_worker_joins_with_the_printed_command_and_runs_the_jobs_model(
     _, farm_err = farm.communicate(timeout=60)
     assert worker.returncode == 0, worker.stderr
     assert farm.returncode == 0, farm_err
-    assert ledger_rows(home, "SELECT id, kind FROM workers") == [("laptop", "remote")]
-    bodies = ledger_rows(home, "SELECT body FROM results")
+    assert ledger_db.rows(home, "SELECT id, kind FROM workers") == [("laptop", "remote")]
+    bodies = ledger_db.rows(home, "SELECT body FROM results")
     models = [json.loads(body)["model"] for (body,) in bodies]
     assert models and set(models) == {"tiny.en"}
     wer = word_error_rate(SAMPLE_TEXT.read_text(), (out / "episode.txt").read_text())
@@ -350,5 +334,5 @@ def test_truncated_file_fails_cleanly(tmp_path: Path) -> None:
     assert "looks truncated" in result.stderr
     assert "Traceback" not in result.stderr
     assert not out.exists() or not list(out.iterdir())
-    state = ledger_rows(home, "SELECT state, error FROM episodes")
+    state = ledger_db.rows(home, "SELECT state, error FROM episodes")
     assert state[0][0] == "failed" and "truncated" in state[0][1]

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.paths import REPO
 from whisperfarm.evaluation import (
     cue_spans,
     timeline_violations,
@@ -26,7 +27,6 @@ from whisperfarm.evaluation import (
     words_within,
 )
 
-REPO = Path(__file__).resolve().parent.parent
 TIMEOUT = 300
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO
+from tests.support.paths import REPO
 from whisperfarm.evaluation import cue_spans, repetition_loops, timeline_violations, tsv_spans
 
 REAL = REPO / "samples" / "real"

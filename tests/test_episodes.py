@@ -8,10 +8,10 @@ import os
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
-from tests import farm_state
-from tests.farm_state import ARCHIVE, EPISODES
+from tests.support import farm_state
+from tests.support.farm_state import ARCHIVE, EPISODES
 from whisperfarm.cli import app
 from whisperfarm.episodes import episode_dir, export, list_episodes, remove, resolve, retry
 from whisperfarm.errors import EpisodeNotFound, TranscriptionFailed, UsageError
@@ -23,15 +23,7 @@ LECTURE = EPISODES["lecture"]
 BROKEN = EPISODES["broken"]
 
 
-@pytest.fixture
-def farm(home: Path, clock) -> Ledger:  # type: ignore[no-untyped-def]
-    ledger = Ledger(home / "ledger.db", clock=clock)
-    farm_state.build(ledger, clock)
-    yield ledger
-    ledger.close()
-
-
-def one_error(result) -> str:  # type: ignore[no-untyped-def]
+def one_error(result: Result) -> str:
     assert result.exit_code != 0
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output

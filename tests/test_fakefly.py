@@ -10,17 +10,24 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from tests.fakefly import FakeClock, Faults, LaunchSpec, create_app
+from tests.fakefly import Faults, LaunchSpec, create_app
+from tests.support.clock import FakeClock
+from tests.support.in_process import BASE_URL, in_process
+from tests.support.paths import REPO as ROOT
 from whisperfarm.fly import MachinesClient, build_worker_config
 
-ROOT = Path(__file__).resolve().parents[1]
+if TYPE_CHECKING:
+    # What the TestClient answers with: httpx2's Response in recent Starlette, not httpx's.
+    from starlette.testclient import httpx as testclient_httpx
+
+    Answer = testclient_httpx.Response
+
 APP = "wf-test"
 TOKEN = "fake-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -67,11 +74,6 @@ class FakeLauncher:
         return handle
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
 def make(clock: FakeClock, **kwargs: Any) -> TestClient:
     kwargs.setdefault("start_latency", 5.0)
     kwargs.setdefault("token", TOKEN)
@@ -84,7 +86,7 @@ def fake(clock: FakeClock) -> TestClient:
     return make(clock)
 
 
-def create(fake: TestClient, name: str = "w1", **body: Any) -> httpx.Response:
+def create(fake: TestClient, name: str = "w1", **body: Any) -> Answer:
     body.setdefault("config", worker_config())
     return fake.post(BASE, json={"name": name, **body})
 
@@ -472,7 +474,7 @@ def test_force_destroy_kills_the_process(clock):
 
 def client_for(fake: TestClient, clock: FakeClock, token: str = TOKEN) -> MachinesClient:
     return MachinesClient(
-        APP, token, base_url="http://testserver", http=fake, sleep=clock.sleep_sync, clock=clock
+        APP, token, base_url=BASE_URL, http=in_process(fake), sleep=clock.sleep_sync, clock=clock
     )
 
 

@@ -17,8 +17,9 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from tests.conftest import FakeClock
 from tests.fakefly import FakeFly, Faults, create_app
+from tests.support.clock import FakeClock
+from tests.support.in_process import BASE_URL, InProcessTransport
 from whisperfarm.costs import cost_report
 from whisperfarm.errors import (
     BudgetReached,
@@ -50,15 +51,15 @@ SIZE = Size("performance-2x", 2, 4096, PRICE)
 CHUNK = 25.0
 
 
-class LossyHttp(TestClient):
+class LossyHttp(httpx.Client):
     """The fake in-process, with answers that can go missing: a request named in
     ``lose_answers`` (by method, in order) takes effect on the fake, then times out."""
 
     def __init__(self, app: Any):
-        super().__init__(app)
+        super().__init__(transport=InProcessTransport(TestClient(app)), base_url=BASE_URL)
         self.lose_answers: list[str] = []
 
-    def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:  # type: ignore[override]
+    def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
         response = super().send(request, **kwargs)
         if self.lose_answers and self.lose_answers[0] == request.method:
             self.lose_answers.pop(0)
@@ -91,7 +92,10 @@ class Rig:
     def warm(self, count: int, **kwargs: Any) -> list[str]:
         """Make ``count`` pool machines fit for the rig's runs, as `machines warm` does."""
         self.clock.advance(3.0)  # Fly's create burst is back
-        kwargs = {"image": f"registry.fly.io/{APP}:v1", "size": SIZE, "model": "tiny.en"} | kwargs
+        defaults: dict[str, Any] = {
+            "image": f"registry.fly.io/{APP}:v1", "size": SIZE, "model": "tiny.en"
+        }  # fmt: skip
+        kwargs = defaults | kwargs
         report = warm(
             self.client,
             self.ledger,
@@ -147,18 +151,12 @@ def fly_settings(tmp_path: Path, **values: Any) -> Settings:
     return Settings(**values)
 
 
-@pytest.fixture(autouse=True)
-def no_fly_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("FLY_APP", "FLY_API_TOKEN", "FLY_ACCESS_TOKEN", "FLY_FLAPS_BASE_URL"):
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("no_fly_env")
 
 
 @pytest.fixture
 def make_rig(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., Rig]]:
     opened: list[Rig] = []
-
-    async def fake_sleep(seconds: float) -> None:
-        clock.advance(seconds)
 
     def make(
         *,
@@ -179,7 +177,7 @@ def make_rig(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., Rig]]:
             app=APP,
             token=TOKEN,
             clock=clock,
-            sleep=fake_sleep,
+            sleep=clock.sleep,
             tick_interval=None,
             start_latency=5.0,
             warm_start_latency=2.0,

@@ -6,14 +6,15 @@ or exits with the code the real worker uses, or does nothing (its network is cut
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
 
-from tests.conftest import FakeClock
 from tests.fakefly import Faults, LaunchSpec, create_app
+from tests.support.clock import FakeClock
+from tests.support.in_process import BASE_URL, in_process
 from whisperfarm.fly.check import Check, CheckReport, check
 from whisperfarm.fly.client import MachinesClient
 from whisperfarm.fly.config import FlyConfig
@@ -51,12 +52,10 @@ class Worker:
 Launcher = Callable[[LaunchSpec], Worker]
 
 
-@pytest.fixture
-def ledger(tmp_path: Path, clock: FakeClock) -> Iterator[Ledger]:
-    ledger = Ledger(tmp_path / "ledger.db", clock=clock)
+@pytest.fixture(autouse=True)
+def check_run(ledger: Ledger) -> None:
+    """The run a check records its machine and its worker's claim under."""
     ledger.start_run(RUN, backend="check", episode_ids=[])
-    yield ledger
-    ledger.close()
 
 
 def reaches(ledger: Ledger) -> Launcher:
@@ -87,23 +86,20 @@ def run(
     faults: Faults | None = None,
     token: str = TOKEN,
     app: str = APP,
-) -> tuple[CheckReport, dict]:  # type: ignore[type-arg]
-    async def fake_sleep(seconds: float) -> None:
-        clock.advance(seconds)
-
+) -> tuple[CheckReport, dict[str, Any]]:
     fake = create_app(
         app=APP,
         token=TOKEN,
         clock=clock,
-        sleep=fake_sleep,
+        sleep=clock.sleep,
         tick_interval=None,
         start_latency=5.0,
         launcher=launcher,
         faults=faults,
     )
-    http = TestClient(fake)
+    http = in_process(TestClient(fake))
     client = MachinesClient(
-        app, token, base_url="http://testserver", http=http, sleep=clock.advance, clock=clock,
+        app, token, base_url=BASE_URL, http=http, sleep=clock.advance, clock=clock,
         max_attempts=1,
     )  # fmt: skip
     config = FlyConfig(

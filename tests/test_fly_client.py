@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import httpx
 import pytest
 import respx
 
+from tests.support.clock import FakeClock
 from whisperfarm.errors import (
     FlyAuthError,
     FlyCapacityError,
@@ -53,26 +55,13 @@ def machine_json(machine_id: str = "m1", name: str = "w1", state: str = "started
     return body | extra
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def sleeps() -> list[float]:
     return []
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def client(sleeps: list[float], clock: Clock):
+def client(sleeps: list[float], clock: FakeClock) -> Iterator[MachinesClient]:
     with MachinesClient(APP, "fm2_secret", sleep=sleeps.append, clock=clock, max_attempts=4) as c:
         yield c
 
@@ -425,7 +414,9 @@ def test_create_ignores_a_destroyed_namesake(client, respx_mock):
 # -- wait ------------------------------------------------------------------------------------
 
 
-def test_wait_loops_on_408_in_chunks_of_at_most_60s(client, respx_mock, clock):
+def test_wait_loops_on_408_in_chunks_of_at_most_60s(
+    client: MachinesClient, respx_mock: respx.MockRouter, clock: FakeClock
+) -> None:
     timeouts: list[str] = []
     answers = iter([408, 408, 200])
 
@@ -443,7 +434,9 @@ def test_wait_loops_on_408_in_chunks_of_at_most_60s(client, respx_mock, clock):
     assert timeouts == ["60", "60", "30"]
 
 
-def test_wait_gives_up_after_the_overall_timeout(client, respx_mock, clock):
+def test_wait_gives_up_after_the_overall_timeout(
+    client: MachinesClient, respx_mock: respx.MockRouter, clock: FakeClock
+) -> None:
     def always_408(request: httpx.Request) -> httpx.Response:
         clock.now += float(request.url.params["timeout"])
         return httpx.Response(
@@ -520,7 +513,9 @@ def test_build_worker_config_refuses_gpus(gpu) -> None:
 def test_build_worker_config_refuses_non_string_env() -> None:
     with pytest.raises(TypeError, match="PORT"):
         build_worker_config(
-            image="i", size="performance-2x", env={"PORT": 8000}, run_id="r",
+            # An untyped caller's int: the check at run time is what this test is about.
+            image="i", size="performance-2x", env={"PORT": 8000},  # type: ignore[dict-item]
+            run_id="r",
             machine_name="m", model="small.en",
         )  # fmt: skip
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from sqlite_utils import Database
 
-from tests.conftest import FakeClock
+from tests.support.clock import FakeClock
+from tests.support.episodes import make_episode
 from whisperfarm.errors import EpisodeNotFound, LedgerError
 from whisperfarm.ledger import ChunkPlan, LeaseLost, Ledger, UnknownChunk, WorkerInfo
 from whisperfarm.migrations import migrations
@@ -21,42 +22,6 @@ LEASE = 60.0
 MAX = 3
 W1 = WorkerInfo("w1")
 W2 = WorkerInfo("w2")
-
-
-@pytest.fixture
-def ledger(tmp_path: Path, clock) -> Ledger:
-    ledger = Ledger(tmp_path / "ledger.db", clock=clock)
-    yield ledger
-    ledger.close()
-
-
-def make_episode(
-    ledger: Ledger,
-    episode_id: str = "ep1",
-    lengths: tuple[float, ...] = (10.0, 20.0, 15.0),
-    *,
-    finish: bool = True,
-    options: dict | None = None,
-) -> list[ChunkPlan]:
-    """An episode cut into clean chunks of the given lengths (seconds), in idx order."""
-    ledger.create_episode(
-        episode_id=episode_id,
-        name=episode_id,
-        source=f"/audio/{episode_id}.mp3",
-        content_hash=f"hash-{episode_id}",
-        model="tiny.en",
-        options=options if options is not None else {"language": "en", "beam_size": 5},
-    )
-    plans = []
-    t = 0.0
-    for idx, length in enumerate(lengths):
-        plan = ChunkPlan(idx, t, t + length, t, t + length)
-        ledger.add_chunk(episode_id, plan, f"/chunks/{episode_id}/{idx:05d}.wav")
-        plans.append(plan)
-        t += length
-    if finish:
-        ledger.finish_chunking(episode_id, duration=t, chunk_count=len(lengths))
-    return plans
 
 
 def claim(ledger: Ledger, episodes=("ep1",), worker: WorkerInfo = W1, max_attempts: int = MAX):
@@ -548,7 +513,8 @@ def test_requeue_leaves_other_episodes_alone(ledger: Ledger) -> None:
 
 def test_episode_lookup_and_delete(ledger: Ledger) -> None:
     make_episode(ledger, "abc123", lengths=(5.0,))
-    assert ledger.find_episode("hash-abc123", "tiny.en")["id"] == "abc123"
+    found = ledger.find_episode("hash-abc123", "tiny.en")
+    assert found is not None and found["id"] == "abc123"
     assert ledger.find_episode("hash-abc123", "small.en") is None
     assert [e["id"] for e in ledger.find_episodes("abc")] == ["abc123"]
     assert ledger.find_episodes("zzz") == []

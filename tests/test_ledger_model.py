@@ -24,7 +24,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from tests.conftest import FakeClock
+from tests.support.clock import FakeClock
 from whisperfarm.ledger import ChunkPlan, LeaseLost, Ledger, WorkerInfo
 
 CHUNKS = 6

@@ -4,40 +4,13 @@ that finding it walks the queue index instead of sorting the queue on every clai
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import pytest
-
-from tests.conftest import FakeClock
-from whisperfarm.ledger import ChunkPlan, Ledger, WorkerInfo
+from tests.support.clock import FakeClock
+from tests.support.episodes import make_episode
+from whisperfarm.ledger import Ledger, WorkerInfo
 from whisperfarm.ledger.queue import _NEXT_CHUNK
 
 LEASE = 60.0
-
-
-@pytest.fixture
-def ledger(tmp_path: Path, clock: FakeClock) -> Ledger:
-    ledger = Ledger(tmp_path / "ledger.db", clock=clock)
-    yield ledger
-    ledger.close()
-
-
-def add_episode(ledger: Ledger, episode_id: str, lengths: list[float]) -> None:
-    ledger.create_episode(
-        episode_id=episode_id,
-        name=episode_id,
-        source=f"/audio/{episode_id}.mp3",
-        content_hash=f"hash-{episode_id}",
-        model="tiny.en",
-        options={},
-    )
-    t = 0.0
-    for idx, length in enumerate(lengths):
-        ledger.add_chunk(
-            episode_id, ChunkPlan(idx, t, t + length, t, t + length), f"/c/{episode_id}/{idx}"
-        )
-        t += length
-    ledger.finish_chunking(episode_id, duration=t, chunk_count=len(lengths))
 
 
 def take(ledger: Ledger, episodes: list[str], worker: str = "w1") -> tuple[str, int]:
@@ -47,9 +20,9 @@ def take(ledger: Ledger, episodes: list[str], worker: str = "w1") -> tuple[str, 
 
 
 def test_longest_chunk_first_across_the_episodes_in_scope(ledger: Ledger) -> None:
-    add_episode(ledger, "a", [10.0, 25.0, 12.0])
-    add_episode(ledger, "b", [20.0, 28.0])
-    add_episode(ledger, "outside", [29.0])  # longest of all, but not in this run
+    make_episode(ledger, "a", [10.0, 25.0, 12.0])
+    make_episode(ledger, "b", [20.0, 28.0])
+    make_episode(ledger, "outside", [29.0])  # longest of all, but not in this run
     order = [take(ledger, ["a", "b"]) for _ in range(5)]
     assert order == [("b", 1), ("a", 1), ("b", 0), ("a", 2), ("a", 0)]
 
@@ -57,7 +30,7 @@ def test_longest_chunk_first_across_the_episodes_in_scope(ledger: Ledger) -> Non
 def test_an_expired_lease_competes_with_the_queue_by_length(
     ledger: Ledger, clock: FakeClock
 ) -> None:
-    add_episode(ledger, "a", [10.0, 25.0, 15.0, 20.0])
+    make_episode(ledger, "a", [10.0, 25.0, 15.0, 20.0])
     assert take(ledger, ["a"]) == ("a", 1)  # 25 s, leased
     assert take(ledger, ["a"]) == ("a", 3)  # 20 s, leased
     clock.advance(LEASE + 1)  # both leases expire; 15 s and 10 s are still queued
@@ -70,7 +43,7 @@ def test_an_expired_lease_competes_with_the_queue_by_length(
 def test_a_longer_queued_chunk_beats_a_shorter_expired_lease(
     ledger: Ledger, clock: FakeClock
 ) -> None:
-    add_episode(ledger, "a", [10.0, 25.0])
+    make_episode(ledger, "a", [10.0, 25.0])
     first = ledger.claim(["a"], WorkerInfo("w1"), lease_seconds=LEASE, max_attempts=3).job
     assert first is not None and first.idx == 1
     assert take(ledger, ["a"]) == ("a", 0)
@@ -83,7 +56,7 @@ def test_a_longer_queued_chunk_beats_a_shorter_expired_lease(
 def test_the_next_chunk_comes_from_the_queue_index_not_a_sort(ledger: Ledger) -> None:
     """A claim costs the same with ten thousand chunks queued as with ten: the queued
     candidate is read off the chunks_queue index in claim order."""
-    add_episode(ledger, "a", [20.0, 25.0])
+    make_episode(ledger, "a", [20.0, 25.0])
     plan = [
         row[-1]
         for row in ledger.conn.execute(

@@ -23,10 +23,8 @@ def test_stop_asks_idle_workers_to_stop_at_once(tmp_path: Path) -> None:
     on its next claim: the end of every run would otherwise wait for its back-off."""
     fleet = LocalFleet(2, 1, logs_dir=tmp_path, run_id="r1")
     for _ in range(2):
-        process = subprocess.Popen(
-            [sys.executable, "-c", IDLE_WORKER], stdout=subprocess.PIPE, text=True
-        )
-        assert process.stdout is not None and process.stdout.readline() == "ready\n"
+        process = subprocess.Popen([sys.executable, "-c", IDLE_WORKER], stdout=subprocess.PIPE)
+        assert process.stdout is not None and process.stdout.readline() == b"ready\n"
         fleet.processes.append(process)
     started = time.monotonic()
     fleet.stop(grace=10.0)
@@ -44,9 +42,8 @@ def test_stop_kills_a_worker_that_ignores_sigterm(tmp_path: Path) -> None:
     process = subprocess.Popen(
         [sys.executable, "-c", stubborn + "print('ready', flush=True)\ntime.sleep(30)\n"],
         stdout=subprocess.PIPE,
-        text=True,
     )
-    assert process.stdout is not None and process.stdout.readline() == "ready\n"
+    assert process.stdout is not None and process.stdout.readline() == b"ready\n"
     fleet.processes.append(process)
     fleet.stop(grace=0.5)
     assert process.returncode == -9

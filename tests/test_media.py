@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import SAMPLE
+from tests.support.paths import SAMPLE
 from whisperfarm.errors import InputError
 from whisperfarm.media import SAMPLE_RATE, Decoder, check_input, content_hash, ffmpeg_exe
 
@@ -27,7 +28,9 @@ def test_sample_is_audio_with_a_duration() -> None:
     ],
     ids=["missing", "directory", "empty", "text", "random-bytes"],
 )
-def test_bad_inputs_name_the_problem(tmp_path: Path, make, message: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_inputs_name_the_problem(
+    tmp_path: Path, make: Callable[[Path], Path], message: str
+) -> None:
     path = make(tmp_path / "episode.mp3")
     with pytest.raises(InputError, match=message):
         check_input(path)

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from tests import farm_state
-from tests.farm_state import ARCHIVE, EPISODES, M1, NOW
-from tests.test_status import check_document
+from tests.support import farm_state
+from tests.support.farm_state import ARCHIVE, EPISODES, M1, NOW
+from tests.support.status_schema import check_document
 from whisperfarm.coordinator import CoordinatorConfig, create_app
 from whisperfarm.ledger import Ledger
 from whisperfarm.server import BackgroundServer, bind
@@ -33,10 +33,7 @@ INSTALL = "sudo apt-get install -y chromium"
 
 
 @pytest.fixture
-def config(home: Path, clock) -> Iterator[CoordinatorConfig]:  # type: ignore[no-untyped-def]
-    ledger = Ledger(home / "ledger.db", clock=clock)
-    farm_state.build(ledger, clock)
-    ledger.close()
+def config(home: Path, farm: Ledger) -> Iterator[CoordinatorConfig]:
     config = CoordinatorConfig(
         ledger_path=home / "ledger.db",
         token=TOKEN,
@@ -108,7 +105,9 @@ def test_the_page_is_self_contained(client: TestClient) -> None:
 # What it shows --------------------------------------------------------------------------
 
 
-def test_status_json_is_the_snapshot_of_this_run(client: TestClient, config) -> None:  # type: ignore[no-untyped-def]
+def test_status_json_is_the_snapshot_of_this_run(
+    client: TestClient, config: CoordinatorConfig
+) -> None:
     response = client.get("/v1/status", headers=AUTH)
     assert response.status_code == 200 and response.headers["cache-control"] == "no-store"
     data = response.json()

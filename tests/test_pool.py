@@ -15,7 +15,9 @@ import pytest
 from sqlite_utils import Database
 from starlette.testclient import TestClient
 
-from tests.fakefly import FakeClock, create_app
+from tests.fakefly import create_app
+from tests.support.clock import FakeClock
+from tests.support.in_process import BASE_URL, in_process
 from whisperfarm.errors import FlyGPUUnsupported, UsageError
 from whisperfarm.fly.client import Machine, MachinesClient, build_worker_config
 from whisperfarm.fly.pool import (
@@ -141,13 +143,6 @@ def test_stopped_machines_cost_their_root_filesystems_only() -> None:
 
 
 # -- the ledger's records ------------------------------------------------------------------------
-
-
-@pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    ledger = Ledger(tmp_path / "home" / "ledger.db", clock=FakeClock())
-    yield ledger
-    ledger.close()
 
 
 def remember(ledger: Ledger, machine_id: str) -> None:
@@ -359,10 +354,8 @@ def test_launch_against_the_fake_under_both_readings(update_launches: bool) -> N
         warm_start_latency=2.0,
         update_launches=update_launches,
     )
-    with TestClient(app) as http:
-        client = MachinesClient(
-            APP, TOKEN, base_url="http://testserver", http=http, sleep=clock.sleep_sync
-        )
+    with TestClient(app) as fake, in_process(fake) as http:
+        client = MachinesClient(APP, TOKEN, base_url=BASE_URL, http=http, sleep=clock.sleep_sync)
         idle = idle_config(image=IMAGE, size=SIZE, model="tiny.en", name="wf-pool-001")
         made = client.create(idle, name="wf-pool-001", skip_launch=True)
         clock.advance(60)  # warmed a while ago
@@ -387,11 +380,11 @@ class Rig:
             app=APP, token=TOKEN, clock=self.clock, sleep=self.clock.sleep, tick_interval=None,
             start_latency=5.0, **fake,
         )  # fmt: skip
-        self.http = TestClient(self.app)
+        self.http = in_process(TestClient(self.app))
         self.client = MachinesClient(
             APP,
             TOKEN,
-            base_url="http://testserver",
+            base_url=BASE_URL,
             http=self.http,
             sleep=self.clock.sleep_sync,
             clock=self.clock,
@@ -405,14 +398,16 @@ class Rig:
 
     def warm(self, target: int, **kwargs: Any) -> Any:
         self.clock.advance(3.0)  # a while since the last command: Fly's create burst is back
-        kwargs = {"image": IMAGE, "size": SIZE, "model": "tiny.en", "rootfs_gb": 2.0} | kwargs
+        defaults: dict[str, Any] = {
+            "image": IMAGE, "size": SIZE, "model": "tiny.en", "rootfs_gb": 2.0
+        }  # fmt: skip
         return warm(
             self.client,
             self.ledger,
             target,
             clock=self.clock,
             sleep=self.clock.sleep_sync,
-            **kwargs,
+            **(defaults | kwargs),
         )
 
     def on_fly(self) -> dict[str, str]:

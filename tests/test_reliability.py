@@ -33,7 +33,7 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tests.conftest import REPO
+from tests.support.paths import REPO
 from whisperfarm.coordinator import CoordinatorConfig, create_app
 from whisperfarm.errors import WorkersLost
 from whisperfarm.farm import Fleets
@@ -138,7 +138,10 @@ def test_worker_processes_claim_1000_chunks_each_once(tmp_path: Path) -> None:
 
     ledger = Ledger(path)
     assert ledger.progress("ep1").counts == {"done": CHUNKS}
-    owners = {chunk_id: path.split("/")[2] for chunk_id, path in ledger.results("ep1").items()}
+    owners: dict[int, str] = {}
+    for chunk_id, written in ledger.results("ep1").items():
+        assert isinstance(written, str)  # each client's result is the path it wrote
+        owners[chunk_id] = written.split("/")[2]
     by_report = {chunk: f"p{r['n']}" for r in reports for chunk in r["completed"]}
     assert owners == by_report, "each chunk's result is the one its completer stored"
     assert sum(w["chunks_done"] for w in ledger.workers()) == CHUNKS
@@ -370,9 +373,21 @@ class StubFleet:
     def __init__(self, description: str, lost: bool):
         self.description, self.lost = description, lost
 
+    def start(self, url: str, token: str, model: str) -> None:
+        pass
+
     def check(self, ledger: Ledger, work_left: bool) -> None:
         if self.lost:
             raise WorkersLost(f"all {self.description} workers exited with work left")
+
+    def stop(self) -> None:
+        pass
+
+    def gone_workers(self) -> list[str]:
+        return []
+
+    def stopped(self) -> str:
+        return ""
 
 
 def test_losing_the_local_workers_ends_a_run_only_when_no_other_fleet_is_left(

@@ -19,17 +19,7 @@ from whisperfarm.settings import (
 SECRET = "FlyV1 fm2_secret-token-value-do-not-print"
 
 
-@pytest.fixture(autouse=True)
-def no_fly_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in (
-        "FLY_API_TOKEN",
-        "FLY_ACCESS_TOKEN",
-        "FLY_APP",
-        "FLY_FLAPS_BASE_URL",
-        "FLY_API_URL",
-        "FLY_APP_NAME",
-    ):
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("no_fly_env")
 
 
 def write_config(path: Path, text: str) -> Path:
@@ -137,7 +127,8 @@ def test_whisperfarm_fly_api_token_wins_over_flys(monkeypatch: pytest.MonkeyPatc
     point whisperfarm at another org, so it must win (as its place in the aliases says)."""
     monkeypatch.setenv("FLY_API_TOKEN", "fly-token")
     monkeypatch.setenv("WHISPERFARM_FLY_API_TOKEN", "wf-token")
-    assert load_settings().fly_api_token.get_secret_value() == "wf-token"
+    token = load_settings().fly_api_token
+    assert token is not None and token.get_secret_value() == "wf-token"
 
 
 def test_whisperfarm_fly_app_wins_over_flys(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -148,7 +139,8 @@ def test_whisperfarm_fly_app_wins_over_flys(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_fly_access_token_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLY_ACCESS_TOKEN", "access")
-    assert load_settings().fly_api_token.get_secret_value() == "access"
+    token = load_settings().fly_api_token
+    assert token is not None and token.get_secret_value() == "access"
 
 
 def test_fly_settings_from_the_config_file_lose_to_env(

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.support.paths import REPO
 from whisperfarm import speech
 from whisperfarm.chunking import CutterConfig, cut, has_speech
 from whisperfarm.errors import ModelError
@@ -28,7 +29,7 @@ from whisperfarm.speech import WINDOW, SpeechConfig, SpeechDetector, keep_spoken
 from whisperfarm.transcripts import Segment, Word
 
 RATE = 16_000
-JFK = Path(__file__).parent.parent / "samples" / "real" / "fw-jfk.flac"
+JFK = REPO / "samples" / "real" / "fw-jfk.flac"
 
 
 # Audio ------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """`whisperfarm status`: the snapshot read from the ledger, its rendering at several
 widths (compared with stored snapshots), its JSON schema, and the live view's loop.
 
-The ledger is the known state drawn in ``tests/farm_state.py``: a running Fly run that
+The ledger is the known state drawn in ``tests/support/farm_state.py``: a running Fly run that
 is over its budget, a stale worker, a failed episode. Regenerate the stored screens after
 an intended change with ``UPDATE_SNAPSHOTS=1 .venv/bin/pytest tests/test_status.py``.
 """
@@ -17,13 +17,14 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from tests import farm_state
-from tests.farm_state import EPISODES, M1, M2, M3, NOW, PRICE
+from tests.support import farm_state
+from tests.support.clock import FakeClock
+from tests.support.farm_state import EPISODES, M1, M2, M3, NOW, PRICE
+from tests.support.status_schema import check_document
 from whisperfarm.cli import app
 from whisperfarm.errors import EpisodeNotFound
 from whisperfarm.ledger import Ledger
 from whisperfarm.status import (
-    SCHEMA_VERSION,
     StatusReader,
     StatusSnapshot,
     machine_seconds,
@@ -33,14 +34,6 @@ from whisperfarm.status_view import render_status, watch
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 runner = CliRunner()
-
-
-@pytest.fixture
-def farm(home: Path, clock) -> Ledger:  # type: ignore[no-untyped-def]
-    ledger = Ledger(home / "ledger.db", clock=clock)
-    farm_state.build(ledger, clock)
-    yield ledger
-    ledger.close()
 
 
 @pytest.fixture
@@ -109,7 +102,10 @@ def test_spend_comes_from_machine_time_and_the_run_is_over_budget(farm: Ledger) 
 
 def test_episode_spend_is_the_run_cost_shared_by_audio_its_machines_did(farm: Ledger) -> None:
     snap = snapshot(farm, NOW)
-    spend = {e.name: e.spend_usd for e in snap.episodes}
+    spend: dict[str, float] = {}
+    for episode in snap.episodes:
+        assert episode.spend_usd is not None, episode.name  # every episode here ran on Fly
+        spend[episode.name] = episode.spend_usd
     total = 980 * PRICE
     assert sum(spend.values()) == pytest.approx(total)
     # m1/m2 transcribed 180 s of interview, 90 s of lecture (the laptop did 30 s) and
@@ -135,7 +131,9 @@ def test_stale_threshold_follows_the_lease(farm: Ledger) -> None:
     assert workers[M2].state == "working"
 
 
-def test_after_the_run_ends_silent_workers_are_gone_not_stale(farm: Ledger, clock) -> None:  # type: ignore[no-untyped-def]
+def test_after_the_run_ends_silent_workers_are_gone_not_stale(
+    farm: Ledger, clock: FakeClock
+) -> None:
     farm.end_run("r1", "interrupted")
     snap = snapshot(farm, NOW + 3600)
     assert [r.state for r in snap.runs] == ["interrupted"]
@@ -208,7 +206,9 @@ def test_a_snapshot_reads_one_committed_state(farm: Ledger, home: Path) -> None:
         (500.0, 400.0, None, 500.0),  # restarted after a stop: running again
     ],
 )
-def test_machine_seconds(started, stopped, destroyed, expected) -> None:  # type: ignore[no-untyped-def]
+def test_machine_seconds(
+    started: float | None, stopped: float | None, destroyed: float | None, expected: float
+) -> None:
     row = {"started_at": started, "stopped_at": stopped, "destroyed_at": destroyed}
     assert machine_seconds(row, 1000.0) == expected
 
@@ -279,120 +279,6 @@ def test_an_ambiguous_id_prefix_names_the_candidates(farm: Ledger, pinned: None)
 
 # JSON ----------------------------------------------------------------------------------
 
-RUN_KEYS = {
-    "id": str,
-    "backend": str,
-    "state": str,
-    "url": (str, type(None)),
-    "started_at": float,
-    "ended_at": (float, type(None)),
-    "elapsed_seconds": float,
-    "episode_ids": list,
-    "machines": int,
-    "machines_running": int,
-    "max_machines": (int, type(None)),
-    "budget_usd": (float, type(None)),
-    "spent_usd": float,
-    "over_budget": bool,
-}
-EPISODE_KEYS = {
-    "id": str,
-    "name": str,
-    "model": str,
-    "state": str,
-    "duration": (float, type(None)),
-    "chunks_total": int,
-    "chunks_done": int,
-    "chunks_leased": int,
-    "chunks_queued": int,
-    "chunks_dead": int,
-    "audio_total": float,
-    "audio_done": float,
-    "speed": (float, type(None)),
-    "eta_seconds": (float, type(None)),
-    "spend_usd": (float, type(None)),
-    "error": (str, type(None)),
-    "chunks": (list, type(None)),
-}
-CHUNK_KEYS = {
-    "idx": int,
-    "start": float,
-    "end": float,
-    "state": str,
-    "attempt": int,
-    "worker_id": (str, type(None)),
-    "lease_expires_in": (float, type(None)),
-    "speech": bool,
-    "error": (str, type(None)),
-}
-WORKER_KEYS = {
-    "id": str,
-    "kind": str,
-    "where": str,
-    "host": (str, type(None)),
-    "machine_id": (str, type(None)),
-    "region": (str, type(None)),
-    "current": (str, type(None)),
-    "current_chunk_id": (int, type(None)),
-    "chunks_done": int,
-    "audio_seconds": float,
-    "last_seen": float,
-    "heartbeat_age": float,
-    "state": str,
-}
-MACHINE_KEYS = {
-    "id": str,
-    "name": str,
-    "run_id": str,
-    "state": str,
-    "size": str,
-    "region": (str, type(None)),
-    "usd_per_second": float,
-    "created_at": float,
-    "started_at": (float, type(None)),
-    "uptime_seconds": float,
-    "cost_usd": float,
-    "error": (str, type(None)),
-}
-TOP_KEYS = {
-    "schema": int,
-    "taken_at": float,
-    "focus": (str, type(None)),
-    "running": bool,
-    "spent_usd": float,
-    "runs": list,
-    "episodes": list,
-    "workers": list,
-    "machines": list,
-}
-
-
-def check(obj: dict, schema: dict, where: str) -> None:
-    assert set(obj) == set(schema), f"{where}: keys {sorted(set(obj) ^ set(schema))}"
-    for key, kind in schema.items():
-        value = obj[key]
-        if kind is float or (isinstance(kind, tuple) and float in kind):
-            # JSON has one number type: a whole float may come back as an int.
-            kind = (*(kind if isinstance(kind, tuple) else (kind,)), int)
-        assert isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool), (
-            f"{where}.{key} = {value!r}"
-        )
-
-
-def check_document(data: dict) -> None:
-    check(data, TOP_KEYS, "snapshot")
-    assert data["schema"] == SCHEMA_VERSION
-    for name, schema in (
-        ("runs", RUN_KEYS),
-        ("episodes", EPISODE_KEYS),
-        ("workers", WORKER_KEYS),
-        ("machines", MACHINE_KEYS),
-    ):
-        for n, item in enumerate(data[name]):
-            check(item, schema, f"{name}[{n}]")
-            for m, chunk in enumerate(item.get("chunks") or []):
-                check(chunk, CHUNK_KEYS, f"{name}[{n}].chunks[{m}]")
-
 
 def test_json_schema(farm: Ledger, pinned: None) -> None:
     result = runner.invoke(app, ["status", "--json"])
@@ -425,7 +311,7 @@ def test_json_with_no_ledger(home: Path) -> None:
 # The live view -------------------------------------------------------------------------
 
 
-def test_watch_redraws_from_fresh_snapshots_until_ctrl_c(farm: Ledger, clock) -> None:  # type: ignore[no-untyped-def]
+def test_watch_redraws_from_fresh_snapshots_until_ctrl_c(farm: Ledger, clock: FakeClock) -> None:
     console = Console(width=100, color_system=None, record=True, force_terminal=True)
     frames: list[float] = []
 

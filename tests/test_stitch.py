@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 
 from whisperfarm.stitch import ChunkResult, stitch
+from whisperfarm.transcripts import Segment, Word
+
+
+def words_of_segment(segment: Segment) -> list[Word]:
+    """A stitched segment's words: asked for (``keep_words=True``), so never None."""
+    assert segment.words is not None
+    return segment.words
 
 
 def seg(start: float, end: float, text: str, words=None) -> dict:
@@ -75,7 +83,7 @@ def test_clean_chunks_keep_their_words_offset_when_asked() -> None:
         0, 30.0, 50.0, [seg(1.0, 2.0, " Hi you", [(1.0, 1.4, " Hi"), (1.5, 2.0, " you")])]
     )
     (segment,) = stitch([chunk], keep_words=True)
-    assert [(w.start, w.end, w.word, w.probability) for w in segment.words] == [
+    assert [(w.start, w.end, w.word, w.probability) for w in words_of_segment(segment)] == [
         (31.0, 31.4, " Hi", 0.9),
         (31.5, 32.0, " you", 0.9),
     ]
@@ -96,7 +104,7 @@ def junk_chunk(
 ) -> ChunkResult:
     """A chunk 100..120 s whose one segment holds a word at ``junk_at`` (seconds into the
     chunk) besides two real ones (six with ``more``)."""
-    words = [
+    words: list[dict[str, Any]] = [
         {"start": 2.0, "end": 2.4, "word": " real", "probability": 0.9},
         {"start": 2.5, "end": 3.0, "word": " words", "probability": 0.8},
     ]
@@ -117,7 +125,7 @@ def junk_chunk(
 def test_a_zero_length_improbable_word_at_a_chunk_edge_is_dropped(junk_at: float) -> None:
     (segment,) = stitch([junk_chunk(junk_at)], keep_words=True)
     assert segment.text == "real words"
-    assert [w.word for w in segment.words] == [" real", " words"]
+    assert [w.word for w in words_of_segment(segment)] == [" real", " words"]
     assert (segment.start, segment.end) == (102.0, 103.0)
 
 
@@ -224,7 +232,7 @@ def test_overlapped_seam_keeps_each_word_exactly_once() -> None:
 
 def test_overlapped_seam_joins_at_the_matched_word_nearest_the_cut() -> None:
     segments = stitch(overlapped(left_side(), right_side()), keep_words=True)
-    words = [(w.word.strip(), w.start) for s in segments for w in s.words]
+    words = [(w.word.strip(), w.start) for s in segments for w in words_of_segment(s)]
 
     # "really" (matched on both sides, nearest 20.0) comes from the left chunk, "nice"
     # onwards from the right one, offset by its start 18.5
@@ -243,8 +251,8 @@ def test_segments_rebuilt_from_kept_words_take_times_and_text_from_them() -> Non
         "and then we left.",
     ]
     for segment in segments:
-        assert segment.start == segment.words[0].start
-        assert segment.end == segment.words[-1].end
+        assert segment.start == words_of_segment(segment)[0].start
+        assert segment.end == words_of_segment(segment)[-1].end
     assert (segments[1].start, segments[1].end) == (18.0, 20.3)
     assert segments[2].start == pytest.approx(18.5 + 1.92)
     assert segments[2].end == pytest.approx(18.5 + 2.95)
@@ -289,7 +297,7 @@ def test_when_the_sides_share_no_word_each_word_goes_to_the_side_owning_its_midp
         )
     ]
     segments = stitch(overlapped(left, right), keep_words=True)
-    kept = [(w.word.strip(), (w.start + w.end) / 2) for s in segments for w in s.words]
+    kept = [(w.word.strip(), (w.start + w.end) / 2) for s in segments for w in words_of_segment(s)]
 
     # midpoints: charlie 19.95 (left keeps it), foxtrot 19.8 (< 20: dropped from the right),
     # golf 20.45 (right keeps it), delta 21.0 (> 20: dropped from the left)

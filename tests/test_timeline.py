@@ -66,7 +66,7 @@ def chunk_plans(draw: st.DrawFn) -> list[ChunkResult]:
         start = cuts[n] - (3.0 if overlap_before else 0.0)
         end = cuts[n + 1] + (3.0 if overlap_after else 0.0)
         segments = draw(st.lists(raw_segment(words or overlap_before or overlap_after), max_size=6))
-        if segments and draw(st.booleans()):
+        if len(segments) > 0 and draw(st.booleans()):
             segments.append(dict(segments[-1]))  # a duplicate
         result = draw(st.sampled_from([None, {"segments": segments}, {"segments": segments}]))
         chunks.append(ChunkResult(n, start, end, cuts[n], cuts[n + 1], result))

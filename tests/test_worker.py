@@ -4,7 +4,7 @@ the worker's configuration; and the client's retry policy over httpx.MockTranspo
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.support.clock import FakeClock
+from tests.support.in_process import in_process
 from whisperfarm.chunking import write_wav
 from whisperfarm.coordinator import CoordinatorConfig, create_app
 from whisperfarm.ledger import ChunkPlan, Ledger, WorkerInfo
@@ -27,7 +29,7 @@ from worker.client import (
 from worker.config import ConfigError, WorkerConfig
 from worker.loop import EXIT_DONE, EXIT_MODEL, EXIT_STOPPED, Worker
 from worker.models import ModelLoadError
-from worker.transcriber import Stopped
+from worker.transcriber import Stopped, Transcriber
 
 TOKEN = "worker-test-token"
 LEASE = 60.0
@@ -55,9 +57,10 @@ class Call:
 
 
 @dataclass
-class FakeTranscriber:
-    """Same signature as worker.transcriber.Transcriber.transcribe; ``behave`` decides
-    what each call does (return a result or raise)."""
+class FakeTranscriber(Transcriber):
+    """A Transcriber that loads no model (its ``__init__`` is the dataclass's), so mypy
+    holds ``transcribe`` to the real signature; ``behave`` decides what each call does
+    (return a result or raise)."""
 
     behave: Callable[[int, Callable[[], bool]], dict[str, Any]] | None = None
     calls: list[Call] = field(default_factory=list)
@@ -91,7 +94,7 @@ def result_for(audio: np.ndarray, text: str | None = None) -> dict[str, Any]:
 @dataclass
 class Setup:
     ledger: Ledger
-    app_client: TestClient
+    app_client: httpx.Client
     client: CoordinatorClient
     samples: dict[int, np.ndarray]  # idx -> int16 samples
     clock: Any
@@ -106,9 +109,7 @@ class Setup:
 
 
 @pytest.fixture
-def setup(tmp_path: Path, clock) -> Setup:
-    path = tmp_path / "home" / "ledger.db"
-    ledger = Ledger(path, clock=clock)
+def setup(tmp_path: Path, home: Path, ledger: Ledger, clock: FakeClock) -> Iterator[Setup]:
     ledger.create_episode(
         episode_id="ep1",
         name="show",
@@ -127,7 +128,7 @@ def setup(tmp_path: Path, clock) -> Setup:
         t += length
     ledger.finish_chunking("ep1", duration=t, chunk_count=len(LENGTHS))
     config = CoordinatorConfig(
-        ledger_path=path,
+        ledger_path=home / "ledger.db",
         token=TOKEN,
         scope=lambda: ["ep1"],
         episodes_dir=tmp_path / "home" / "episodes",
@@ -135,12 +136,11 @@ def setup(tmp_path: Path, clock) -> Setup:
         max_attempts=MAX_ATTEMPTS,
         clock=clock,
     )
-    app_client = TestClient(create_app(config))
+    app_client = in_process(TestClient(create_app(config)))
     client = CoordinatorClient("http://unused", TOKEN, http=app_client, sleep=lambda _: None)
     yield Setup(ledger, app_client, client, samples, clock)
     client.close()
     config.close()
-    ledger.close()
 
 
 # The loop -----------------------------------------------------------------------------------
@@ -169,7 +169,7 @@ def test_worker_completes_every_chunk_and_exits_when_done(setup: Setup) -> None:
         )
     for chunk in setup.ledger.chunks("ep1"):
         stored = setup.ledger.result(chunk["id"])
-        assert stored["segments"][0]["end"] == LENGTHS[chunk["idx"]]
+        assert stored is not None and stored["segments"][0]["end"] == LENGTHS[chunk["idx"]]
     (row,) = setup.ledger.workers()
     assert (row["id"], row["kind"], row["chunks_done"]) == ("w1", "local", 3)
     assert row["busy_seconds"] == pytest.approx(7.5)
@@ -281,9 +281,9 @@ def test_lease_lost_result_is_refused_and_the_worker_carries_on(setup: Setup) ->
             clock.advance(LEASE + 1)
             claim = ledger.claim(
                 ["ep1"], WorkerInfo("thief"), lease_seconds=LEASE, max_attempts=MAX_ATTEMPTS
-            )
-            assert claim.job.idx == 0 and claim.job.attempt == 2
-            ledger.complete(claim.job.chunk_id, claim.job.lease_token, result='"/thief.json"')
+            ).job
+            assert claim is not None and claim.idx == 0 and claim.attempt == 2
+            ledger.complete(claim.chunk_id, claim.lease_token, result='"/thief.json"')
         return result_for(audio)
 
     transcriber = FakeTranscriber(slow_first_chunk)
@@ -306,7 +306,7 @@ def test_audio_gone_with_the_lease_is_dropped_without_transcribing(setup: Setup)
     thief = setup.ledger.claim(
         ["ep1"], WorkerInfo("thief"), lease_seconds=LEASE, max_attempts=MAX_ATTEMPTS
     ).job
-    assert thief.chunk_id == job["chunk_id"]
+    assert thief is not None and thief.chunk_id == job["chunk_id"]
 
     transcriber = FakeTranscriber()
     setup.worker(transcriber).run_job(job)

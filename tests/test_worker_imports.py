@@ -11,12 +11,11 @@ import importlib.metadata as metadata
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.paths import REPO as ROOT
 
 RUN_A_WORKER = """
 import importlib.abc, json, sys

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import FakeClock
+from tests.support.clock import FakeClock
 from whisperfarm.ledger import ChunkPlan, Ledger, WorkerInfo
 
 NOW = 1_000_000.0
