@@ -38,7 +38,7 @@ from whisperfarm.fly.pool import POOL_KEY, warm
 from whisperfarm.fly.pricing import SIZES, Size
 from whisperfarm.fly.reach import ReachLimits
 from whisperfarm.fly.reap import reap
-from whisperfarm.fly.store import MachineStore
+from whisperfarm.fly.store import MachineRecord, MachineStore
 from whisperfarm.ledger import ChunkPlan, Ledger, WorkerInfo
 from whisperfarm.settings import Settings
 
@@ -77,7 +77,7 @@ class Rig:
     client: MachinesClient
     fleet: FlyFleet
 
-    def rows(self) -> list[dict[str, Any]]:
+    def rows(self) -> list[MachineRecord]:
         return MachineStore(self.ledger).machines(RUN)
 
     def fake_machines(self) -> list[dict[str, Any]]:
@@ -108,7 +108,7 @@ class Rig:
         self.clock.advance(10.0)  # their images unpacked
         return report.created
 
-    def pool_rows(self) -> list[dict[str, Any]]:
+    def pool_rows(self) -> list[MachineRecord]:
         return [row for row in self.rows() if row["pool"]]
 
     def on_fly(self) -> dict[str, str]:
@@ -318,7 +318,7 @@ def test_a_machine_stuck_starting_is_destroyed_after_start_timeout(
     rig.tick_every(30.0, 1)
     rows = {row["id"]: row for row in rig.rows()}
     assert rows[stuck["id"]]["state"] == "destroyed"
-    assert "stuck starting" in rows[stuck["id"]]["error"]
+    assert "stuck starting" in (rows[stuck["id"]]["error"] or "")
     assert len(rows) == 2  # replaced in the same tick
     (replacement,) = rig.alive_on_fly()
     assert replacement != stuck["id"]
@@ -542,7 +542,7 @@ def test_a_first_machine_whose_worker_never_reaches_the_coordinator_ends_the_run
     assert "whisperfarm machines check" in message
     assert rig.alive_on_fly() == [] and rig.creates() == 1
     (row,) = rig.rows()
-    assert row["state"] == "destroyed" and "never reached the coordinator" in row["error"]
+    assert row["state"] == "destroyed" and "never reached the coordinator" in (row["error"] or "")
 
 
 def test_a_first_machine_whose_worker_gave_up_on_the_coordinator_ends_the_run_at_once(
@@ -1047,6 +1047,7 @@ def test_stop_waits_for_pool_machines_to_be_stopped(make_rig: Callable[..., Rig]
     rig.fleet.stop()
     assert rig.on_fly()[machine_id] == "stopped"
     (row,) = rig.pool_rows()
+    assert row["stopped_at"] is not None
     assert row["state"] == "stopped" and row["stopped_at"] >= before + 5.0  # billed until then
     assert rig.fleet.leftovers == []
 
@@ -1133,7 +1134,7 @@ def test_a_pool_machine_stuck_starting_is_stopped_not_destroyed(
     assert rig.pool_rows()[0]["state"] == "stopping"  # billing until seen stopped
     rig.tick_every(2.0, 1)
     row = next(row for row in rig.pool_rows() if row["id"] == stuck)
-    assert row["state"] == "stopped" and "stuck starting" in row["error"]
+    assert row["state"] == "stopped" and "stuck starting" in (row["error"] or "")
     assert row["stopped_at"] == rig.clock.now
     assert len(rig.rows()) == 2  # a created machine took over
 
@@ -1163,7 +1164,7 @@ def test_a_pool_machine_not_started_bills_until_seen_stopped_and_fly_may_start_i
     stall_updating(rig)  # "still updating after 3 starts"; then the update starts it
     (row,) = rig.pool_rows()
     assert row["state"] not in ("stopped", "failed") and row["stopped_at"] is None
-    assert "still updating" in row["error"]
+    assert "still updating" in (row["error"] or "")
     rig.tick_every(2.0, 50)
     assert rig.on_fly()[machine_id] == "started"
     (row,) = rig.pool_rows()
@@ -1366,7 +1367,9 @@ def test_a_pool_start_answered_with_status_error_is_not_counted_as_running(
     rig.fly.faults.start_error = 1
     rig.fleet.tick(rig.ledger)
     (row,) = rig.pool_rows()
-    assert row["state"] == "starting" and "could not start" in row["error"]  # bills till seen
+    assert row["state"] == "starting" and "could not start" in (
+        row["error"] or ""
+    )  # bills till seen
     rig.tick_every(2.0, 3)
     assert {r["id"]: r["state"] for r in rig.pool_rows()} == {pooled: "stopped"}
     assert rig.on_fly()[pooled] == "created"  # never started

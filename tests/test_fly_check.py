@@ -144,6 +144,7 @@ def test_every_check_passes_when_the_worker_reaches_the_coordinator(
     assert machine["config"]["guest"]["cpus"] == SIZE.cpus
     (row,) = MachineStore(ledger).machines(RUN)
     assert row["state"] == "destroyed" and row["id"] == machine["id"]
+    assert row["destroyed_at"] is not None
     assert report.cost == pytest.approx(
         (row["destroyed_at"] - row["created_at"]) * SIZE.usd_per_second
     )
