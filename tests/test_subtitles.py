@@ -217,3 +217,24 @@ def test_karaoke_underlines_each_word_in_turn_and_fills_the_gaps() -> None:
     ]
     untimed = cues([Segment(0.0, 2.0, "Hi there")], CueStyle())[0]
     assert karaoke(untimed) == [(0.0, 2.0, [["Hi", "there"]])]
+
+
+def test_cues_are_cut_where_each_can_be_read_in_its_time() -> None:
+    """tiny.en's words for a segment of the sample (152.56-157.16 s): 89 characters, so
+    two cues. Cut after "putting", the first cue had 26 characters for 1.0 s (26 a
+    second) before the next began."""
+    said = [
+        (152.56, 152.76, "What"), (152.76, 153.02, "helped"), (153.02, 153.16, "me"),
+        (153.16, 153.36, "was"), (153.36, 153.56, "putting"), (153.56, 153.82, "my"),
+        (153.82, 154.18, "shoes"), (154.18, 154.7, "and"), (154.7, 154.94, "my"),
+        (154.94, 155.2, "jacket"), (155.2, 155.48, "right"), (155.48, 155.76, "next"),
+        (155.76, 155.92, "to"), (155.92, 156.04, "the"), (156.04, 156.16, "bed"),
+        (156.16, 156.34, "the"), (156.34, 156.54, "night"), (156.54, 157.16, "before,"),
+    ]  # fmt: skip
+    words = [Word(start, end, f" {text}", 0.9) for start, end, text in said]
+    segment = Segment(152.56, 157.16, "".join(w.word for w in words), words)
+    made = cues([segment], CueStyle())
+    assert len(made) == 2
+    for cue in made:
+        shown = len(cue.text.replace("\n", " "))
+        assert shown / (cue.end - cue.start) <= 20.0, cue

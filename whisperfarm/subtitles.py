@@ -7,7 +7,8 @@ becomes one or more cues (``cues``), and each cue one or more lines:
 - **Where a cue ends.** At a word boundary, chosen over the whole segment (a shortest
   path over the word gaps, ``_split``) to prefer the end of a sentence, then a clause
   (comma, semicolon, colon, dash), then a pause between words; to make few cues; and to
-  leave no short scrap of a cue behind. A cue must fit ``max_line_count`` lines of
+  leave no short scrap of a cue behind, nor a cue too fast to read in the time before
+  the next one (with word timings). A cue must fit ``max_line_count`` lines of
   ``max_line_width`` characters and last at most ``max_duration`` seconds; a single word
   longer than a line, or spoken for longer than that, makes a cue of its own. Without
   word timings a segment is cut for its lines only: times shared out by characters are a
@@ -211,6 +212,8 @@ def _split(tokens: list[Token], style: CueStyle, *, timed: bool) -> list[list[To
                 cost += _break_cost(tokens, j - 1, timed)
             if (i, j) != (0, n) and chars < SCRAP:
                 cost += (SCRAP - chars) / SCRAP
+            if timed:
+                cost += _too_fast(tokens, i, j, chars, style)
             if best[i] + cost < best[j]:
                 best[j], came_from[j] = best[i] + cost, i
     groups = []
@@ -222,6 +225,15 @@ def _split(tokens: list[Token], style: CueStyle, *, timed: bool) -> list[list[To
     return groups[::-1]
 
 
+def _too_fast(tokens: list[Token], i: int, j: int, chars: int, style: CueStyle) -> float:
+    """Up to 2 for a cue that cannot be read at ``max_cps`` in the time it has: from its
+    first word to the next cue's (the segment's last cue may have silence after it, which
+    is not known here, so it is judged to its last word's end)."""
+    room = (tokens[j].start if j < len(tokens) else tokens[-1].end) - tokens[i].start
+    needed = chars / style.max_cps
+    return 2 * max(0.0, needed - room) / needed
+
+
 def _wrap(tokens: list[Token], style: CueStyle) -> list[list[Token]]:
     """The cue's words in the fewest lines they fit in, the breaks placed for even lines,
     after punctuation where there is some, and the longer line at the bottom."""
@@ -231,12 +243,18 @@ def _wrap(tokens: list[Token], style: CueStyle) -> list[list[Token]]:
         return [tokens]
     n = len(tokens)
     target = (sum(widths) + n - count) / count
+    before = [0]  # before[j]: the characters of tokens[:j], a space after each
+    for w in widths:
+        before.append(before[-1] + w + 1)
+
+    def length(i: int, j: int) -> int:
+        return before[j] - before[i] - 1
 
     def line_cost(i: int, j: int, last: bool) -> float:
-        length = sum(widths[i:j]) + (j - i - 1)
-        if length > style.max_line_width and j - i > 1:
+        chars = length(i, j)
+        if chars > style.max_line_width and j - i > 1:
             return math.inf
-        cost = ((length - target) / style.max_line_width) ** 2
+        cost = ((chars - target) / style.max_line_width) ** 2
         if not last:
             text = tokens[j - 1].text.rstrip(CLOSERS)
             # the guidelines break lines after punctuation before they balance them
@@ -254,11 +272,9 @@ def _wrap(tokens: list[Token], style: CueStyle) -> list[list[Token]]:
                 if best[k - 1][i] == math.inf:
                     continue
                 cost = best[k - 1][i] + line_cost(i, j, last=j == n)
-                if k > 1:  # the pyramid: a line longer than the one above is a little better
-                    above = sum(widths[came_from[k - 1][i] : i]) + (i - came_from[k - 1][i])
-                    below = sum(widths[i:j]) + (j - i - 1)
-                    if below < above:
-                        cost += 0.01
+                # the pyramid: a line longer than the one above is a little better
+                if k > 1 and length(i, j) < length(came_from[k - 1][i], i):
+                    cost += 0.01
                 if cost < best[k][j]:
                     best[k][j], came_from[k][j] = cost, i
     lines = []
