@@ -88,7 +88,8 @@ def export(
         bool | None,
         typer.Option(
             "--words/--no-words",
-            help="Word timestamps in the json output [default: as transcribed].",
+            help="Word timestamps in the json output, and srt/vtt cues timed by them "
+            "[default: as transcribed].",
         ),
     ] = None,
     name: Annotated[

@@ -57,8 +57,9 @@ def transcribe(
         bool | None,
         typer.Option(
             "--words/--no-words",
-            help="Word timestamps in the json output; they also let the silence-hallucination "
-            "rule judge every chunk, which can change the text of every format.",
+            help="Word timestamps in the json output, and srt/vtt cues timed by them; they "
+            "also let the silence-hallucination rule judge every chunk, which can change the "
+            "text of every format.",
         ),
     ] = None,
     language: Annotated[
