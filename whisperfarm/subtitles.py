@@ -28,21 +28,20 @@ becomes one or more cues (``cues``), and each cue one or more lines:
   short of it), up to ``min_duration`` and to the time its text needs at ``max_cps``;
   never past ``max_duration``, the next cue, or the end of the audio.
 
-The numbers, and where they come from:
+The numbers, and where they come from (Netflix's Timed Text Style Guide: General
+Requirements and English Template; the BBC's Subtitle Guidelines):
 
-- 42 characters a line, 2 lines: Netflix's Timed Text Style Guide (English: 42
-  characters a line, 2 lines at most); the BBC's subtitle guidelines allow about 37 at
-  the BBC's font size, and say two lines as the norm. 42 is also the whisper CLIs' usual
-  ``--max_line_width`` choice.
-- 7 s a cue: Netflix's longest duration for a subtitle event.
-- 20 characters a second: Netflix's reading-speed limit for adult English programmes (17
-  for children's). The BBC's 160-180 words a minute come to about 15-17 characters a
-  second for English; we take Netflix's figure because podcast speech runs fast and a
-  cue can only be held into silence, never made to start before its words are said.
-  It is a target, not a promise: speech faster than this with no pause after it stays
-  faster on screen (``scripts/bench_subtitles.py`` measures what is left).
-- 5/6 s at least (20 frames at 24 fps) and 2 frames (at 25 fps, 0.08 s) between cues
-  that are not chained: Netflix's minimum duration and minimum gap.
+- 42 characters a line, 2 lines at most, one line when the text fits on one: Netflix's.
+  The BBC measures lines by the picture (68 % of a 16:9 frame's width) and also
+  recommends two lines; both ask for breaks after punctuation.
+- 7 s a cue at most, 5/6 s at least (20 frames at 24 fps), 2 frames (at 25 fps, 0.08 s)
+  between cues: Netflix's maximum and minimum duration and frame gap.
+- 17 characters a second: Netflix's reading speed for adult programmes in its English
+  template (200 words a minute; 13 for children's), and about the top of the BBC's 160-180
+  words a minute. Netflix lets a cue's out-time run past the end of speech for reading
+  speed; a cue is never made to start before its words are said, so this is a target,
+  not a promise: speech faster than this with no pause after it stays faster on screen
+  (``scripts/bench_subtitles.py`` measures what is left).
 """
 
 from __future__ import annotations
@@ -80,7 +79,7 @@ class CueStyle:
     max_line_width: int = 42
     max_line_count: int = 2
     max_duration: float = 7.0
-    max_cps: float = 20.0
+    max_cps: float = 17.0
     min_duration: float = 5 / 6
     min_gap: float = 0.08
     highlight_words: bool = False
