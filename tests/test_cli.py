@@ -102,3 +102,50 @@ def test_worker_without_a_coordinator_gives_up(
     monkeypatch.setenv("WHISPERFARM_GIVE_UP_SECONDS", "0")
     result = runner.invoke(app, ["worker", "--url", "http://127.0.0.1:9", "--token", "x"])
     assert result.exit_code == 3
+
+
+# Subtitle flags -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["transcribe", "export"])
+def test_subtitle_flags_in_help_without_bool_metavars(command: str) -> None:
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "160"})
+    rows = {
+        flag: next(line for line in result.output.splitlines() if flag in line)
+        for flag in ("--max-line-width", "--max-line-count", "--highlight-words")
+    }
+    assert "<bool>" not in rows["--highlight-words"]
+    assert "--no-highlight-words" in rows["--highlight-words"]
+    assert "CHARS" in rows["--max-line-width"] and "LINES" in rows["--max-line-count"]
+
+
+def test_transcribe_passes_the_subtitle_flags_to_the_run(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from whisperfarm.errors import UsageError
+    from whisperfarm.farm import Farm
+
+    seen = []
+
+    def transcribe(self: Farm, paths: list[Path], out_dir: Path, formats: list[str]) -> None:
+        seen.append(self.settings)
+        raise UsageError("stopped here by the test")
+
+    monkeypatch.setattr(Farm, "transcribe", transcribe)
+    flags = ["--max-line-width", "32", "--max-line-count", "3", "--highlight-words"]
+    result = runner.invoke(app, ["transcribe", str(SAMPLE), "-o", str(tmp_path), *flags])
+    assert "stopped here by the test" in _one_line_error(result)
+    (settings,) = seen
+    style = settings.cue_style()
+    assert (style.max_line_width, style.max_line_count, style.highlight_words) == (32, 3, True)
+    assert settings.word_timestamps, "karaoke needs word timings: --highlight-words asks for them"
+
+
+def test_transcribe_highlight_words_with_no_words_is_a_usage_error(
+    home: Path, tmp_path: Path
+) -> None:
+    args = ["transcribe", str(SAMPLE), "-o", str(tmp_path / "out"), "--highlight-words"]
+    result = runner.invoke(app, [*args, "--no-words"])
+    assert result.exit_code == 2
+    assert "--highlight-words needs word timestamps" in _one_line_error(result)
+    assert not (home / "ledger.db").exists()

@@ -84,10 +84,17 @@ def test_formats_agree_with_each_other(farm_run: dict[str, Any]) -> None:
     assert vtt.startswith("WEBVTT\n\n")
     srt_times = parse_srt_times(srt, ",")
     vtt_times = parse_srt_times(vtt, ".")
-    assert len(segments) == len(srt_times) == len(vtt_times) == len(tsv) - 1 == len(txt) > 10
+    assert len(segments) == len(tsv) - 1 == len(txt) > 10
+    # srt and vtt: the same cues, cut from the segments to be read (whisperfarm.subtitles)
+    assert len(srt_times) == len(vtt_times) >= len(segments)
     assert [a.replace(",", ".") for pair in srt_times for a in pair] == [
         b for pair in vtt_times for b in pair
     ]
+    cues = [block.splitlines()[2:] for block in srt.strip().split("\n\n")]
+    assert len(cues) == len(srt_times)
+    assert all(1 <= len(lines) <= 2 for lines in cues)
+    assert max(len(line) for lines in cues for line in lines) <= 42
+    assert " ".join(line for lines in cues for line in lines).split() == " ".join(txt).split()
     for segment, line, row in zip(segments, txt, tsv[1:], strict=True):
         assert segment["text"] == line
         start_ms, end_ms, text = row.split("\t")

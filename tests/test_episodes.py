@@ -100,7 +100,12 @@ def test_export_again_rewrites_only_what_is_asked(farm: Ledger, tmp_path: Path) 
     assert sorted(p.name for p in out.iterdir()) == ["talk.srt"]
     (out / "talk.srt").write_text("stale")
     export(farm, "lecture", out, ["srt"], stem="talk")
-    assert (out / "talk.srt").read_text().startswith("1\n00:00:01,000 --> 00:00:09,000")
+    # the 8 s segment as one cue, held for 7 s at most (whisperfarm.subtitles)
+    assert (
+        (out / "talk.srt")
+        .read_text()
+        .startswith("1\n00:00:01,000 --> 00:00:08,000\nlecture part 0 begins.\n")
+    )
 
 
 def test_export_of_an_unfinished_episode_says_what_to_do(farm: Ledger, tmp_path: Path) -> None:
@@ -236,3 +241,27 @@ def test_remove_refuses_while_a_live_run_transcribes_it(farm: Ledger, home: Path
 def test_episode_dir_refuses_anything_but_a_plain_name(tmp_path: Path, bad: str) -> None:
     with pytest.raises(UsageError):
         episode_dir(tmp_path, bad)
+
+
+def test_export_wraps_subtitles_as_the_flags_say(farm: Ledger, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["export", "lecture", "-f", "srt,vtt,txt", "-o", str(out)]
+    result = runner.invoke(app, [*args, "--max-line-width", "8", "--max-line-count", "1"])
+    assert result.exit_code == 0, result.output
+    srt = (out / "lecture.srt").read_text()
+    shown = [line for line in srt.splitlines() if line and not line.isdigit() and "-->" not in line]
+    assert shown and all(len(line) <= 8 for line in shown), shown
+    assert " ".join(shown) == " ".join((out / "lecture.txt").read_text().split())
+    vtt = (out / "lecture.vtt").read_text().splitlines()[2:]
+    assert [line for line in vtt if line and "-->" not in line] == shown
+    result = runner.invoke(app, [*args, "--max-line-width", "0"])
+    assert result.exit_code == 2
+
+
+def test_export_highlight_words_without_word_timings_says_so(farm: Ledger, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    line = one_error(
+        runner.invoke(app, ["export", "lecture", "--highlight-words", "-f", "srt", "-o", str(out)])
+    )
+    assert "no word timings to highlight in srt" in line and "--words" in line
+    assert not out.exists()

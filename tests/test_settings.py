@@ -15,6 +15,7 @@ from whisperfarm.settings import (
     load_settings,
     parse_formats,
 )
+from whisperfarm.subtitles import CueStyle
 
 SECRET = "FlyV1 fm2_secret-token-value-do-not-print"
 
@@ -254,3 +255,27 @@ def test_parse_formats_rejects_unknown_or_empty(value: str, named: str) -> None:
 def test_formats_setting_is_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WHISPERFARM_FORMATS", "tsv,srt")
     assert load_settings().format_list() == ["tsv", "srt"]
+
+
+def test_subtitle_settings_from_file_env_and_flags(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert load_settings().cue_style() == CueStyle()  # 42 characters, 2 lines, no karaoke
+    write_config(home / "config.toml", "max_line_width = 32\nmax_line_count = 3\n")
+    monkeypatch.setenv("WHISPERFARM_MAX_LINE_COUNT", "1")
+    style = load_settings().cue_style()
+    assert (style.max_line_width, style.max_line_count) == (32, 1)
+    assert load_settings(max_line_width=20).cue_style().max_line_width == 20
+    with pytest.raises(UsageError, match="max_line_width"):
+        load_settings(max_line_width=0)
+
+
+def test_highlight_words_turns_word_timestamps_on_unless_they_were_turned_off(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = load_settings(highlight_words=True)
+    assert settings.cue_style().highlight_words and settings.word_timestamps
+    with pytest.raises(UsageError, match="--highlight-words needs word timestamps"):
+        load_settings(highlight_words=True, word_timestamps=False)
+    monkeypatch.setenv("WHISPERFARM_HIGHLIGHT_WORDS", "true")
+    assert load_settings().word_timestamps is True

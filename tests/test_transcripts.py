@@ -57,7 +57,7 @@ def test_srt_numbers_cues_from_one_with_comma_millis_and_blank_lines(
         "\n"
         "2\n00:01:01,250 --> 00:01:05,002\nSecond line --> with an arrow\n"
         "\n"
-        "3\n01:02:05,042 --> 01:02:08,000\nOver an hour\tin.\n"
+        "3\n01:02:05,042 --> 01:02:08,000\nOver an hour in.\n"  # words, wrapped anew
     )
 
 
@@ -71,7 +71,7 @@ def test_vtt_has_a_header_dot_millis_and_no_arrow_in_cue_text(transcript: Transc
         "\n"
         "00:01:01.250 --> 00:01:05.002\nSecond line -> with an arrow\n"
         "\n"
-        "01:02:05.042 --> 01:02:08.000\nOver an hour\tin.\n"
+        "01:02:05.042 --> 01:02:08.000\nOver an hour in.\n"
     )
     timing = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} --> \d\d:\d\d:\d\d\.\d{3}$")
     assert all(timing.match(line) for line in text.splitlines() if "-->" in line)
@@ -184,3 +184,53 @@ def test_a_failed_rewrite_leaves_the_previous_transcript_whole(
         write_outputs(changed, tmp_path, "show", ["txt", "json"])
 
     assert {name: (tmp_path / name).read_text() for name in os.listdir(tmp_path)} == before
+
+
+# Subtitles: srt and vtt cut and wrap cues (whisperfarm.subtitles); the rest do not ----
+
+SPEECH_137 = (
+    "And so, my fellow Americans, ask not what your country can do for you, ask what "
+    "you can do for your country, and the rest of it goes on!!"
+)
+
+
+def test_srt_and_vtt_wrap_a_long_segment_the_other_formats_keep_it_whole() -> None:
+    transcript = Transcript([Segment(0.0, 9.0, SPEECH_137)])
+    for text in (to_srt(transcript), to_vtt(transcript)):
+        lines = [line for line in text.splitlines() if line and "-->" not in line]
+        shown = [line for line in lines if not line.isdigit() and line != "WEBVTT"]
+        assert all(len(line) <= 42 for line in shown), shown
+        assert " ".join(shown) == SPEECH_137
+        assert text.count("-->") == 2
+    assert to_txt(transcript) == SPEECH_137 + "\n"
+    assert to_tsv(transcript).splitlines()[1] == f"0\t9000\t{SPEECH_137}"
+    assert json.loads(to_json(transcript))["segments"][0]["text"] == SPEECH_137
+
+
+def test_write_outputs_passes_the_cue_style_to_srt_and_vtt(tmp_path: Path) -> None:
+    transcript = Transcript([Segment(0.0, 4.0, "one two three four five six")])
+    style = transcripts.CueStyle(max_line_width=9, max_line_count=1)
+    write_outputs(transcript, tmp_path, "t", ["srt", "vtt", "txt"], subtitles=style)
+    srt = (tmp_path / "t.srt").read_text()
+    shown = [line for line in srt.splitlines() if line[:1].isalpha()]
+    assert " ".join(shown) == "one two three four five six"
+    assert len(shown) == srt.count("-->") == 4 and all(len(line) <= 9 for line in shown)
+    assert (tmp_path / "t.vtt").read_text().count("-->") == 4
+    assert (tmp_path / "t.txt").read_text() == "one two three four five six\n"
+
+
+def test_highlight_words_only_when_asked(transcript: Transcript) -> None:
+    assert "<u>" not in to_srt(transcript) + to_vtt(transcript)
+    karaoke = to_srt(transcript, transcripts.CueStyle(highlight_words=True))
+    assert karaoke.startswith(
+        "1\n00:00:00,000 --> 00:00:01,000\n<u>Hello</u> there.\n\n"
+        "2\n00:00:01,000 --> 00:00:01,100\nHello there.\n\n"
+        "3\n00:00:01,100 --> 00:00:02,500\nHello <u>there.</u>\n"
+    )
+    vtt = to_vtt(transcript, transcripts.CueStyle(highlight_words=True))
+    assert "00:00:01.100 --> 00:00:02.500\nHello <u>there.</u>\n" in vtt
+
+
+def test_vtt_escapes_ampersands_and_angle_brackets() -> None:
+    vtt = to_vtt(Transcript([Segment(0.0, 2.0, "AT&T said <laughs> a->b -->")]))
+    assert "AT&amp;T said &lt;laughs&gt; a-&gt;b ->" in vtt

@@ -21,7 +21,8 @@ from whisperfarm.errors import EpisodeNotFound, TranscriptionFailed, UsageError
 from whisperfarm.ledger import Ledger
 from whisperfarm.speech import episode_spans
 from whisperfarm.stitch import ChunkResult, stitch
-from whisperfarm.transcripts import Transcript, write_outputs
+from whisperfarm.subtitles import CueStyle
+from whisperfarm.transcripts import SUBTITLE_FORMATS, Transcript, write_outputs
 
 
 @dataclass(frozen=True)
@@ -107,10 +108,11 @@ def export(
     *,
     keep_words: bool | None = None,
     stem: str | None = None,
+    subtitles: CueStyle | None = None,
 ) -> tuple[dict[str, Any], list[Path]]:
     """Write the episode's transcript in ``formats`` from its stored results.
     Returns the episode and the files written. ``keep_words`` defaults to whether the
-    episode was transcribed with word timestamps."""
+    episode was transcribed with word timestamps. ``subtitles``: srt and vtt cues."""
     from whisperfarm.farm import assemble  # farm imports the coordinator: only when needed
 
     episode = resolve(ledger, ref)
@@ -136,7 +138,23 @@ def export(
     if keep_words is None:
         keep_words = bool(json.loads(episode["options"] or "{}").get("word_timestamps"))
     transcript = assemble(ledger, episode, keep_words=keep_words)
-    return episode, write_outputs(transcript, out_dir, stem or episode["name"], formats)
+    if subtitles is not None and subtitles.highlight_words:
+        _refuse_karaoke_without_words(episode, transcript, formats)
+    return episode, write_outputs(
+        transcript, out_dir, stem or episode["name"], formats, subtitles=subtitles
+    )
+
+
+def _refuse_karaoke_without_words(
+    episode: dict[str, Any], transcript: Transcript, formats: list[str]
+) -> None:
+    asked = [name for name in formats if name in SUBTITLE_FORMATS]
+    if asked and not any(segment.words for segment in transcript.segments):
+        raise UsageError(
+            f"{episode['name']} has no word timings to highlight in {', '.join(asked)}: "
+            f"transcribe it with --words (or drop --no-words), or export without "
+            "--highlight-words"
+        )
 
 
 def retry(ledger: Ledger, ref: str) -> RetryResult:

@@ -381,7 +381,9 @@ class Farm:
             status.state, status.error = "failed", reason
             return
         transcript = assemble(ledger, episode, keep_words=self.settings.word_timestamps)
-        status.files = write_outputs(transcript, out_dir, episode["name"], formats)
+        status.files = write_outputs(
+            transcript, out_dir, episode["name"], formats, subtitles=self.settings.cue_style()
+        )
         ledger.update_episode(episode["id"], state="done", finished_at=ledger.clock())
         status.state = "done"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -27,6 +27,7 @@ from pydantic_settings import (
 )
 
 from whisperfarm.errors import UsageError
+from whisperfarm.subtitles import CueStyle
 
 DEFAULT_FORMATS = ("txt", "srt", "vtt", "json")
 ALL_FORMATS = ("txt", "srt", "vtt", "json", "tsv")
@@ -60,6 +61,11 @@ class Settings(BaseSettings):
     language: str | None = None
     beam_size: int = Field(5, ge=1, le=10)
     word_timestamps: bool = False
+
+    # Subtitles (srt, vtt): whisperfarm/subtitles.py says where the defaults come from.
+    max_line_width: int = Field(CueStyle.max_line_width, ge=1)
+    max_line_count: int = Field(CueStyle.max_line_count, ge=1)
+    highlight_words: bool = False
 
     # Local farm
     workers: int | None = Field(None, ge=0)
@@ -130,6 +136,20 @@ class Settings(BaseSettings):
     def _expand_home(cls, value: Path) -> Path:
         return value.expanduser()
 
+    @model_validator(mode="after")
+    def _karaoke_needs_words(self) -> Settings:
+        """Highlighting words needs their timings: asking for it turns them on, unless
+        they were turned off on purpose (openai-whisper refuses that pair too)."""
+        if self.highlight_words and not self.word_timestamps:
+            if "word_timestamps" in self.model_fields_set:
+                # not a ValueError: pydantic would wrap it in its own report
+                raise UsageError(
+                    "--highlight-words needs word timestamps: drop --no-words "
+                    "(or word_timestamps = false), or drop --highlight-words"
+                )
+            self.word_timestamps = True
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -154,6 +174,13 @@ class Settings(BaseSettings):
     @property
     def logs_dir(self) -> Path:
         return self.home / "logs"
+
+    def cue_style(self) -> CueStyle:
+        return CueStyle(
+            max_line_width=self.max_line_width,
+            max_line_count=self.max_line_count,
+            highlight_words=self.highlight_words,
+        )
 
     def format_list(self) -> list[str]:
         return parse_formats(self.formats)

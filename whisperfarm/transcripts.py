@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from whisperfarm.subtitles import CueStyle, cues, karaoke
+
 
 @dataclass
 class Word:
@@ -53,21 +55,46 @@ def to_txt(transcript: Transcript) -> str:
     return "".join(f"{segment.text.strip()}\n" for segment in _cues(transcript))
 
 
-def to_srt(transcript: Transcript) -> str:
+def _subtitles(
+    transcript: Transcript, style: CueStyle | None
+) -> list[tuple[float, float, list[list[str]]]]:
+    """The timed cues of srt and vtt, each as its lines of words (whisperfarm.subtitles)."""
+    style = style or CueStyle()
+    duration = transcript.episode.get("duration")
+    horizon = float(duration) if isinstance(duration, int | float) else None
+    shown: list[tuple[float, float, list[list[str]]]] = []
+    for cue in cues(_cues(transcript), style, horizon=horizon):
+        if style.highlight_words:
+            shown.extend(karaoke(cue))
+        else:
+            shown.append((cue.start, cue.end, [[t.text for t in line] for line in cue.lines]))
+    return shown
+
+
+def to_srt(transcript: Transcript, style: CueStyle | None = None) -> str:
     blocks = []
-    for number, segment in enumerate(_cues(transcript), start=1):
-        start, end = _timestamp(segment.start, ","), _timestamp(segment.end, ",")
-        blocks.append(f"{number}\n{start} --> {end}\n{segment.text.strip()}\n")
+    for number, (start, end, lines) in enumerate(_subtitles(transcript, style), start=1):
+        text = "\n".join(" ".join(line) for line in lines)
+        blocks.append(f"{number}\n{_timestamp(start, ',')} --> {_timestamp(end, ',')}\n{text}\n")
     return "\n".join(blocks)
 
 
-def to_vtt(transcript: Transcript) -> str:
+def to_vtt(transcript: Transcript, style: CueStyle | None = None) -> str:
     blocks = ["WEBVTT\n"]
-    for segment in _cues(transcript):
-        start, end = _timestamp(segment.start, "."), _timestamp(segment.end, ".")
-        # "-->" may not appear in cue text
-        blocks.append(f"{start} --> {end}\n{segment.text.strip().replace('-->', '->')}\n")
+    for start, end, lines in _subtitles(transcript, style):
+        text = "\n".join(" ".join(_vtt_text(word) for word in line) for line in lines)
+        blocks.append(f"{_timestamp(start, '.')} --> {_timestamp(end, '.')}\n{text}\n")
     return "\n".join(blocks)
+
+
+def _vtt_text(word: str) -> str:
+    """A word as WebVTT cue text: "&" and "<" escaped, "-->" (which may not appear in a
+    cue) shortened; karaoke's own <u> tags kept."""
+    if word.startswith("<u>") and word.endswith("</u>"):
+        return f"<u>{_vtt_text(word[3:-4])}</u>"
+    return (
+        word.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("--&gt;", "->")
+    )
 
 
 def to_tsv(transcript: Transcript) -> str:
@@ -102,27 +129,38 @@ def to_json(transcript: Transcript) -> str:
     return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
 
 
-WRITERS: dict[str, Callable[[Transcript], str]] = {
+WRITERS: dict[str, Callable[..., str]] = {
     "txt": to_txt,
     "srt": to_srt,
     "vtt": to_vtt,
     "json": to_json,
     "tsv": to_tsv,
 }
+SUBTITLE_FORMATS = ("srt", "vtt")  # their writers take a CueStyle too
 
 
 def write_outputs(
-    transcript: Transcript, out_dir: Path, stem: str, formats: list[str]
+    transcript: Transcript,
+    out_dir: Path,
+    stem: str,
+    formats: list[str],
+    *,
+    subtitles: CueStyle | None = None,
 ) -> list[Path]:
     """Write every format under temporary names, then rename them all into place, so an
-    interrupted write never leaves a half-written transcript behind."""
+    interrupted write never leaves a half-written transcript behind. ``subtitles``: how
+    srt and vtt cues are cut and wrapped (default: ``CueStyle()``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     staged: list[tuple[Path, Path]] = []
     try:
         for name in formats:
             final = out_dir / f"{stem}.{name}"
             partial = out_dir / f".{stem}.{name}.partial"
-            partial.write_text(WRITERS[name](transcript), encoding="utf-8")
+            if name in SUBTITLE_FORMATS:
+                text = WRITERS[name](transcript, subtitles)
+            else:
+                text = WRITERS[name](transcript)
+            partial.write_text(text, encoding="utf-8")
             staged.append((partial, final))
         for partial, final in staged:
             os.replace(partial, final)

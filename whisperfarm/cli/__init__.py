@@ -65,6 +65,31 @@ Formats = Annotated[
     ),
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+# srt and vtt cues (whisperfarm/subtitles.py); named as the whisper CLIs name them.
+MaxLineWidth = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        metavar="CHARS",
+        help="srt/vtt: characters a subtitle line holds, at most; a longer word gets a "
+        "line of its own [default: 42].",
+    ),
+]
+MaxLineCount = Annotated[
+    int | None,
+    typer.Option(
+        min=1, metavar="LINES", help="srt/vtt: lines a subtitle cue holds, at most [default: 2]."
+    ),
+]
+HighlightWords = Annotated[
+    bool | None,
+    typer.Option(
+        "--highlight-words/--no-highlight-words",
+        metavar="",  # a flag: no <bool> in --help
+        help="srt/vtt: karaoke, a cue per word that underlines the word being said; needs "
+        "word timestamps (transcribe turns --words on) [default: off].",
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -90,4 +115,17 @@ def main() -> None:
     app()
 
 
-__all__ = ["Formats", "OutDir", "Quiet", "app", "err", "fail", "friendly", "main", "out"]
+__all__ = [
+    "Formats",
+    "HighlightWords",
+    "MaxLineCount",
+    "MaxLineWidth",
+    "OutDir",
+    "Quiet",
+    "app",
+    "err",
+    "fail",
+    "friendly",
+    "main",
+    "out",
+]

@@ -14,7 +14,16 @@ from rich import box
 from rich.console import RenderableType
 from rich.table import Table
 
-from whisperfarm.cli import Formats, OutDir, app, friendly, out
+from whisperfarm.cli import (
+    Formats,
+    HighlightWords,
+    MaxLineCount,
+    MaxLineWidth,
+    OutDir,
+    app,
+    friendly,
+    out,
+)
 from whisperfarm.errors import EpisodeNotFound
 from whisperfarm.ledger import Ledger
 
@@ -79,12 +88,16 @@ def export(
         bool | None,
         typer.Option(
             "--words/--no-words",
-            help="Word timestamps in the json output [default: as transcribed].",
+            help="Word timestamps in the json output, and srt/vtt cues timed by them "
+            "[default: as transcribed].",
         ),
     ] = None,
     name: Annotated[
         str | None, typer.Option(help="File name stem [default: the episode's name].")
     ] = None,
+    max_line_width: MaxLineWidth = None,
+    max_line_count: MaxLineCount = None,
+    highlight_words: HighlightWords = None,
 ) -> None:
     """Rewrite an episode's transcripts from stored results, without transcribing.
 
@@ -93,11 +106,22 @@ def export(
     from whisperfarm.episodes import export as export_episode
     from whisperfarm.settings import load_settings, parse_formats
 
-    settings = load_settings(formats=formats)
+    settings = load_settings(
+        formats=formats,
+        max_line_width=max_line_width,
+        max_line_count=max_line_count,
+        highlight_words=highlight_words,
+    )
     format_list = parse_formats(settings.formats)
     with _ledger() as ledger:
         done, files = export_episode(
-            ledger, episode, out_dir, format_list, keep_words=words, stem=name
+            ledger,
+            episode,
+            out_dir,
+            format_list,
+            keep_words=words,
+            stem=name,
+            subtitles=settings.cue_style(),
         )
     out.print(f"{done['name']} → {', '.join(str(path) for path in files)}", highlight=False)
 

@@ -8,7 +8,18 @@ from typing import Annotated
 
 import typer
 
-from whisperfarm.cli import Formats, OutDir, Quiet, app, err, friendly, out
+from whisperfarm.cli import (
+    Formats,
+    HighlightWords,
+    MaxLineCount,
+    MaxLineWidth,
+    OutDir,
+    Quiet,
+    app,
+    err,
+    friendly,
+    out,
+)
 
 
 @app.command()
@@ -39,12 +50,16 @@ def transcribe(
     ] = None,
     out_dir: OutDir = Path("."),
     formats: Formats = None,
+    max_line_width: MaxLineWidth = None,
+    max_line_count: MaxLineCount = None,
+    highlight_words: HighlightWords = None,
     words: Annotated[
         bool | None,
         typer.Option(
             "--words/--no-words",
-            help="Word timestamps in the json output; they also let the silence-hallucination "
-            "rule judge every chunk, which can change the text of every format.",
+            help="Word timestamps in the json output, and srt/vtt cues timed by them; they "
+            "also let the silence-hallucination rule judge every chunk, which can change the "
+            "text of every format.",
         ),
     ] = None,
     language: Annotated[
@@ -138,6 +153,9 @@ def transcribe(
         threads=threads,
         model=model,
         formats=formats,
+        max_line_width=max_line_width,
+        max_line_count=max_line_count,
+        highlight_words=highlight_words,
         word_timestamps=words,
         language=language,
         compute_type=compute_type,
