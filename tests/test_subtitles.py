@@ -12,7 +12,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.test_timeline import SPEECH, chunk_plans
+from tests.support.strategies import SPEECH, chunk_plans
 from whisperfarm.evaluation import timeline_violations
 from whisperfarm.stitch import ChunkResult, stitch
 from whisperfarm.subtitles import Cue, CueStyle, cues, karaoke
@@ -100,7 +100,9 @@ def test_cues_keep_the_timeline_whatever_the_stitcher_gives(
     assert [w for c in made for w in tokens_of(c)] == [w for s in segments for w in s.text.split()]
 
 
-def timed(text: str, start: float = 0.0, pace: float = 0.3, pauses: dict[int, float] | None = None):  # type: ignore[no-untyped-def]
+def timed(
+    text: str, start: float = 0.0, pace: float = 0.3, pauses: dict[int, float] | None = None
+) -> Segment:
     """A segment with a word every ``pace`` seconds, and a pause after word n of
     ``pauses[n]`` seconds."""
     words, t = [], start
@@ -139,7 +141,8 @@ def test_without_punctuation_cues_end_at_a_pause_between_words() -> None:
     segment = timed(UNPUNCTUATED, start=10.0, pace=0.25, pauses={13: 0.6})
     made = cues([segment], CueStyle())
     assert tokens_of(made[0])[-3:] == ["do", "for", "you"]
-    assert made[1].start == segment.words[14].start  # type: ignore[index]
+    assert segment.words is not None
+    assert made[1].start == segment.words[14].start
     assert all(len(line) <= 42 for c in made for line in c.text.splitlines())
     paused_elsewhere = cues([timed(UNPUNCTUATED, pauses={11: 0.6})], CueStyle())
     assert tokens_of(paused_elsewhere[0])[-1] == "do"
