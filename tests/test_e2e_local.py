@@ -138,6 +138,15 @@ def test_both_workers_stole_work(farm_run: dict) -> None:  # type: ignore[type-a
     assert {state for state, _ in chunks} == {"done"}
 
 
+def test_chunks_travel_as_compact_opus(farm_run: dict) -> None:  # type: ignore[type-arg]
+    rows = ledger_rows(farm_run["home"], "SELECT audio_path, speech FROM chunks")
+    assert {Path(path).suffix for path, _ in rows} == {".opus"}
+    sent = sum(Path(path).stat().st_size for path, speech in rows if speech)
+    duration = check_input(SAMPLE).duration
+    assert duration is not None
+    assert sent / duration * 3600 < 15e6  # bytes per audio hour: issue 13's target
+
+
 def test_rerun_reuses_finished_chunks(farm_run: dict) -> None:  # type: ignore[type-arg]
     home, out = farm_run["home"], farm_run["out"]
     before = ledger_rows(home, DONE_WITH_RESULTS + " ORDER BY idx")
@@ -201,7 +210,11 @@ def test_sigterm_and_sighup_stop_the_local_workers_as_ctrl_c_does(
     args = [sys.executable, "-m", "whisperfarm", "transcribe", str(SAMPLE)]
     args += ["--model", "tiny.en", "--workers", "2", "--out", str(out)]
     process = subprocess.Popen(
-        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        args,
+        env=env | {"WHISPERFARM_CHUNK_FORMAT": "wav"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
@@ -223,6 +236,8 @@ def test_sigterm_and_sighup_stop_the_local_workers_as_ctrl_c_does(
 
 
 def test_ctrl_c_then_resume_keeps_finished_chunks(tmp_path: Path) -> None:
+    """The first run writes WAV chunks, as versions before compact chunk audio did: the
+    resumed run (Opus by default) still serves and transcribes them."""
     home, out = tmp_path / "home", tmp_path / "out"
     env = {**os.environ, "WHISPERFARM_HOME": str(home)}
     args = [
@@ -239,7 +254,11 @@ def test_ctrl_c_then_resume_keeps_finished_chunks(tmp_path: Path) -> None:
         str(out),
     ]
     process = subprocess.Popen(
-        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        args,
+        env=env | {"WHISPERFARM_CHUNK_FORMAT": "wav"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
@@ -262,6 +281,9 @@ def test_ctrl_c_then_resume_keeps_finished_chunks(tmp_path: Path) -> None:
     after = {idx: rest for idx, *rest in ledger_rows(home, DONE_WITH_RESULTS)}
     for idx, rest in kept:
         assert after[idx] == rest, f"chunk {idx} was transcribed again"
+    paths = dict(ledger_rows(home, "SELECT idx, audio_path FROM chunks WHERE speech = 1"))
+    resumed = [paths[idx] for idx in after if idx not in dict(kept)]
+    assert any(path.endswith(".wav") for path in resumed), resumed
     wer = word_error_rate(SAMPLE_TEXT.read_text(), (out / "episode.txt").read_text())
     assert wer <= 0.03
 

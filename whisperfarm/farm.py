@@ -308,6 +308,7 @@ class Farm:
                         chunks_dir=settings.episodes_dir / episode_id / "chunks",
                         config=config,
                         cancel=cancel,
+                        chunk_format=settings.chunk_format,
                     )
                 except InterruptedError:
                     return

@@ -27,6 +27,7 @@ from pydantic_settings import (
 )
 
 from whisperfarm.errors import UsageError
+from worker.audio import ChunkFormat
 
 DEFAULT_FORMATS = ("txt", "srt", "vtt", "json")
 ALL_FORMATS = ("txt", "srt", "vtt", "json", "tsv")
@@ -83,6 +84,11 @@ class Settings(BaseSettings):
     # speaks, send no chunk without speech, drop words placed away from speech. Off: by
     # loudness alone, as before.
     vad: bool = True
+    # How chunk audio is stored and sent to workers (worker/audio.py): Opus in Ogg at
+    # 24 kbit/s, about 11 MB per audio hour against WAV's 115 MB, WER unchanged within
+    # the benchmark's noise (scripts/bench_audio.py); flac is lossless at about half of
+    # WAV; wav as before.
+    chunk_format: ChunkFormat = ChunkFormat.OPUS
 
     # Fly fleet
     backend: Literal["local", "fly"] = "local"
