@@ -14,7 +14,9 @@ import pytest
 from whisperfarm import chunk_audio
 from whisperfarm.chunk_audio import ChunkWriter, chunk_path, write_chunk
 from whisperfarm.errors import InputError
+from whisperfarm.farm import chunk_format_for
 from whisperfarm.media import Decoder
+from whisperfarm.settings import Settings
 from worker.audio import AudioError, ChunkAudio, ChunkFormat, decode
 
 RATE = 16_000
@@ -163,3 +165,35 @@ def test_the_writer_raises_a_failed_write_in_order(tmp_path: Path) -> None:
         handed.extend(writer.drain())
     writer.close()
     assert handed == [0, 1]
+
+
+# Which format a run writes -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({}, ChunkFormat.WAV),  # local workers only: loopback, no encoding cost
+        ({"workers": 3}, ChunkFormat.WAV),
+        ({"workers": 0}, ChunkFormat.OPUS),  # workers join from elsewhere
+        ({"backend": "fly"}, ChunkFormat.OPUS),
+        ({"backend": "fly", "workers": 2}, ChunkFormat.OPUS),  # some chunks go to Fly
+        ({"chunk_format": "flac", "backend": "fly"}, ChunkFormat.FLAC),
+        ({"chunk_format": "opus"}, ChunkFormat.OPUS),
+        ({"chunk_format": "wav", "backend": "fly"}, ChunkFormat.WAV),
+    ],
+)
+def test_auto_sends_opus_where_chunks_cross_a_network(
+    settings: dict[str, object], expected: ChunkFormat
+) -> None:
+    assert chunk_format_for(Settings(**settings)) is expected
+
+
+def test_chunk_format_comes_from_the_environment_and_refuses_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("WHISPERFARM_CHUNK_FORMAT", "flac")
+    assert chunk_format_for(Settings()) is ChunkFormat.FLAC
+    monkeypatch.setenv("WHISPERFARM_CHUNK_FORMAT", "mp3")
+    with pytest.raises(ValueError, match="auto"):
+        Settings()

@@ -26,10 +26,13 @@ DONE_WITH_RESULTS = (
     " JOIN results r ON r.chunk_id = c.id"
 )
 """Finished chunks with their results: a chunk transcribed again changes its row."""
+OPUS = {"WHISPERFARM_CHUNK_FORMAT": "opus"}
+"""The chunk audio that crosses a network (local runs write WAV by default): the module's
+farm run sends it between its real processes."""
 
 
 def cli(*args: str, home: Path, **kwargs) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
-    env = {**os.environ, "WHISPERFARM_HOME": str(home)}
+    env = {**os.environ, "WHISPERFARM_HOME": str(home), **kwargs.pop("env", {})}
     return subprocess.run(
         [sys.executable, "-m", "whisperfarm", *args],
         env=env,
@@ -78,6 +81,7 @@ def farm_run(tmp_path_factory: pytest.TempPathFactory) -> dict:  # type: ignore[
         "all",
         "--words",
         home=home,
+        env=OPUS,
     )
     return {"home": home, "out": out, "result": result, "wall": time.monotonic() - started}
 
@@ -164,6 +168,7 @@ def test_rerun_reuses_finished_chunks(farm_run: dict) -> None:  # type: ignore[t
         "all",
         "--words",
         home=home,
+        env=OPUS,
     )
     assert result.returncode == 0, result.stderr
     after = ledger_rows(home, DONE_WITH_RESULTS + " ORDER BY idx")
@@ -237,7 +242,7 @@ def test_sigterm_and_sighup_stop_the_local_workers_as_ctrl_c_does(
 
 def test_ctrl_c_then_resume_keeps_finished_chunks(tmp_path: Path) -> None:
     """The first run writes WAV chunks, as versions before compact chunk audio did: the
-    resumed run (Opus by default) still serves and transcribes them."""
+    resumed run, set to Opus, still serves and transcribes them."""
     home, out = tmp_path / "home", tmp_path / "out"
     env = {**os.environ, "WHISPERFARM_HOME": str(home)}
     args = [
@@ -276,7 +281,7 @@ def test_ctrl_c_then_resume_keeps_finished_chunks(tmp_path: Path) -> None:
     assert len(kept) >= 2
     assert ledger_rows(home, "SELECT count(*) FROM chunks WHERE state = 'leased'") == [(0,)]
 
-    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    result = subprocess.run(args, env=env | OPUS, capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 0, result.stderr
     after = {idx: rest for idx, *rest in ledger_rows(home, DONE_WITH_RESULTS)}
     for idx, rest in kept:

@@ -73,7 +73,7 @@ def chunk_episode(
     chunks_dir: Path,
     config: CutterConfig,
     cancel: threading.Event | None = None,
-    chunk_format: ChunkFormat = ChunkFormat.OPUS,
+    chunk_format: ChunkFormat,
 ) -> int:
     """Decode, cut, encode and queue every chunk. Returns the number of chunks. Chunks
     are encoded in a thread pool while the cutting goes on, and each is queued once its
