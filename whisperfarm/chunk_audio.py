@@ -25,13 +25,15 @@ from whisperfarm.media import SAMPLE_RATE, ffmpeg_exe
 from worker.audio import ChunkFormat
 
 OPUS_BITRATE = "24k"
-"""VBR target. 24 kbit/s mono (wideband, 20 ms frames, ``-application voip``) keeps WER
-within the benchmark's noise on every file (scripts/bench_audio.py) at about 11 MB per
-audio hour; 32 kbit/s buys nothing measurable for 3 MB more."""
+"""VBR target, mono, ``-application audio`` (libopus's default: keep the waveform rather
+than shape it for a listener, as ``voip`` does). About 10-11 MB per audio hour. What WER
+moves by (scripts/bench_audio.py, README) is single words the model already gets wrong
+flipping either way; 32 and 48 kbit/s flipped as many, and ``voip`` at 24 kbit/s one
+more on the sentences."""
 
 _CODEC_ARGS: dict[ChunkFormat, list[str]] = {
     ChunkFormat.OPUS: [
-        *("-c:a", "libopus", "-b:a", OPUS_BITRATE, "-vbr", "on", "-application", "voip"),
+        *("-c:a", "libopus", "-b:a", OPUS_BITRATE, "-vbr", "on", "-application", "audio"),
         *("-f", "ogg"),
     ],
     ChunkFormat.FLAC: ["-c:a", "flac", "-compression_level", "5", "-f", "flac"],
