@@ -8,7 +8,9 @@ scripts/make_real.py). Two measurements per file and format:
 
     cut s/h   the CLI's critical path before workers start, in-process: decode, cut (with
               the speech model) and write every chunk in the format through the writer's
-              thread pool, as ``whisperfarm transcribe`` does; seconds per audio hour
+              thread pool, as ``whisperfarm transcribe`` does; wall seconds per audio hour
+    cut CPU   the same cut's CPU seconds (the process and its ffmpeg children) per audio
+              hour: what it takes from workers on the same machine, whatever the load
     enc s/h   encoding alone, one chunk after another on one thread: seconds per audio hour
     MB/h      bytes of the chunks sent to workers (those with speech), per audio hour
     WER %     a whole ``whisperfarm transcribe`` run (tiny.en, int8, beam 5, 2 local
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -58,10 +61,17 @@ FILES = {
 MODEL = "tiny.en"
 
 
-def cut_and_write(audio: Path, chunk_format: ChunkFormat, out: Path) -> tuple[float, float]:
-    """(seconds of audio, wall seconds to decode, cut and write every chunk), as
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (ffmpeg's decoder, encoders)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def cut_and_write(audio: Path, chunk_format: ChunkFormat, out: Path) -> tuple[float, float, float]:
+    """(seconds of audio, wall and CPU seconds to decode, cut and write every chunk), as
     ``ingest.chunk_episode`` does it, without the ledger."""
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), cpu_seconds()
     decoder = Decoder(audio)
     writer: ChunkWriter[ChunkPlan] = ChunkWriter(chunk_format)
     try:
@@ -72,7 +82,7 @@ def cut_and_write(audio: Path, chunk_format: ChunkFormat, out: Path) -> tuple[fl
     finally:
         writer.close()
     decoder.close()
-    return decoder.samples / SAMPLE_RATE, time.perf_counter() - started
+    return decoder.samples / SAMPLE_RATE, time.perf_counter() - started, cpu_seconds() - cpu
 
 
 def encode_alone(audio: Path, chunk_format: ChunkFormat, out: Path) -> float:
@@ -140,7 +150,8 @@ def main() -> None:
         )
     formats = [ChunkFormat(name) for name in args.formats.split(",")]
     print(
-        f"{'file':<10} {'format':<6} {'audio s':>8} {'cut s/h':>8} {'enc s/h':>8} "
+        f"{'file':<10} {'format':<6} {'audio s':>8} {'cut s/h':>8} {'cut CPU':>8} "
+        f"{'enc s/h':>8} "
         f"{'MB/h':>7} {'WER %':>6} {'ΔWER':>6}"
     )
     for name in names:
@@ -152,7 +163,7 @@ def main() -> None:
         for chunk_format in formats:
             with tempfile.TemporaryDirectory(prefix="bench-audio-") as scratch:
                 work = Path(scratch)
-                seconds, cut_wall = cut_and_write(audio, chunk_format, work / "cut")
+                seconds, cut_wall, cut_cpu = cut_and_write(audio, chunk_format, work / "cut")
                 encode_wall = encode_alone(audio, chunk_format, work / "enc")
                 wers, sizes = [], []
                 if args.cut_only:
@@ -164,6 +175,7 @@ def main() -> None:
             per_hour = 3600 / seconds
             line = (
                 f"{name:<10} {chunk_format:<6} {seconds:>8.1f} {cut_wall * per_hour:>8.1f} "
+                f"{cut_cpu * per_hour:>8.1f} "
                 f"{encode_wall * per_hour:>8.1f} {sizes[0] * per_hour / 1e6:>7.2f}"
             )
             if wers:
