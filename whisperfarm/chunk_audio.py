@@ -1,4 +1,4 @@
-"""Writing chunk audio compactly: Opus in Ogg (the default), FLAC, or WAV.
+"""Writing chunk audio: Opus in Ogg (for chunks that cross a network), FLAC, or WAV.
 
 A chunk travels to its worker once, and over a laptop's uplink to a fleet those bytes are
 the bottleneck: WAV costs 115 MB per hour of audio, Opus at 24 kbit/s about 11 MB. Chunks
