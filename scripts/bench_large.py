@@ -63,6 +63,7 @@ def chunk_only(home: Path, audio: Path, result: Path) -> None:
     from whisperfarm.ingest import EpisodeRequest, chunk_episode, register
     from whisperfarm.ledger import Ledger
     from whisperfarm.media import check_input
+    from worker.audio import ChunkFormat
 
     started = time.monotonic()
     ledger = Ledger(home / "ledger.db")
@@ -75,6 +76,9 @@ def chunk_only(home: Path, audio: Path, result: Path) -> None:
         request,
         chunks_dir=home / "episodes" / episode_id / "chunks",
         config=CutterConfig(),
+        # WAV, as the README's figures were measured; `scripts/bench audio --cut-only
+        # --files 1h` measures the cut in each chunk format.
+        chunk_format=ChunkFormat.WAV,
     )
     ledger.close()
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

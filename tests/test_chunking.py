@@ -17,7 +17,7 @@ import pytest
 
 from whisperfarm.chunking import CutterConfig, cut, find_cut, frame_db, has_speech, write_wav
 from whisperfarm.ledger import ChunkPlan
-from worker.transcriber import wav_to_float
+from worker.audio import wav_to_float
 
 RATE = 16_000
 LOUD = -20.0

@@ -161,3 +161,38 @@ def test_a_bad_input_leaves_an_existing_ledger_intact(
         others = conn.execute("SELECT state FROM episodes WHERE id != 'kept'").fetchall()
     assert kept_rows(home) == before
     assert others in ([], [("failed",)]), "a failed input is recorded as failed, if at all"
+
+
+def test_an_ffmpeg_that_cannot_encode_opus_fails_in_one_line_naming_the_fix(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ffmpeg built without libopus decodes the input but can't write Opus chunks: the
+    run stops with one line that names the setting to change, and the ledger keeps its
+    work."""
+    before = finished_episode(home)
+    wrapper = tmp_path / "ffmpeg-without-opus"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *libopus*) echo "Unknown encoder \'libopus\'" >&2; exit 1;; esac\n'
+        f'exec "{ffmpeg_exe()}" "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("WHISPERFARM_FFMPEG", str(wrapper))
+    ffmpeg_exe.cache_clear()
+    try:
+        result = CliRunner().invoke(
+            app, ["transcribe", str(SAMPLE), "-m", "tiny.en", "--workers", "0", "-o", "o"]
+        )
+    finally:
+        ffmpeg_exe.cache_clear()
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    assert "could not encode chunk audio as opus (Unknown encoder 'libopus')" in errors[0]
+    assert 'set chunk_format = "flac" or "wav"' in result.output
+    with sqlite3.connect(home / "ledger.db") as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        failed = conn.execute("SELECT state FROM episodes WHERE id != 'kept'").fetchall()
+    assert failed == [("failed",)]
+    assert kept_rows(home) == before

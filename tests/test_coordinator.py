@@ -11,9 +11,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.support.clock import FakeClock
-from whisperfarm.chunking import write_wav
+from whisperfarm.chunk_audio import chunk_path, write_chunk
 from whisperfarm.coordinator import MAX_BODY_BYTES, CoordinatorConfig, create_app
 from whisperfarm.ledger import ChunkPlan, Ledger, WorkerInfo
+from worker.audio import ChunkFormat
 
 TOKEN = "run-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -63,7 +64,13 @@ class Farm:
         )
 
 
-def add_episode(ledger: Ledger, chunks_dir: Path, episode_id: str, lengths: list[float]) -> dict:
+def add_episode(
+    ledger: Ledger,
+    chunks_dir: Path,
+    episode_id: str,
+    lengths: list[float],
+    chunk_format: ChunkFormat = ChunkFormat.WAV,
+) -> dict:
     ledger.create_episode(
         episode_id=episode_id,
         name=episode_id,
@@ -76,8 +83,8 @@ def add_episode(ledger: Ledger, chunks_dir: Path, episode_id: str, lengths: list
     t = 0.0
     for idx, length in enumerate(lengths):
         samples = (np.arange(int(length * 16_000)) % 200 - 100 + idx).astype(np.int16)
-        path = chunks_dir / episode_id / f"{idx:05d}.wav"
-        write_wav(path, samples)
+        path = chunk_path(chunks_dir / episode_id, idx, chunk_format)
+        write_chunk(path, samples, chunk_format)
         ledger.add_chunk(episode_id, ChunkPlan(idx, t, t + length, t, t + length), str(path))
         audio[idx] = path.read_bytes()
         t += length
@@ -86,8 +93,12 @@ def add_episode(ledger: Ledger, chunks_dir: Path, episode_id: str, lengths: list
 
 
 @pytest.fixture
-def farm(tmp_path: Path, home: Path, ledger: Ledger, clock: FakeClock) -> Iterator[Farm]:
-    audio = add_episode(ledger, tmp_path / "chunks", "ep1", [2.0, 1.0])
+def farm(
+    tmp_path: Path, home: Path, ledger: Ledger, clock: FakeClock, request: pytest.FixtureRequest
+) -> Iterator[Farm]:
+    """Episode ep1's chunks are WAV unless the test names another format (indirect)."""
+    chunk_format = getattr(request, "param", ChunkFormat.WAV)
+    audio = add_episode(ledger, tmp_path / "chunks", "ep1", [2.0, 1.0], chunk_format)
     add_episode(ledger, tmp_path / "chunks", "ep2", [1.0])
     outside = ledger.chunks("ep2")[0]["id"]
     config = CoordinatorConfig(
@@ -236,6 +247,25 @@ def test_audio_with_the_lease_token_returns_the_wav(farm: Farm) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"] == "audio/wav"
     assert response.content == farm.audio[job["chunk_id"]]
+
+
+@pytest.mark.parametrize(
+    ("farm", "content_type", "magic"),
+    [(ChunkFormat.OPUS, "audio/ogg", b"OggS"), (ChunkFormat.FLAC, "audio/flac", b"fLaC")],
+    indirect=["farm"],
+)
+def test_audio_comes_with_its_formats_content_type(
+    farm: Farm, content_type: str, magic: bytes
+) -> None:
+    for _ in range(2):
+        job = farm.job()
+        response = farm.client.get(
+            job["audio_url"], headers=AUTH | {"X-Lease-Token": job["lease_token"]}
+        )
+        assert response.status_code == 200
+        assert response.headers["content-type"] == content_type
+        assert response.content == farm.audio[job["chunk_id"]]
+        assert response.content[:4] == magic
 
 
 @pytest.mark.parametrize("token", [None, "", "wrong-token"])

@@ -23,10 +23,13 @@ from whisperfarm.media import check_input
 from worker.models import bundled_tiny_en
 
 TIMEOUT = 300
+OPUS = {"WHISPERFARM_CHUNK_FORMAT": "opus"}
+"""The chunk audio that crosses a network (local runs write WAV by default): the module's
+farm run sends it between its real processes."""
 
 
 def cli(*args: str, home: Path, **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "WHISPERFARM_HOME": str(home)}
+    env = {**os.environ, "WHISPERFARM_HOME": str(home), **kwargs.pop("env", {})}
     return subprocess.run(
         [sys.executable, "-m", "whisperfarm", *args],
         env=env,
@@ -60,6 +63,7 @@ def farm_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "all",
         "--words",
         home=home,
+        env=OPUS,
     )
     return {"home": home, "out": out, "result": result, "wall": time.monotonic() - started}
 
@@ -129,6 +133,15 @@ def test_both_workers_stole_work(farm_run: dict[str, Any]) -> None:
     assert {state for state, _ in chunks} == {"done"}
 
 
+def test_chunks_travel_as_compact_opus(farm_run: dict[str, Any]) -> None:
+    rows = ledger_db.rows(farm_run["home"], "SELECT audio_path, speech FROM chunks")
+    assert {Path(path).suffix for path, _ in rows} == {".opus"}
+    sent = sum(Path(path).stat().st_size for path, speech in rows if speech)
+    duration = check_input(SAMPLE).duration
+    assert duration is not None
+    assert sent / duration * 3600 < 15e6  # bytes per audio hour: issue 13's target
+
+
 def test_rerun_reuses_finished_chunks(farm_run: dict[str, Any]) -> None:
     home, out = farm_run["home"], farm_run["out"]
     before = ledger_db.rows(home, DONE_WITH_RESULTS + " ORDER BY idx")
@@ -146,6 +159,7 @@ def test_rerun_reuses_finished_chunks(farm_run: dict[str, Any]) -> None:
         "all",
         "--words",
         home=home,
+        env=OPUS,
     )
     assert result.returncode == 0, result.stderr
     after = ledger_db.rows(home, DONE_WITH_RESULTS + " ORDER BY idx")
@@ -192,7 +206,11 @@ def test_sigterm_and_sighup_stop_the_local_workers_as_ctrl_c_does(
     args = [sys.executable, "-m", "whisperfarm", "transcribe", str(SAMPLE)]
     args += ["--model", "tiny.en", "--workers", "2", "--out", str(out)]
     process = subprocess.Popen(
-        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        args,
+        env=env | {"WHISPERFARM_CHUNK_FORMAT": "wav"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
@@ -214,6 +232,8 @@ def test_sigterm_and_sighup_stop_the_local_workers_as_ctrl_c_does(
 
 
 def test_ctrl_c_then_resume_keeps_finished_chunks(tmp_path: Path) -> None:
+    """The first run writes WAV chunks, as versions before compact chunk audio did: the
+    resumed run, set to Opus, still serves and transcribes them."""
     home, out = tmp_path / "home", tmp_path / "out"
     env = {**os.environ, "WHISPERFARM_HOME": str(home)}
     args = [
@@ -230,7 +250,11 @@ def test_ctrl_c_then_resume_keeps_finished_chunks(tmp_path: Path) -> None:
         str(out),
     ]
     process = subprocess.Popen(
-        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        args,
+        env=env | {"WHISPERFARM_CHUNK_FORMAT": "wav"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
@@ -248,11 +272,14 @@ def test_ctrl_c_then_resume_keeps_finished_chunks(tmp_path: Path) -> None:
     assert len(kept) >= 2
     assert ledger_db.rows(home, "SELECT count(*) FROM chunks WHERE state = 'leased'") == [(0,)]
 
-    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    result = subprocess.run(args, env=env | OPUS, capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 0, result.stderr
     after = {idx: rest for idx, *rest in ledger_db.rows(home, DONE_WITH_RESULTS)}
     for idx, rest in kept:
         assert after[idx] == rest, f"chunk {idx} was transcribed again"
+    paths = dict(ledger_db.rows(home, "SELECT idx, audio_path FROM chunks WHERE speech = 1"))
+    resumed = [paths[idx] for idx in after if idx not in dict(kept)]
+    assert any(path.endswith(".wav") for path in resumed), resumed
     wer = word_error_rate(SAMPLE_TEXT.read_text(), (out / "episode.txt").read_text())
     assert wer <= 0.03
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,12 @@ from fastapi.testclient import TestClient
 
 from tests.support.clock import FakeClock
 from tests.support.in_process import in_process
-from whisperfarm.chunking import write_wav
+from whisperfarm.chunk_audio import chunk_path, write_chunk
 from whisperfarm.coordinator import CoordinatorConfig, create_app
+from whisperfarm.evaluation import word_error_rate
 from whisperfarm.ledger import ChunkPlan, Ledger, WorkerInfo
+from whisperfarm.media import Decoder
+from worker.audio import ChunkAudio, ChunkFormat
 from worker.client import (
     CoordinatorClient,
     CoordinatorError,
@@ -28,13 +32,18 @@ from worker.client import (
 )
 from worker.config import ConfigError, WorkerConfig
 from worker.loop import EXIT_DONE, EXIT_MODEL, EXIT_STOPPED, Worker
-from worker.models import ModelLoadError
+from worker.models import ModelLoadError, bundled_tiny_en
 from worker.transcriber import Stopped, Transcriber
 
 TOKEN = "worker-test-token"
 LEASE = 60.0
 MAX_ATTEMPTS = 3
 LENGTHS = [3.0, 2.0, 1.0]  # claimed in this order: longest first
+JFK = Path(__file__).resolve().parents[1] / "samples" / "real" / "fw-jfk.flac"
+JFK_TEXT = (
+    "And so my fellow Americans, ask not what your country can do for you, "
+    "ask what you can do for your country."
+)
 
 
 class StepClock:
@@ -110,6 +119,34 @@ class Setup:
 
 @pytest.fixture
 def setup(tmp_path: Path, home: Path, ledger: Ledger, clock: FakeClock) -> Iterator[Setup]:
+    with make_setup(tmp_path, home, ledger, clock, ChunkFormat.WAV) as made:
+        yield made
+
+
+@pytest.fixture
+def opus_setup(tmp_path: Path, home: Path, ledger: Ledger, clock: FakeClock) -> Iterator[Setup]:
+    tones = [  # what a lossy codec keeps: voice-band tones, not a sawtooth's overtones
+        (
+            np.sin(np.arange(int(length * 16_000)) * 2 * np.pi * 220 * (idx + 1) / 16_000) * 8000
+        ).astype(np.int16)
+        for idx, length in enumerate(LENGTHS)
+    ]
+    with make_setup(tmp_path, home, ledger, clock, ChunkFormat.OPUS, chunks=tones) as made:
+        yield made
+
+
+@contextmanager
+def make_setup(
+    tmp_path: Path,
+    home: Path,
+    ledger: Ledger,
+    clock: FakeClock,
+    chunk_format: ChunkFormat,
+    chunks: list[np.ndarray] | None = None,
+) -> Iterator[Setup]:
+    """The (empty) ``ledger`` given one episode whose chunks (``chunks``, else three of
+    LENGTHS seconds) are written in ``chunk_format``, and a client of its coordinator,
+    in-process."""
     ledger.create_episode(
         episode_id="ep1",
         name="show",
@@ -118,12 +155,17 @@ def setup(tmp_path: Path, home: Path, ledger: Ledger, clock: FakeClock) -> Itera
         model="tiny.en",
         options={"language": "en", "beam_size": 2},
     )
+    if chunks is None:
+        chunks = [
+            ((np.arange(int(length * 16_000)) * (idx + 3)) % 2000 - 1000).astype(np.int16)
+            for idx, length in enumerate(LENGTHS)
+        ]
     samples, t = {}, 0.0
-    for idx, length in enumerate(LENGTHS):
-        audio = ((np.arange(int(length * 16_000)) * (idx + 3)) % 2000 - 1000).astype(np.int16)
-        wav = tmp_path / "chunks" / f"{idx:05d}.wav"
-        write_wav(wav, audio)
-        ledger.add_chunk("ep1", ChunkPlan(idx, t, t + length, t, t + length), str(wav))
+    for idx, audio in enumerate(chunks):
+        length = len(audio) / 16_000
+        file = chunk_path(tmp_path / "chunks", idx, chunk_format)
+        write_chunk(file, audio, chunk_format)
+        ledger.add_chunk("ep1", ChunkPlan(idx, t, t + length, t, t + length), str(file))
         samples[idx] = audio
         t += length
     ledger.finish_chunking("ep1", duration=t, chunk_count=len(LENGTHS))
@@ -138,9 +180,11 @@ def setup(tmp_path: Path, home: Path, ledger: Ledger, clock: FakeClock) -> Itera
     )
     app_client = in_process(TestClient(create_app(config)))
     client = CoordinatorClient("http://unused", TOKEN, http=app_client, sleep=lambda _: None)
-    yield Setup(ledger, app_client, client, samples, clock)
-    client.close()
-    config.close()
+    try:
+        yield Setup(ledger, app_client, client, samples, clock)
+    finally:
+        client.close()
+        config.close()
 
 
 # The loop -----------------------------------------------------------------------------------
@@ -205,6 +249,53 @@ def test_a_chunk_that_always_fails_goes_dead_and_the_worker_carries_on(setup: Se
     assert setup.states() == [(0, "dead", MAX_ATTEMPTS), (1, "done", 1), (2, "done", 1)]
     assert setup.ledger.chunks("ep1")[0]["error"] == "ValueError: cannot decode this one"
     assert worker.chunks_done == 2
+
+
+def test_the_worker_decodes_opus_chunks_to_what_the_cutter_cut(opus_setup: Setup) -> None:
+    transcriber = FakeTranscriber()
+    assert opus_setup.worker(transcriber).run() == EXIT_DONE
+
+    assert opus_setup.states() == [(0, "done", 1), (1, "done", 1), (2, "done", 1)]
+    for call, idx in zip(transcriber.calls, [0, 1, 2], strict=True):
+        expected = opus_setup.samples[idx] / np.float32(32768)
+        assert call.audio.dtype == np.float32
+        assert len(call.audio) == len(expected)
+        assert np.corrcoef(call.audio, expected)[0, 1] > 0.9
+
+
+def test_a_corrupt_opus_chunk_fails_with_a_clear_reason_and_the_worker_carries_on(
+    opus_setup: Setup,
+) -> None:
+    first = opus_setup.ledger.chunks("ep1")[0]
+    data = Path(first["audio_path"]).read_bytes()
+    Path(first["audio_path"]).write_bytes(data[:40] + b"\x00garbage" * 50)
+
+    transcriber = FakeTranscriber()
+    worker = opus_setup.worker(transcriber)
+    assert worker.run() == EXIT_DONE
+
+    assert opus_setup.states() == [(0, "dead", MAX_ATTEMPTS), (1, "done", 1), (2, "done", 1)]
+    error = opus_setup.ledger.chunks("ep1")[0]["error"]
+    assert error.startswith("AudioError: chunk audio (audio/ogg) is corrupt"), error
+    assert len(transcriber.calls) == 2  # the corrupt chunk never reached the model
+
+
+def test_a_worker_transcribes_an_opus_chunk_with_the_real_model(tmp_path: Path, clock: Any) -> None:
+    """JFK's 11 s, cut to an Opus chunk by the real ffmpeg, served by the coordinator,
+    decoded by the worker and transcribed by the real tiny.en."""
+    assert bundled_tiny_en() is not None, "the tiny.en model package is a dev dependency"
+    decoder = Decoder(JFK)
+    samples = np.concatenate(list(decoder.blocks()))
+    decoder.close()
+    with make_setup(tmp_path, clock, ChunkFormat.OPUS, chunks=[samples]) as farm:
+        worker = Worker(farm.client, Transcriber(threads=1), {"id": "w1", "kind": "local"})
+        assert worker.run() == EXIT_DONE
+
+        (chunk,) = farm.ledger.chunks("ep1")
+        assert chunk["audio_path"].endswith(".opus")
+        result = farm.ledger.result(chunk["id"])
+    text = " ".join(s["text"] for s in result["segments"])
+    assert word_error_rate(JFK_TEXT, text) == 0.0, text
 
 
 def test_a_model_this_worker_cannot_load_fails_one_job_with_the_reason_and_leaves(
@@ -529,11 +620,15 @@ def test_client_audio_sends_the_lease_token() -> None:
 
     def handler(request: httpx.Request) -> httpx.Response:
         requests.append(request)
-        return httpx.Response(200, content=b"RIFF....")
+        if request.url.path == "/v1/jobs/9/audio":
+            return httpx.Response(200, content=b"OggS....", headers={"content-type": "audio/ogg"})
+        return httpx.Response(200, content=b"RIFF....")  # an older coordinator: no type
 
     http = httpx.Client(transport=httpx.MockTransport(handler), base_url="http://coord")
     client = CoordinatorClient("http://coord", TOKEN, http=http)
-    assert client.audio({"chunk_id": 9, "lease_token": "lease-9"}) == b"RIFF...."
+    job = {"chunk_id": 9, "lease_token": "lease-9"}
+    assert client.audio(job) == ChunkAudio(b"OggS....", "audio/ogg")
     assert requests[0].url.path == "/v1/jobs/9/audio"
     assert requests[0].headers["x-lease-token"] == "lease-9"
+    assert client.audio(job | {"chunk_id": 8}) == ChunkAudio(b"RIFF....", "audio/wav")
     client.close()

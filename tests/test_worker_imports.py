@@ -12,10 +12,13 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from tests.support.paths import REPO as ROOT
+from whisperfarm.chunk_audio import write_chunk
+from worker.audio import ChunkFormat
 
 RUN_A_WORKER = """
 import importlib.abc, json, sys
@@ -36,6 +39,9 @@ config = WorkerConfig.from_env(
      "WHISPERFARM_THREADS": "1"}
 )
 transcriber = preloaded_transcriber(config)
+from worker.audio import ChunkAudio, decode
+opus = decode(ChunkAudio(open(sys.argv[2], "rb").read(), "audio/ogg"))  # PyAV, no ffmpeg
+assert len(opus) == 16_000, len(opus)
 noise = (np.random.default_rng(0).standard_normal(16_000) * 0.01).astype(np.float32)
 assert transcriber.transcribe(noise, model="tiny.en")["model"] == "tiny.en"
 CoordinatorClient("http://c", "t").close()
@@ -62,7 +68,7 @@ def closure(roots: list[str]) -> set[str]:
     return seen
 
 
-def test_a_working_worker_imports_only_what_its_requirements_install() -> None:
+def test_a_working_worker_imports_only_what_its_requirements_install(tmp_path: Path) -> None:
     allowed = closure(requirements("worker") + requirements("tiny"))
     assert "typer" not in allowed and "fastapi" not in allowed  # the sets are apart
     owners = metadata.packages_distributions()
@@ -72,8 +78,11 @@ def test_a_working_worker_imports_only_what_its_requirements_install() -> None:
         if module != "worker" and not {canonicalize_name(d) for d in dists} & allowed
     } | {"whisperfarm"}  # the CLI package: an editable install has no top-level entry
     assert {"typer", "fastapi", "rich", "imageio_ffmpeg", "whisperfarm"} <= blocked
+    opus = tmp_path / "00000.opus"  # a chunk as the CLI writes it for remote workers
+    tone = np.sin(np.arange(16_000) * 2 * np.pi * 300 / 16_000) * 8000
+    write_chunk(opus, tone.astype(np.int16), ChunkFormat.OPUS)
     done = subprocess.run(
-        [sys.executable, "-c", RUN_A_WORKER, json.dumps(sorted(blocked))],
+        [sys.executable, "-c", RUN_A_WORKER, json.dumps(sorted(blocked)), str(opus)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -87,4 +96,4 @@ def test_a_working_worker_imports_only_what_its_requirements_install() -> None:
         if module != "worker" and not {canonicalize_name(d) for d in owners[module]} & allowed
     }
     assert not outside, f"the worker imports modules its image lacks: {outside}"
-    assert {"worker", "faster_whisper", "ctranslate2", "httpx", "tenacity"} <= loaded
+    assert {"worker", "faster_whisper", "ctranslate2", "httpx", "tenacity", "av"} <= loaded

@@ -47,6 +47,7 @@ from whisperfarm.speech import SpeechConfig, episode_spans
 from whisperfarm.status import process_alive
 from whisperfarm.stitch import ChunkResult, stitch
 from whisperfarm.transcripts import Transcript, write_outputs
+from worker.audio import ChunkFormat
 
 
 @dataclass
@@ -309,6 +310,7 @@ class Farm:
                         chunks_dir=settings.episodes_dir / episode_id / "chunks",
                         config=config,
                         cancel=cancel,
+                        chunk_format=chunk_format_for(settings),
                     )
                 except InterruptedError:
                     return
@@ -386,6 +388,19 @@ class Farm:
         )
         ledger.update_episode(episode["id"], state="done", finished_at=ledger.clock())
         status.state = "done"
+
+
+def chunk_format_for(settings: Settings) -> ChunkFormat:
+    """The format chunks are written in: the setting, or for ``auto`` Opus where chunks
+    cross a network (Fly machines, or ``--workers 0`` and workers from elsewhere) and WAV
+    where only this machine's workers fetch them: over loopback bytes cost nothing, and
+    encoding Opus would take about 40 CPU-seconds per audio hour from those workers
+    (scripts/bench_audio.py)."""
+    if settings.chunk_format != "auto":
+        return ChunkFormat(settings.chunk_format)
+    if settings.backend == "local" and settings.workers != 0:
+        return ChunkFormat.WAV
+    return ChunkFormat.OPUS
 
 
 def cutter_config(settings: Settings) -> CutterConfig:

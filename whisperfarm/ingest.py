@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from whisperfarm.chunking import CutterConfig, cut, write_wav
+from whisperfarm.chunk_audio import ChunkWriter, chunk_path
+from whisperfarm.chunking import CutterConfig, cut
 from whisperfarm.errors import InputError
-from whisperfarm.ledger import Ledger
+from whisperfarm.ledger import ChunkPlan, Ledger
 from whisperfarm.media import AudioInfo, Decoder, content_hash, duration_of
+from worker.audio import ChunkFormat
 
 
 @dataclass(frozen=True)
@@ -71,23 +73,36 @@ def chunk_episode(
     chunks_dir: Path,
     config: CutterConfig,
     cancel: threading.Event | None = None,
+    chunk_format: ChunkFormat,
 ) -> int:
-    """Decode, cut and queue every chunk. Returns the number of chunks."""
+    """Decode, cut, encode and queue every chunk. Returns the number of chunks. Chunks
+    are encoded in a thread pool while the cutting goes on, and each is queued once its
+    file is written, in order."""
     ledger.update_episode(episode_id, state="chunking")
     decoder = Decoder(request.path)
+    writer: ChunkWriter[tuple[ChunkPlan, Path]] = ChunkWriter(chunk_format)
     count = 0
+
+    def queue(plan: ChunkPlan, audio_path: Path) -> None:
+        nonlocal count
+        ledger.add_chunk(episode_id, plan, str(audio_path))
+        count += 1
+
     try:
         for plan, audio in cut(decoder.blocks(), config):
             if cancel is not None and cancel.is_set():
                 decoder.kill()
                 raise InterruptedError("chunking cancelled")
-            audio_path = chunks_dir / f"{plan.idx:05d}.wav"
-            write_wav(audio_path, audio)
-            ledger.add_chunk(episode_id, plan, str(audio_path))
-            count += 1
+            audio_path = chunk_path(chunks_dir, plan.idx, chunk_format)
+            for written in writer.submit((plan, audio_path), audio_path, audio):
+                queue(*written)
+        for written in writer.drain():
+            queue(*written)
     except BaseException:
         decoder.kill()
         raise
+    finally:
+        writer.close()
     decoder.close()
     duration = duration_of(decoder.samples)
     declared = request.info.duration

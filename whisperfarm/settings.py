@@ -28,6 +28,7 @@ from pydantic_settings import (
 
 from whisperfarm.errors import UsageError
 from whisperfarm.subtitles import CueStyle
+from worker.audio import ChunkFormat
 
 DEFAULT_FORMATS = ("txt", "srt", "vtt", "json")
 ALL_FORMATS = ("txt", "srt", "vtt", "json", "tsv")
@@ -89,6 +90,11 @@ class Settings(BaseSettings):
     # speaks, send no chunk without speech, drop words placed away from speech. Off: by
     # loudness alone, as before.
     vad: bool = True
+    # How chunk audio is stored and sent to workers (worker/audio.py, farm.chunk_format_for):
+    # opus (Ogg, 24 kbit/s: about 11 MB per audio hour against WAV's 115 MB), flac
+    # (lossless, about 70 MB), wav; auto: opus where chunks cross a network (Fly, or
+    # --workers 0), wav where only this machine's workers fetch them.
+    chunk_format: ChunkFormat | Literal["auto"] = "auto"
 
     # Fly fleet
     backend: Literal["local", "fly"] = "local"

@@ -1,7 +1,8 @@
 """The worker API: the endpoints every worker calls for every chunk, as plain ASGI.
 
     POST /v1/claim                  → {"status": "job", "job": {...}} | "wait" | "done"
-    GET  /v1/jobs/{id}/audio        the chunk's WAV (header X-Lease-Token)
+    GET  /v1/jobs/{id}/audio        the chunk's audio (header X-Lease-Token), with its
+                                    format's content type (worker/audio.py)
     POST /v1/jobs/{id}/heartbeat    extend the lease
     POST /v1/jobs/{id}/result       store the transcript of the chunk (fenced; made with the
                                     episode's model, else 422)
@@ -36,6 +37,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from whisperfarm.ledger import LeaseLost, Ledger, UnknownChunk, WorkerInfo
+from worker.audio import ChunkFormat
 
 if TYPE_CHECKING:
     from whisperfarm.coordinator import CoordinatorConfig
@@ -219,7 +221,9 @@ async def audio(call: Call) -> Reply:
     # Read on the event loop, not in a thread: a chunk is under 1 MB and was written
     # moments ago (so it is in the page cache), and a thread hop per request costs more in
     # GIL hand-offs than the read itself.
-    return Reply(Path(chunk["audio_path"]).read_bytes(), b"audio/wav")
+    path = Path(chunk["audio_path"])
+    # By the file's suffix: a ledger cut by an earlier version still holds WAV chunks.
+    return Reply(path.read_bytes(), ChunkFormat.for_path(path).content_type.encode())
 
 
 async def heartbeat(call: Call) -> Reply:
@@ -299,7 +303,9 @@ class Route:
 
 CLAIM = Route("POST", claim, ClaimRequest, "Claim the next job", "a job, or wait, or done")
 JOB_ROUTES: dict[str, Route] = {
-    "audio": Route("GET", audio, None, "The job's audio", "the chunk as 16 kHz mono WAV"),
+    "audio": Route(
+        "GET", audio, None, "The job's audio", "the chunk: 16 kHz mono Ogg Opus, FLAC or WAV"
+    ),
     "heartbeat": Route("POST", heartbeat, LeaseRequest, "Extend the lease", "the new expiry"),
     "result": Route("POST", result, ResultRequest, "Store the job's transcript", "stored"),
     "failure": Route("POST", failure, FailureRequest, "Give the job back as failed", "state"),
@@ -399,9 +405,11 @@ def _operation(name: str, route: Route, *, job: bool) -> dict[str, Any]:
         "responses": {
             "200": {
                 "description": route.answer,
-                "content": {
-                    "audio/wav" if route.body is None else "application/json": {"schema": {}}
-                },
+                "content": (
+                    {chunk_format.content_type: {"schema": {}} for chunk_format in ChunkFormat}
+                    if route.body is None
+                    else {"application/json": {"schema": {}}}
+                ),
             },
             "422": error,
         },

@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay
 
+from worker.audio import ChunkAudio, ChunkFormat
+
 
 class CoordinatorError(Exception):
     pass
@@ -117,13 +119,15 @@ class CoordinatorClient:
     def claim(self, worker: dict[str, Any]) -> dict[str, Any]:
         return self._request("POST", "/v1/claim", json={"worker": worker}).json()
 
-    def audio(self, job: dict[str, Any]) -> bytes:
+    def audio(self, job: dict[str, Any]) -> ChunkAudio:
         response = self._request(
             "GET",
             f"/v1/jobs/{job['chunk_id']}/audio",
             headers={"X-Lease-Token": job["lease_token"]},
         )
-        return response.content
+        # No content type: a coordinator from before compact chunks, which sent WAV.
+        content_type = response.headers.get("content-type", ChunkFormat.WAV.content_type)
+        return ChunkAudio(response.content, content_type)
 
     def heartbeat(self, job: dict[str, Any]) -> dict[str, Any]:
         return self._request(

@@ -20,9 +20,10 @@ from typing import Any
 
 import httpx
 
+from worker.audio import decode
 from worker.client import CoordinatorClient, CoordinatorError, LeaseLostError
 from worker.models import ModelLoadError
-from worker.transcriber import Stopped, Transcriber, wav_to_float
+from worker.transcriber import Stopped, Transcriber
 
 log = logging.getLogger("worker")
 
@@ -96,7 +97,7 @@ class Worker:
         heartbeat.start()
         started = self.clock()
         try:
-            audio = wav_to_float(self.client.audio(job))
+            audio = decode(self.client.audio(job))
             result = self.transcriber.transcribe(
                 audio,
                 model=job["model"],

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import time
-import wave
 from collections.abc import Callable
 from typing import Any
 
@@ -15,15 +13,6 @@ from worker.models import ModelLoadError, load_model
 
 class Stopped(Exception):
     """The transcription was abandoned (worker stopping, or the lease was lost)."""
-
-
-def wav_to_float(data: bytes) -> np.ndarray:
-    """16-bit mono WAV bytes → float32 samples in [-1, 1]."""
-    with wave.open(io.BytesIO(data), "rb") as handle:
-        if handle.getsampwidth() != 2 or handle.getnchannels() != 1:
-            raise ValueError("chunk audio must be 16-bit mono WAV")
-        frames = handle.readframes(handle.getnframes())
-    return np.frombuffer(frames, dtype="<i2").astype(np.float32) / 32768.0
 
 
 class Transcriber:
