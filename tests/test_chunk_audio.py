@@ -186,14 +186,14 @@ def test_the_writer_raises_a_failed_write_in_order(tmp_path: Path) -> None:
 def test_auto_sends_opus_where_chunks_cross_a_network(
     settings: dict[str, object], expected: ChunkFormat
 ) -> None:
-    assert chunk_format_for(Settings(**settings)) is expected
+    assert chunk_format_for(Settings.model_validate(settings)) is expected
 
 
 def test_chunk_format_comes_from_the_environment_and_refuses_others(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("WHISPERFARM_CHUNK_FORMAT", "flac")
-    assert chunk_format_for(Settings()) is ChunkFormat.FLAC
+    assert chunk_format_for(Settings.model_validate({})) is ChunkFormat.FLAC
     monkeypatch.setenv("WHISPERFARM_CHUNK_FORMAT", "mp3")
     with pytest.raises(ValueError, match="auto"):
-        Settings()
+        Settings.model_validate({})

@@ -280,20 +280,23 @@ def test_a_corrupt_opus_chunk_fails_with_a_clear_reason_and_the_worker_carries_o
     assert len(transcriber.calls) == 2  # the corrupt chunk never reached the model
 
 
-def test_a_worker_transcribes_an_opus_chunk_with_the_real_model(tmp_path: Path, clock: Any) -> None:
+def test_a_worker_transcribes_an_opus_chunk_with_the_real_model(
+    tmp_path: Path, home: Path, ledger: Ledger, clock: FakeClock
+) -> None:
     """JFK's 11 s, cut to an Opus chunk by the real ffmpeg, served by the coordinator,
     decoded by the worker and transcribed by the real tiny.en."""
     assert bundled_tiny_en() is not None, "the tiny.en model package is a dev dependency"
     decoder = Decoder(JFK)
     samples = np.concatenate(list(decoder.blocks()))
     decoder.close()
-    with make_setup(tmp_path, clock, ChunkFormat.OPUS, chunks=[samples]) as farm:
+    with make_setup(tmp_path, home, ledger, clock, ChunkFormat.OPUS, chunks=[samples]) as farm:
         worker = Worker(farm.client, Transcriber(threads=1), {"id": "w1", "kind": "local"})
         assert worker.run() == EXIT_DONE
 
         (chunk,) = farm.ledger.chunks("ep1")
         assert chunk["audio_path"].endswith(".opus")
         result = farm.ledger.result(chunk["id"])
+    assert result is not None
     text = " ".join(s["text"] for s in result["segments"])
     assert word_error_rate(JFK_TEXT, text) == 0.0, text
 

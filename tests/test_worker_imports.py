@@ -11,6 +11,7 @@ import importlib.metadata as metadata
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 from packaging.requirements import Requirement
