@@ -22,7 +22,8 @@ from typer.testing import CliRunner
 
 from tests.conftest import SAMPLE, SAMPLE_TEXT, FakeClock
 from tests.fakefly import create_app
-from whisperfarm.cli import app, out
+from whisperfarm.cli import app
+from whisperfarm.cli.root import out
 from whisperfarm.errors import FlyError
 from whisperfarm.evaluation import word_error_rate
 from whisperfarm.fly import config as fly_config_module

@@ -14,7 +14,7 @@ from rich import box
 from rich.console import RenderableType
 from rich.table import Table
 
-from whisperfarm.cli import Formats, OutDir, app, friendly, out
+from whisperfarm.cli.root import Formats, OutDir, app, friendly, out
 from whisperfarm.errors import EpisodeNotFound
 from whisperfarm.ledger import Ledger
 

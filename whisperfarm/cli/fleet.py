@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from whisperfarm.cli import Formats, OutDir, Quiet, app, err, fail, friendly, out
+from whisperfarm.cli.root import Formats, OutDir, Quiet, app, err, fail, friendly, out
 
 machines_app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
 app.add_typer(machines_app, name="machines")

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from whisperfarm.cli import Formats, OutDir, Quiet, app, err, friendly, out
+from whisperfarm.cli.root import Formats, OutDir, Quiet, app, err, friendly, out
 
 
 @app.command()
