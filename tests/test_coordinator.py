@@ -10,7 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from whisperfarm.chunking import write_wav
-from whisperfarm.coordinator import MAX_BODY_BYTES, CoordinatorConfig, create_app
+from whisperfarm.coordinator import MAX_BODY_BYTES, create_app
+from whisperfarm.coordinator_config import CoordinatorConfig
 from whisperfarm.ledger import ChunkPlan, Ledger, WorkerInfo
 
 TOKEN = "run-token-0123456789"

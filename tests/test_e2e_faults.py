@@ -35,7 +35,8 @@ from tests.conftest import REPO, SAMPLE, SAMPLE_TEXT
 from tests.fakefly.process import FakeFlyProcess
 from tests.test_e2e_fly import APP, assert_all_destroyed, billed, fly_args
 from whisperfarm.chunking import write_wav
-from whisperfarm.coordinator import CoordinatorConfig, create_app
+from whisperfarm.coordinator import create_app
+from whisperfarm.coordinator_config import CoordinatorConfig
 from whisperfarm.evaluation import word_error_rate
 from whisperfarm.fly.client import MachinesClient, build_worker_config
 from whisperfarm.fly.pricing import SIZES

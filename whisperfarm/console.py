@@ -23,6 +23,7 @@ from rich.text import Text
 from whisperfarm.errors import WhisperfarmError
 from whisperfarm.farm import EpisodeStatus, RunSummary
 from whisperfarm.ledger import Ledger
+from whisperfarm.settings import load_settings
 from whisperfarm.status import RunRow, StatusSnapshot, machine_seconds, snapshot
 from whisperfarm.status_view import duration_text, money
 
@@ -230,8 +231,6 @@ class RunReporter:
 
     def _path(self) -> Path:
         if self.ledger_path is None:
-            from whisperfarm.settings import load_settings
-
             self.ledger_path = load_settings().ledger_path
         return self.ledger_path
 

@@ -22,12 +22,15 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from whisperfarm.assembly import assemble
+from whisperfarm.calibration import measure_run
 from whisperfarm.chunking import CutterConfig
-from whisperfarm.coordinator import CoordinatorConfig, create_app
+from whisperfarm.coordinator import create_app
+from whisperfarm.coordinator_config import CoordinatorConfig
 from whisperfarm.errors import (
     BudgetReached,
     InputError,
@@ -40,12 +43,12 @@ from whisperfarm.ingest import EpisodeRequest, chunk_episode, register
 from whisperfarm.interrupts import StopSignal, as_stop_signal, held
 from whisperfarm.ledger import EpisodeProgress, Ledger
 from whisperfarm.media import check_input
+from whisperfarm.processes import process_alive
 from whisperfarm.server import BackgroundServer, bind
 from whisperfarm.settings import Settings
-from whisperfarm.speech import SpeechConfig, episode_spans
-from whisperfarm.status import process_alive
-from whisperfarm.stitch import ChunkResult, stitch
-from whisperfarm.transcripts import Transcript, write_outputs
+from whisperfarm.speech import SpeechConfig
+from whisperfarm.transcripts import write_outputs
+from worker.models import bundled_tiny_en, resolve_model
 
 
 @dataclass
@@ -144,8 +147,6 @@ class Fleets:
 def resolve_model_for_run(model: str) -> str:
     """Where ``model`` is on this machine, fetching it into the cache local workers read
     when it is a name. Fails here, once, rather than in every worker."""
-    from worker.models import bundled_tiny_en, resolve_model
-
     resolved = resolve_model(model)
     path = Path(resolved)
     if path.is_dir():
@@ -154,6 +155,7 @@ def resolve_model_for_run(model: str) -> str:
                 f"{path} has no model.bin: give a CTranslate2 (faster-whisper) model directory"
             )
         return str(path.resolve())
+    # faster-whisper (CTranslate2, tokenizers) takes a second to import: only when needed.
     from faster_whisper.utils import available_models, download_model
 
     if model not in available_models():
@@ -394,38 +396,9 @@ def cutter_config(settings: Settings) -> CutterConfig:
     )
 
 
-def assemble(ledger: Ledger, episode: dict[str, Any], *, keep_words: bool = False) -> Transcript:
-    """The episode's transcript from its stored chunk results."""
-    parts = []
-    language = None
-    results = ledger.results(episode["id"])
-    chunks = ledger.chunks(episode["id"])
-    for chunk in chunks:
-        result = results.get(chunk["id"])
-        if result is not None:
-            language = language or result.get("language")
-        parts.append(ChunkResult.from_row(chunk, result))
-    segments = stitch(parts, keep_words=True, speech=episode_spans(chunks))
-    if not keep_words:
-        segments = [replace(segment, words=None) for segment in segments]
-    meta = {
-        "id": episode["id"],
-        "name": episode["name"],
-        "source": episode["source"],
-        "content_hash": episode["content_hash"],
-        "duration": episode["duration"],
-        "model": episode["model"],
-        "chunks": len(parts),
-        "created_at": episode["created_at"],
-    }
-    return Transcript(segments, meta, language)
-
-
 def _measure(ledger: Ledger, run_id: str) -> None:
     """Fold the run's worker speeds into the calibrations (see calibration.py). A failure
     here must never fail the run."""
-    from whisperfarm.calibration import measure_run
-
     try:
         measure_run(ledger, run_id)
     except Exception:  # the measurement is a bonus; the transcripts are what matter

@@ -24,7 +24,6 @@ run is running; once every run shown has ended, a silent worker is just *gone*.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
@@ -32,13 +31,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from whisperfarm.episodes import resolve
 from whisperfarm.errors import EpisodeNotFound
 from whisperfarm.ledger import Ledger, machine_cost, machine_seconds
+from whisperfarm.processes import PidAlive, process_alive
 
 SCHEMA_VERSION = 1
 CHUNK_STATES = ("queued", "leased", "done", "dead")
-
-PidAlive = Callable[[int], bool]
 
 
 @dataclass(frozen=True)
@@ -200,17 +199,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def process_alive(pid: int) -> bool:
-    """Whether a process with this pid runs on this machine (runs record their pid)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def snapshot(
     ledger: Ledger,
     now: float,
@@ -361,8 +349,6 @@ class StatusReader:
 
     def resolve(self, ref: str) -> str:
         """The id of the episode ``ref`` names (see ``whisperfarm.episodes.resolve``)."""
-        from whisperfarm.episodes import resolve
-
         if self.ledger is None:
             raise EpisodeNotFound(f"no episode {ref!r}: the ledger at {self.path} is empty")
         return str(resolve(self.ledger, ref)["id"])
@@ -663,6 +649,5 @@ __all__ = [
     "StatusSnapshot",
     "WorkerRow",
     "machine_seconds",
-    "process_alive",
     "snapshot",
 ]

@@ -38,7 +38,7 @@ from whisperfarm.fly.client import Machine, MachinesClient, build_worker_config
 from whisperfarm.fly.policy import CreateRate
 from whisperfarm.fly.pricing import STOPPED_USD_PER_GB_MONTH, Size, stopped_cost_per_month
 from whisperfarm.ledger import Ledger
-from whisperfarm.status import process_alive
+from whisperfarm.processes import process_alive
 
 log = logging.getLogger("whisperfarm.fly")
 
