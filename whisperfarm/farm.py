@@ -217,8 +217,16 @@ class Farm:
             EpisodeRequest(path, info, settings.model, options)
             for path, info in zip(paths, infos, strict=True)
         ]
+        with Ledger(settings.ledger_path) as ledger:
+            statuses = self._run(ledger, requests, out_dir, formats)
+        return RunSummary(self.run_id, statuses, time.monotonic() - started)
 
-        ledger = Ledger(settings.ledger_path)
+    def _run(
+        self, ledger: Ledger, requests: list[EpisodeRequest], out_dir: Path, formats: list[str]
+    ) -> list[EpisodeStatus]:
+        """Register, serve, watch and finish the episodes of ``requests``; whatever ends
+        it, stop every worker and record how the run ended."""
+        settings = self.settings
         run_id = self.run_id
         token = new_token()
         registered = [register(ledger, request) for request in requests]
@@ -275,7 +283,6 @@ class Farm:
                 coordinator.close()
                 _measure(ledger, run_id)
                 ledger.end_run(run_id, state)
-                ledger.close()
         if stopped_by is not None:
             stop, done, total = stopped_by
             ended = self.fleet.stopped()
@@ -284,7 +291,7 @@ class Farm:
                 f"{f': {ended}' if ended else ''}; run the same command again to resume",
                 exit_code=stop.exit_code,
             )
-        return RunSummary(run_id, statuses, time.monotonic() - started)
+        return statuses
 
     def _ingest_all(
         self,
@@ -294,9 +301,8 @@ class Farm:
         errors: dict[str, str],
     ) -> None:
         settings = self.settings
-        ledger = Ledger(settings.ledger_path)
         config = cutter_config(settings)
-        try:
+        with Ledger(settings.ledger_path) as ledger:
             for request, (episode_id, needs_chunking) in zip(requests, registered, strict=True):
                 if cancel.is_set():
                     return
@@ -316,8 +322,6 @@ class Farm:
                 except (InputError, OSError) as error:
                     errors[episode_id] = str(error)
                     ledger.update_episode(episode_id, state="failed", error=str(error))
-        finally:
-            ledger.close()
 
     def _watch(
         self,
@@ -407,8 +411,7 @@ def _measure(ledger: Ledger, run_id: str) -> None:
 
 def unfinished_sources(settings: Settings) -> list[Path]:
     """Source files of the ledger's unfinished episodes of ``settings.model`` that still exist."""
-    ledger = Ledger(settings.ledger_path)
-    try:
+    with Ledger(settings.ledger_path) as ledger:
         return [
             Path(episode["source"])
             for episode in ledger.episodes()
@@ -416,8 +419,6 @@ def unfinished_sources(settings: Settings) -> list[Path]:
             and episode["model"] == settings.model
             and Path(episode["source"]).is_file()
         ]
-    finally:
-        ledger.close()
 
 
 def _refuse_concurrent_runs(ledger: Ledger, episode_ids: list[str]) -> None:

@@ -209,6 +209,13 @@ class Ledger:
     def close(self) -> None:
         self.conn.close()
 
+    # ``with Ledger(path) as ledger:`` closes it at the end, as sqlite-utils' Database does.
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken up front so concurrent writers queue, not deadlock."""

@@ -167,11 +167,8 @@ def _existing_ledger() -> Iterator[Ledger | None]:
     if not path.exists():
         yield None
         return
-    ledger = Ledger(path)
-    try:
+    with Ledger(path) as ledger:
         yield ledger
-    finally:
-        ledger.close()
 
 
 @contextmanager

@@ -106,13 +106,13 @@ def machines(ctx: typer.Context) -> None:
     from whisperfarm.settings import load_settings
 
     settings = load_settings()
-    ledger = Ledger(settings.ledger_path)
-    rows = ledger.machines()
-    pool = ledger.pool_machines()
+    with Ledger(settings.ledger_path) as ledger:
+        rows = ledger.machines()
+        pool = ledger.pool_machines()
+        now = ledger.clock()
     if not rows and not pool:
         out.print("no machines started yet (runs with --backend fly start them)")
         return
-    now = ledger.clock()
     if rows:
         table = Table("machine", "run", "state", "size", "region", "age", "cost", box=None)
         for row in rows:
@@ -210,16 +210,18 @@ def machines_warm(
     if not settings.fly_app:
         raise UsageError("set FLY_APP or pass --app: the app to keep the warm pool in")
     size, worker = worker_size(settings), worker_image(settings)
-    report = warm(
-        fly_client(settings),
-        Ledger(settings.ledger_path),
-        count,
-        image=worker,
-        size=size,
-        model=settings.model,
-        region=settings.region,
-        rootfs_gb=settings.fly_rootfs_gb,
-    )
+    client = fly_client(settings)
+    with Ledger(settings.ledger_path) as ledger:
+        report = warm(
+            client,
+            ledger,
+            count,
+            image=worker,
+            size=size,
+            model=settings.model,
+            region=settings.region,
+            rootfs_gb=settings.fly_rootfs_gb,
+        )
     where = f", region {settings.region}" if settings.region else ""
     out.print(
         f"warm pool of {settings.fly_app}: {report.stopped} stopped × {size.name} "
@@ -390,9 +392,9 @@ def machines_reap(
     settings = load_settings(fly_app=fly_app)
     if not settings.fly_app:
         raise UsageError("set FLY_APP or pass --app: the app whose machines to reap")
-    result = reap(
-        fly_client(settings), Ledger(settings.ledger_path), everything=everything, pool=pool
-    )
+    client = fly_client(settings)
+    with Ledger(settings.ledger_path) as ledger:
+        result = reap(client, ledger, everything=everything, pool=pool)
     out.print(
         f"destroyed {len(result.destroyed)} machine(s)"
         + (f": {', '.join(result.destroyed)}" if result.destroyed else "")
@@ -428,7 +430,8 @@ def cost() -> None:
     from whisperfarm.ledger import Ledger
     from whisperfarm.settings import load_settings
 
-    report = cost_report(Ledger(load_settings().ledger_path))
+    with Ledger(load_settings().ledger_path) as ledger:
+        report = cost_report(ledger)
     if not report:
         out.print("no runs yet")
         return

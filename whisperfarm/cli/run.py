@@ -235,7 +235,8 @@ def transcribe(
     if plan is not None and not quiet:
         from whisperfarm.ledger import Ledger
 
-        spent = Ledger(settings.ledger_path).spend(run_id)
+        with Ledger(settings.ledger_path) as ledger:
+            spent = ledger.spend(run_id)
         out.print(
             f"  estimate before the run: {plan.wall_seconds / 60:.1f} min, ${plan.cost:.2f}"
             f" · actual: {summary.wall_seconds / 60:.1f} min, ${spent:.2f}",
