@@ -184,11 +184,11 @@ class Farm:
         fleet: Fleet,
         reporter: Reporter,
         *,
-        run_id: str | None = None,
+        run_id: str,
         tick: float = 0.2,
         sleep: Callable[[float], None] = time.sleep,
     ):
-        self.run_id = run_id or secrets.token_hex(4)
+        self.run_id = run_id
         self.settings = settings
         self.fleet = fleet
         self.reporter = reporter
@@ -407,18 +407,6 @@ def _measure(ledger: Ledger, run_id: str) -> None:
         measure_run(ledger, run_id)
     except Exception:  # the measurement is a bonus; the transcripts are what matter
         logging.getLogger("whisperfarm").warning("could not measure the run", exc_info=True)
-
-
-def unfinished_sources(settings: Settings) -> list[Path]:
-    """Source files of the ledger's unfinished episodes of ``settings.model`` that still exist."""
-    with Ledger(settings.ledger_path) as ledger:
-        return [
-            Path(episode["source"])
-            for episode in ledger.episodes()
-            if episode["state"] != "done"
-            and episode["model"] == settings.model
-            and Path(episode["source"]).is_file()
-        ]
 
 
 def _refuse_concurrent_runs(ledger: Ledger, episode_ids: list[str]) -> None:

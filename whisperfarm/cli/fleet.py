@@ -12,7 +12,17 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from whisperfarm.cli.root import Formats, OutDir, Quiet, app, err, fail, friendly, out
+from whisperfarm.cli.root import (
+    Formats,
+    OutDir,
+    Quiet,
+    app,
+    err,
+    fail,
+    friendly,
+    out,
+    warn_if_exposed,
+)
 
 machines_app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
 app.add_typer(machines_app, name="machines")
@@ -59,28 +69,24 @@ def serve(
 
     Example: `whisperfarm serve talk.mp3 --host :: --port 8765 -m small.en`
     """
-    from whisperfarm.cli.run import _warn_if_exposed
     from whisperfarm.console import RunReporter
-    from whisperfarm.farm import Farm, unfinished_sources
+    from whisperfarm.farm import Farm
     from whisperfarm.interrupts import stop_signals
-    from whisperfarm.local import LocalFleet
+    from whisperfarm.plan import fleets, plan_run
     from whisperfarm.settings import load_settings, parse_formats
 
     settings = load_settings(model=model, formats=formats, host=host, port=port)
-    paths = list(dict.fromkeys([*(inputs or []), *unfinished_sources(settings)]))
-    if not paths:
+    plan = plan_run(settings, inputs or [], serving=True, workers=workers)
+    if not plan.inputs:
         err.print("nothing to serve: give files, or queue some with 'whisperfarm transcribe'")
         raise typer.Exit(1)
-    _warn_if_exposed(settings.host)
-    import secrets
-
-    run_id = secrets.token_hex(4)
-    fleet = LocalFleet(workers, 1, logs_dir=settings.logs_dir, run_id=run_id)
+    warn_if_exposed(settings.host)
+    fleet, _ = fleets(plan)
     reporter = RunReporter(out, quiet=quiet)
     with stop_signals():  # SIGTERM and SIGHUP end it as Ctrl-C does: workers stopped
         try:
-            summary = Farm(settings, fleet, reporter, run_id=run_id).transcribe(
-                paths, out_dir, parse_formats(settings.formats)
+            summary = Farm(settings, fleet, reporter, run_id=plan.run_id).transcribe(
+                plan.inputs, out_dir, parse_formats(settings.formats)
             )
         finally:
             reporter.close()
@@ -316,7 +322,6 @@ def machines_check(
     Example: `whisperfarm machines check --host :: --port 8765 --advertise-url
     http://laptop._peer.internal:8765`
     """
-    from whisperfarm.cli.run import _warn_if_exposed
     from whisperfarm.fly.check import Check, run_check
     from whisperfarm.fly.config import fly_client, fly_config
     from whisperfarm.interrupts import stop_signals
@@ -335,7 +340,7 @@ def machines_check(
     )
     config = fly_config(settings)
     client = fly_client(settings)
-    _warn_if_exposed(settings.host)
+    warn_if_exposed(settings.host)
 
     def show(check: Check) -> None:
         verdict = "[green]ok[/green]  " if check.ok else "[red]FAIL[/red]"

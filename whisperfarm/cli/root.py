@@ -52,6 +52,18 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def warn_if_exposed(host: str) -> None:
+    """A warning when the coordinator is to listen beyond this machine."""
+    from whisperfarm.server import is_loopback
+
+    if not is_loopback(host):
+        err.print(
+            f"[yellow]warning:[/yellow] the coordinator listens on {host}, beyond this machine; "
+            "anyone who can reach it needs the run's token, so keep it private",
+            highlight=False,
+        )
+
+
 # Options several commands share, spelled once.
 OutDir = Annotated[Path, typer.Option("--out", "-o", help="Directory for the transcripts.")]
 Formats = Annotated[

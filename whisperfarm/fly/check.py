@@ -32,6 +32,7 @@ from whisperfarm.fly.client import Machine, MachinesClient, build_worker_config
 from whisperfarm.fly.config import FlyConfig
 from whisperfarm.interrupts import held
 from whisperfarm.ledger import Ledger, machine_cost, machine_seconds
+from whisperfarm.plan import new_run_id
 from whisperfarm.server import BackgroundServer, bind
 from whisperfarm.settings import Settings
 from worker.loop import EXIT_UNREACHABLE  # the worker gave up on the coordinator
@@ -84,7 +85,7 @@ def run_check(
 ) -> CheckReport:
     """Serve a coordinator with nothing to do on the settings' host and port, record the
     check as a run, and run :func:`check` against it."""
-    run_id = f"check-{secrets.token_hex(3)}"
+    run_id = new_run_id("check-")
     ledger = Ledger(settings.ledger_path)
     ledger.start_run(run_id, backend="check", episode_ids=[], pid=os.getpid())
     result = CheckReport()
