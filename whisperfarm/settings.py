@@ -155,9 +155,6 @@ class Settings(BaseSettings):
     def logs_dir(self) -> Path:
         return self.home / "logs"
 
-    def format_list(self) -> list[str]:
-        return parse_formats(self.formats)
-
 
 def parse_formats(value: str) -> list[str]:
     """`"srt, vtt"` → `["srt", "vtt"]`; `"all"` → every format."""

@@ -108,10 +108,6 @@ class WorkerRow:
     state: str
     """working, idle, stale or gone."""
 
-    @property
-    def stale(self) -> bool:
-        return self.state == "stale"
-
 
 @dataclass(frozen=True)
 class MachineRow:
