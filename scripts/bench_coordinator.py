@@ -84,7 +84,8 @@ def build_ledger(home: Path, chunks: int, seconds: float) -> None:
 def serve(home: Path, ready: Path, episode: str = EPISODE) -> None:
     """Serve the episode's chunks as ``whisperfarm transcribe`` does, until SIGTERM; write
     the port to ``ready`` once listening."""
-    from whisperfarm.coordinator import CoordinatorConfig, create_app
+    from whisperfarm.coordinator import create_app
+    from whisperfarm.coordinator_config import CoordinatorConfig
     from whisperfarm.server import BackgroundServer, bind
 
     config = CoordinatorConfig(

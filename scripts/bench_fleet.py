@@ -68,8 +68,8 @@ from sim_worker import machine_profile  # noqa: E402
 
 from whisperfarm.fly.policy import machine_speed  # noqa: E402
 from whisperfarm.fly.pricing import size_named  # noqa: E402
-from whisperfarm.ledger import machine_cost  # noqa: E402
 from whisperfarm.media import ffmpeg_exe  # noqa: E402
+from whisperfarm.money import machine_cost  # noqa: E402
 
 TOKEN = "fake-token"
 APP = "whisperfarm-workers"

@@ -29,13 +29,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from whisperfarm import hallucinations  # noqa: E402
+from whisperfarm.assembly import assemble  # noqa: E402
 from whisperfarm.evaluation import (  # noqa: E402
     repetition_loops,
     timeline_violations,
     word_error_rate,
     words_within,
 )
-from whisperfarm.farm import assemble  # noqa: E402
 from whisperfarm.ledger import Ledger  # noqa: E402
 
 BENCH = REPO / ".bench" / "real"

@@ -24,7 +24,8 @@ from tests.fakefly import create_app
 from tests.support.clock import FakeClock
 from tests.support.in_process import BASE_URL, in_process
 from tests.support.paths import REPO, SAMPLE, SAMPLE_TEXT
-from whisperfarm.cli import app, out
+from whisperfarm.cli import app
+from whisperfarm.cli.root import out
 from whisperfarm.errors import FlyError
 from whisperfarm.evaluation import word_error_rate
 from whisperfarm.fly import config as fly_config_module
@@ -421,3 +422,40 @@ def test_a_fly_run_that_cannot_reach_the_api_fails_before_cutting_anything(
         finally:
             ledger.close()
     assert not (home / "out").exists()
+
+
+# -- ledgers closed ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> list[Ledger]:
+    """Every Ledger opened from now on, to check the commands close them."""
+    ledgers: list[Ledger] = []
+    init = Ledger.__init__
+
+    def recording_init(self: Ledger, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        ledgers.append(self)
+
+    monkeypatch.setattr(Ledger, "__init__", recording_init)
+    return ledgers
+
+
+def _closed(ledger: Ledger) -> bool:
+    try:
+        ledger.conn.execute("SELECT 1")
+    except sqlite3.ProgrammingError:
+        return True
+    return False
+
+
+def test_the_fleet_commands_close_every_ledger_they_open(
+    fake_fly: MachinesClient, opened: list[Ledger], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLY_APP", APP)
+    for command in (["machines", "warm", "1"], ["machines"], ["machines", "reap"], ["cost"]):
+        before = len(opened)
+        result = runner.invoke(app, command)
+        assert result.exit_code == 0, result.output
+        assert len(opened) > before, f"{command} opened no ledger"
+        assert all(_closed(ledger) for ledger in opened), f"{command} left a ledger open"

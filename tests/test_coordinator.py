@@ -12,7 +12,8 @@ from fastapi.testclient import TestClient
 
 from tests.support.clock import FakeClock
 from whisperfarm.chunk_audio import chunk_path, write_chunk
-from whisperfarm.coordinator import MAX_BODY_BYTES, CoordinatorConfig, create_app
+from whisperfarm.coordinator import MAX_BODY_BYTES, create_app
+from whisperfarm.coordinator_config import CoordinatorConfig
 from whisperfarm.ledger import ChunkPlan, Ledger, WorkerInfo
 from worker.audio import ChunkFormat
 

@@ -36,7 +36,8 @@ from tests.support.fly_runs import APP, assert_all_destroyed, billed, fly_args
 from tests.support.ledger_db import DONE_WITH_RESULTS, integrity, rows
 from tests.support.paths import REPO, SAMPLE, SAMPLE_TEXT
 from whisperfarm.chunking import write_wav
-from whisperfarm.coordinator import CoordinatorConfig, create_app
+from whisperfarm.coordinator import create_app
+from whisperfarm.coordinator_config import CoordinatorConfig
 from whisperfarm.evaluation import word_error_rate
 from whisperfarm.fly.client import MachinesClient, build_worker_config
 from whisperfarm.fly.pricing import SIZES

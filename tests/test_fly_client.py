@@ -124,26 +124,6 @@ def test_a_missing_app_names_the_fix(client, respx_mock, sleeps):
     assert info.value.status == 404 and route.call_count == 1 and sleeps == []
 
 
-def test_from_env_reads_flyctls_variables() -> None:
-    env = {
-        "FLY_ACCESS_TOKEN": "fm2_first",
-        "FLY_API_TOKEN": "fm2_second",
-        "FLY_API_HOSTNAME": "http://_api.internal:4280",
-    }
-    with respx.mock() as mock:
-        route = mock.get("http://_api.internal:4280/v1/apps/a/machines/m1").respond(
-            json=machine_json()
-        )
-        with MachinesClient.from_env("a", environ=env) as c:
-            c.get("m1")
-    assert route.calls.last.request.headers["authorization"] == "FlyV1 fm2_first"
-
-
-def test_from_env_without_a_token_names_the_fix() -> None:
-    with pytest.raises(FlyAuthError, match="fly tokens create deploy -a myapp"):
-        MachinesClient.from_env("myapp", environ={})
-
-
 def test_timeouts_are_on_by_default() -> None:
     with MachinesClient(APP, "t") as c:
         timeout = c._http.timeout

@@ -21,7 +21,8 @@ from pydantic import ValidationError
 from schemathesis import GenerationMode
 
 from whisperfarm.chunking import write_wav
-from whisperfarm.coordinator import CoordinatorConfig, create_app
+from whisperfarm.coordinator import create_app
+from whisperfarm.coordinator_config import CoordinatorConfig
 from whisperfarm.ledger import ChunkPlan, Ledger, WorkerInfo
 from whisperfarm.settings import ALL_FORMATS
 from whisperfarm.stitch import ChunkResult, stitch

@@ -6,6 +6,7 @@ the clock, never by sleeping."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -724,3 +725,16 @@ def test_release_leases_of_gone_workers(tmp_path: Path, clock: FakeClock) -> Non
     assert by_worker["died"]["state"] == "queued" and by_worker["died"]["attempt"] == 1
     assert by_worker["alive"]["state"] == "leased"
     assert ledger.release_leases([]) == 0
+
+
+def test_a_ledger_used_as_a_context_manager_is_closed_after_it(tmp_path: Path) -> None:
+    """``with Ledger(path) as ledger:`` closes its connection at the end, error or not, as
+    sqlite-utils' Database does."""
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        assert ledger.episodes() == []
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        ledger.episodes()
+    with pytest.raises(KeyError), Ledger(tmp_path / "ledger.db") as failing:
+        raise KeyError("boom")
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        failing.episodes()

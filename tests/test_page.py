@@ -20,7 +20,8 @@ from starlette.testclient import TestClient
 from tests.support import farm_state
 from tests.support.farm_state import ARCHIVE, EPISODES, M1, NOW
 from tests.support.status_schema import check_document
-from whisperfarm.coordinator import CoordinatorConfig, create_app
+from whisperfarm.coordinator import create_app
+from whisperfarm.coordinator_config import CoordinatorConfig
 from whisperfarm.ledger import Ledger
 from whisperfarm.server import BackgroundServer, bind
 from whisperfarm.status import snapshot

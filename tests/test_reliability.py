@@ -34,7 +34,8 @@ from fastapi.testclient import TestClient
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tests.support.paths import REPO
-from whisperfarm.coordinator import CoordinatorConfig, create_app
+from whisperfarm.coordinator import create_app
+from whisperfarm.coordinator_config import CoordinatorConfig
 from whisperfarm.errors import WorkersLost
 from whisperfarm.farm import Fleets
 from whisperfarm.ledger import ChunkPlan, LeaseLost, Ledger, WorkerInfo
@@ -308,7 +309,8 @@ def test_a_stored_answer_leaves_only_after_the_result_is_committed(tmp_path: Pat
 SERVE_SCRIPT = """
 import sys, time
 from pathlib import Path
-from whisperfarm.coordinator import CoordinatorConfig, create_app
+from whisperfarm.coordinator import create_app
+from whisperfarm.coordinator_config import CoordinatorConfig
 from whisperfarm.errors import WorkersLost
 from whisperfarm.farm import Fleets
 from whisperfarm.server import BackgroundServer, bind

@@ -29,7 +29,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from whisperfarm.chunking import write_wav
-from whisperfarm.coordinator import CoordinatorConfig, create_app
+from whisperfarm.coordinator import create_app
+from whisperfarm.coordinator_config import CoordinatorConfig
 from whisperfarm.ledger import ChunkPlan, Ledger
 from whisperfarm.local import LocalFleet
 

@@ -39,7 +39,7 @@ def test_defaults(home: Path) -> None:
     assert settings.word_timestamps is False
     assert settings.workers is None
     assert (settings.host, settings.port) == ("127.0.0.1", 0)
-    assert settings.format_list() == list(DEFAULT_FORMATS)
+    assert parse_formats(settings.formats) == list(DEFAULT_FORMATS)
     assert (settings.lease_seconds, settings.max_attempts) == (60.0, 3)
     assert (settings.chunk_min_seconds, settings.chunk_max_seconds) == (12.0, 29.0)
     assert settings.overlap_seconds == 3.0
@@ -254,7 +254,7 @@ def test_parse_formats_rejects_unknown_or_empty(value: str, named: str) -> None:
 
 def test_formats_setting_is_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WHISPERFARM_FORMATS", "tsv,srt")
-    assert load_settings().format_list() == ["tsv", "srt"]
+    assert parse_formats(load_settings().formats) == ["tsv", "srt"]
 
 
 def test_subtitle_settings_from_file_env_and_flags(

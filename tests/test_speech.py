@@ -19,9 +19,10 @@ import pytest
 
 from tests.support.paths import REPO
 from whisperfarm import speech
+from whisperfarm.assembly import assemble
 from whisperfarm.chunking import CutterConfig, cut, has_speech
 from whisperfarm.errors import ModelError
-from whisperfarm.farm import assemble, cutter_config
+from whisperfarm.farm import cutter_config
 from whisperfarm.ledger import ChunkPlan, Ledger, WorkerInfo
 from whisperfarm.media import Decoder
 from whisperfarm.settings import load_settings

@@ -120,7 +120,7 @@ def test_workers_where_they_run_what_they_hold_and_staleness(farm: Ledger) -> No
     assert set(workers) == {M1, M2, "laptop-4242"}, "the old run's local worker is not shown"
     m1, m2, laptop = workers[M1], workers[M2], workers["laptop-4242"]
     assert (m1.where, m1.current, m1.state) == (f"fly {M1} (ams)", "interview #6", "working")
-    assert m1.heartbeat_age == 5 and not m1.stale
+    assert m1.heartbeat_age == 5
     assert (m2.current, m2.state, m2.heartbeat_age) == ("interview #7", "stale", 400)
     assert (laptop.where, laptop.current, laptop.state) == ("laptop", None, "idle")
     assert m1.chunks_done == 9

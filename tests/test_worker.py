@@ -18,7 +18,8 @@ from fastapi.testclient import TestClient
 from tests.support.clock import FakeClock
 from tests.support.in_process import in_process
 from whisperfarm.chunk_audio import chunk_path, write_chunk
-from whisperfarm.coordinator import CoordinatorConfig, create_app
+from whisperfarm.coordinator import create_app
+from whisperfarm.coordinator_config import CoordinatorConfig
 from whisperfarm.evaluation import word_error_rate
 from whisperfarm.ledger import ChunkPlan, Ledger, WorkerInfo
 from whisperfarm.media import Decoder

@@ -17,7 +17,6 @@ from pathlib import Path
 from whisperfarm.fly.policy import THREAD_EFFICIENCY
 from whisperfarm.ledger import Ledger
 
-HISTORY_CAP_SECONDS = 3600.0
 PREFERENCE = ("fly", "local", "remote")
 
 

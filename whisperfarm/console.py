@@ -25,6 +25,7 @@ from whisperfarm.farm import EpisodeStatus, RunSummary
 from whisperfarm.fly.store import MachineStore
 from whisperfarm.ledger import Ledger
 from whisperfarm.money import machines_cost
+from whisperfarm.settings import load_settings
 from whisperfarm.status import RunRow, StatusSnapshot, snapshot
 from whisperfarm.status_view import duration_text, money
 
@@ -232,8 +233,6 @@ class RunReporter:
 
     def _path(self) -> Path:
         if self.ledger_path is None:
-            from whisperfarm.settings import load_settings
-
             self.ledger_path = load_settings().ledger_path
         return self.ledger_path
 

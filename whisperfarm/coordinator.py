@@ -15,10 +15,6 @@ plain ASGI (it is the hot path); FastAPI serves the rest.
 from __future__ import annotations
 
 import secrets
-import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -29,41 +25,10 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from whisperfarm import worker_api
-from whisperfarm.ledger import Clock, Ledger
+from whisperfarm.coordinator_config import CoordinatorConfig
 from whisperfarm.page import QUERY_TOKEN_PATHS, status_router
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
-
-
-@dataclass
-class CoordinatorConfig:
-    ledger_path: Path
-    token: str
-    scope: Callable[[], list[str]]
-    episodes_dir: Path
-    lease_seconds: float = 60.0
-    max_attempts: int = 3
-    clock: Clock | None = None
-    _ledgers: list[Ledger] = field(default_factory=list)
-    _local: threading.local = field(default_factory=threading.local)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def ledger(self) -> Ledger:
-        """One ledger connection per server thread."""
-        ledger = getattr(self._local, "ledger", None)
-        if ledger is None:
-            kwargs = {"clock": self.clock} if self.clock else {}
-            ledger = Ledger(self.ledger_path, **kwargs)
-            self._local.ledger = ledger
-            with self._lock:
-                self._ledgers.append(ledger)
-        return ledger
-
-    def close(self) -> None:
-        with self._lock:
-            for ledger in self._ledgers:
-                ledger.close()
-            self._ledgers.clear()
 
 
 class Guard:

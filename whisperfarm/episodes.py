@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from whisperfarm.assembly import assemble
 from whisperfarm.errors import EpisodeNotFound, TranscriptionFailed, UsageError
 from whisperfarm.ledger import Ledger
-from whisperfarm.speech import episode_spans
-from whisperfarm.stitch import ChunkResult, stitch
+from whisperfarm.processes import process_alive
 from whisperfarm.subtitles import CueStyle
 from whisperfarm.transcripts import SUBTITLE_FORMATS, Transcript, write_outputs
 
@@ -113,8 +113,6 @@ def export(
     """Write the episode's transcript in ``formats`` from its stored results.
     Returns the episode and the files written. ``keep_words`` defaults to whether the
     episode was transcribed with word timestamps. ``subtitles``: srt and vtt cues."""
-    from whisperfarm.farm import assemble  # farm imports the coordinator: only when needed
-
     episode = resolve(ledger, ref)
     chunks = ledger.chunks(episode["id"])
     done = [c for c in chunks if c["state"] == "done"]
@@ -183,9 +181,7 @@ def remove(
 ) -> dict[str, Any]:
     """Delete the episode from the ledger, then its chunk audio and results from disk.
     Refuses while a live run is transcribing it. ``alive(pid)`` says whether a run's
-    process still runs (default: ``whisperfarm.status.process_alive``)."""
-    from whisperfarm.status import process_alive
-
+    process still runs (default: ``whisperfarm.processes.process_alive``)."""
     alive = alive or process_alive
     episode = resolve(ledger, ref)
     for run in ledger.running_runs([episode["id"]]):
@@ -205,20 +201,3 @@ def episode_dir(episodes_dir: Path, episode_id: str) -> Path:
     if not episode_id or episode_id in (".", "..") or Path(episode_id).name != episode_id:
         raise UsageError(f"refusing an episode id that is not a plain name: {episode_id!r}")
     return episodes_dir / episode_id
-
-
-def text_so_far(ledger: Ledger, episode_id: str) -> tuple[str, bool]:
-    """The episode's transcript text from the chunks done so far, and whether that is all
-    of it. Chunks not done yet (or whose result is gone) are left out."""
-    episode = ledger.episode(episode_id)
-    parts = []
-    complete = episode["state"] != "chunking"
-    results = ledger.results(episode_id)
-    chunks = ledger.chunks(episode_id)
-    for chunk in chunks:
-        result = results.get(chunk["id"])
-        if chunk["state"] != "done" or (chunk["speech"] and result is None):
-            complete = False
-        parts.append(ChunkResult.from_row(chunk, result))
-    segments = stitch(parts, keep_words=True, speech=episode_spans(chunks))
-    return Transcript(segments).text, complete

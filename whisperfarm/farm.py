@@ -22,12 +22,15 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from whisperfarm.assembly import assemble
+from whisperfarm.calibration import measure_run
 from whisperfarm.chunking import CutterConfig
-from whisperfarm.coordinator import CoordinatorConfig, create_app
+from whisperfarm.coordinator import create_app
+from whisperfarm.coordinator_config import CoordinatorConfig
 from whisperfarm.errors import (
     BudgetReached,
     InputError,
@@ -41,13 +44,13 @@ from whisperfarm.ingest import EpisodeRequest, chunk_episode, register
 from whisperfarm.interrupts import StopSignal, as_stop_signal, held
 from whisperfarm.ledger import EpisodeProgress, Ledger
 from whisperfarm.media import check_input
+from whisperfarm.processes import process_alive
 from whisperfarm.server import BackgroundServer, bind
 from whisperfarm.settings import Settings
-from whisperfarm.speech import SpeechConfig, episode_spans
-from whisperfarm.status import process_alive
-from whisperfarm.stitch import ChunkResult, stitch
-from whisperfarm.transcripts import Transcript, write_outputs
+from whisperfarm.speech import SpeechConfig
+from whisperfarm.transcripts import write_outputs
 from worker.audio import ChunkFormat
+from worker.models import bundled_tiny_en, resolve_model
 
 
 @dataclass
@@ -146,8 +149,6 @@ class Fleets:
 def resolve_model_for_run(model: str) -> str:
     """Where ``model`` is on this machine, fetching it into the cache local workers read
     when it is a name. Fails here, once, rather than in every worker."""
-    from worker.models import bundled_tiny_en, resolve_model
-
     resolved = resolve_model(model)
     path = Path(resolved)
     if path.is_dir():
@@ -156,6 +157,7 @@ def resolve_model_for_run(model: str) -> str:
                 f"{path} has no model.bin: give a CTranslate2 (faster-whisper) model directory"
             )
         return str(path.resolve())
+    # faster-whisper (CTranslate2, tokenizers) takes a second to import: only when needed.
     from faster_whisper.utils import available_models, download_model
 
     if model not in available_models():
@@ -184,11 +186,11 @@ class Farm:
         fleet: Fleet,
         reporter: Reporter,
         *,
-        run_id: str | None = None,
+        run_id: str,
         tick: float = 0.2,
         sleep: Callable[[float], None] = time.sleep,
     ):
-        self.run_id = run_id or secrets.token_hex(4)
+        self.run_id = run_id
         self.settings = settings
         self.fleet = fleet
         self.reporter = reporter
@@ -217,8 +219,16 @@ class Farm:
             EpisodeRequest(path, info, settings.model, options)
             for path, info in zip(paths, infos, strict=True)
         ]
+        with Ledger(settings.ledger_path) as ledger:
+            statuses = self._run(ledger, requests, out_dir, formats)
+        return RunSummary(self.run_id, statuses, time.monotonic() - started)
 
-        ledger = Ledger(settings.ledger_path)
+    def _run(
+        self, ledger: Ledger, requests: list[EpisodeRequest], out_dir: Path, formats: list[str]
+    ) -> list[EpisodeStatus]:
+        """Register, serve, watch and finish the episodes of ``requests``; whatever ends
+        it, stop every worker and record how the run ended."""
+        settings = self.settings
         run_id = self.run_id
         token = new_token()
         registered = [register(ledger, request) for request in requests]
@@ -275,7 +285,6 @@ class Farm:
                 coordinator.close()
                 _measure(ledger, run_id)
                 ledger.end_run(run_id, state, spent=MachineStore(ledger).spend(run_id))
-                ledger.close()
         if stopped_by is not None:
             stop, done, total = stopped_by
             ended = self.fleet.stopped()
@@ -284,7 +293,7 @@ class Farm:
                 f"{f': {ended}' if ended else ''}; run the same command again to resume",
                 exit_code=stop.exit_code,
             )
-        return RunSummary(run_id, statuses, time.monotonic() - started)
+        return statuses
 
     def _ingest_all(
         self,
@@ -294,9 +303,8 @@ class Farm:
         errors: dict[str, str],
     ) -> None:
         settings = self.settings
-        ledger = Ledger(settings.ledger_path)
         config = cutter_config(settings)
-        try:
+        with Ledger(settings.ledger_path) as ledger:
             for request, (episode_id, needs_chunking) in zip(requests, registered, strict=True):
                 if cancel.is_set():
                     return
@@ -317,8 +325,6 @@ class Farm:
                 except (InputError, OSError) as error:
                     errors[episode_id] = str(error)
                     ledger.update_episode(episode_id, state="failed", error=str(error))
-        finally:
-            ledger.close()
 
     def _watch(
         self,
@@ -412,57 +418,13 @@ def cutter_config(settings: Settings) -> CutterConfig:
     )
 
 
-def assemble(ledger: Ledger, episode: dict[str, Any], *, keep_words: bool = False) -> Transcript:
-    """The episode's transcript from its stored chunk results."""
-    parts = []
-    language = None
-    results = ledger.results(episode["id"])
-    chunks = ledger.chunks(episode["id"])
-    for chunk in chunks:
-        result = results.get(chunk["id"])
-        if result is not None:
-            language = language or result.get("language")
-        parts.append(ChunkResult.from_row(chunk, result))
-    segments = stitch(parts, keep_words=True, speech=episode_spans(chunks))
-    if not keep_words:
-        segments = [replace(segment, words=None) for segment in segments]
-    meta = {
-        "id": episode["id"],
-        "name": episode["name"],
-        "source": episode["source"],
-        "content_hash": episode["content_hash"],
-        "duration": episode["duration"],
-        "model": episode["model"],
-        "chunks": len(parts),
-        "created_at": episode["created_at"],
-    }
-    return Transcript(segments, meta, language)
-
-
 def _measure(ledger: Ledger, run_id: str) -> None:
     """Fold the run's worker speeds into the calibrations (see calibration.py). A failure
     here must never fail the run."""
-    from whisperfarm.calibration import measure_run
-
     try:
         measure_run(ledger, run_id)
     except Exception:  # the measurement is a bonus; the transcripts are what matter
         logging.getLogger("whisperfarm").warning("could not measure the run", exc_info=True)
-
-
-def unfinished_sources(settings: Settings) -> list[Path]:
-    """Source files of the ledger's unfinished episodes of ``settings.model`` that still exist."""
-    ledger = Ledger(settings.ledger_path)
-    try:
-        return [
-            Path(episode["source"])
-            for episode in ledger.episodes()
-            if episode["state"] != "done"
-            and episode["model"] == settings.model
-            and Path(episode["source"]).is_file()
-        ]
-    finally:
-        ledger.close()
 
 
 def _refuse_concurrent_runs(ledger: Ledger, episode_ids: list[str]) -> None:

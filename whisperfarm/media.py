@@ -156,10 +156,6 @@ class Decoder:
             if pipe:
                 pipe.close()
 
-    @property
-    def decode_errors(self) -> list[str]:
-        return [line.decode("utf-8", "replace").strip() for line in self._stderr]
-
 
 def duration_of(samples: int) -> float:
     return samples / SAMPLE_RATE

@@ -17,15 +17,14 @@ import secrets
 import time
 from functools import cache
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import APIRouter, HTTPException, Response
 from fastapi.responses import HTMLResponse
 
+from whisperfarm.assembly import text_so_far
+from whisperfarm.coordinator_config import CoordinatorConfig
 from whisperfarm.status import snapshot
-
-if TYPE_CHECKING:
-    from whisperfarm.coordinator import CoordinatorConfig
 
 QUERY_TOKEN_PATHS = frozenset({"/"})
 """Paths that accept the run token as ``?token=``: the page alone, never the API."""
@@ -91,8 +90,6 @@ def status_router(config: CoordinatorConfig) -> APIRouter:
 
     @router.get("/v1/episodes/{episode_id}/text")
     def text(episode_id: str, response: Response) -> dict[str, Any]:
-        from whisperfarm.episodes import text_so_far
-
         response.headers.update(PRIVATE)
         body, complete = text_so_far(config.ledger(), in_scope(episode_id))
         return {"episode": episode_id, "text": body, "complete": complete}

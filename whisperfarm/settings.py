@@ -188,9 +188,6 @@ class Settings(BaseSettings):
             highlight_words=self.highlight_words,
         )
 
-    def format_list(self) -> list[str]:
-        return parse_formats(self.formats)
-
 
 def parse_formats(value: str) -> list[str]:
     """`"srt, vtt"` → `["srt", "vtt"]`; `"all"` → every format."""

@@ -20,7 +20,6 @@ run is running; once every run shown has ended, a silent worker is just *gone*.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
@@ -28,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from whisperfarm.episodes import resolve
 from whisperfarm.errors import EpisodeNotFound
 from whisperfarm.fly.store import MachineRecord, MachineStore
 from whisperfarm.ledger import Ledger
@@ -39,11 +39,10 @@ from whisperfarm.money import (
     machines_cost,
     over_budget,
 )
+from whisperfarm.processes import PidAlive, process_alive
 
 SCHEMA_VERSION = 1
 CHUNK_STATES = ("queued", "leased", "done", "dead")
-
-PidAlive = Callable[[int], bool]
 
 
 @dataclass(frozen=True)
@@ -113,10 +112,6 @@ class WorkerRow:
     heartbeat_age: float
     state: str
     """working, idle, stale or gone."""
-
-    @property
-    def stale(self) -> bool:
-        return self.state == "stale"
 
 
 @dataclass(frozen=True)
@@ -203,17 +198,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(item) for item in value]
     return value
-
-
-def process_alive(pid: int) -> bool:
-    """Whether a process with this pid runs on this machine (runs record their pid)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def snapshot(
@@ -366,8 +350,6 @@ class StatusReader:
 
     def resolve(self, ref: str) -> str:
         """The id of the episode ``ref`` names (see ``whisperfarm.episodes.resolve``)."""
-        from whisperfarm.episodes import resolve
-
         if self.ledger is None:
             raise EpisodeNotFound(f"no episode {ref!r}: the ledger at {self.path} is empty")
         return str(resolve(self.ledger, ref)["id"])
@@ -622,6 +604,5 @@ __all__ = [
     "StatusReader",
     "StatusSnapshot",
     "WorkerRow",
-    "process_alive",
     "snapshot",
 ]

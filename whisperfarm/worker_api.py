@@ -30,17 +30,15 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from whisperfarm.coordinator_config import CoordinatorConfig
 from whisperfarm.ledger import LeaseLost, Ledger, UnknownChunk, WorkerInfo
 from worker.audio import ChunkFormat
-
-if TYPE_CHECKING:
-    from whisperfarm.coordinator import CoordinatorConfig
 
 MAX_CHUNK_ID = 2**63 - 1
 """A job id as SQLite can hold it: a larger one is a 422, not an overflow (500)."""

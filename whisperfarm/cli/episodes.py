@@ -14,7 +14,7 @@ from rich import box
 from rich.console import RenderableType
 from rich.table import Table
 
-from whisperfarm.cli import (
+from whisperfarm.cli.root import (
     Formats,
     HighlightWords,
     MaxLineCount,
@@ -191,11 +191,8 @@ def _existing_ledger() -> Iterator[Ledger | None]:
     if not path.exists():
         yield None
         return
-    ledger = Ledger(path)
-    try:
+    with Ledger(path) as ledger:
         yield ledger
-    finally:
-        ledger.close()
 
 
 @contextmanager

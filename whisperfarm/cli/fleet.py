@@ -12,7 +12,17 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from whisperfarm.cli import Formats, OutDir, Quiet, app, err, fail, friendly, out
+from whisperfarm.cli.root import (
+    Formats,
+    OutDir,
+    Quiet,
+    app,
+    err,
+    fail,
+    friendly,
+    out,
+    warn_if_exposed,
+)
 
 machines_app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
 app.add_typer(machines_app, name="machines")
@@ -59,28 +69,24 @@ def serve(
 
     Example: `whisperfarm serve talk.mp3 --host :: --port 8765 -m small.en`
     """
-    from whisperfarm.cli.run import _warn_if_exposed
     from whisperfarm.console import RunReporter
-    from whisperfarm.farm import Farm, unfinished_sources
+    from whisperfarm.farm import Farm
     from whisperfarm.interrupts import stop_signals
-    from whisperfarm.local import LocalFleet
+    from whisperfarm.plan import fleets, plan_run
     from whisperfarm.settings import load_settings, parse_formats
 
     settings = load_settings(model=model, formats=formats, host=host, port=port)
-    paths = list(dict.fromkeys([*(inputs or []), *unfinished_sources(settings)]))
-    if not paths:
+    plan = plan_run(settings, inputs or [], serving=True, workers=workers)
+    if not plan.inputs:
         err.print("nothing to serve: give files, or queue some with 'whisperfarm transcribe'")
         raise typer.Exit(1)
-    _warn_if_exposed(settings.host)
-    import secrets
-
-    run_id = secrets.token_hex(4)
-    fleet = LocalFleet(workers, 1, logs_dir=settings.logs_dir, run_id=run_id)
+    warn_if_exposed(settings.host)
+    fleet, _ = fleets(plan)
     reporter = RunReporter(out, quiet=quiet)
     with stop_signals():  # SIGTERM and SIGHUP end it as Ctrl-C does: workers stopped
         try:
-            summary = Farm(settings, fleet, reporter, run_id=run_id).transcribe(
-                paths, out_dir, parse_formats(settings.formats)
+            summary = Farm(settings, fleet, reporter, run_id=plan.run_id).transcribe(
+                plan.inputs, out_dir, parse_formats(settings.formats)
             )
         finally:
             reporter.close()
@@ -108,13 +114,14 @@ def machines(ctx: typer.Context) -> None:
     from whisperfarm.settings import load_settings
 
     settings = load_settings()
-    ledger = Ledger(settings.ledger_path)
-    rows = MachineStore(ledger).machines()
-    pool = MachineStore(ledger).pool_machines()
+    with Ledger(settings.ledger_path) as ledger:
+        store = MachineStore(ledger)
+        rows = store.machines()
+        pool = store.pool_machines()
+        now = ledger.clock()
     if not rows and not pool:
         out.print("no machines started yet (runs with --backend fly start them)")
         return
-    now = ledger.clock()
     if rows:
         table = Table("machine", "run", "state", "size", "region", "age", "cost", box=None)
         for row in rows:
@@ -211,16 +218,18 @@ def machines_warm(
     if not settings.fly_app:
         raise UsageError("set FLY_APP or pass --app: the app to keep the warm pool in")
     size, worker = worker_size(settings), worker_image(settings)
-    report = warm(
-        fly_client(settings),
-        Ledger(settings.ledger_path),
-        count,
-        image=worker,
-        size=size,
-        model=settings.model,
-        region=settings.region,
-        rootfs_gb=settings.fly_rootfs_gb,
-    )
+    client = fly_client(settings)
+    with Ledger(settings.ledger_path) as ledger:
+        report = warm(
+            client,
+            ledger,
+            count,
+            image=worker,
+            size=size,
+            model=settings.model,
+            region=settings.region,
+            rootfs_gb=settings.fly_rootfs_gb,
+        )
     where = f", region {settings.region}" if settings.region else ""
     out.print(
         f"warm pool of {settings.fly_app}: {report.stopped} stopped × {size.name} "
@@ -315,7 +324,6 @@ def machines_check(
     Example: `whisperfarm machines check --host :: --port 8765 --advertise-url
     http://laptop._peer.internal:8765`
     """
-    from whisperfarm.cli.run import _warn_if_exposed
     from whisperfarm.fly.check import Check, run_check
     from whisperfarm.fly.config import fly_client, fly_config
     from whisperfarm.interrupts import stop_signals
@@ -334,7 +342,7 @@ def machines_check(
     )
     config = fly_config(settings)
     client = fly_client(settings)
-    _warn_if_exposed(settings.host)
+    warn_if_exposed(settings.host)
 
     def show(check: Check) -> None:
         verdict = "[green]ok[/green]  " if check.ok else "[red]FAIL[/red]"
@@ -391,9 +399,9 @@ def machines_reap(
     settings = load_settings(fly_app=fly_app)
     if not settings.fly_app:
         raise UsageError("set FLY_APP or pass --app: the app whose machines to reap")
-    result = reap(
-        fly_client(settings), Ledger(settings.ledger_path), everything=everything, pool=pool
-    )
+    client = fly_client(settings)
+    with Ledger(settings.ledger_path) as ledger:
+        result = reap(client, ledger, everything=everything, pool=pool)
     out.print(
         f"destroyed {len(result.destroyed)} machine(s)"
         + (f": {', '.join(result.destroyed)}" if result.destroyed else "")
@@ -429,7 +437,8 @@ def cost() -> None:
     from whisperfarm.ledger import Ledger
     from whisperfarm.settings import load_settings
 
-    report = cost_report(Ledger(load_settings().ledger_path))
+    with Ledger(load_settings().ledger_path) as ledger:
+        report = cost_report(ledger)
     if not report:
         out.print("no runs yet")
         return

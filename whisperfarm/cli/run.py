@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from whisperfarm.cli import (
+from whisperfarm.cli.root import (
     Formats,
     HighlightWords,
     MaxLineCount,
@@ -19,6 +19,7 @@ from whisperfarm.cli import (
     err,
     friendly,
     out,
+    warn_if_exposed,
 )
 
 
@@ -135,15 +136,15 @@ def transcribe(
 
     Example: `whisperfarm transcribe show.mp3 -m tiny.en --format all -o out/`
     """
-    import secrets
-
     from whisperfarm.console import RunReporter
     from whisperfarm.errors import FlyGPUUnsupported
-    from whisperfarm.farm import Farm, Fleet, Fleets
+    from whisperfarm.farm import Farm
+    from whisperfarm.fly.config import ask_fly_first, fly_client
     from whisperfarm.fly.pricing import GPU_GONE_MESSAGE
+    from whisperfarm.fly.store import MachineStore
     from whisperfarm.interrupts import stop_signals
-    from whisperfarm.local import LocalFleet, default_workers
-    from whisperfarm.media import check_input
+    from whisperfarm.ledger import Ledger
+    from whisperfarm.plan import fleets, plan_run
     from whisperfarm.settings import load_settings, parse_formats
 
     if gpu:
@@ -172,34 +173,14 @@ def transcribe(
         fly_reach_timeout=reach_timeout,
     )
     format_list = parse_formats(settings.formats)
-    run_id = secrets.token_hex(4)
-    fleets: list[Fleet] = []
-    fly = None
-    plan = None
-    if settings.backend == "fly":
-        from whisperfarm.calibration import for_settings
-        from whisperfarm.fly.config import (
-            ask_fly_first,
-            describe_plan,
-            estimate,
-            fly_client,
-            fly_config,
-            pool_ready,
-        )
-        from whisperfarm.fly.fleet import FlyFleet
-
-        measured = for_settings(settings.model, settings.compute_type, settings.ledger_path)
-        config = fly_config(
-            settings, with_local_workers=bool(settings.workers), calibration=measured
-        )
-        audio = sum(check_input(path).duration or 0.0 for path in inputs)
-        ready = pool_ready(settings, config)
-        plan = estimate(config, audio, ready=ready)
+    plan = plan_run(settings, inputs)
+    client = None
+    if plan.fly is not None:
         if not quiet or dry_run:
-            out.print(describe_plan(config, plan, audio, ready=ready), highlight=False)
+            out.print(plan.fly.describe(), highlight=False)
         if dry_run:
             return
-        if not plan.fits_budget:
+        if not plan.fly.estimate.fits_budget:
             out.print(
                 "[yellow]the estimate is over the budget: the run stops at the cap and "
                 "can be resumed[/yellow]"
@@ -208,37 +189,17 @@ def transcribe(
             raise typer.Exit(1)
         client = fly_client(settings)
         ask_fly_first(client)
-        fly = FlyFleet(client, config, ledger_path=settings.ledger_path, run_id=run_id)
-    n_workers, n_threads = default_workers()
-    if settings.workers is not None:
-        n_workers = settings.workers
-        n_threads = max(1, (os.cpu_count() or 1) // max(1, n_workers))
-    elif fly is not None:
-        n_workers = 0  # on Fly, local workers only when asked for
-    if settings.threads is not None:
-        n_threads = settings.threads
-    if n_workers or fly is None:
-        fleets.append(
-            LocalFleet(
-                n_workers,
-                n_threads,
-                logs_dir=settings.logs_dir,
-                run_id=run_id,
-                compute_type=settings.compute_type,
-            )
-        )
-    if fly is not None:
-        fleets.append(fly)
+    fleet, fly = fleets(plan, client)
     if dry_run:
-        out.print(f"plan: {fleets[0].description}; nothing started (--dry-run)")
+        out.print(f"plan: {fleet.description}; nothing started (--dry-run)")
         return
-    _warn_if_exposed(settings.host)
+    warn_if_exposed(settings.host)
     reporter = RunReporter(out, quiet=quiet)
     # SIGTERM and SIGHUP end the run as Ctrl-C does: machines destroyed, workers stopped.
     with stop_signals():
         try:
-            summary = Farm(settings, Fleets(*fleets), reporter, run_id=run_id).transcribe(
-                inputs, out_dir, format_list
+            summary = Farm(settings, fleet, reporter, run_id=plan.run_id).transcribe(
+                plan.inputs, out_dir, format_list
             )
         finally:
             reporter.close()
@@ -250,14 +211,13 @@ def transcribe(
                     highlight=False,
                 )
     reporter.summary(summary, out_dir)
-    if plan is not None and not quiet:
-        from whisperfarm.fly.store import MachineStore
-        from whisperfarm.ledger import Ledger
-
-        spent = MachineStore(Ledger(settings.ledger_path)).spend(run_id)
+    if plan.fly is not None and not quiet:
+        with Ledger(settings.ledger_path) as ledger:
+            spent = MachineStore(ledger).spend(plan.run_id)
+        estimate = plan.fly.estimate
         out.print(
-            f"  estimate before the run: {plan.wall_seconds / 60:.1f} min, ${plan.cost:.2f}"
-            f" · actual: {summary.wall_seconds / 60:.1f} min, ${spent:.2f}",
+            f"  estimate before the run: {estimate.wall_seconds / 60:.1f} min, "
+            f"${estimate.cost:.2f} · actual: {summary.wall_seconds / 60:.1f} min, ${spent:.2f}",
             highlight=False,
         )
     if summary.failed:
@@ -302,14 +262,3 @@ def worker(
     from worker.__main__ import main as worker_main
 
     raise typer.Exit(worker_main())
-
-
-def _warn_if_exposed(host: str) -> None:
-    from whisperfarm.server import is_loopback
-
-    if not is_loopback(host):
-        err.print(
-            f"[yellow]warning:[/yellow] the coordinator listens on {host}, beyond this machine; "
-            "anyone who can reach it needs the run's token, so keep it private",
-            highlight=False,
-        )

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from whisperfarm.cli import app, friendly, out
+from whisperfarm.cli.root import app, friendly, out
 
 # The clock the snapshot is taken at; tests pin it.
 clock = time.time

@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import NoReturn
 
-from whisperfarm.coordinator import CoordinatorConfig, create_app
+from whisperfarm.coordinator import create_app
+from whisperfarm.coordinator_config import CoordinatorConfig
 from whisperfarm.errors import FlyAuthError, FlyCapacityError, FlyError
 from whisperfarm.fly.client import Machine, MachinesClient, build_worker_config
 from whisperfarm.fly.config import FlyConfig
@@ -33,6 +34,7 @@ from whisperfarm.fly.store import MachineStore
 from whisperfarm.interrupts import held
 from whisperfarm.ledger import Ledger
 from whisperfarm.money import machine_cost, machine_seconds
+from whisperfarm.plan import new_run_id
 from whisperfarm.server import BackgroundServer, bind
 from whisperfarm.settings import Settings
 from whisperfarm.states import MACHINE_ENDED
@@ -85,7 +87,7 @@ def run_check(
 ) -> CheckReport:
     """Serve a coordinator with nothing to do on the settings' host and port, record the
     check as a run, and run :func:`check` against it."""
-    run_id = f"check-{secrets.token_hex(3)}"
+    run_id = new_run_id("check-")
     ledger = Ledger(settings.ledger_path)
     ledger.start_run(run_id, backend="check", episode_ids=[], pid=os.getpid())
     result = CheckReport()

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import builtins
 import math
-import os
 import random
 import re
 import time
@@ -271,28 +270,6 @@ class MachinesClient:
         self._clock = clock
         self._max_attempts = max_attempts
         self._max_backoff = max_backoff
-
-    @classmethod
-    def from_env(
-        cls, app: str, *, environ: Mapping[str, str] | None = None, **kwargs: Any
-    ) -> MachinesClient:
-        """A client configured the way flyctl reads its environment.
-
-        Token: FLY_ACCESS_TOKEN, then FLY_API_TOKEN. Host: FLY_FLAPS_BASE_URL, then
-        FLY_API_HOSTNAME, then the public API.
-        """
-        env = os.environ if environ is None else environ
-        token = env.get("FLY_ACCESS_TOKEN") or env.get("FLY_API_TOKEN") or ""
-        if not token.strip():
-            raise FlyAuthError(
-                "No Fly API token: set FLY_API_TOKEN to a token from "
-                f"`fly tokens create deploy -a {app}`"
-            )
-        base_url = env.get("FLY_FLAPS_BASE_URL") or env.get("FLY_API_HOSTNAME") or DEFAULT_BASE_URL
-        if "://" not in base_url:
-            base_url = f"https://{base_url}"
-        kwargs.setdefault("base_url", base_url)
-        return cls(app, token, **kwargs)
 
     def close(self) -> None:
         if self._owns_http:

@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from whisperfarm.calibration import Calibration
 from whisperfarm.errors import FlyAuthError, FlyUnavailable, UsageError
 from whisperfarm.fly.client import MachinesClient
 from whisperfarm.fly.policy import FleetLimits, Plan, machine_speed, plan
+from whisperfarm.fly.pool import ready_in_ledger
 from whisperfarm.fly.pricing import Size, size_named
 from whisperfarm.fly.reach import ReachLimits
+from whisperfarm.ledger import Ledger
 from whisperfarm.settings import Settings
-
-if TYPE_CHECKING:
-    from whisperfarm.calibration import Calibration
 
 
 def default_size(model: str) -> str:
@@ -190,9 +189,6 @@ def describe_plan(config: FlyConfig, plan: Plan, audio_seconds: float, *, ready:
 def pool_ready(settings: Settings, config: FlyConfig) -> int:
     """Warm-pool machines this run could start at once, as the ledger last saw them
     (without creating a ledger where there is none)."""
-    from whisperfarm.fly.pool import ready_in_ledger
-    from whisperfarm.ledger import Ledger
-
     if not settings.ledger_path.exists():
         return 0
     ledger = Ledger(settings.ledger_path)

@@ -39,7 +39,7 @@ from whisperfarm.fly.policy import CreateRate
 from whisperfarm.fly.pricing import STOPPED_USD_PER_GB_MONTH, Size, stopped_cost_per_month
 from whisperfarm.fly.store import MachineStore
 from whisperfarm.ledger import Ledger
-from whisperfarm.status import process_alive
+from whisperfarm.processes import process_alive
 
 log = logging.getLogger("whisperfarm.fly")
 

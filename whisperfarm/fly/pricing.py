@@ -43,14 +43,8 @@ SIZES: dict[str, Size] = {
     )
 }
 
-DEFAULT_SIZE = "performance-2x"
-
 # A stopped machine bills no CPU or RAM, only its root filesystem (the unpacked image).
 STOPPED_USD_PER_GB_MONTH = 0.15
-# What the worker image unpacks to when nothing better is known: the Dockerfile keeps it
-# "well under 2 GB" with small.en; a larger baked-in model makes it bigger. An estimate,
-# overridable (``fly_rootfs_gb``), since the Machines API does not say.
-DEFAULT_ROOTFS_GB = 2.0
 
 # Fly's former GPU presets; named so the error can say why they fail.
 _GPU_SIZES = frozenset(

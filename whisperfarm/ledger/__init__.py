@@ -90,6 +90,13 @@ class Ledger(
     def close(self) -> None:
         self.conn.close()
 
+    # ``with Ledger(path) as ledger:`` closes it at the end, as sqlite-utils' Database does.
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
 
 __all__ = [
     "WORDS_GAP",

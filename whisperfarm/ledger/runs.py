@@ -36,13 +36,6 @@ class RunStore(Store):
                 [(run_id, episode_id) for episode_id in episode_ids],
             )
 
-    def add_run_episode(self, run_id: str, episode_id: str) -> None:
-        with self._write() as conn:
-            conn.execute(
-                "INSERT OR IGNORE INTO run_episodes (run_id, episode_id) VALUES (?, ?)",
-                (run_id, episode_id),
-            )
-
     def set_run_url(self, run_id: str, url: str) -> None:
         with self._write() as conn:
             conn.execute("UPDATE runs SET url = ? WHERE id = ?", (url, run_id))

@@ -1,0 +1,47 @@
+"""What a coordinator serves: the run's ledger, token and episodes, its lease and attempt
+limits, and one ledger connection per server thread.
+
+Its own module, not ``coordinator.py``: the worker API and the status page read it, and
+the coordinator module builds the app from both, so the imports run one way
+(coordinator → worker_api, page → coordinator_config).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from whisperfarm.ledger import Clock, Ledger
+
+
+@dataclass
+class CoordinatorConfig:
+    ledger_path: Path
+    token: str
+    scope: Callable[[], list[str]]
+    episodes_dir: Path
+    lease_seconds: float = 60.0
+    max_attempts: int = 3
+    clock: Clock | None = None
+    _ledgers: list[Ledger] = field(default_factory=list)
+    _local: threading.local = field(default_factory=threading.local)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def ledger(self) -> Ledger:
+        """One ledger connection per server thread."""
+        ledger = getattr(self._local, "ledger", None)
+        if ledger is None:
+            kwargs = {"clock": self.clock} if self.clock else {}
+            ledger = Ledger(self.ledger_path, **kwargs)
+            self._local.ledger = ledger
+            with self._lock:
+                self._ledgers.append(ledger)
+        return ledger
+
+    def close(self) -> None:
+        with self._lock:
+            for ledger in self._ledgers:
+                ledger.close()
+            self._ledgers.clear()

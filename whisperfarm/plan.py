@@ -1,0 +1,155 @@
+"""Planning a run before anything starts: the files it transcribes, the model, its run id,
+the local workers and their threads, and on Fly the machines and what they will cost.
+
+``transcribe`` and ``serve`` both plan here, then print, ask and start; nothing here
+prints, asks, or calls Fly's API (a warm-pool count and a calibration are read from the
+ledger, when there is one).
+
+    plan_run(settings, inputs)               → RunPlan   (for transcribe)
+    plan_run(settings, inputs, serving=True) → RunPlan   (for serve)
+    fleets(plan, client)                     → the run's fleets, local workers first
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from whisperfarm.calibration import for_settings
+from whisperfarm.farm import Fleet, Fleets
+from whisperfarm.fly.client import MachinesClient
+from whisperfarm.fly.config import FlyConfig, describe_plan, estimate, fly_config, pool_ready
+from whisperfarm.fly.fleet import FlyFleet
+from whisperfarm.fly.policy import Plan
+from whisperfarm.ledger import Ledger
+from whisperfarm.local import LocalFleet, default_workers
+from whisperfarm.media import check_input
+from whisperfarm.settings import Settings
+
+
+def new_run_id(prefix: str = "") -> str:
+    """A fresh run id: eight hex digits (after ``prefix``). It names the run in the ledger,
+    its workers, its logs and its Fly machines; every run id is minted here."""
+    return prefix + secrets.token_hex(4)
+
+
+@dataclass(frozen=True)
+class FlyPlan:
+    """What a run on Fly Machines will do, worked out before any API call."""
+
+    config: FlyConfig
+    audio_seconds: float
+    ready: int
+    """Warm-pool machines the run can start at once, as the ledger last saw them."""
+    estimate: Plan
+
+    def describe(self) -> str:
+        return describe_plan(self.config, self.estimate, self.audio_seconds, ready=self.ready)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    settings: Settings
+    inputs: list[Path]
+    run_id: str
+    workers: int
+    """Local worker processes; 0: none (outside workers, or Fly machines, do the work)."""
+    threads: int
+    """CPU threads per local worker."""
+    compute_type: str
+    """What the local workers load the model as."""
+    fly: FlyPlan | None = None
+
+    @property
+    def model(self) -> str:
+        return self.settings.model
+
+
+def plan_run(
+    settings: Settings,
+    inputs: Sequence[Path],
+    *,
+    serving: bool = False,
+    workers: int = 0,
+    cpus: int | None = None,
+) -> RunPlan:
+    """The plan for a run of ``inputs`` with ``settings`` on a machine with ``cpus`` cores
+    (default: this one's).
+
+    ``transcribe``: local workers as many as settings say, else one per core up to 4, then
+    one per 2 cores (``default_workers``), each with an equal share of the cores; with
+    ``backend = "fly"``, Fly machines and no local workers unless settings ask for them.
+
+    ``serve`` (``serving=True``): the coordinator for outside workers, serving ``inputs``
+    and every unfinished episode of the model (an empty ``inputs`` then means nothing to
+    serve), with ``workers`` local workers of one thread each.
+    """
+    run_id = new_run_id()
+    if serving:
+        # serve's local workers have always been one thread each and loaded the model as
+        # int8 (LocalFleet's default) whatever the compute_type setting; kept as it was,
+        # this change being a refactor.
+        queued = _unfinished_sources(settings)
+        paths = list(dict.fromkeys([*inputs, *queued]))
+        return RunPlan(settings, paths, run_id, workers, 1, "int8")
+    fly = _plan_fly(settings, inputs) if settings.backend == "fly" else None
+    cpus = cpus or os.cpu_count() or 1
+    n_workers, n_threads = default_workers(cpus)
+    if settings.workers is not None:
+        n_workers = settings.workers
+        n_threads = max(1, cpus // max(1, n_workers))
+    elif fly is not None:
+        n_workers = 0  # on Fly, local workers only when asked for
+    if settings.threads is not None:
+        n_threads = settings.threads
+    return RunPlan(settings, list(inputs), run_id, n_workers, n_threads, settings.compute_type, fly)
+
+
+def fleets(plan: RunPlan, client: MachinesClient | None = None) -> tuple[Fleets, FlyFleet | None]:
+    """The run's fleets as one (local workers first, then Fly machines through ``client``),
+    and its Fly fleet alone, whose leftovers the caller reports. A run on Fly has local
+    workers only when its plan has some."""
+    settings = plan.settings
+    parts: list[Fleet] = []
+    fly = None
+    if plan.workers or plan.fly is None:
+        parts.append(
+            LocalFleet(
+                plan.workers,
+                plan.threads,
+                logs_dir=settings.logs_dir,
+                run_id=plan.run_id,
+                compute_type=plan.compute_type,
+            )
+        )
+    if plan.fly is not None:
+        if client is None:
+            raise ValueError("a run on Fly needs a Machines API client")
+        fly = FlyFleet(
+            client, plan.fly.config, ledger_path=settings.ledger_path, run_id=plan.run_id
+        )
+        parts.append(fly)
+    return Fleets(*parts), fly
+
+
+def _plan_fly(settings: Settings, inputs: Sequence[Path]) -> FlyPlan:
+    measured = for_settings(settings.model, settings.compute_type, settings.ledger_path)
+    config = fly_config(settings, with_local_workers=bool(settings.workers), calibration=measured)
+    audio = sum(check_input(path).duration or 0.0 for path in inputs)
+    ready = pool_ready(settings, config)
+    return FlyPlan(config, audio, ready, estimate(config, audio, ready=ready))
+
+
+def _unfinished_sources(settings: Settings) -> list[Path]:
+    """Source files of the ledger's unfinished episodes of ``settings.model`` that still exist."""
+    with Ledger(settings.ledger_path) as ledger:
+        return [
+            Path(episode["source"])
+            for episode in ledger.episodes()
+            if episode["state"] != "done"
+            and episode["model"] == settings.model
+            and Path(episode["source"]).is_file()
+        ]
