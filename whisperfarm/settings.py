@@ -155,6 +155,11 @@ class Settings(BaseSettings):
     def logs_dir(self) -> Path:
         return self.home / "logs"
 
+    @property
+    def downloads_dir(self) -> Path:
+        """Inputs given as URLs or on standard input (whisperfarm/sources.py)."""
+        return self.home / "downloads"
+
     def format_list(self) -> list[str]:
         return parse_formats(self.formats)
 
