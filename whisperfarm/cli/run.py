@@ -23,6 +23,7 @@ def transcribe(
         typer.Argument(
             help="Audio or video files (anything ffmpeg reads), http(s) URLs of one or of a "
             "podcast's RSS/Atom feed, or - for standard input.",
+            metavar="FILE|URL|-",
             show_default=False,
         ),
     ],
