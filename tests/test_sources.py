@@ -171,6 +171,17 @@ def test_a_feed_without_audio_enclosures_fails_in_one_line(
         resolve(files, client, home, files.url("/feed.xml"))
 
 
+def test_a_feed_cannot_make_it_read_local_files(
+    files: Files, client: httpx.Client, home: Path
+) -> None:
+    files.resources["/feed.xml"] = Resource(
+        rss([{"title": "secret", "guid": "1", "url": "file:///etc/passwd"}]),
+        content_type="text/xml",
+    )
+    with pytest.raises(InputError, match="has no episodes with audio"):
+        resolve(files, client, home, files.url("/feed.xml"))
+
+
 def test_a_web_page_is_neither_audio_nor_a_feed(
     files: Files, client: httpx.Client, home: Path
 ) -> None:

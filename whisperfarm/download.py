@@ -208,7 +208,7 @@ class Downloader:
         )
         try:
             return retrying(attempt.run)
-        except httpx.ConnectError as error:
+        except (httpx.ConnectError, httpx.ConnectTimeout) as error:
             raise InputError(
                 f"{url}: can't reach {urlsplit(url).hostname} ({_reason(error)}): "
                 "check the network connection and the URL"

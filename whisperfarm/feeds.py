@@ -9,6 +9,7 @@ episode with that content and model) without downloading it again.
 
 from __future__ import annotations
 
+import calendar
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -17,6 +18,7 @@ from urllib.parse import urljoin, urlsplit
 
 import feedparser
 
+from whisperfarm.download import is_url
 from whisperfarm.errors import InputError
 from whisperfarm.ledger import Ledger
 
@@ -68,7 +70,7 @@ def parse_feed(url: str, body: bytes) -> Feed:
                 key=str(entry.get("id") or enclosure),
                 title=title or PurePosixPath(urlsplit(enclosure).path).stem,
                 url=enclosure,
-                published=time.mktime(stamp) if stamp else None,
+                published=calendar.timegm(stamp) if stamp else None,
             )
         )
     if not episodes:
@@ -83,12 +85,14 @@ def parse_feed(url: str, body: bytes) -> Feed:
 
 
 def _enclosure(feed_url: str, entry: Any) -> str | None:
+    """The entry's first audio or video enclosure, as an absolute http(s) URL: a feed
+    names what is downloaded, so never a file:// or other scheme."""
     for link in entry.get("enclosures") or []:
-        href = link.get("href")
+        href = urljoin(feed_url, str(link.get("href") or ""))
         kind = str(link.get("type") or "").lower()
-        suffix = PurePosixPath(urlsplit(href or "").path).suffix.lower()
-        if href and (kind.startswith(("audio/", "video/")) or suffix in MEDIA_SUFFIXES):
-            return urljoin(feed_url, href)
+        suffix = PurePosixPath(urlsplit(href).path).suffix.lower()
+        if is_url(href) and (kind.startswith(("audio/", "video/")) or suffix in MEDIA_SUFFIXES):
+            return href
     return None
 
 

@@ -326,7 +326,7 @@ def _resolve_inputs(
             ledger_path=settings.ledger_path,
             model=settings.model,
             latest=latest,
-            stdin=sys.stdin.buffer,
+            stdin=getattr(sys.stdin, "buffer", None),  # None without a stdin
         )
     if not quiet:
         for note in resolved.notes:
