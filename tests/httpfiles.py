@@ -84,6 +84,12 @@ class _Handler(BaseHTTPRequestHandler):
             and (not if_range or if_range in validators)
         ):
             start = int(wanted[len("bytes=") :].split("-")[0])
+            if start >= len(body):  # as servers do (RFC 9110 15.5.17)
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(body)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
         else:

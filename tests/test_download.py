@@ -125,6 +125,20 @@ def test_a_partial_download_resumes_in_a_later_run(
     assert files.requests_for("/ep.mp3")[-1].sent == len(audio) - 7000
 
 
+def test_a_whole_part_left_before_its_rename_is_finished_without_a_download(
+    files: Files, client: httpx.Client, tmp_path: Path, audio: bytes
+) -> None:
+    files.resources["/ep.mp3"] = Resource(audio, drops=1, drop_after=7000)
+    with pytest.raises(InputError):
+        downloader(client, tmp_path, attempts=1).fetch(files.url("/ep.mp3"))
+    (tmp_path / url_key(files.url("/ep.mp3")) / PART).write_bytes(audio)  # all came, then a crash
+
+    download = downloader(client, tmp_path).fetch(files.url("/ep.mp3"))
+    assert download.path.name == "ep.mp3" and download.path.read_bytes() == audio
+    assert files.requests_for("/ep.mp3")[-1].headers["range"] == f"bytes={len(audio)}-"
+    assert len(files.requests_for("/ep.mp3")) == 2, "no second download"
+
+
 def test_a_finished_download_is_revalidated_not_fetched_again(
     files: Files, client: httpx.Client, tmp_path: Path, audio: bytes
 ) -> None:

@@ -280,8 +280,12 @@ class _Attempt:
                 return self._reuse(meta)
             if status in TRANSIENT_STATUS:
                 raise _Transient(f"{status} {response.reason_phrase}")
-            if status == 416 and offset:  # the .part is no prefix of the file: start over
-                self.part.unlink()
+            if status == 416 and offset:
+                # "bytes */<offset>": the .part is the whole file (stopped before its rename)
+                whole = _content_range(response.headers.get("content-range")) == (-1, offset)
+                if whole and validator:
+                    return self._finish(str(meta["name"]), str(meta.get("content_type") or ""))
+                self.part.unlink()  # the .part is no prefix of the file: start over
                 raise _Transient("416 Range Not Satisfiable")
             if status >= 400:
                 raise InputError(_refusal(self.url, response))
@@ -322,6 +326,9 @@ class _Attempt:
                     progress.advance(len(data))
             if self.total is not None and self.part.stat().st_size < self.total:
                 raise _Dropped("the connection closed before the whole file came")
+        return self._finish(name, content_type)
+
+    def _finish(self, name: str, content_type: str) -> Download:
         final = self.folder / name
         for stale in self.folder.iterdir():  # an earlier copy under another name
             if stale.name not in (PART, META):
@@ -387,7 +394,10 @@ def _extension(content_type: str) -> str:
 
 
 def _content_range(value: str | None) -> tuple[int, int | None]:
-    """``bytes 100-199/1000`` → (100, 1000)."""
+    """``bytes 100-199/1000`` → (100, 1000); ``bytes */1000`` (a 416's) → (-1, 1000)."""
+    unsatisfied = re.match(r"bytes \*/(\d+)", value or "")
+    if unsatisfied:
+        return -1, int(unsatisfied.group(1))
     match = re.match(r"bytes (\d+)-\d+/(\d+|\*)", value or "")
     if not match:
         return -1, None
