@@ -248,3 +248,24 @@ def m007_vad_speech_spans(db: Database) -> None:
     """Where the speech model heard speech in each chunk (a JSON list of [start, end] on
     the episode timeline); NULL for chunks cut before, or without, the model."""
     db.execute("ALTER TABLE chunks ADD COLUMN speech_spans TEXT")
+
+
+@migrations()
+def m008_feed_episodes(db: Database) -> None:
+    """Podcast feed episodes (``transcribe FEED_URL``), keyed per feed by GUID, else
+    enclosure URL, with the content hash of what was downloaded: an episode whose content
+    the ledger holds transcribed is skipped without downloading it again."""
+    db.execute(
+        """
+        CREATE TABLE feed_episodes (
+            feed_url TEXT NOT NULL,
+            key TEXT NOT NULL,
+            title TEXT NOT NULL,
+            enclosure_url TEXT NOT NULL,
+            content_hash TEXT NOT NULL,
+            file TEXT NOT NULL,
+            downloaded_at REAL NOT NULL,
+            PRIMARY KEY (feed_url, key)
+        )
+        """
+    )

@@ -188,6 +188,11 @@ class Settings(BaseSettings):
             highlight_words=self.highlight_words,
         )
 
+    @property
+    def downloads_dir(self) -> Path:
+        """Inputs given as URLs or on standard input (whisperfarm/sources.py)."""
+        return self.home / "downloads"
+
 
 def parse_formats(value: str) -> list[str]:
     """`"srt, vtt"` → `["srt", "vtt"]`; `"all"` → every format."""

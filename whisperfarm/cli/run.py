@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -22,12 +23,21 @@ from whisperfarm.cli.root import (
     warn_if_exposed,
 )
 
+if TYPE_CHECKING:
+    from whisperfarm.settings import Settings
+
 
 @app.command()
 @friendly
 def transcribe(
     inputs: Annotated[
-        list[Path], typer.Argument(help="Audio or video files (anything ffmpeg reads).")
+        list[str],
+        typer.Argument(
+            help="Audio or video files (anything ffmpeg reads), http(s) URLs of one or of a "
+            "podcast's RSS/Atom feed, or - for standard input.",
+            metavar="FILE|URL|-",
+            show_default=False,
+        ),
     ],
     workers: Annotated[
         int | None,
@@ -121,8 +131,21 @@ def transcribe(
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Start machines without asking.")
     ] = False,
+    latest: Annotated[
+        int,
+        typer.Option(
+            "--latest",
+            min=1,
+            help="Feeds: the N newest episodes; those already transcribed with this model "
+            "are skipped.",
+        ),
+    ] = 1,
 ) -> None:
     """Transcribe files; writes OUT/NAME.FORMAT for each input.
+
+    A URL is downloaded (resumably) into WHISPERFARM_HOME/downloads and named from its
+    headers or path; a podcast feed URL gives its --latest N episodes, named from their
+    titles; '-' reads standard input (named 'stdin').
 
     Workers run locally, on Fly Machines (--backend fly, within --budget), or anywhere
     that runs the printed 'whisperfarm worker' command. Running the same command again
@@ -173,7 +196,10 @@ def transcribe(
         fly_reach_timeout=reach_timeout,
     )
     format_list = parse_formats(settings.formats)
-    plan = plan_run(settings, inputs)
+    resolved = _resolve_inputs(inputs, settings, latest=latest, quiet=quiet)
+    if not resolved:
+        return  # a feed with nothing new
+    plan = plan_run(settings, resolved)
     client = None
     if plan.fly is not None:
         if not quiet or dry_run:
@@ -262,3 +288,28 @@ def worker(
     from worker.__main__ import main as worker_main
 
     raise typer.Exit(worker_main())
+
+
+def _resolve_inputs(
+    inputs: list[str], settings: Settings, *, latest: int, quiet: bool
+) -> list[Path]:
+    """Local files for the arguments: URLs and feeds downloaded, '-' read (sources.py)."""
+    from whisperfarm.download import BarProgress, Downloader, http_client
+    from whisperfarm.sources import resolve_inputs
+
+    progress = BarProgress(err) if err.is_terminal and not quiet else None
+    with http_client() as client:
+        resolved = resolve_inputs(
+            inputs,
+            Downloader(client, settings.downloads_dir, progress=progress),
+            ledger_path=settings.ledger_path,
+            model=settings.model,
+            latest=latest,
+            stdin=getattr(sys.stdin, "buffer", None),  # None without a stdin
+        )
+    if not quiet:
+        for note in resolved.notes:
+            out.print(note, highlight=False, markup=False)
+        if not resolved.paths:
+            out.print("nothing new to transcribe")
+    return resolved.paths
