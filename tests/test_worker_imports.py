@@ -38,7 +38,7 @@ config = WorkerConfig.from_env(
 )
 transcriber = preloaded_transcriber(config)
 noise = (np.random.default_rng(0).standard_normal(16_000) * 0.01).astype(np.float32)
-assert transcriber.transcribe(noise, model="tiny.en")["model"] == "tiny.en"
+assert transcriber.transcribe(noise, model="tiny.en").model == "tiny.en"
 CoordinatorClient("http://c", "t").close()
 print(json.dumps(sorted({name.partition(".")[0] for name in sys.modules} - AT_START)))
 """
