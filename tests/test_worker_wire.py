@@ -166,3 +166,16 @@ def test_a_claim_answer_the_worker_cannot_read_is_a_protocol_error(answer: objec
     client, _ = recording_client(answer)
     with pytest.raises(CoordinatorError, match="run a worker image of the coordinator's"):
         client.claim(WorkerModel(id="w"))
+
+
+def test_the_worker_leaves_validating_what_it_sends_to_the_coordinator(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A host name longer than the API takes (Linux allows 253 characters, the API 200)
+    is the coordinator's to refuse (422: the worker exits 6 with its answer), not a
+    ValidationError with a traceback before the worker's first claim."""
+    monkeypatch.setattr("worker.config.socket.gethostname", lambda: "h" * 230)
+    config = WorkerConfig.from_env({"WHISPERFARM_URL": "http://c", "WHISPERFARM_TOKEN": "t"})
+    client, requests = recording_client({"status": "done", "retry_after": 0.0})
+    client.claim(config.info())
+    assert json.loads(requests[0].content)["worker"]["host"] == "h" * 230

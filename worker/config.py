@@ -165,8 +165,9 @@ class WorkerConfig(BaseSettings):
         return self.given_kind or ("fly" if self.machine_id else "remote")
 
     def info(self) -> WorkerModel:
-        """Who this worker is, as a claim tells the coordinator."""
-        return WorkerModel(
+        """Who this worker is, as a claim tells the coordinator (which validates it, like
+        every body a worker sends: see worker.client)."""
+        return WorkerModel.model_construct(
             id=self.worker_id,
             kind=self.kind,
             host=self.host,
