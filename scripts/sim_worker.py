@@ -35,6 +35,7 @@ from worker.client import CoordinatorClient
 from worker.config import WorkerConfig
 from worker.loop import Worker
 from worker.transcriber import Stopped
+from worker.wire import ResultModel
 
 SAMPLE_RATE = 16_000
 
@@ -68,20 +69,22 @@ class SleepingTranscriber:
         model: str,
         should_stop: Callable[[], bool] = lambda: False,
         **_: Any,
-    ) -> dict[str, Any]:
+    ) -> ResultModel:
         duration = len(audio) / SAMPLE_RATE
         deadline = time.monotonic() + duration / self.speed
         while (left := deadline - time.monotonic()) > 0:
             if should_stop():
                 raise Stopped()
             self.sleep(min(left, 0.5))
-        return {
-            "segments": [{"start": 0.0, "end": round(duration, 3), "text": " simulated"}],
-            "language": "en",
-            "duration": duration,
-            "model": model,
-            "elapsed": round(duration / self.speed, 3),
-        }
+        return ResultModel.model_validate(
+            {
+                "segments": [{"start": 0.0, "end": round(duration, 3), "text": " simulated"}],
+                "language": "en",
+                "duration": duration,
+                "model": model,
+                "elapsed": round(duration / self.speed, 3),
+            }
+        )
 
 
 def main() -> int:

@@ -141,7 +141,14 @@ def direct(name: str) -> set[str]:
 
 def test_the_worker_lock_pins_every_package_with_hashes_and_nothing_of_the_cli() -> None:
     packages = locked("worker")
-    assert direct("worker") == {"httpx", "tenacity", "numpy", "faster-whisper"}
+    assert direct("worker") == {
+        "httpx",
+        "tenacity",
+        "numpy",
+        "faster-whisper",
+        "pydantic",
+        "pydantic-settings",
+    }
     assert direct("worker") <= packages.keys()
     assert all(len(h) == 1 or all(len(x) == 64 for x in h) for h in packages.values())
     assert all(packages.values()), "every locked package has hashes (pip --require-hashes)"

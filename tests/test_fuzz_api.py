@@ -27,7 +27,7 @@ from whisperfarm.ledger import ChunkPlan, Ledger, WorkerInfo
 from whisperfarm.settings import ALL_FORMATS
 from whisperfarm.stitch import ChunkResult, stitch
 from whisperfarm.transcripts import Transcript, write_outputs
-from whisperfarm.worker_api import ResultRequest
+from worker.wire import ResultRequest
 
 TOKEN = "fuzz-run-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -35,6 +35,7 @@ from worker.config import ConfigError, WorkerConfig
 from worker.loop import EXIT_DONE, EXIT_MODEL, EXIT_STOPPED, Worker
 from worker.models import ModelLoadError, bundled_tiny_en
 from worker.transcriber import Stopped, Transcriber
+from worker.wire import ClaimReply, Lease, ResultModel, WorkerModel
 
 TOKEN = "worker-test-token"
 LEASE = 60.0
@@ -72,7 +73,7 @@ class FakeTranscriber(Transcriber):
     holds ``transcribe`` to the real signature; ``behave`` decides what each call does
     (return a result or raise)."""
 
-    behave: Callable[[int, Callable[[], bool]], dict[str, Any]] | None = None
+    behave: Callable[[int, Callable[[], bool]], ResultModel] | None = None
     calls: list[Call] = field(default_factory=list)
 
     def transcribe(
@@ -84,21 +85,23 @@ class FakeTranscriber(Transcriber):
         beam_size: int = 5,
         word_timestamps: bool = False,
         should_stop: Callable[[], bool] = lambda: False,
-    ) -> dict[str, Any]:
+    ) -> ResultModel:
         self.calls.append(Call(audio, model, language, beam_size, word_timestamps))
         if self.behave is not None:
             return self.behave(len(self.calls), should_stop)
         return result_for(audio)
 
 
-def result_for(audio: np.ndarray, text: str | None = None) -> dict[str, Any]:
+def result_for(audio: np.ndarray, text: str | None = None) -> ResultModel:
     seconds = len(audio) / 16_000
-    return {
-        "segments": [{"start": 0.0, "end": seconds, "text": text or f" {seconds:.1f} seconds"}],
-        "language": "en",
-        "duration": seconds,
-        "model": "tiny.en",  # the episode's, as a real transcriber reports it
-    }
+    return ResultModel.model_validate(
+        {
+            "segments": [{"start": 0.0, "end": seconds, "text": text or f" {seconds:.1f} seconds"}],
+            "language": "en",
+            "duration": seconds,
+            "model": "tiny.en",  # the episode's, as a real transcriber reports it
+        }
+    )
 
 
 @dataclass
@@ -111,7 +114,7 @@ class Setup:
 
     def worker(self, transcriber: FakeTranscriber, clock: StepClock | None = None) -> Worker:
         return Worker(
-            self.client, transcriber, {"id": "w1", "kind": "local"}, clock=clock or StepClock()
+            self.client, transcriber, WorkerModel(id="w1", kind="local"), clock=clock or StepClock()
         )
 
     def states(self) -> list[tuple[int, str, int]]:
@@ -194,7 +197,7 @@ def make_setup(
 def test_worker_completes_every_chunk_and_exits_when_done(setup: Setup) -> None:
     clock = StepClock()
 
-    def work(n: int, _: Callable[[], bool]) -> dict[str, Any]:
+    def work(n: int, _: Callable[[], bool]) -> ResultModel:
         clock.now += 2.5  # busy time the worker reports
         return result_for(transcriber.calls[-1].audio)
 
@@ -222,7 +225,7 @@ def test_worker_completes_every_chunk_and_exits_when_done(setup: Setup) -> None:
 
 
 def test_a_transcriber_error_is_reported_and_the_chunk_retried(setup: Setup) -> None:
-    def flaky(n: int, _: Callable[[], bool]) -> dict[str, Any]:
+    def flaky(n: int, _: Callable[[], bool]) -> ResultModel:
         if n == 1:
             raise RuntimeError("decoder exploded")
         return result_for(transcriber.calls[-1].audio)
@@ -237,7 +240,7 @@ def test_a_transcriber_error_is_reported_and_the_chunk_retried(setup: Setup) -> 
 
 
 def test_a_chunk_that_always_fails_goes_dead_and_the_worker_carries_on(setup: Setup) -> None:
-    def bad_first_chunk(n: int, _: Callable[[], bool]) -> dict[str, Any]:
+    def bad_first_chunk(n: int, _: Callable[[], bool]) -> ResultModel:
         audio = transcriber.calls[-1].audio
         if len(audio) == len(setup.samples[0]):
             raise ValueError("cannot decode this one")
@@ -291,7 +294,7 @@ def test_a_worker_transcribes_an_opus_chunk_with_the_real_model(
     samples = np.concatenate(list(decoder.blocks()))
     decoder.close()
     with make_setup(tmp_path, home, ledger, clock, ChunkFormat.OPUS, chunks=[samples]) as farm:
-        worker = Worker(farm.client, Transcriber(threads=1), {"id": "w1", "kind": "local"})
+        worker = Worker(farm.client, Transcriber(threads=1), WorkerModel(id="w1", kind="local"))
         assert worker.run() == EXIT_DONE
 
         (chunk,) = farm.ledger.chunks("ep1")
@@ -309,7 +312,7 @@ def test_a_model_this_worker_cannot_load_fails_one_job_with_the_reason_and_leave
     the whole queue dead faster than healthy workers could finish it."""
     reason = "model 'tiny.en' is not available on this worker (no hub): bake it into the image"
 
-    def no_model(n: int, _: Callable[[], bool]) -> dict[str, Any]:
+    def no_model(n: int, _: Callable[[], bool]) -> ResultModel:
         raise ModelLoadError(reason)
 
     transcriber = FakeTranscriber(no_model)
@@ -325,7 +328,7 @@ def test_a_model_this_worker_cannot_load_fails_one_job_with_the_reason_and_leave
 def test_stop_mid_transcription_releases_the_chunk_without_spending_an_attempt(
     setup: Setup,
 ) -> None:
-    def interrupted(n: int, should_stop: Callable[[], bool]) -> dict[str, Any]:
+    def interrupted(n: int, should_stop: Callable[[], bool]) -> ResultModel:
         assert should_stop() is False
         worker.request_stop()  # SIGTERM arrives between two segments
         if should_stop():
@@ -345,7 +348,7 @@ def test_stop_mid_transcription_releases_the_chunk_without_spending_an_attempt(
 
 
 def test_a_stop_request_lets_the_current_chunk_finish_then_exits(setup: Setup) -> None:
-    def finish_anyway(n: int, _: Callable[[], bool]) -> dict[str, Any]:
+    def finish_anyway(n: int, _: Callable[[], bool]) -> ResultModel:
         worker.request_stop()
         return result_for(transcriber.calls[-1].audio)
 
@@ -369,7 +372,7 @@ def test_lease_lost_result_is_refused_and_the_worker_carries_on(setup: Setup) ->
     ledger = setup.ledger
     clock = setup.clock
 
-    def slow_first_chunk(n: int, _: Callable[[], bool]) -> dict[str, Any]:
+    def slow_first_chunk(n: int, _: Callable[[], bool]) -> ResultModel:
         audio = transcriber.calls[-1].audio
         if n == 1:
             # too slow: the lease expires, another worker takes the chunk and finishes it
@@ -396,18 +399,19 @@ def test_lease_lost_result_is_refused_and_the_worker_carries_on(setup: Setup) ->
 def test_audio_gone_with_the_lease_is_dropped_without_transcribing(setup: Setup) -> None:
     """If the lease is lost before the audio download, the worker drops the job (no
     failure reported, no attempt spent by it) and goes on."""
-    job = setup.client.claim({"id": "w1"})["job"]
+    job = setup.client.claim(WorkerModel(id="w1")).job
+    assert job is not None
     setup.clock.advance(LEASE + 1)
     thief = setup.ledger.claim(
         ["ep1"], WorkerInfo("thief"), lease_seconds=LEASE, max_attempts=MAX_ATTEMPTS
     ).job
-    assert thief is not None and thief.chunk_id == job["chunk_id"]
+    assert thief is not None and thief.chunk_id == job.chunk_id
 
     transcriber = FakeTranscriber()
     setup.worker(transcriber).run_job(job)
 
     assert transcriber.calls == []
-    chunk = setup.ledger.chunk(job["chunk_id"])
+    chunk = setup.ledger.chunk(job.chunk_id)
     assert (chunk["state"], chunk["lease_token"], chunk["error"]) == (
         "leased",
         thief.lease_token,
@@ -451,7 +455,7 @@ def test_config_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.model_dir is None
     assert config.give_up_seconds == 120.0
     assert (config.host, config.machine_id, config.region) == ("box", None, None)
-    assert config.info() == {
+    assert config.info().model_dump() == {
         "id": "box-4321",
         "kind": "remote",
         "host": "box",
@@ -526,6 +530,7 @@ def client_for(script: Script, give_up: float = 60.0) -> tuple[CoordinatorClient
 
 
 DONE = {"status": "done", "retry_after": 0.0}
+DONE_REPLY = ClaimReply.model_validate(DONE)
 
 
 @pytest.mark.parametrize(
@@ -534,7 +539,7 @@ DONE = {"status": "done", "retry_after": 0.0}
 def test_client_retries_transient_errors(transient: Any) -> None:
     script = Script([transient, transient, DONE])
     client, sleeps = client_for(script)
-    assert client.claim({"id": "w"}) == DONE
+    assert client.claim(WorkerModel(id="w")) == DONE_REPLY
     assert len(script.requests) == 3
     assert len(sleeps) == 2
     assert all(0 < s <= 10.0 for s in sleeps)
@@ -546,7 +551,7 @@ def test_client_retries_transient_errors(transient: Any) -> None:
 def test_client_backs_off_exponentially_with_jitter_up_to_ten_seconds() -> None:
     script = Script([503] * 7 + [DONE])
     client, sleeps = client_for(script)
-    assert client.claim({"id": "w"}) == DONE
+    assert client.claim(WorkerModel(id="w")) == DONE_REPLY
     floors = [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
     assert len(sleeps) == len(floors)
     for slept, floor in zip(sleeps, floors, strict=True):
@@ -559,7 +564,7 @@ def test_client_gives_up_after_give_up_seconds(transient: Any) -> None:
     script = Script([transient])
     client, _ = client_for(script, give_up=0.0)
     with pytest.raises(Unreachable, match="unreachable"):
-        client.claim({"id": "w"})
+        client.claim(WorkerModel(id="w"))
     assert len(script.requests) >= 1
     client.close()
 
@@ -568,7 +573,7 @@ def test_client_keeps_retrying_until_give_up_seconds_pass() -> None:
     script = Script([503])
     client, sleeps = client_for(script, give_up=0.05)  # real monotonic time; sleep is a no-op
     with pytest.raises(Unreachable):
-        client.claim({"id": "w"})
+        client.claim(WorkerModel(id="w"))
     assert len(script.requests) > 1
     assert len(sleeps) == len(script.requests) - 1
     client.close()
@@ -578,7 +583,7 @@ def test_client_401_is_unauthorized_at_once() -> None:
     script = Script([401, DONE])
     client, sleeps = client_for(script)
     with pytest.raises(Unauthorized, match="WHISPERFARM_TOKEN"):
-        client.claim({"id": "w"})
+        client.claim(WorkerModel(id="w"))
     assert len(script.requests) == 1
     assert sleeps == []
     client.close()
@@ -588,7 +593,9 @@ def test_client_409_is_lease_lost_at_once() -> None:
     script = Script([409, DONE])
     client, sleeps = client_for(script)
     with pytest.raises(LeaseLostError):
-        client.post_result({"chunk_id": 5, "lease_token": "tok"}, {"segments": []}, 1.0)
+        client.post_result(
+            Lease(chunk_id=5, lease_token="tok"), ResultModel(segments=[], model="m"), 1.0
+        )
     assert len(script.requests) == 1
     assert script.requests[0].url.path == "/v1/jobs/5/result"
     assert sleeps == []
@@ -600,7 +607,7 @@ def test_client_other_4xx_is_a_protocol_error_not_retried(status: int) -> None:
     script = Script([status, DONE])
     client, sleeps = client_for(script)
     with pytest.raises(CoordinatorError, match=str(status)) as raised:
-        client.claim({"id": "w"})
+        client.claim(WorkerModel(id="w"))
     assert not isinstance(raised.value, Unreachable)
     assert len(script.requests) == 1
     assert sleeps == []
@@ -608,7 +615,7 @@ def test_client_other_4xx_is_a_protocol_error_not_retried(status: int) -> None:
 
 
 def test_client_heartbeat_and_release_are_not_retried() -> None:
-    job = {"chunk_id": 3, "lease_token": "tok"}
+    job = Lease(chunk_id=3, lease_token="tok")
     for call in (lambda c: c.heartbeat(job), lambda c: c.release(job)):
         script = Script([503, {"lease_expires_in": 60.0}])
         client, sleeps = client_for(script)
@@ -630,9 +637,11 @@ def test_client_audio_sends_the_lease_token() -> None:
 
     http = httpx.Client(transport=httpx.MockTransport(handler), base_url="http://coord")
     client = CoordinatorClient("http://coord", TOKEN, http=http)
-    job = {"chunk_id": 9, "lease_token": "lease-9"}
+    job = Lease(chunk_id=9, lease_token="lease-9")
     assert client.audio(job) == ChunkAudio(b"OggS....", "audio/ogg")
     assert requests[0].url.path == "/v1/jobs/9/audio"
     assert requests[0].headers["x-lease-token"] == "lease-9"
-    assert client.audio(job | {"chunk_id": 8}) == ChunkAudio(b"RIFF....", "audio/wav")
+    assert client.audio(Lease(chunk_id=8, lease_token="lease-9")) == ChunkAudio(
+        b"RIFF....", "audio/wav"
+    )
     client.close()

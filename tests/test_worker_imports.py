@@ -44,7 +44,7 @@ from worker.audio import ChunkAudio, decode
 opus = decode(ChunkAudio(open(sys.argv[2], "rb").read(), "audio/ogg"))  # PyAV, no ffmpeg
 assert len(opus) == 16_000, len(opus)
 noise = (np.random.default_rng(0).standard_normal(16_000) * 0.01).astype(np.float32)
-assert transcriber.transcribe(noise, model="tiny.en")["model"] == "tiny.en"
+assert transcriber.transcribe(noise, model="tiny.en").model == "tiny.en"
 CoordinatorClient("http://c", "t").close()
 print(json.dumps(sorted({name.partition(".")[0] for name in sys.modules} - AT_START)))
 """

@@ -59,8 +59,8 @@ def test_a_worker_that_preloaded_another_model_runs_the_jobs_model() -> None:
 
     result = transcriber.transcribe(AUDIO, model="tiny.en")
 
-    assert result["model"] == "tiny.en"
-    assert result["segments"][0]["text"] == " by tiny.en"
+    assert result.model == "tiny.en"
+    assert result.segments[0].text == " by tiny.en"
     assert loader.loads == ["small.en", "tiny.en"]
 
 
@@ -68,7 +68,7 @@ def test_the_preloaded_model_serves_the_jobs_that_name_it_without_a_second_load(
     loader = Loader({"tiny.en"})
     transcriber = preloaded_transcriber(config(WHISPERFARM_MODEL="tiny.en"), loader)
     for _ in range(3):
-        assert transcriber.transcribe(AUDIO, model="tiny.en")["model"] == "tiny.en"
+        assert transcriber.transcribe(AUDIO, model="tiny.en").model == "tiny.en"
     assert loader.loads == ["tiny.en"]
 
 
@@ -79,7 +79,7 @@ def test_a_model_that_cannot_be_preloaded_leaves_the_worker_able_to_run_others(
     with caplog.at_level(logging.WARNING, logger="worker"):
         transcriber = preloaded_transcriber(config(WHISPERFARM_MODEL="large-v3"), loader)
     assert "'large-v3' is not available on this worker" in caplog.text
-    assert transcriber.transcribe(AUDIO, model="tiny.en")["model"] == "tiny.en"
+    assert transcriber.transcribe(AUDIO, model="tiny.en").model == "tiny.en"
 
 
 def test_a_model_that_failed_to_load_fails_again_at_once_and_others_still_load() -> None:
@@ -89,14 +89,14 @@ def test_a_model_that_failed_to_load_fails_again_at_once_and_others_still_load()
         with pytest.raises(ModelLoadError, match=r"'small\.en' is not available"):
             transcriber.transcribe(AUDIO, model="small.en")
     assert loader.loads == ["small.en"]  # a failed download is not paid for on every chunk
-    assert transcriber.transcribe(AUDIO, model="tiny.en")["model"] == "tiny.en"
+    assert transcriber.transcribe(AUDIO, model="tiny.en").model == "tiny.en"
 
 
 def test_switching_models_keeps_one_in_memory() -> None:
     loader = Loader({"tiny.en", "base.en"})
     transcriber = Transcriber(threads=1, loader=loader)
     for name in ["tiny.en", "base.en", "tiny.en"]:
-        assert transcriber.transcribe(AUDIO, model=name)["model"] == name
+        assert transcriber.transcribe(AUDIO, model=name).model == name
     assert loader.loads == ["tiny.en", "base.en", "tiny.en"]
 
 

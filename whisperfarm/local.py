@@ -10,6 +10,7 @@ from typing import IO
 
 from whisperfarm.errors import WorkersLost
 from whisperfarm.ledger import Ledger
+from worker.config import WorkerConfig
 
 FLY_SECRETS = ("FLY_API_TOKEN", "FLY_ACCESS_TOKEN", "WHISPERFARM_FLY_API_TOKEN")
 """The Fly API token, under every name settings read it from: the CLI needs it to manage
@@ -63,16 +64,19 @@ class LocalFleet:
 
     def start(self, url: str, token: str, model: str) -> None:
         for n in range(self.workers):
+            config = WorkerConfig.for_worker(
+                url=url,
+                token=token,
+                threads=self.threads,
+                preload_model=model,
+                compute_type=self.compute_type,
+                given_id=f"local-{self.run_id}-{n}",
+                given_kind="local",
+                give_up_seconds=self.give_up_seconds,
+            )
             env = {
                 **worker_environ(),
-                "WHISPERFARM_URL": url,
-                "WHISPERFARM_TOKEN": token,
-                "WHISPERFARM_THREADS": str(self.threads),
-                "WHISPERFARM_MODEL": model,
-                "WHISPERFARM_COMPUTE_TYPE": self.compute_type,
-                "WHISPERFARM_WORKER_ID": f"local-{self.run_id}-{n}",
-                "WHISPERFARM_WORKER_KIND": "local",
-                "WHISPERFARM_GIVE_UP_SECONDS": str(self.give_up_seconds),
+                **config.to_env(),
                 "HF_HUB_OFFLINE": "1",
                 "OMP_NUM_THREADS": str(self.threads),
             }

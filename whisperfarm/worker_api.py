@@ -12,7 +12,8 @@
 These are the coordinator's hot path (a claim → audio → result cycle per chunk), so they
 skip the web framework: a FastAPI route costs about 0.25 ms of routing, dependency and
 serialisation machinery per request, more than the ledger's own work. Bodies are still
-validated by the pydantic models below, in one ``validate_json`` call each; errors keep
+validated by the wire contract's pydantic models (``worker.wire``, shared with the worker),
+in one ``validate_json`` call each; errors keep
 FastAPI's shape (``{"detail": ...}``, 422 with ``loc``/``type``/``msg`` and no echo of the
 input). ``document`` adds these operations to the app's OpenAPI schema, so ``/docs`` and
 the API fuzz cover them like the framework's own routes.
@@ -32,81 +33,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from whisperfarm.coordinator_config import CoordinatorConfig
 from whisperfarm.ledger import LeaseLost, Ledger, UnknownChunk, WorkerInfo
 from worker.audio import ChunkFormat
+from worker.wire import (
+    ClaimReply,
+    ClaimRequest,
+    FailureRequest,
+    Job,
+    LeaseRequest,
+    ResultRequest,
+)
 
 MAX_CHUNK_ID = 2**63 - 1
 """A job id as SQLite can hold it: a larger one is a 422, not an overflow (500)."""
-
-MAX_RESULT_SECONDS = 86_400.0
-"""Times in a result are seconds into one chunk (under half a minute): anything past a day
-is garbage, and a huge one overflows the srt/vtt/tsv writers when the episode is stitched."""
-
-
-# Bodies ----------------------------------------------------------------------------------
-
-
-class WorkerModel(BaseModel):
-    id: str = Field(min_length=1, max_length=200)
-    kind: str = Field("remote", max_length=20)
-    host: str | None = Field(None, max_length=200)
-    machine_id: str | None = Field(None, max_length=100)
-    region: str | None = Field(None, max_length=20)
-    threads: int | None = Field(None, ge=1, le=1024)
-
-
-class ClaimRequest(BaseModel):
-    worker: WorkerModel
-
-
-class LeaseRequest(BaseModel):
-    lease_token: str = Field(min_length=1, max_length=200)
-
-
-def _time() -> Any:
-    """A time in a result: finite, not negative, at most MAX_RESULT_SECONDS (and so
-    documented in the OpenAPI schema)."""
-    return Field(ge=0, le=MAX_RESULT_SECONDS, allow_inf_nan=False)
-
-
-class WordModel(BaseModel):
-    start: float = _time()
-    end: float = _time()
-    word: str = Field(max_length=1000)
-    probability: float | None = Field(None, ge=0, le=1)
-
-
-class SegmentModel(BaseModel):
-    start: float = _time()
-    end: float = _time()
-    text: str = Field(max_length=20_000)
-    words: list[WordModel] | None = None
-    avg_logprob: float | None = None
-    no_speech_prob: float | None = None
-
-
-class ResultModel(BaseModel):
-    segments: list[SegmentModel] = Field(max_length=10_000)
-    language: str | None = Field(None, max_length=20)
-    duration: float | None = None
-    model: str = Field(min_length=1, max_length=500)
-    """The model that produced the result: it must be the episode's (else 422)."""
-    elapsed: float | None = None
-
-
-class ResultRequest(LeaseRequest):
-    result: ResultModel
-    busy_seconds: float = Field(0.0, ge=0, le=86_400)
-
-
-class FailureRequest(LeaseRequest):
-    error: str = Field(max_length=10_000)
-
 
 # Answers ---------------------------------------------------------------------------------
 
@@ -197,16 +141,23 @@ async def claim(call: Call) -> Reply:
         max_attempts=config.max_attempts,
     )
     if result.job is None:
-        return _json({"status": result.status, "retry_after": result.retry_after})
-    job = dict(vars(result.job))  # flat fields: cheaper than asdict's deep copy
-    options = job.pop("options")
-    job.update(
-        language=options.get("language"),
-        beam_size=options.get("beam_size", 5),
-        lease_seconds=config.lease_seconds,
-        audio_url=f"/v1/jobs/{job['chunk_id']}/audio",
-    )
-    return _json({"status": "job", "job": job})
+        reply = ClaimReply(status=result.status, retry_after=result.retry_after)
+    else:
+        job = dict(vars(result.job))  # flat fields: cheaper than asdict's deep copy
+        options = job.pop("options")
+        reply = ClaimReply(
+            status="job",
+            job=Job(
+                **job,
+                language=options.get("language"),
+                beam_size=options.get("beam_size", 5),
+                lease_seconds=config.lease_seconds,
+                audio_url=f"/v1/jobs/{job['chunk_id']}/audio",
+            ),
+        )
+    # exclude_unset: "wait" and "done" carry no job. As fast as json.dumps of the dict
+    # this was (pydantic builds and writes in Rust), and the bytes are the same.
+    return Reply(reply.model_dump_json(exclude_unset=True).encode())
 
 
 async def audio(call: Call) -> Reply:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from worker.client import CoordinatorClient, CoordinatorError, Unauthorized, Unreachable
@@ -35,7 +35,8 @@ def preloaded_transcriber(
     return transcriber
 
 
-def main() -> int:
+def main(env: Mapping[str, str] | None = None) -> int:
+    """Run a worker configured by ``env`` (default: this process's environment)."""
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
@@ -44,7 +45,7 @@ def main() -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     log = logging.getLogger("worker")
     try:
-        config = WorkerConfig.from_env()
+        config = WorkerConfig.from_env(env)
     except ConfigError as error:
         print(f"worker: {error}", file=sys.stderr)
         return 2

@@ -5,6 +5,9 @@ coordinator that is briefly unreachable or restarting, and a bounded time before
     ├── Unauthorized        401: wrong token (never retried)
     ├── LeaseLostError      409: another attempt owns the chunk now
     └── Unreachable         transport errors / 5xx past ``give_up_seconds``
+
+Bodies and the claim's answer are the wire contract's models (``worker.wire``); a claim
+answer that isn't one is a CoordinatorError too.
 """
 
 from __future__ import annotations
@@ -15,9 +18,21 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+from pydantic import BaseModel, ValidationError
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay
 
 from worker.audio import ChunkAudio, ChunkFormat
+from worker.wire import (
+    ClaimReply,
+    ClaimRequest,
+    FailureRequest,
+    Job,
+    Lease,
+    LeaseRequest,
+    ResultModel,
+    ResultRequest,
+    WorkerModel,
+)
 
 
 class CoordinatorError(Exception):
@@ -116,51 +131,52 @@ class CoordinatorClient:
             f"{self.give_up_seconds:.0f}s ({error}); giving up"
         )
 
-    def claim(self, worker: dict[str, Any]) -> dict[str, Any]:
-        return self._request("POST", "/v1/claim", json={"worker": worker}).json()
+    def _post(self, path: str, body: BaseModel, *, retry: bool = True) -> httpx.Response:
+        # exclude_unset: the body carries exactly the fields its sender gave (worker.wire)
+        payload = body.model_dump(mode="json", exclude_unset=True)
+        return self._request("POST", path, json=payload, retry=retry)
 
-    def audio(self, job: dict[str, Any]) -> ChunkAudio:
+    # The bodies are built without validation (model_construct): the coordinator validates
+    # them and answers 422 to one it refuses, as it did when they were plain dicts. What
+    # the coordinator sends back, the worker validates (ClaimReply).
+
+    def claim(self, worker: WorkerModel) -> ClaimReply:
+        answer = self._post("/v1/claim", ClaimRequest.model_construct(worker=worker)).json()
+        try:
+            return ClaimReply.model_validate(answer)
+        except ValidationError as error:
+            raise CoordinatorError(
+                "the coordinator's answer to a claim is not one this worker reads "
+                f"({error.errors(include_url=False)[0]['msg']}): run a worker image of the "
+                "coordinator's version"
+            ) from error
+
+    def audio(self, job: Job | Lease) -> ChunkAudio:
         response = self._request(
             "GET",
-            f"/v1/jobs/{job['chunk_id']}/audio",
-            headers={"X-Lease-Token": job["lease_token"]},
+            f"/v1/jobs/{job.chunk_id}/audio",
+            headers={"X-Lease-Token": job.lease_token},
         )
         # No content type: a coordinator from before compact chunks, which sent WAV.
         content_type = response.headers.get("content-type", ChunkFormat.WAV.content_type)
         return ChunkAudio(response.content, content_type)
 
-    def heartbeat(self, job: dict[str, Any]) -> dict[str, Any]:
-        return self._request(
-            "POST",
-            f"/v1/jobs/{job['chunk_id']}/heartbeat",
-            json={"lease_token": job["lease_token"]},
-            retry=False,
-        ).json()
+    def heartbeat(self, job: Job | Lease) -> dict[str, Any]:
+        body = LeaseRequest.model_construct(lease_token=job.lease_token)
+        return self._post(f"/v1/jobs/{job.chunk_id}/heartbeat", body, retry=False).json()
 
     def post_result(
-        self, job: dict[str, Any], result: dict[str, Any], busy_seconds: float
+        self, job: Job | Lease, result: ResultModel, busy_seconds: float
     ) -> dict[str, Any]:
-        return self._request(
-            "POST",
-            f"/v1/jobs/{job['chunk_id']}/result",
-            json={
-                "lease_token": job["lease_token"],
-                "result": result,
-                "busy_seconds": busy_seconds,
-            },
-        ).json()
-
-    def fail(self, job: dict[str, Any], error: str) -> dict[str, Any]:
-        return self._request(
-            "POST",
-            f"/v1/jobs/{job['chunk_id']}/failure",
-            json={"lease_token": job["lease_token"], "error": error},
-        ).json()
-
-    def release(self, job: dict[str, Any]) -> None:
-        self._request(
-            "POST",
-            f"/v1/jobs/{job['chunk_id']}/release",
-            json={"lease_token": job["lease_token"]},
-            retry=False,
+        body = ResultRequest.model_construct(
+            lease_token=job.lease_token, result=result, busy_seconds=busy_seconds
         )
+        return self._post(f"/v1/jobs/{job.chunk_id}/result", body).json()
+
+    def fail(self, job: Job | Lease, error: str) -> dict[str, Any]:
+        body = FailureRequest.model_construct(lease_token=job.lease_token, error=error)
+        return self._post(f"/v1/jobs/{job.chunk_id}/failure", body).json()
+
+    def release(self, job: Job | Lease) -> None:
+        body = LeaseRequest.model_construct(lease_token=job.lease_token)
+        self._post(f"/v1/jobs/{job.chunk_id}/release", body, retry=False)

@@ -16,7 +16,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import httpx
 
@@ -24,6 +23,7 @@ from worker.audio import decode
 from worker.client import CoordinatorClient, CoordinatorError, LeaseLostError
 from worker.models import ModelLoadError
 from worker.transcriber import Stopped, Transcriber
+from worker.wire import Job, WorkerModel
 
 log = logging.getLogger("worker")
 
@@ -38,8 +38,8 @@ EXIT_PROTOCOL = 6
 class Heartbeat(threading.Thread):
     """Extends the job's lease every ``interval`` seconds; sets ``lost`` on a 409."""
 
-    def __init__(self, client: CoordinatorClient, job: dict[str, Any], interval: float):
-        super().__init__(daemon=True, name=f"heartbeat-{job['chunk_id']}")
+    def __init__(self, client: CoordinatorClient, job: Job, interval: float):
+        super().__init__(daemon=True, name=f"heartbeat-{job.chunk_id}")
         self.client, self.job, self.interval = client, job, interval
         self.lost = threading.Event()
         self._stop = threading.Event()
@@ -52,7 +52,7 @@ class Heartbeat(threading.Thread):
                 self.lost.set()
                 return
             except (CoordinatorError, httpx.HTTPError) as error:
-                log.warning("heartbeat for chunk %s failed: %s", self.job["chunk_id"], error)
+                log.warning("heartbeat for chunk %s failed: %s", self.job.chunk_id, error)
 
     def stop(self) -> None:
         self._stop.set()
@@ -63,7 +63,7 @@ class Worker:
         self,
         client: CoordinatorClient,
         transcriber: Transcriber,
-        info: dict[str, Any],
+        info: WorkerModel,
         *,
         clock: Callable[[], float] = time.monotonic,
     ):
@@ -81,29 +81,29 @@ class Worker:
     def run(self) -> int:
         while not self.stopping.is_set():
             reply = self.client.claim(self.info)
-            if reply["status"] == "done":
+            if reply.status == "done":
                 log.info("no work left after %d chunks; exiting", self.chunks_done)
                 return EXIT_DONE
-            if reply["status"] == "wait":
-                self.stopping.wait(float(reply.get("retry_after", 1.0)))
+            if reply.status == "wait" or reply.job is None:
+                self.stopping.wait(reply.retry_after)
                 continue
-            self.run_job(reply["job"])
+            self.run_job(reply.job)
         log.info("stopped after %d chunks", self.chunks_done)
         return self.exit_code
 
-    def run_job(self, job: dict[str, Any]) -> None:
-        chunk = f"chunk {job['episode_id']}#{job['idx']} (attempt {job['attempt']})"
-        heartbeat = Heartbeat(self.client, job, max(0.5, float(job["lease_seconds"]) / 3))
+    def run_job(self, job: Job) -> None:
+        chunk = f"chunk {job.episode_id}#{job.idx} (attempt {job.attempt})"
+        heartbeat = Heartbeat(self.client, job, max(0.5, job.lease_seconds / 3))
         heartbeat.start()
         started = self.clock()
         try:
             audio = decode(self.client.audio(job))
             result = self.transcriber.transcribe(
                 audio,
-                model=job["model"],
-                language=job.get("language"),
-                beam_size=int(job.get("beam_size", 5)),
-                word_timestamps=bool(job.get("word_timestamps")),
+                model=job.model,
+                language=job.language,
+                beam_size=job.beam_size,
+                word_timestamps=job.word_timestamps,
                 should_stop=lambda: self.stopping.is_set() or heartbeat.lost.is_set(),
             )
         except Stopped:
@@ -138,14 +138,14 @@ class Worker:
         self.chunks_done += 1
         log.info("%s: %s in %.1fs", chunk, reply.get("status", "stored"), busy)
 
-    def _release(self, job: dict[str, Any], chunk: str) -> None:
+    def _release(self, job: Job, chunk: str) -> None:
         try:
             self.client.release(job)
             log.info("%s: handed back", chunk)
         except (CoordinatorError, httpx.HTTPError) as error:
             log.warning("%s: could not hand back (%s); its lease will expire", chunk, error)
 
-    def _fail(self, job: dict[str, Any], error: str) -> None:
+    def _fail(self, job: Job, error: str) -> None:
         try:
             self.client.fail(job, error)
         except (CoordinatorError, httpx.HTTPError) as report_error:

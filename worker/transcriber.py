@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from worker.models import ModelLoadError, load_model
+from worker.wire import ResultModel, SegmentModel, WordModel
 
 
 class Stopped(Exception):
@@ -67,7 +68,7 @@ class Transcriber:
         beam_size: int = 5,
         word_timestamps: bool = False,
         should_stop: Callable[[], bool] = lambda: False,
-    ) -> dict[str, Any]:
+    ) -> ResultModel:
         whisper = self.model(model)
         started = time.monotonic()
         segments, info = whisper.transcribe(
@@ -76,7 +77,9 @@ class Transcriber:
             beam_size=beam_size,
             word_timestamps=word_timestamps,
         )
-        out: list[dict[str, Any]] = []
+        # model_construct: the coordinator validates a result (422), as it did when this
+        # was a dict; only the fields set here go on the wire (exclude_unset).
+        out: list[SegmentModel] = []
         for segment in segments:  # a generator: decoding happens as we iterate
             if should_stop():
                 raise Stopped()
@@ -89,19 +92,19 @@ class Transcriber:
             }
             if word_timestamps:
                 item["words"] = [
-                    {
-                        "start": round(w.start, 3),
-                        "end": round(w.end, 3),
-                        "word": w.word,
-                        "probability": round(w.probability, 4),
-                    }
+                    WordModel.model_construct(
+                        start=round(w.start, 3),
+                        end=round(w.end, 3),
+                        word=w.word,
+                        probability=round(w.probability, 4),
+                    )
                     for w in segment.words or []
                 ]
-            out.append(item)
-        return {
-            "segments": out,
-            "language": info.language,
-            "duration": info.duration,
-            "model": self._model_name,
-            "elapsed": round(time.monotonic() - started, 3),
-        }
+            out.append(SegmentModel.model_construct(**item))
+        return ResultModel.model_construct(
+            segments=out,
+            language=info.language,
+            duration=info.duration,
+            model=model,  # the name just loaded (self.model(model))
+            elapsed=round(time.monotonic() - started, 3),
+        )

@@ -279,15 +279,15 @@ def worker(
 
     Example: `whisperfarm worker --url http://10.0.0.5:8765 --token abc123`
     """
-    os.environ["WHISPERFARM_URL"] = url
-    os.environ["WHISPERFARM_TOKEN"] = token
-    if threads:
-        os.environ["WHISPERFARM_THREADS"] = str(threads)
-    if model:
-        os.environ["WHISPERFARM_MODEL"] = model
     from worker.__main__ import main as worker_main
+    from worker.config import WorkerConfig
 
-    raise typer.Exit(worker_main())
+    # The flags beat the environment, which still gives the rest (WHISPERFARM_MODEL_DIR …).
+    given = {"threads": threads or None, "preload_model": model or None}
+    flags = WorkerConfig.for_worker(
+        url=url, token=token, **{name: value for name, value in given.items() if value}
+    )
+    raise typer.Exit(worker_main({**os.environ, **flags.to_env()}))
 
 
 def _resolve_inputs(

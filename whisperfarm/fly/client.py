@@ -48,6 +48,7 @@ from whisperfarm.errors import (
     FlyUnavailable,
 )
 from whisperfarm.fly.pricing import GPU_GONE_MESSAGE, Size, size_named
+from worker.config import WorkerConfig
 
 DEFAULT_BASE_URL = "https://api.machines.dev"
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
@@ -155,7 +156,7 @@ def build_worker_config(
         if not isinstance(value, str):
             raise TypeError(f"env[{key!r}] must be a str, got {type(value).__name__}")
         worker_env[key] = value
-    worker_env.setdefault("WHISPERFARM_MODEL", model)
+    worker_env = {**WorkerConfig.for_worker(preload_model=model).to_env(), **worker_env}
     return {
         "image": image,
         "guest": {

@@ -21,6 +21,7 @@ from whisperfarm.fly.pricing import Size, size_named
 from whisperfarm.fly.reach import ReachLimits
 from whisperfarm.ledger import Ledger
 from whisperfarm.settings import Settings
+from worker.config import WorkerConfig
 
 
 def default_size(model: str) -> str:
@@ -59,14 +60,14 @@ class FlyConfig:
 
     def worker_env(self, token: str) -> dict[str, str]:
         """What a worker machine of this config gets in its environment."""
-        return {
-            "WHISPERFARM_URL": self.advertise_url,
-            "WHISPERFARM_TOKEN": token,
-            "WHISPERFARM_MODEL": self.model,
-            "WHISPERFARM_THREADS": str(self.size.cpus),
-            "WHISPERFARM_WORKER_KIND": "fly",
-            "WHISPERFARM_GIVE_UP_SECONDS": str(self.worker_give_up_seconds),
-        }
+        return WorkerConfig.for_worker(
+            url=self.advertise_url,
+            token=token,
+            preload_model=self.model,
+            threads=self.size.cpus,
+            given_kind="fly",
+            give_up_seconds=self.worker_give_up_seconds,
+        ).to_env()
 
 
 def fly_config(

@@ -40,6 +40,7 @@ from whisperfarm.fly.pricing import STOPPED_USD_PER_GB_MONTH, Size, stopped_cost
 from whisperfarm.fly.store import MachineStore
 from whisperfarm.ledger import Ledger
 from whisperfarm.processes import process_alive
+from worker.config import WorkerConfig
 
 log = logging.getLogger("whisperfarm.fly")
 
@@ -65,7 +66,8 @@ def as_pool_config(config: Mapping[str, Any], *, worker_id: str | None = None) -
     result["restart"] = {"policy": "no"}
     result["metadata"] = {**(result.get("metadata") or {}), POOL_KEY: POOL_VALUE}
     if worker_id is not None:
-        result["env"] = {**(result.get("env") or {}), "WHISPERFARM_WORKER_ID": worker_id}
+        worker_env = WorkerConfig.for_worker(given_id=worker_id).to_env()
+        result["env"] = {**(result.get("env") or {}), **worker_env}
     return result
 
 
