@@ -19,7 +19,7 @@ from typing import Any
 
 from whisperfarm.assembly import assemble
 from whisperfarm.errors import EpisodeNotFound, TranscriptionFailed, UsageError
-from whisperfarm.ledger import Ledger
+from whisperfarm.ledger import EpisodeRecord, Ledger
 from whisperfarm.processes import process_alive
 from whisperfarm.subtitles import CueStyle
 from whisperfarm.transcripts import SUBTITLE_FORMATS, Transcript, write_outputs
@@ -46,7 +46,7 @@ class EpisodeInfo:
 
 @dataclass(frozen=True)
 class RetryResult:
-    episode: dict[str, Any]
+    episode: EpisodeRecord
     failed: int
     """Dead chunks put back in the queue."""
     missing: int
@@ -57,7 +57,7 @@ class RetryResult:
         return self.failed + self.missing
 
 
-def resolve(ledger: Ledger, ref: str) -> dict[str, Any]:
+def resolve(ledger: Ledger, ref: str) -> EpisodeRecord:
     """The one episode ``ref`` names: its id, the start of its id, or its name."""
     ref = ref.strip()
     matches = ledger.find_episodes(ref) if ref else []
@@ -109,7 +109,7 @@ def export(
     keep_words: bool | None = None,
     stem: str | None = None,
     subtitles: CueStyle | None = None,
-) -> tuple[dict[str, Any], list[Path]]:
+) -> tuple[EpisodeRecord, list[Path]]:
     """Write the episode's transcript in ``formats`` from its stored results.
     Returns the episode and the files written. ``keep_words`` defaults to whether the
     episode was transcribed with word timestamps. ``subtitles``: srt and vtt cues."""
@@ -144,7 +144,7 @@ def export(
 
 
 def _refuse_karaoke_without_words(
-    episode: dict[str, Any], transcript: Transcript, formats: list[str]
+    episode: EpisodeRecord, transcript: Transcript, formats: list[str]
 ) -> None:
     asked = [name for name in formats if name in SUBTITLE_FORMATS]
     if asked and not any(segment.words for segment in transcript.segments):
@@ -178,7 +178,7 @@ def remove(
     episodes_dir: Path,
     *,
     alive: Callable[[int], bool] | None = None,
-) -> dict[str, Any]:
+) -> EpisodeRecord:
     """Delete the episode from the ledger, then its chunk audio and results from disk.
     Refuses while a live run is transcribing it. ``alive(pid)`` says whether a run's
     process still runs (default: ``whisperfarm.processes.process_alive``)."""

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from whisperfarm.assembly import assemble
 from whisperfarm.calibration import measure_run
@@ -42,7 +42,7 @@ from whisperfarm.errors import (
 from whisperfarm.fly.store import MachineStore
 from whisperfarm.ingest import EpisodeRequest, chunk_episode, register
 from whisperfarm.interrupts import StopSignal, as_stop_signal, held
-from whisperfarm.ledger import EpisodeProgress, Ledger
+from whisperfarm.ledger import EpisodeProgress, EpisodeRecord, Ledger
 from whisperfarm.media import check_input
 from whisperfarm.processes import process_alive
 from whisperfarm.server import BackgroundServer, bind
@@ -371,7 +371,7 @@ class Farm:
     def _finish(
         self,
         ledger: Ledger,
-        episode: dict[str, Any],
+        episode: EpisodeRecord,
         status: EpisodeStatus,
         out_dir: Path,
         formats: list[str],

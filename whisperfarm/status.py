@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,14 @@ from typing import Any
 from whisperfarm.episodes import resolve
 from whisperfarm.errors import EpisodeNotFound
 from whisperfarm.fly.store import MachineRecord, MachineStore
-from whisperfarm.ledger import Ledger
+from whisperfarm.ledger import (
+    ChunkStateRecord,
+    EpisodeRecord,
+    LeasedChunkRecord,
+    Ledger,
+    RunRecord,
+    WorkerRecord,
+)
 from whisperfarm.ledger.chunks import kept_seconds
 from whisperfarm.money import (
     episode_spend,
@@ -242,7 +249,7 @@ def snapshot(
         ]
         paying_pairs = ledger.run_episode_pairs(paying_runs) if paying_runs else []
         chunk_ids = list(dict.fromkeys([*shown_ids, *(p["episode_id"] for p in paying_pairs)]))
-        chunks_by_episode: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        chunks_by_episode: dict[str, list[ChunkStateRecord]] = defaultdict(list)
         for chunk in ledger.chunk_states(chunk_ids):
             chunks_by_episode[chunk["episode_id"]].append(chunk)
         workers = ledger.workers()
@@ -261,7 +268,7 @@ def snapshot(
         chunks_by_episode,
         now,
     )
-    runs_of_episode: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    runs_of_episode: dict[str, list[RunRecord]] = defaultdict(list)
     for pair in episode_run_pairs:
         runs_of_episode[pair["episode_id"]].append(all_runs[pair["run_id"]])
     episode_rows = tuple(
@@ -302,11 +309,11 @@ def snapshot(
 
 def _select(
     ledger: Ledger,
-    all_runs: dict[str, dict[str, Any]],
+    all_runs: dict[str, RunRecord],
     episode: str | None,
     episode_ids: Iterable[str] | None,
     all_episodes: bool,
-) -> tuple[list[dict[str, Any]], list[str]]:
+) -> tuple[list[RunRecord], list[str]]:
     """(the runs shown, the episode ids shown): see the module docstring."""
     focus: list[str] | None = None
     if episode is not None:
@@ -377,14 +384,14 @@ class StatusReader:
 # Rows -------------------------------------------------------------------------------
 
 
-def _run_state(run: dict[str, Any], pid_alive: PidAlive | None) -> dict[str, Any]:
-    run = dict(run)
+def _run_state(run: RunRecord, pid_alive: PidAlive | None) -> RunRecord:
+    run = run.copy()
     if run["state"] == "running" and pid_alive and run["pid"] and not pid_alive(run["pid"]):
         run["state"] = "crashed"
     return run
 
 
-def _current(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _current(runs: list[RunRecord]) -> list[RunRecord]:
     """The running runs, or else the latest one."""
     running = [run for run in runs if run["state"] == "running"]
     if running:
@@ -394,9 +401,9 @@ def _current(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _episode_row(
-    episode: dict[str, Any],
-    chunks: list[dict[str, Any]],
-    runs: list[dict[str, Any]],
+    episode: EpisodeRecord,
+    chunks: list[ChunkStateRecord],
+    runs: list[RunRecord],
     spend: float | None,
     now: float,
     *,
@@ -433,7 +440,7 @@ def _episode_row(
         if running and unfinished:
             until = now
         else:
-            until = max((c["finished_at"] for c in recent), default=since)
+            until = max((c["finished_at"] or 0.0 for c in recent), default=since)
         if worked > 0 and until > since:
             speed = worked / (until - since)
         left = audio["queued"] + audio["leased"]
@@ -494,7 +501,7 @@ def _episode_state(stored: str, counts: dict[str, int], total: int, running: boo
 
 
 def _run_row(
-    run: dict[str, Any], episode_ids: list[str], machines: list[MachineRecord], now: float
+    run: RunRecord, episode_ids: list[str], machines: list[MachineRecord], now: float
 ) -> RunRow:
     spent = machines_cost(machines, now)
     budget = run.get("budget")
@@ -517,7 +524,7 @@ def _run_row(
     )
 
 
-def _machine_running(machine: Mapping[str, Any]) -> bool:
+def _machine_running(machine: MachineRecord) -> bool:
     return (
         machine["started_at"] is not None
         and machine["destroyed_at"] is None
@@ -544,8 +551,8 @@ def _machine_row(machine: MachineRecord, now: float) -> MachineRow:
 
 
 def _worker_row(
-    worker: dict[str, Any],
-    leased: list[dict[str, Any]],
+    worker: WorkerRecord,
+    leased: list[LeasedChunkRecord],
     now: float,
     *,
     stale_after: float,
@@ -579,7 +586,7 @@ def _worker_row(
     )
 
 
-def _where(worker: Mapping[str, Any]) -> str:
+def _where(worker: WorkerRecord) -> str:
     if worker["machine_id"]:
         region = f" ({worker['region']})" if worker["region"] else ""
         return f"fly {worker['machine_id']}{region}"

@@ -37,7 +37,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from whisperfarm.coordinator_config import CoordinatorConfig
-from whisperfarm.ledger import LeaseLost, Ledger, UnknownChunk, WorkerInfo
+from whisperfarm.ledger import ChunkRecord, LeaseLost, Ledger, UnknownChunk, WorkerInfo
 from worker.audio import ChunkFormat
 
 MAX_CHUNK_ID = 2**63 - 1
@@ -173,7 +173,7 @@ class Call:
     body: Any
     headers: dict[bytes, bytes]
 
-    def chunk(self) -> dict[str, Any]:
+    def chunk(self) -> ChunkRecord:
         """The job's chunk, if the run serves its episode (404 otherwise, like an unknown
         id: a worker of this run has no business with other episodes' chunks)."""
         try:
