@@ -14,6 +14,7 @@ from typing import Any
 
 from whisperfarm.ledger import ChunkRecord, EpisodeRecord, JsonValue, Ledger
 from whisperfarm.speech import episode_spans
+from whisperfarm.states import ChunkState, EpisodeState
 from whisperfarm.stitch import ChunkResult, stitch
 from whisperfarm.transcripts import Transcript
 
@@ -31,8 +32,9 @@ def text_so_far(ledger: Ledger, episode_id: str) -> tuple[str, bool]:
     episode = ledger.episode(episode_id)
     results = ledger.results(episode_id)
     chunks = ledger.chunks(episode_id)
-    complete = episode["state"] != "chunking" and all(
-        chunk["state"] == "done" and not (chunk["speech"] and results.get(chunk["id"]) is None)
+    complete = episode["state"] != EpisodeState.CHUNKING and all(
+        chunk["state"] == ChunkState.DONE
+        and not (chunk["speech"] and results.get(chunk["id"]) is None)
         for chunk in chunks
     )
     return _stitched(episode, chunks, results, keep_words=False).text, complete

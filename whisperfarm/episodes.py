@@ -21,6 +21,7 @@ from whisperfarm.assembly import assemble
 from whisperfarm.errors import EpisodeNotFound, TranscriptionFailed, UsageError
 from whisperfarm.ledger import EpisodeRecord, Ledger
 from whisperfarm.processes import process_alive
+from whisperfarm.states import ChunkState, EpisodeState
 from whisperfarm.subtitles import CueStyle
 from whisperfarm.transcripts import SUBTITLE_FORMATS, Transcript, write_outputs
 
@@ -115,9 +116,9 @@ def export(
     episode was transcribed with word timestamps. ``subtitles``: srt and vtt cues."""
     episode = resolve(ledger, ref)
     chunks = ledger.chunks(episode["id"])
-    done = [c for c in chunks if c["state"] == "done"]
-    if episode["state"] == "chunking" or not chunks or len(done) < len(chunks):
-        dead = sum(1 for c in chunks if c["state"] == "dead")
+    done = [c for c in chunks if c["state"] == ChunkState.DONE]
+    if episode["state"] == EpisodeState.CHUNKING or not chunks or len(done) < len(chunks):
+        dead = sum(1 for c in chunks if c["state"] == ChunkState.DEAD)
         failed = f", {dead} failed" if dead else ""
         fix = (
             f"'whisperfarm retry {episode['id']}' re-queues the failed ones; then " if dead else ""
@@ -159,16 +160,18 @@ def retry(ledger: Ledger, ref: str) -> RetryResult:
     """Put the episode's failed chunks (and done ones whose result is missing) back in
     the queue. A running farm picks them up; otherwise transcribing the file again does."""
     episode = resolve(ledger, ref)
-    if episode["chunk_count"] is None and episode["state"] == "failed":
+    if episode["chunk_count"] is None and episode["state"] == EpisodeState.FAILED:
         raise UsageError(
             f"{episode['name']} failed before it was cut into chunks ({episode['error']}): "
             f"run 'whisperfarm transcribe {episode['source']}' again"
         )
     missing = ledger.missing_results(episode["id"])
-    failed = ledger.requeue(episode["id"], states=("dead",))
+    failed = ledger.requeue(episode["id"], states=(ChunkState.DEAD,))
     lost = ledger.requeue_chunks([c["id"] for c in missing]) if missing else 0
-    if failed + lost and episode["state"] in ("failed", "done"):
-        ledger.update_episode(episode["id"], state="queued", error=None, finished_at=None)
+    if failed + lost and episode["state"] in (EpisodeState.FAILED, EpisodeState.DONE):
+        ledger.update_episode(
+            episode["id"], state=EpisodeState.QUEUED, error=None, finished_at=None
+        )
     return RetryResult(ledger.episode(episode["id"]), failed, lost)
 
 

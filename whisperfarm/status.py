@@ -47,9 +47,9 @@ from whisperfarm.money import (
     over_budget,
 )
 from whisperfarm.processes import PidAlive, process_alive
+from whisperfarm.states import ChunkState, EpisodeState, RunState
 
 SCHEMA_VERSION = 1
-CHUNK_STATES = ("queued", "leased", "done", "dead")
 
 
 @dataclass(frozen=True)
@@ -92,13 +92,13 @@ class EpisodeRow:
     @property
     def fraction(self) -> float:
         """How much of the audio is transcribed, 0..1."""
-        if self.state == "done":
+        if self.state == EpisodeState.DONE:
             return 1.0
         return min(1.0, self.audio_done / self.audio_total) if self.audio_total > 0 else 0.0
 
     @property
     def chunking(self) -> bool:
-        return self.state == "chunking"
+        return self.state == EpisodeState.CHUNKING
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,7 @@ class StatusSnapshot:
 
     @property
     def running(self) -> bool:
-        return any(run.state == "running" for run in self.runs)
+        return any(run.state == RunState.RUNNING for run in self.runs)
 
     @property
     def spent_usd(self) -> float:
@@ -286,7 +286,7 @@ def snapshot(
         _run_row(run, run_episode_ids[run["id"]], machines_by_run[run["id"]], now)
         for run in shown_runs
     )
-    any_running = any(run["state"] == "running" for run in shown_runs)
+    any_running = any(run["state"] == RunState.RUNNING for run in shown_runs)
     since = min((run["started_at"] for run in shown_runs), default=None)
     worker_rows = tuple(
         _worker_row(w, leased, now, stale_after=stale_after, any_running=any_running)
@@ -386,14 +386,14 @@ class StatusReader:
 
 def _run_state(run: RunRecord, pid_alive: PidAlive | None) -> RunRecord:
     run = run.copy()
-    if run["state"] == "running" and pid_alive and run["pid"] and not pid_alive(run["pid"]):
-        run["state"] = "crashed"
+    if run["state"] == RunState.RUNNING and pid_alive and run["pid"] and not pid_alive(run["pid"]):
+        run["state"] = RunState.CRASHED
     return run
 
 
 def _current(runs: list[RunRecord]) -> list[RunRecord]:
     """The running runs, or else the latest one."""
-    running = [run for run in runs if run["state"] == "running"]
+    running = [run for run in runs if run["state"] == RunState.RUNNING]
     if running:
         return running
     latest = max(runs, key=lambda run: (run["started_at"], run["id"]), default=None)
@@ -409,20 +409,21 @@ def _episode_row(
     *,
     with_chunks: bool,
 ) -> EpisodeRow:
-    counts = dict.fromkeys(CHUNK_STATES, 0)
-    audio = dict.fromkeys(CHUNK_STATES, 0.0)
+    counts: dict[str, int] = dict.fromkeys(ChunkState, 0)
+    audio: dict[str, float] = dict.fromkeys(ChunkState, 0.0)
     for chunk in chunks:
         counts[chunk["state"]] = counts.get(chunk["state"], 0) + 1
         audio[chunk["state"]] = audio.get(chunk["state"], 0.0) + kept_seconds(chunk)
     total = len(chunks)
     audio_total = sum(audio.values())
-    if episode["state"] != "chunking" and episode["duration"]:
+    if episode["state"] != EpisodeState.CHUNKING and episode["duration"]:
         audio_total = max(audio_total, float(episode["duration"]))
 
     latest = max(runs, key=lambda run: (run["started_at"], run["id"]), default=None)
-    running = latest is not None and latest["state"] == "running"
-    unfinished = episode["state"] not in ("done", "failed") and (
-        episode["state"] == "chunking" or counts["queued"] + counts["leased"] > 0
+    running = latest is not None and latest["state"] == RunState.RUNNING
+    unfinished = episode["state"] not in (EpisodeState.DONE, EpisodeState.FAILED) and (
+        episode["state"] == EpisodeState.CHUNKING
+        or counts[ChunkState.QUEUED] + counts[ChunkState.LEASED] > 0
     )
     state = _episode_state(episode["state"], counts, total, running)
 
@@ -432,7 +433,7 @@ def _episode_row(
         recent = [
             c
             for c in chunks
-            if c["state"] == "done"
+            if c["state"] == ChunkState.DONE
             and c["claimed_at"] is not None
             and (c["finished_at"] or 0) >= since
         ]
@@ -443,8 +444,8 @@ def _episode_row(
             until = max((c["finished_at"] or 0.0 for c in recent), default=since)
         if worked > 0 and until > since:
             speed = worked / (until - since)
-        left = audio["queued"] + audio["leased"]
-        if running and unfinished and speed and episode["state"] != "chunking":
+        left = audio[ChunkState.QUEUED] + audio[ChunkState.LEASED]
+        if running and unfinished and speed and episode["state"] != EpisodeState.CHUNKING:
             eta = left / speed
 
     rows = None
@@ -459,7 +460,7 @@ def _episode_row(
                 worker_id=c["worker_id"],
                 lease_expires_in=(
                     c["lease_expires_at"] - now
-                    if c["state"] == "leased" and c["lease_expires_at"] is not None
+                    if c["state"] == ChunkState.LEASED and c["lease_expires_at"] is not None
                     else None
                 ),
                 speech=bool(c["speech"]),
@@ -474,12 +475,12 @@ def _episode_row(
         state=state,
         duration=episode["duration"],
         chunks_total=total,
-        chunks_done=counts["done"],
-        chunks_leased=counts["leased"],
-        chunks_queued=counts["queued"],
-        chunks_dead=counts["dead"],
+        chunks_done=counts[ChunkState.DONE],
+        chunks_leased=counts[ChunkState.LEASED],
+        chunks_queued=counts[ChunkState.QUEUED],
+        chunks_dead=counts[ChunkState.DEAD],
         audio_total=audio_total,
-        audio_done=audio["done"],
+        audio_done=audio[ChunkState.DONE],
         speed=speed,
         eta_seconds=eta,
         spend_usd=spend,
@@ -489,15 +490,17 @@ def _episode_row(
 
 
 def _episode_state(stored: str, counts: dict[str, int], total: int, running: bool) -> str:
-    if stored in ("done", "failed"):
+    """The stored state, or what status makes of it: paused (no run goes on with it),
+    finishing, transcribing or waiting (for a worker)."""
+    if stored in (EpisodeState.DONE, EpisodeState.FAILED):
         return stored
     if not running:
         return "paused"
-    if stored == "chunking":
-        return "chunking"
-    if total and counts["done"] + counts["dead"] == total:
+    if stored == EpisodeState.CHUNKING:
+        return stored
+    if total and counts[ChunkState.DONE] + counts[ChunkState.DEAD] == total:
         return "finishing"  # the farm is about to stitch it (or mark it failed)
-    return "transcribing" if counts["leased"] else "waiting"
+    return "transcribing" if counts[ChunkState.LEASED] else "waiting"
 
 
 def _run_row(
@@ -505,7 +508,7 @@ def _run_row(
 ) -> RunRow:
     spent = machines_cost(machines, now)
     budget = run.get("budget")
-    end = run["ended_at"] if run["state"] != "running" and run["ended_at"] else now
+    end = run["ended_at"] if run["state"] != RunState.RUNNING and run["ended_at"] else now
     return RunRow(
         id=run["id"],
         backend=run["backend"],

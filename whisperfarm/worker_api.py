@@ -38,6 +38,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from whisperfarm.coordinator_config import CoordinatorConfig
 from whisperfarm.ledger import ChunkRecord, LeaseLost, Ledger, UnknownChunk, WorkerInfo
+from whisperfarm.states import ChunkState
 from worker.audio import ChunkFormat
 
 MAX_CHUNK_ID = 2**63 - 1
@@ -212,7 +213,7 @@ async def claim(call: Call) -> Reply:
 async def audio(call: Call) -> Reply:
     chunk = call.chunk()
     token = call.headers.get(b"x-lease-token", b"")
-    if chunk["state"] != "leased" or not secrets.compare_digest(
+    if chunk["state"] != ChunkState.LEASED or not secrets.compare_digest(
         (chunk["lease_token"] or "").encode(), token
     ):
         raise _lost()
@@ -238,9 +239,9 @@ async def heartbeat(call: Call) -> Reply:
 async def result(call: Call) -> Reply:
     chunk = call.chunk()
     body: ResultRequest = call.body
-    if chunk["state"] == "done" and chunk["lease_token"] == body.lease_token:
+    if chunk["state"] == ChunkState.DONE and chunk["lease_token"] == body.lease_token:
         return _json({"status": "duplicate"})
-    if chunk["state"] != "leased" or chunk["lease_token"] != body.lease_token:
+    if chunk["state"] != ChunkState.LEASED or chunk["lease_token"] != body.lease_token:
         raise _lost()
     expected = call.ledger.episode(chunk["episode_id"])["model"]
     if body.result.model != expected:
@@ -282,7 +283,7 @@ async def release(call: Call) -> Reply:
         call.ledger.release(call.chunk_id, call.body.lease_token)
     except LeaseLost:
         raise _lost() from None
-    return _json({"state": "queued"})
+    return _json({"state": ChunkState.QUEUED})
 
 
 @dataclass(frozen=True)
