@@ -7,12 +7,11 @@ states under a lease are the queue's (``ledger.queue``).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import cast
 
 from whisperfarm.ledger.episodes import EpisodeStore
-from whisperfarm.ledger.rows import ChunkRecord, JsonValue
+from whisperfarm.ledger.rows import ChunkRecord, ChunkStateRecord, JsonValue
 from whisperfarm.states import ChunkState, EpisodeState
 
 # The states as SQL spells them (StrEnums format as their values).
@@ -85,7 +84,7 @@ class EpisodeProgress:
         return self.total > 0 and self.done + self.dead == self.total
 
 
-def kept_seconds(chunk: Mapping[str, Any]) -> float:
+def kept_seconds(chunk: ChunkStateRecord) -> float:
     """Seconds of the timeline a chunk row owns: these add up to the episode's duration."""
     return max(0.0, chunk["keep_end"] - chunk["keep_start"])
 
