@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.support.clock import FakeClock
+from tests.support.results import result_object
 from whisperfarm.chunk_audio import chunk_path, write_chunk
 from whisperfarm.coordinator import MAX_BODY_BYTES, create_app
 from whisperfarm.coordinator_config import CoordinatorConfig
@@ -406,7 +407,7 @@ def test_a_duplicate_result_is_200_duplicate_and_keeps_the_first(farm: Farm) -> 
     assert again.status_code == 200
     assert again.json() == {"status": "duplicate"}
     (stored,) = farm.ledger.results("ep1").values()
-    assert stored["segments"][0]["text"] == " first"
+    assert result_object(stored)["segments"][0]["text"] == " first"
     assert farm.ledger.workers()[0]["chunks_done"] == 1
 
 
@@ -426,7 +427,7 @@ def test_a_late_result_from_an_expired_and_reclaimed_attempt_is_409(farm: Farm, 
 
     assert farm.ledger.chunk(old["chunk_id"])["attempt"] == 2
     (stored,) = farm.ledger.results("ep1").values()
-    assert stored["segments"][0]["text"] == " fresh"
+    assert result_object(stored)["segments"][0]["text"] == " fresh"
 
 
 def test_a_late_result_for_an_expired_lease_nobody_took_is_still_stored(farm: Farm, clock) -> None:

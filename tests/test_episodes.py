@@ -133,6 +133,22 @@ def test_export_with_a_lost_result_points_to_retry(farm: Ledger, tmp_path: Path)
     assert farm.episode(LECTURE)["state"] == "queued"
 
 
+def test_export_reads_a_stored_result_that_is_no_json_object_as_no_words(
+    farm: Ledger, tmp_path: Path
+) -> None:
+    """The ledger gives back a result's JSON as stored, unchecked (an older ledger read its
+    result files in, whatever they held): one that is not an object adds no words, like a
+    chunk without speech, and the rest of the episode is exported."""
+    odd = farm.chunks(LECTURE)[2]["id"]
+    with farm._write() as conn:
+        conn.execute("UPDATE results SET body = '[1, 2]' WHERE chunk_id = ?", (odd,))
+    assert farm.result(odd) == [1, 2]
+    (path,) = export(farm, "lecture", tmp_path, ["txt"])[1]
+    texts = path.read_text()
+    assert "lecture part 2" not in texts
+    assert "lecture part 1 ends." in texts and "lecture part 3 begins." in texts
+
+
 def test_unknown_episode_and_bad_format(farm: Ledger, tmp_path: Path) -> None:
     assert "no episode 'zzz'" in one_error(runner.invoke(app, ["export", "zzz"]))
     result = runner.invoke(app, ["export", "lecture", "--format", "docx", "-o", str(tmp_path)])

@@ -16,7 +16,7 @@ from sqlite_utils import Database
 from tests.support.clock import FakeClock
 from tests.support.episodes import make_episode
 from whisperfarm.errors import EpisodeNotFound, LedgerError
-from whisperfarm.ledger import ChunkPlan, LeaseLost, Ledger, UnknownChunk, WorkerInfo
+from whisperfarm.ledger import ChunkPlan, ChunkRecord, LeaseLost, Ledger, UnknownChunk, WorkerInfo
 from whisperfarm.migrations import migrations
 
 LEASE = 60.0
@@ -29,7 +29,7 @@ def claim(ledger: Ledger, episodes=("ep1",), worker: WorkerInfo = W1, max_attemp
     return ledger.claim(list(episodes), worker, lease_seconds=LEASE, max_attempts=max_attempts)
 
 
-def chunk_by_idx(ledger: Ledger, idx: int, episode_id: str = "ep1") -> dict:
+def chunk_by_idx(ledger: Ledger, idx: int, episode_id: str = "ep1") -> ChunkRecord:
     return next(c for c in ledger.chunks(episode_id) if c["idx"] == idx)
 
 
@@ -184,7 +184,7 @@ def test_expired_lease_at_max_attempts_goes_dead_on_next_claim(ledger: Ledger, c
     assert row["state"] == "dead"
     assert row["attempt"] == MAX
     assert row["lease_token"] is None
-    assert "lease expired" in row["error"]
+    assert "lease expired" in (row["error"] or "")
     with pytest.raises(LeaseLost):
         ledger.complete(job.chunk_id, job.lease_token, result='"/late.json"')
 
@@ -373,7 +373,8 @@ def test_fail_truncates_a_huge_error(ledger: Ledger) -> None:
     make_episode(ledger, lengths=(5.0,))
     job = claim(ledger).job
     ledger.fail(job.chunk_id, job.lease_token, error="x" * 50_000, max_attempts=MAX)
-    assert len(ledger.chunk(job.chunk_id)["error"]) == 2000
+    error = ledger.chunk(job.chunk_id)["error"]
+    assert error is not None and len(error) == 2000
 
 
 def test_release_hands_back_without_spending_an_attempt(ledger: Ledger) -> None:

@@ -201,6 +201,7 @@ class Spy:
             chunk = next(c for c in ledger.chunks(INTERVIEW) if c["idx"] == 6)
             assert chunk["worker_id"] == M1
             result = json.dumps(farm_state.result_for("interview", 6))
+            assert chunk["lease_token"] is not None
             ledger.complete(chunk["id"], chunk["lease_token"], result=result)
         finally:
             ledger.close()

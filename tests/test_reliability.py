@@ -34,6 +34,7 @@ from fastapi.testclient import TestClient
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tests.support.paths import REPO
+from tests.support.results import result_object
 from whisperfarm.coordinator import create_app
 from whisperfarm.coordinator_config import CoordinatorConfig
 from whisperfarm.errors import WorkersLost
@@ -365,7 +366,7 @@ def test_a_stored_result_survives_the_server_being_killed_right_after(tmp_path: 
     ledger.close()
     for chunk_id, segments in stored.items():
         assert chunks[chunk_id]["state"] == "done"
-        assert results[chunk_id]["segments"] == segments
+        assert result_object(results[chunk_id])["segments"] == segments
 
 
 # Losing one fleet's workers -----------------------------------------------------------------

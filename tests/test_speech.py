@@ -448,7 +448,7 @@ def test_the_transcript_leaves_out_words_placed_where_the_model_heard_no_speech(
             assert claim.job is not None
             body = json.dumps({"segments": segments, "language": "en"})
             ledger.complete(claim.job.chunk_id, claim.job.lease_token, result=body)
-        assert [json.loads(c["speech_spans"]) for c in ledger.chunks("ep")] == [
+        assert [json.loads(c["speech_spans"] or "null") for c in ledger.chunks("ep")] == [
             [[12.0, 20.0]],
             [[20.0, 31.0]],
         ]

@@ -327,6 +327,7 @@ def test_watch_redraws_from_fresh_snapshots_until_ctrl_c(farm: Ledger, clock: Fa
         if len(frames) == 2:  # between frames, m1 finishes its chunk
             job = farm.chunk(farm_state_chunk(farm, 6))
             result = json.dumps(farm_state.result_for("interview", 6))
+            assert job["lease_token"] is not None
             farm.complete(job["id"], job["lease_token"], result=result)
 
     watch(console, read, interval=0.5, sleep=sleep)

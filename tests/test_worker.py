@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from tests.support.clock import FakeClock
 from tests.support.in_process import in_process
+from tests.support.results import result_object
 from whisperfarm.chunk_audio import chunk_path, write_chunk
 from whisperfarm.coordinator import create_app
 from whisperfarm.coordinator_config import CoordinatorConfig
@@ -216,8 +217,8 @@ def test_worker_completes_every_chunk_and_exits_when_done(setup: Setup) -> None:
             False,
         )
     for chunk in setup.ledger.chunks("ep1"):
-        stored = setup.ledger.result(chunk["id"])
-        assert stored is not None and stored["segments"][0]["end"] == LENGTHS[chunk["idx"]]
+        stored = result_object(setup.ledger.result(chunk["id"]))
+        assert stored["segments"][0]["end"] == LENGTHS[chunk["idx"]]
     (row,) = setup.ledger.workers()
     assert (row["id"], row["kind"], row["chunks_done"]) == ("w1", "local", 3)
     assert row["busy_seconds"] == pytest.approx(7.5)
@@ -280,7 +281,9 @@ def test_a_corrupt_opus_chunk_fails_with_a_clear_reason_and_the_worker_carries_o
 
     assert opus_setup.states() == [(0, "dead", MAX_ATTEMPTS), (1, "done", 1), (2, "done", 1)]
     error = opus_setup.ledger.chunks("ep1")[0]["error"]
-    assert error.startswith("AudioError: chunk audio (audio/ogg) is corrupt"), error
+    assert error is not None and error.startswith(
+        "AudioError: chunk audio (audio/ogg) is corrupt"
+    ), error
     assert len(transcriber.calls) == 2  # the corrupt chunk never reached the model
 
 
@@ -299,8 +302,7 @@ def test_a_worker_transcribes_an_opus_chunk_with_the_real_model(
 
         (chunk,) = farm.ledger.chunks("ep1")
         assert chunk["audio_path"].endswith(".opus")
-        result = farm.ledger.result(chunk["id"])
-    assert result is not None
+        result = result_object(farm.ledger.result(chunk["id"]))
     text = " ".join(s["text"] for s in result["segments"])
     assert word_error_rate(JFK_TEXT, text) == 0.0, text
 

@@ -12,13 +12,14 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from whisperfarm.ledger import Ledger
+from whisperfarm.ledger import ChunkRecord, EpisodeRecord, JsonValue, Ledger
 from whisperfarm.speech import episode_spans
+from whisperfarm.states import ChunkState, EpisodeState
 from whisperfarm.stitch import ChunkResult, stitch
 from whisperfarm.transcripts import Transcript
 
 
-def assemble(ledger: Ledger, episode: dict[str, Any], *, keep_words: bool = False) -> Transcript:
+def assemble(ledger: Ledger, episode: EpisodeRecord, *, keep_words: bool = False) -> Transcript:
     """The episode's transcript from its stored chunk results."""
     results = ledger.results(episode["id"])
     chunks = ledger.chunks(episode["id"])
@@ -31,24 +32,25 @@ def text_so_far(ledger: Ledger, episode_id: str) -> tuple[str, bool]:
     episode = ledger.episode(episode_id)
     results = ledger.results(episode_id)
     chunks = ledger.chunks(episode_id)
-    complete = episode["state"] != "chunking" and all(
-        chunk["state"] == "done" and not (chunk["speech"] and results.get(chunk["id"]) is None)
+    complete = episode["state"] != EpisodeState.CHUNKING and all(
+        chunk["state"] == ChunkState.DONE
+        and not (chunk["speech"] and results.get(chunk["id"]) is None)
         for chunk in chunks
     )
     return _stitched(episode, chunks, results, keep_words=False).text, complete
 
 
 def _stitched(
-    episode: dict[str, Any],
-    chunks: list[dict[str, Any]],
-    results: Mapping[int, dict[str, Any]],
+    episode: EpisodeRecord,
+    chunks: list[ChunkRecord],
+    results: Mapping[int, JsonValue],
     *,
     keep_words: bool,
 ) -> Transcript:
     parts = []
     language = None
     for chunk in chunks:
-        result = results.get(chunk["id"])
+        result = _result_object(results.get(chunk["id"]))
         if result is not None:
             language = language or result.get("language")
         parts.append(ChunkResult.from_row(chunk, result))
@@ -66,3 +68,9 @@ def _stitched(
         "created_at": episode["created_at"],
     }
     return Transcript(segments, meta, language)
+
+
+def _result_object(stored: JsonValue) -> dict[str, Any] | None:
+    """A stored result as the stitcher reads it: a JSON object, every field checked where
+    it is used (``stitch``); anything else is no result (None: no speech, or none yet)."""
+    return stored if isinstance(stored, dict) else None

@@ -26,6 +26,7 @@ from whisperfarm.fly.store import MachineStore
 from whisperfarm.ledger import Ledger
 from whisperfarm.money import machines_cost
 from whisperfarm.settings import load_settings
+from whisperfarm.states import EpisodeState, RunState
 from whisperfarm.status import RunRow, StatusSnapshot, snapshot
 from whisperfarm.status_view import duration_text, money
 
@@ -112,7 +113,7 @@ class RunReporter:
                         episode.name, total=None, chunks="", minutes="", speed="", eta="—"
                     )
                     self._tasks[episode.id] = task
-                chunking = episode.state == "chunking"
+                chunking = episode.state == EpisodeState.CHUNKING
                 total = "?" if chunking else str(p.total)
                 audio_total = "?" if chunking else f"{p.audio_total / 60:.1f}"
                 self._progress.update(
@@ -130,7 +131,7 @@ class RunReporter:
             self._plain_fleet_line(now)
 
     def episode_finished(self, episode: EpisodeStatus) -> None:
-        if episode.state != "done" and self._progress is not None:
+        if episode.state != EpisodeState.DONE and self._progress is not None:
             self._progress.console.print(
                 f"{episode.name}: {episode.error}", style="red", markup=False, highlight=False
             )
@@ -149,7 +150,7 @@ class RunReporter:
         self.close()
         if self.quiet:
             return
-        done = [e for e in summary.episodes if e.state == "done"]
+        done = [e for e in summary.episodes if e.state == EpisodeState.DONE]
         audio = sum(e.duration or 0 for e in done)
         speed = audio / summary.wall_seconds if summary.wall_seconds else 0
         all_done = len(done) == len(summary.episodes)
@@ -203,7 +204,7 @@ class RunReporter:
         elapsed = now - base_time
         speed = (p.audio_done - base_audio) / elapsed if elapsed > 0 else 0.0
         remaining = p.audio_total - p.audio_done
-        eta = remaining / speed if speed > 0 and episode.state != "chunking" else None
+        eta = remaining / speed if speed > 0 and episode.state != EpisodeState.CHUNKING else None
         return speed, eta
 
     def _plain_line(
@@ -214,7 +215,7 @@ class RunReporter:
         if p.done == last_done or (now - last_time < PLAIN_EVERY and p.done != p.total):
             return
         self._last_plain[episode.id] = (p.done, now)
-        total = "?" if episode.state == "chunking" else str(p.total)
+        total = "?" if episode.state == EpisodeState.CHUNKING else str(p.total)
         self.console.print(
             f"{episode.name}: {p.done}/{total} chunks, {speed:.1f}× realtime, "
             f"ETA {_eta(episode, eta)}",
@@ -255,7 +256,8 @@ class RunReporter:
     def _our_run(self) -> RunRow | None:
         if self._fleet is None:
             return None
-        runs = [r for r in self._fleet.runs if r.state == "running"] or list(self._fleet.runs)
+        running = [r for r in self._fleet.runs if r.state == RunState.RUNNING]
+        runs = running or list(self._fleet.runs)
         return runs[0] if runs else None
 
     def _fleet_text(self) -> Text | None:
@@ -293,10 +295,10 @@ class RunReporter:
 
 
 def _eta(episode: EpisodeStatus, eta: float | None) -> str:
-    if episode.state == "done":
+    if episode.state == EpisodeState.DONE:
         return "done"
     return duration_text(eta) if eta is not None and eta > 0 else "—"
 
 
 def _waiting(episode: EpisodeStatus) -> str:
-    return "chunking…" if episode.state == "chunking" else "starting…"
+    return "chunking…" if episode.state == EpisodeState.CHUNKING else "starting…"

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
 
 from whisperfarm.fly.store import MachineRecord, MachineStore
-from whisperfarm.ledger import Ledger
+from whisperfarm.ledger import ChunkStateRecord, Ledger
 from whisperfarm.money import episode_spend, machine_seconds, machines_cost
 
 
@@ -41,7 +40,7 @@ def cost_report(ledger: Ledger) -> list[RunCost]:
         pairs = ledger.run_episode_pairs([r["id"] for r in runs])
         episode_ids = list(dict.fromkeys(p["episode_id"] for p in pairs))
         names = {e["id"]: e["name"] for e in ledger.episodes_by_id(episode_ids)}
-        chunks_by_episode: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        chunks_by_episode: dict[str, list[ChunkStateRecord]] = defaultdict(list)
         for chunk in ledger.chunk_states(episode_ids):
             chunks_by_episode[chunk["episode_id"]].append(chunk)
     for run in runs:

@@ -19,8 +19,9 @@ from typing import Any
 
 from whisperfarm.assembly import assemble
 from whisperfarm.errors import EpisodeNotFound, TranscriptionFailed, UsageError
-from whisperfarm.ledger import Ledger
+from whisperfarm.ledger import EpisodeRecord, Ledger
 from whisperfarm.processes import process_alive
+from whisperfarm.states import ChunkState, EpisodeState
 from whisperfarm.subtitles import CueStyle
 from whisperfarm.transcripts import SUBTITLE_FORMATS, Transcript, write_outputs
 
@@ -46,7 +47,7 @@ class EpisodeInfo:
 
 @dataclass(frozen=True)
 class RetryResult:
-    episode: dict[str, Any]
+    episode: EpisodeRecord
     failed: int
     """Dead chunks put back in the queue."""
     missing: int
@@ -57,7 +58,7 @@ class RetryResult:
         return self.failed + self.missing
 
 
-def resolve(ledger: Ledger, ref: str) -> dict[str, Any]:
+def resolve(ledger: Ledger, ref: str) -> EpisodeRecord:
     """The one episode ``ref`` names: its id, the start of its id, or its name."""
     ref = ref.strip()
     matches = ledger.find_episodes(ref) if ref else []
@@ -109,15 +110,15 @@ def export(
     keep_words: bool | None = None,
     stem: str | None = None,
     subtitles: CueStyle | None = None,
-) -> tuple[dict[str, Any], list[Path]]:
+) -> tuple[EpisodeRecord, list[Path]]:
     """Write the episode's transcript in ``formats`` from its stored results.
     Returns the episode and the files written. ``keep_words`` defaults to whether the
     episode was transcribed with word timestamps. ``subtitles``: srt and vtt cues."""
     episode = resolve(ledger, ref)
     chunks = ledger.chunks(episode["id"])
-    done = [c for c in chunks if c["state"] == "done"]
-    if episode["state"] == "chunking" or not chunks or len(done) < len(chunks):
-        dead = sum(1 for c in chunks if c["state"] == "dead")
+    done = [c for c in chunks if c["state"] == ChunkState.DONE]
+    if episode["state"] == EpisodeState.CHUNKING or not chunks or len(done) < len(chunks):
+        dead = sum(1 for c in chunks if c["state"] == ChunkState.DEAD)
         failed = f", {dead} failed" if dead else ""
         fix = (
             f"'whisperfarm retry {episode['id']}' re-queues the failed ones; then " if dead else ""
@@ -144,7 +145,7 @@ def export(
 
 
 def _refuse_karaoke_without_words(
-    episode: dict[str, Any], transcript: Transcript, formats: list[str]
+    episode: EpisodeRecord, transcript: Transcript, formats: list[str]
 ) -> None:
     asked = [name for name in formats if name in SUBTITLE_FORMATS]
     if asked and not any(segment.words for segment in transcript.segments):
@@ -159,16 +160,18 @@ def retry(ledger: Ledger, ref: str) -> RetryResult:
     """Put the episode's failed chunks (and done ones whose result is missing) back in
     the queue. A running farm picks them up; otherwise transcribing the file again does."""
     episode = resolve(ledger, ref)
-    if episode["chunk_count"] is None and episode["state"] == "failed":
+    if episode["chunk_count"] is None and episode["state"] == EpisodeState.FAILED:
         raise UsageError(
             f"{episode['name']} failed before it was cut into chunks ({episode['error']}): "
             f"run 'whisperfarm transcribe {episode['source']}' again"
         )
     missing = ledger.missing_results(episode["id"])
-    failed = ledger.requeue(episode["id"], states=("dead",))
+    failed = ledger.requeue(episode["id"], states=(ChunkState.DEAD,))
     lost = ledger.requeue_chunks([c["id"] for c in missing]) if missing else 0
-    if failed + lost and episode["state"] in ("failed", "done"):
-        ledger.update_episode(episode["id"], state="queued", error=None, finished_at=None)
+    if failed + lost and episode["state"] in (EpisodeState.FAILED, EpisodeState.DONE):
+        ledger.update_episode(
+            episode["id"], state=EpisodeState.QUEUED, error=None, finished_at=None
+        )
     return RetryResult(ledger.episode(episode["id"]), failed, lost)
 
 
@@ -178,7 +181,7 @@ def remove(
     episodes_dir: Path,
     *,
     alive: Callable[[int], bool] | None = None,
-) -> dict[str, Any]:
+) -> EpisodeRecord:
     """Delete the episode from the ledger, then its chunk audio and results from disk.
     Refuses while a live run is transcribing it. ``alive(pid)`` says whether a run's
     process still runs (default: ``whisperfarm.processes.process_alive``)."""

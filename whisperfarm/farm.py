@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from whisperfarm.assembly import assemble
 from whisperfarm.calibration import measure_run
@@ -42,12 +42,13 @@ from whisperfarm.errors import (
 from whisperfarm.fly.store import MachineStore
 from whisperfarm.ingest import EpisodeRequest, chunk_episode, register
 from whisperfarm.interrupts import StopSignal, as_stop_signal, held
-from whisperfarm.ledger import EpisodeProgress, Ledger
+from whisperfarm.ledger import EpisodeProgress, EpisodeRecord, Ledger
 from whisperfarm.media import check_input
 from whisperfarm.processes import process_alive
 from whisperfarm.server import BackgroundServer, bind
 from whisperfarm.settings import Settings
 from whisperfarm.speech import SpeechConfig
+from whisperfarm.states import ChunkState, EpisodeState, RunState
 from whisperfarm.transcripts import write_outputs
 from worker.audio import ChunkFormat
 from worker.models import bundled_tiny_en, resolve_model
@@ -76,7 +77,7 @@ class RunSummary:
 
     @property
     def failed(self) -> list[EpisodeStatus]:
-        return [e for e in self.episodes if e.state != "done"]
+        return [e for e in self.episodes if e.state != EpisodeState.DONE]
 
 
 class Reporter(Protocol):
@@ -247,7 +248,7 @@ class Farm:
         server = BackgroundServer(create_app(coordinator), bind(settings.host, settings.port))
         cancel = threading.Event()
         ingest_errors: dict[str, str] = {}
-        state = "failed"
+        state = RunState.FAILED
         stopped_by: tuple[StopSignal, int, int] | None = None  # signal, chunks done, total
         try:
             server.start()
@@ -263,12 +264,13 @@ class Farm:
             )
             ingest.start()
             statuses = self._watch(ledger, episode_ids, out_dir, formats, ingest_errors)
-            state = "done" if all(s.state == "done" for s in statuses) else "failed"
+            finished = all(s.state == EpisodeState.DONE for s in statuses)
+            state = RunState.DONE if finished else RunState.FAILED
         except BudgetReached:
-            state = "budget"
+            state = RunState.BUDGET
             raise
         except KeyboardInterrupt as interrupt:  # Ctrl-C, SIGTERM, SIGHUP (interrupts.py)
-            state = "interrupted"
+            state = RunState.INTERRUPTED
             cancel.set()
             progress = [ledger.progress(e) for e in episode_ids]
             done = sum(p.done for p in progress)
@@ -324,7 +326,7 @@ class Farm:
                     return
                 except (InputError, OSError) as error:
                     errors[episode_id] = str(error)
-                    ledger.update_episode(episode_id, state="failed", error=str(error))
+                    ledger.update_episode(episode_id, state=EpisodeState.FAILED, error=str(error))
 
     def _watch(
         self,
@@ -352,10 +354,10 @@ class Farm:
                     episode["duration"],
                     episode["error"] or ingest_errors.get(episode_id),
                 )
-                if episode["state"] == "failed":
+                if episode["state"] == EpisodeState.FAILED:
                     finished[episode_id] = status
                     self.reporter.episode_finished(status)
-                elif episode["state"] == "chunking" or not progress.finished:
+                elif episode["state"] == EpisodeState.CHUNKING or not progress.finished:
                     work_left = True
                 else:
                     self._finish(ledger, episode, status, out_dir, formats)
@@ -371,13 +373,13 @@ class Farm:
     def _finish(
         self,
         ledger: Ledger,
-        episode: dict[str, Any],
+        episode: EpisodeRecord,
         status: EpisodeStatus,
         out_dir: Path,
         formats: list[str],
     ) -> None:
         chunks = ledger.chunks(episode["id"])
-        dead = [c for c in chunks if c["state"] == "dead"]
+        dead = [c for c in chunks if c["state"] == ChunkState.DEAD]
         if dead:
             first = dead[0]
             reason = (
@@ -385,15 +387,15 @@ class Farm:
                 f"(chunk {first['idx']}: {first['error']}); "
                 "run the same command again, or 'whisperfarm retry', to retry them"
             )
-            ledger.update_episode(episode["id"], state="failed", error=reason)
-            status.state, status.error = "failed", reason
+            ledger.update_episode(episode["id"], state=EpisodeState.FAILED, error=reason)
+            status.state, status.error = EpisodeState.FAILED, reason
             return
         transcript = assemble(ledger, episode, keep_words=self.settings.word_timestamps)
         status.files = write_outputs(
             transcript, out_dir, episode["name"], formats, subtitles=self.settings.cue_style()
         )
-        ledger.update_episode(episode["id"], state="done", finished_at=ledger.clock())
-        status.state = "done"
+        ledger.update_episode(episode["id"], state=EpisodeState.DONE, finished_at=ledger.clock())
+        status.state = EpisodeState.DONE
 
 
 def chunk_format_for(settings: Settings) -> ChunkFormat:
@@ -434,7 +436,7 @@ def _refuse_concurrent_runs(ledger: Ledger, episode_ids: list[str]) -> None:
                 f"run {run['id']} (pid {run['pid']}) is already transcribing this episode: "
                 "wait for it, or stop it first"
             )
-        ledger.end_run(run["id"], "crashed", spent=MachineStore(ledger).spend(run["id"]))
+        ledger.end_run(run["id"], RunState.CRASHED, spent=MachineStore(ledger).spend(run["id"]))
 
 
 def _url_host(host: str) -> str:

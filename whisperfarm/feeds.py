@@ -21,6 +21,7 @@ import feedparser
 from whisperfarm.download import is_url
 from whisperfarm.errors import InputError
 from whisperfarm.ledger import Ledger
+from whisperfarm.states import EpisodeState
 
 MEDIA_SUFFIXES = frozenset(
     {".mp3", ".m4a", ".mp4", ".aac", ".ogg", ".oga", ".opus", ".wav", ".flac", ".webm", ".mov"}
@@ -121,7 +122,8 @@ class FeedEpisodes:
         """Keys of the feed's episodes the ledger holds transcribed with ``model``."""
         rows = self.db.execute(
             "SELECT f.key FROM feed_episodes f JOIN episodes e"
-            " ON e.content_hash = f.content_hash AND e.model = ? AND e.state = 'done'"
+            " ON e.content_hash = f.content_hash AND e.model = ?"
+            f" AND e.state = '{EpisodeState.DONE}'"
             " WHERE f.feed_url = ?",
             (model, feed_url),
         ).fetchall()

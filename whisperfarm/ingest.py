@@ -19,6 +19,7 @@ from whisperfarm.chunking import CutterConfig, cut
 from whisperfarm.errors import InputError
 from whisperfarm.ledger import ChunkPlan, Ledger
 from whisperfarm.media import AudioInfo, Decoder, content_hash, duration_of
+from whisperfarm.states import ChunkState, EpisodeState
 from worker.audio import ChunkFormat
 
 
@@ -54,13 +55,15 @@ def register(ledger: Ledger, request: EpisodeRequest) -> tuple[str, bool]:
     if json.loads(existing["options"]) != request.options:
         # Different decoding options: every chunk's result must be redone.
         fields["options"] = request.options
-        ledger.requeue(episode_id, states=("done", "leased", "dead"))
+        ledger.requeue(episode_id, states=(ChunkState.DONE, ChunkState.LEASED, ChunkState.DEAD))
     else:
         # A rerun: hand back what a dead run held, and give dead chunks a fresh start.
         ledger.requeue(episode_id)
-    chunking_done = existing["state"] != "chunking" and existing["chunk_count"] is not None
-    if existing["state"] in ("failed", "done"):
-        fields["state"] = "queued" if chunking_done else "chunking"
+    chunking_done = (
+        existing["state"] != EpisodeState.CHUNKING and existing["chunk_count"] is not None
+    )
+    if existing["state"] in (EpisodeState.FAILED, EpisodeState.DONE):
+        fields["state"] = EpisodeState.QUEUED if chunking_done else EpisodeState.CHUNKING
     ledger.update_episode(episode_id, **fields)
     return episode_id, not chunking_done
 
@@ -78,7 +81,7 @@ def chunk_episode(
     """Decode, cut, encode and queue every chunk. Returns the number of chunks. Chunks
     are encoded in a thread pool while the cutting goes on, and each is queued once its
     file is written, in order."""
-    ledger.update_episode(episode_id, state="chunking")
+    ledger.update_episode(episode_id, state=EpisodeState.CHUNKING)
     decoder = Decoder(request.path)
     writer: ChunkWriter[tuple[ChunkPlan, Path]] = ChunkWriter(chunk_format)
     count = 0

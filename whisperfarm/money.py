@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from whisperfarm.ledger.chunks import kept_seconds
+from whisperfarm.ledger.rows import ChunkStateRecord, RunEpisodeRecord, RunRecord, WorkerRecord
 from whisperfarm.states import ChunkState
 
 
@@ -44,11 +45,11 @@ def over_budget(spent: float, budget: float | None) -> bool:
 
 
 def episode_spend(
-    pairs: Sequence[Mapping[str, Any]],
-    runs: Mapping[str, Mapping[str, Any]],
+    pairs: Sequence[RunEpisodeRecord],
+    runs: Mapping[str, RunRecord],
     machines_by_run: Mapping[str, Sequence[Mapping[str, Any]]],
-    workers: Sequence[Mapping[str, Any]],
-    chunks_by_episode: Mapping[str, Sequence[Mapping[str, Any]]],
+    workers: Sequence[WorkerRecord],
+    chunks_by_episode: Mapping[str, Sequence[ChunkStateRecord]],
     now: float,
 ) -> dict[str, float]:
     """Each run's machine cost shared among its episodes (see the module docstring):

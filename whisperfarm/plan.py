@@ -28,6 +28,7 @@ from whisperfarm.ledger import Ledger
 from whisperfarm.local import LocalFleet, default_workers
 from whisperfarm.media import check_input
 from whisperfarm.settings import Settings
+from whisperfarm.states import EpisodeState
 
 
 def new_run_id(prefix: str = "") -> str:
@@ -149,7 +150,7 @@ def _unfinished_sources(settings: Settings) -> list[Path]:
         return [
             Path(episode["source"])
             for episode in ledger.episodes()
-            if episode["state"] != "done"
+            if episode["state"] != EpisodeState.DONE
             and episode["model"] == settings.model
             and Path(episode["source"]).is_file()
         ]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,14 @@ from typing import Any
 from whisperfarm.episodes import resolve
 from whisperfarm.errors import EpisodeNotFound
 from whisperfarm.fly.store import MachineRecord, MachineStore
-from whisperfarm.ledger import Ledger
+from whisperfarm.ledger import (
+    ChunkStateRecord,
+    EpisodeRecord,
+    LeasedChunkRecord,
+    Ledger,
+    RunRecord,
+    WorkerRecord,
+)
 from whisperfarm.ledger.chunks import kept_seconds
 from whisperfarm.money import (
     episode_spend,
@@ -40,9 +47,9 @@ from whisperfarm.money import (
     over_budget,
 )
 from whisperfarm.processes import PidAlive, process_alive
+from whisperfarm.states import ChunkState, EpisodeState, RunState
 
 SCHEMA_VERSION = 1
-CHUNK_STATES = ("queued", "leased", "done", "dead")
 
 
 @dataclass(frozen=True)
@@ -85,13 +92,13 @@ class EpisodeRow:
     @property
     def fraction(self) -> float:
         """How much of the audio is transcribed, 0..1."""
-        if self.state == "done":
+        if self.state == EpisodeState.DONE:
             return 1.0
         return min(1.0, self.audio_done / self.audio_total) if self.audio_total > 0 else 0.0
 
     @property
     def chunking(self) -> bool:
-        return self.state == "chunking"
+        return self.state == EpisodeState.CHUNKING
 
 
 @dataclass(frozen=True)
@@ -166,7 +173,7 @@ class StatusSnapshot:
 
     @property
     def running(self) -> bool:
-        return any(run.state == "running" for run in self.runs)
+        return any(run.state == RunState.RUNNING for run in self.runs)
 
     @property
     def spent_usd(self) -> float:
@@ -242,7 +249,7 @@ def snapshot(
         ]
         paying_pairs = ledger.run_episode_pairs(paying_runs) if paying_runs else []
         chunk_ids = list(dict.fromkeys([*shown_ids, *(p["episode_id"] for p in paying_pairs)]))
-        chunks_by_episode: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        chunks_by_episode: dict[str, list[ChunkStateRecord]] = defaultdict(list)
         for chunk in ledger.chunk_states(chunk_ids):
             chunks_by_episode[chunk["episode_id"]].append(chunk)
         workers = ledger.workers()
@@ -261,7 +268,7 @@ def snapshot(
         chunks_by_episode,
         now,
     )
-    runs_of_episode: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    runs_of_episode: dict[str, list[RunRecord]] = defaultdict(list)
     for pair in episode_run_pairs:
         runs_of_episode[pair["episode_id"]].append(all_runs[pair["run_id"]])
     episode_rows = tuple(
@@ -279,7 +286,7 @@ def snapshot(
         _run_row(run, run_episode_ids[run["id"]], machines_by_run[run["id"]], now)
         for run in shown_runs
     )
-    any_running = any(run["state"] == "running" for run in shown_runs)
+    any_running = any(run["state"] == RunState.RUNNING for run in shown_runs)
     since = min((run["started_at"] for run in shown_runs), default=None)
     worker_rows = tuple(
         _worker_row(w, leased, now, stale_after=stale_after, any_running=any_running)
@@ -302,11 +309,11 @@ def snapshot(
 
 def _select(
     ledger: Ledger,
-    all_runs: dict[str, dict[str, Any]],
+    all_runs: dict[str, RunRecord],
     episode: str | None,
     episode_ids: Iterable[str] | None,
     all_episodes: bool,
-) -> tuple[list[dict[str, Any]], list[str]]:
+) -> tuple[list[RunRecord], list[str]]:
     """(the runs shown, the episode ids shown): see the module docstring."""
     focus: list[str] | None = None
     if episode is not None:
@@ -377,16 +384,16 @@ class StatusReader:
 # Rows -------------------------------------------------------------------------------
 
 
-def _run_state(run: dict[str, Any], pid_alive: PidAlive | None) -> dict[str, Any]:
-    run = dict(run)
-    if run["state"] == "running" and pid_alive and run["pid"] and not pid_alive(run["pid"]):
-        run["state"] = "crashed"
+def _run_state(run: RunRecord, pid_alive: PidAlive | None) -> RunRecord:
+    run = run.copy()
+    if run["state"] == RunState.RUNNING and pid_alive and run["pid"] and not pid_alive(run["pid"]):
+        run["state"] = RunState.CRASHED
     return run
 
 
-def _current(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _current(runs: list[RunRecord]) -> list[RunRecord]:
     """The running runs, or else the latest one."""
-    running = [run for run in runs if run["state"] == "running"]
+    running = [run for run in runs if run["state"] == RunState.RUNNING]
     if running:
         return running
     latest = max(runs, key=lambda run: (run["started_at"], run["id"]), default=None)
@@ -394,28 +401,29 @@ def _current(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _episode_row(
-    episode: dict[str, Any],
-    chunks: list[dict[str, Any]],
-    runs: list[dict[str, Any]],
+    episode: EpisodeRecord,
+    chunks: list[ChunkStateRecord],
+    runs: list[RunRecord],
     spend: float | None,
     now: float,
     *,
     with_chunks: bool,
 ) -> EpisodeRow:
-    counts = dict.fromkeys(CHUNK_STATES, 0)
-    audio = dict.fromkeys(CHUNK_STATES, 0.0)
+    counts: dict[str, int] = dict.fromkeys(ChunkState, 0)
+    audio: dict[str, float] = dict.fromkeys(ChunkState, 0.0)
     for chunk in chunks:
         counts[chunk["state"]] = counts.get(chunk["state"], 0) + 1
         audio[chunk["state"]] = audio.get(chunk["state"], 0.0) + kept_seconds(chunk)
     total = len(chunks)
     audio_total = sum(audio.values())
-    if episode["state"] != "chunking" and episode["duration"]:
+    if episode["state"] != EpisodeState.CHUNKING and episode["duration"]:
         audio_total = max(audio_total, float(episode["duration"]))
 
     latest = max(runs, key=lambda run: (run["started_at"], run["id"]), default=None)
-    running = latest is not None and latest["state"] == "running"
-    unfinished = episode["state"] not in ("done", "failed") and (
-        episode["state"] == "chunking" or counts["queued"] + counts["leased"] > 0
+    running = latest is not None and latest["state"] == RunState.RUNNING
+    unfinished = episode["state"] not in (EpisodeState.DONE, EpisodeState.FAILED) and (
+        episode["state"] == EpisodeState.CHUNKING
+        or counts[ChunkState.QUEUED] + counts[ChunkState.LEASED] > 0
     )
     state = _episode_state(episode["state"], counts, total, running)
 
@@ -425,7 +433,7 @@ def _episode_row(
         recent = [
             c
             for c in chunks
-            if c["state"] == "done"
+            if c["state"] == ChunkState.DONE
             and c["claimed_at"] is not None
             and (c["finished_at"] or 0) >= since
         ]
@@ -433,11 +441,11 @@ def _episode_row(
         if running and unfinished:
             until = now
         else:
-            until = max((c["finished_at"] for c in recent), default=since)
+            until = max((c["finished_at"] or 0.0 for c in recent), default=since)
         if worked > 0 and until > since:
             speed = worked / (until - since)
-        left = audio["queued"] + audio["leased"]
-        if running and unfinished and speed and episode["state"] != "chunking":
+        left = audio[ChunkState.QUEUED] + audio[ChunkState.LEASED]
+        if running and unfinished and speed and episode["state"] != EpisodeState.CHUNKING:
             eta = left / speed
 
     rows = None
@@ -452,7 +460,7 @@ def _episode_row(
                 worker_id=c["worker_id"],
                 lease_expires_in=(
                     c["lease_expires_at"] - now
-                    if c["state"] == "leased" and c["lease_expires_at"] is not None
+                    if c["state"] == ChunkState.LEASED and c["lease_expires_at"] is not None
                     else None
                 ),
                 speech=bool(c["speech"]),
@@ -467,12 +475,12 @@ def _episode_row(
         state=state,
         duration=episode["duration"],
         chunks_total=total,
-        chunks_done=counts["done"],
-        chunks_leased=counts["leased"],
-        chunks_queued=counts["queued"],
-        chunks_dead=counts["dead"],
+        chunks_done=counts[ChunkState.DONE],
+        chunks_leased=counts[ChunkState.LEASED],
+        chunks_queued=counts[ChunkState.QUEUED],
+        chunks_dead=counts[ChunkState.DEAD],
         audio_total=audio_total,
-        audio_done=audio["done"],
+        audio_done=audio[ChunkState.DONE],
         speed=speed,
         eta_seconds=eta,
         spend_usd=spend,
@@ -482,23 +490,25 @@ def _episode_row(
 
 
 def _episode_state(stored: str, counts: dict[str, int], total: int, running: bool) -> str:
-    if stored in ("done", "failed"):
+    """The stored state, or what status makes of it: paused (no run goes on with it),
+    finishing, transcribing or waiting (for a worker)."""
+    if stored in (EpisodeState.DONE, EpisodeState.FAILED):
         return stored
     if not running:
         return "paused"
-    if stored == "chunking":
-        return "chunking"
-    if total and counts["done"] + counts["dead"] == total:
+    if stored == EpisodeState.CHUNKING:
+        return stored
+    if total and counts[ChunkState.DONE] + counts[ChunkState.DEAD] == total:
         return "finishing"  # the farm is about to stitch it (or mark it failed)
-    return "transcribing" if counts["leased"] else "waiting"
+    return "transcribing" if counts[ChunkState.LEASED] else "waiting"
 
 
 def _run_row(
-    run: dict[str, Any], episode_ids: list[str], machines: list[MachineRecord], now: float
+    run: RunRecord, episode_ids: list[str], machines: list[MachineRecord], now: float
 ) -> RunRow:
     spent = machines_cost(machines, now)
     budget = run.get("budget")
-    end = run["ended_at"] if run["state"] != "running" and run["ended_at"] else now
+    end = run["ended_at"] if run["state"] != RunState.RUNNING and run["ended_at"] else now
     return RunRow(
         id=run["id"],
         backend=run["backend"],
@@ -517,7 +527,7 @@ def _run_row(
     )
 
 
-def _machine_running(machine: Mapping[str, Any]) -> bool:
+def _machine_running(machine: MachineRecord) -> bool:
     return (
         machine["started_at"] is not None
         and machine["destroyed_at"] is None
@@ -544,8 +554,8 @@ def _machine_row(machine: MachineRecord, now: float) -> MachineRow:
 
 
 def _worker_row(
-    worker: dict[str, Any],
-    leased: list[dict[str, Any]],
+    worker: WorkerRecord,
+    leased: list[LeasedChunkRecord],
     now: float,
     *,
     stale_after: float,
@@ -579,7 +589,7 @@ def _worker_row(
     )
 
 
-def _where(worker: Mapping[str, Any]) -> str:
+def _where(worker: WorkerRecord) -> str:
     if worker["machine_id"]:
         region = f" ({worker['region']})" if worker["region"] else ""
         return f"fly {worker['machine_id']}{region}"

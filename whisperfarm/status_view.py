@@ -17,33 +17,37 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from whisperfarm.states import ChunkState, EpisodeState, MachineState, RunState
 from whisperfarm.status import ChunkRow, EpisodeRow, MachineRow, RunRow, StatusSnapshot, WorkerRow
 
 WIDE = 100
 MEDIUM = 72
 
-STATE_STYLES = {
+# Each name once: a chunk, an episode and a run share "done", and "failed" is a machine's too.
+STATE_STYLES: dict[str, str] = {
+    # what status makes of an episode's state (status._episode_state)
     "transcribing": "cyan",
     "finishing": "cyan",
-    "chunking": "magenta",
     "waiting": "yellow",
     "paused": "yellow",
-    "done": "green",
-    "failed": "red",
-    "running": "cyan",
-    "interrupted": "yellow",
-    "crashed": "red",
-    "budget": "red",
+    EpisodeState.CHUNKING: "magenta",
+    EpisodeState.DONE: "green",
+    EpisodeState.FAILED: "red",
+    RunState.RUNNING: "cyan",
+    RunState.INTERRUPTED: "yellow",
+    RunState.CRASHED: "red",
+    RunState.BUDGET: "red",
+    # a worker, as status sees it (status._worker_row)
     "working": "cyan",
     "idle": "dim",
     "stale": "bold red",
     "gone": "dim",
-    "started": "green",
-    "created": "yellow",
-    "starting": "yellow",
-    "stopping": "yellow",
-    "stopped": "dim",
-    "destroyed": "dim",
+    MachineState.STARTED: "green",
+    MachineState.CREATED: "yellow",
+    MachineState.STARTING: "yellow",
+    MachineState.STOPPING: "yellow",
+    MachineState.STOPPED: "dim",
+    MachineState.DESTROYED: "dim",
 }
 
 
@@ -84,7 +88,7 @@ def speed_text(speed: float | None) -> str:
 
 
 def eta_text(episode: EpisodeRow) -> str:
-    if episode.state == "done":
+    if episode.state == EpisodeState.DONE:
         return "done"
     return "—" if episode.eta_seconds is None else duration_text(episode.eta_seconds)
 
@@ -146,7 +150,7 @@ def run_line(run: RunRow, width: int) -> Text:
     text.append(f"run {run.id}", style="bold")
     text.append("  ")
     text.append_text(styled(run.state))
-    if run.state == "running":
+    if run.state == RunState.RUNNING:
         text.append(f" {duration_text(run.elapsed_seconds)}")
     else:
         text.append(f" after {duration_text(run.elapsed_seconds)}", style="dim")
@@ -187,7 +191,7 @@ def episodes_table(snapshot: StatusSnapshot, width: int) -> Table:
         if wide:
             cells.append(duration_text(episode.duration))
         if medium:
-            style = "red" if episode.state == "failed" else "green"
+            style = "red" if episode.state == EpisodeState.FAILED else "green"
             progress = bar(episode.fraction, 16 if wide else 10, style)
             progress.append(f" {episode.fraction * 100:3.0f}%")
             cells.append(progress)
@@ -202,7 +206,7 @@ def episodes_table(snapshot: StatusSnapshot, width: int) -> Table:
         if spend:
             cells.append(money(episode.spend_usd))
         table.add_row(*cells)
-    failed = [e for e in snapshot.episodes if e.state == "failed" and e.error]
+    failed = [e for e in snapshot.episodes if e.state == EpisodeState.FAILED and e.error]
     if failed:
         table.caption = "\n".join(f"{e.name}: {e.error}" for e in failed)
         table.caption_style = "red"
@@ -213,14 +217,18 @@ def episodes_table(snapshot: StatusSnapshot, width: int) -> Table:
 def _chunk_count(episode: EpisodeRow, medium: bool) -> Text:
     total = "?" if episode.chunking else str(episode.chunks_total)
     text = Text(f"{episode.chunks_done}/{total}")
-    if not medium and episode.state not in ("done", "failed"):
+    if not medium and episode.state not in (EpisodeState.DONE, EpisodeState.FAILED):
         text.append(f" {episode.fraction * 100:.0f}%", style="dim")
     if episode.chunks_dead:
         text.append(f" ✗{episode.chunks_dead}", style="red")
     return text
 
 
-CHUNK_MARKS = {"done": ("█", "green"), "leased": ("▓", "cyan"), "queued": ("░", "dim")}
+CHUNK_MARKS: dict[str, tuple[str, str]] = {
+    ChunkState.DONE: ("█", "green"),
+    ChunkState.LEASED: ("▓", "cyan"),
+    ChunkState.QUEUED: ("░", "dim"),
+}
 
 
 def chunks_section(episode: EpisodeRow, width: int) -> RenderableType:
@@ -237,7 +245,7 @@ def chunks_section(episode: EpisodeRow, width: int) -> RenderableType:
         chunk_map.append(mark, style=style)
     legend = Text("█ done  ▓ leased  ░ queued  ✗ failed", style="dim")
     parts: list[RenderableType] = [counts, chunk_map, legend]
-    busy = [c for c in chunks if c.state in ("leased", "dead")]
+    busy = [c for c in chunks if c.state in (ChunkState.LEASED, ChunkState.DEAD)]
     if busy:
         errors = width >= MEDIUM and any(c.error for c in busy)
         table = _table(None, width)
@@ -264,8 +272,8 @@ def chunks_section(episode: EpisodeRow, width: int) -> RenderableType:
 
 
 def _chunk_state(chunk: ChunkRow) -> Text:
-    if chunk.state == "dead":
-        return styled("failed")
+    if chunk.state == ChunkState.DEAD:
+        return styled("failed")  # what a dead chunk is shown as
     if chunk.lease_expires_in is not None and chunk.lease_expires_in < 0:
         return Text(f"lease expired {age_text(-chunk.lease_expires_in)} ago", style="yellow")
     return styled(chunk.state)

@@ -38,7 +38,8 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from whisperfarm.coordinator_config import CoordinatorConfig
-from whisperfarm.ledger import LeaseLost, Ledger, UnknownChunk, WorkerInfo
+from whisperfarm.ledger import ChunkRecord, LeaseLost, Ledger, UnknownChunk, WorkerInfo
+from whisperfarm.states import ChunkState
 from worker.audio import ChunkFormat
 from worker.wire import (
     ClaimReply,
@@ -117,7 +118,7 @@ class Call:
     body: Any
     headers: dict[bytes, bytes]
 
-    def chunk(self) -> dict[str, Any]:
+    def chunk(self) -> ChunkRecord:
         """The job's chunk, if the run serves its episode (404 otherwise, like an unknown
         id: a worker of this run has no business with other episodes' chunks)."""
         try:
@@ -163,7 +164,7 @@ async def claim(call: Call) -> Reply:
 async def audio(call: Call) -> Reply:
     chunk = call.chunk()
     token = call.headers.get(b"x-lease-token", b"")
-    if chunk["state"] != "leased" or not secrets.compare_digest(
+    if chunk["state"] != ChunkState.LEASED or not secrets.compare_digest(
         (chunk["lease_token"] or "").encode(), token
     ):
         raise _lost()
@@ -189,9 +190,9 @@ async def heartbeat(call: Call) -> Reply:
 async def result(call: Call) -> Reply:
     chunk = call.chunk()
     body: ResultRequest = call.body
-    if chunk["state"] == "done" and chunk["lease_token"] == body.lease_token:
+    if chunk["state"] == ChunkState.DONE and chunk["lease_token"] == body.lease_token:
         return _json({"status": "duplicate"})
-    if chunk["state"] != "leased" or chunk["lease_token"] != body.lease_token:
+    if chunk["state"] != ChunkState.LEASED or chunk["lease_token"] != body.lease_token:
         raise _lost()
     expected = call.ledger.episode(chunk["episode_id"])["model"]
     if body.result.model != expected:
@@ -233,7 +234,7 @@ async def release(call: Call) -> Reply:
         call.ledger.release(call.chunk_id, call.body.lease_token)
     except LeaseLost:
         raise _lost() from None
-    return _json({"state": "queued"})
+    return _json({"state": ChunkState.QUEUED})
 
 
 @dataclass(frozen=True)

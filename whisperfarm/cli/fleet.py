@@ -107,8 +107,8 @@ def machines(ctx: typer.Context) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    from whisperfarm.fly.pool import describe_storage
-    from whisperfarm.fly.store import MachineStore, machine_done
+    from whisperfarm.fly.pool import IDLE, describe_storage
+    from whisperfarm.fly.store import MachineStore, from_pool, machine_done
     from whisperfarm.ledger import Ledger
     from whisperfarm.money import machine_cost
     from whisperfarm.settings import load_settings
@@ -127,7 +127,7 @@ def machines(ctx: typer.Context) -> None:
         for row in rows:
             end = row["destroyed_at"] or row["stopped_at"] or now
             table.add_row(
-                f"{row['id']} (pool)" if row["pool"] else row["id"],
+                f"{row['id']} (pool)" if from_pool(row) else row["id"],
                 row["run_id"],
                 row["state"],
                 row["size"],
@@ -157,7 +157,7 @@ def machines(ctx: typer.Context) -> None:
             )
         out.print(f"warm pool ({len(pool)}, states as last seen):")
         out.print(table)
-        idle = sum(1 for row in pool if row["state"] in ("stopped", "created"))
+        idle = sum(1 for row in pool if row["state"] in IDLE)
         out.print(
             f"{idle} stopped: no CPU or RAM billed, root filesystems "
             f"{describe_storage(idle, settings.fly_rootfs_gb)}",

@@ -37,7 +37,7 @@ from whisperfarm.money import machine_cost, machine_seconds
 from whisperfarm.plan import new_run_id
 from whisperfarm.server import BackgroundServer, bind
 from whisperfarm.settings import Settings
-from whisperfarm.states import MACHINE_ENDED
+from whisperfarm.states import MACHINE_ENDED, MachineState, RunState
 from worker.loop import EXIT_UNREACHABLE  # the worker gave up on the coordinator
 
 DEPLOY = "fly deploy --build-only --push --image-label latest"
@@ -95,7 +95,7 @@ def run_check(
         with probe_coordinator(settings) as token:
             result = check(client, config, ledger, run_id=run_id, token=token, report=report)
     finally:
-        state = "done" if result.ok else "failed"
+        state = RunState.DONE if result.ok else RunState.FAILED
         ledger.end_run(run_id, state, spent=MachineStore(ledger).spend(run_id))
         ledger.close()
     return result
@@ -185,7 +185,7 @@ def _create(
         cpus=config.size.cpus,
         memory_mb=config.size.memory_mb,
         usd_per_second=config.size.usd_per_second,
-        state=machine.state or "created",
+        state=machine.state or MachineState.CREATED,
         created_at=asked,
     )
     return machine
@@ -208,7 +208,8 @@ def _check_image(
         state = seen.state
         MachineStore(ledger).update_machine(machine.id, state=state, run_id=run_id)
         # Ended with an exit event: it ran, if briefly (the reach check reads the code).
-        if state == "started" or (state in MACHINE_ENDED and _exit_code(seen) is not None):
+        ran = state in MACHINE_ENDED and _exit_code(seen) is not None
+        if state == MachineState.STARTED or ran:
             verdicts.ok(
                 "image",
                 f"{config.image} runs on {config.size.name}: started in {clock() - asked:.0f}s",
@@ -287,7 +288,8 @@ def _clean_up(
     clock: Callable[[], float],
 ) -> float:
     """Destroy the machine (gone already counts); what it cost."""
-    (row,) = [row for row in MachineStore(ledger).machines(run_id) if row["id"] == machine_id]
+    machines = MachineStore(ledger)
+    (row,) = [row for row in machines.machines(run_id) if row["id"] == machine_id]
     try:
         client.destroy(machine_id, force=True)
     except FlyError as error:
@@ -298,8 +300,8 @@ def _clean_up(
                 "reap'",
             )
         return machine_cost(row, clock())
-    MachineStore(ledger).update_machine(machine_id, state="destroyed", run_id=run_id)
-    (row,) = [row for row in MachineStore(ledger).machines(run_id) if row["id"] == machine_id]
+    machines.update_machine(machine_id, state=MachineState.DESTROYED, run_id=run_id)
+    (row,) = [row for row in machines.machines(run_id) if row["id"] == machine_id]
     now = clock()
     cost = machine_cost(row, now)
     verdicts.ok(

@@ -48,6 +48,7 @@ from whisperfarm.errors import (
     FlyUnavailable,
 )
 from whisperfarm.fly.pricing import GPU_GONE_MESSAGE, Size, size_named
+from whisperfarm.states import MachineState
 from worker.config import WorkerConfig
 
 DEFAULT_BASE_URL = "https://api.machines.dev"
@@ -415,7 +416,7 @@ class MachinesClient:
 
         ``version`` is the machine's ``instance_id`` (Fly's parameter of that name is
         deprecated; ``version`` replaces it); looked up when waiting for ``stopped``."""
-        if state == "stopped" and version is None:
+        if state == MachineState.STOPPED and version is None:
             # Fly documents the version as required for state=stopped.
             version = self.get(machine_id).instance_id
         deadline = self._clock() + timeout
@@ -424,7 +425,7 @@ class MachinesClient:
             remaining = deadline - self._clock()
             if remaining <= 0:
                 raise FlyUnavailable(
-                    f"Machine {machine_id} did not reach state {state!r} within {timeout:g}s"
+                    f"Machine {machine_id} did not reach state '{state}' within {timeout:g}s"
                     f"{f' ({last})' if last else ''}; check it with "
                     f"`fly machine status {machine_id} -a {self.app}`"
                 )
@@ -444,12 +445,12 @@ class MachinesClient:
                 break
             last = _error_text(response)
         # A destroyed machine may already be gone from GET; that is what was waited for.
-        gone_ok = frozenset({404}) if state == "destroyed" else frozenset()
+        gone_ok = frozenset({404}) if state == MachineState.DESTROYED else frozenset()
         response = self._request(
             "GET", f"/{machine_id}", passthrough=gone_ok, what=f"get machine {machine_id}"
         )
         if response.status_code == 404:
-            return Machine(id=machine_id, state="destroyed")
+            return Machine(id=machine_id, state=MachineState.DESTROYED)
         return Machine.model_validate(response.json())
 
     # -- the retry layer --------------------------------------------------------------------
@@ -597,7 +598,7 @@ class MachinesClient:
         """One listing attempt (it may raise _Retryable) for a machine called ``name``."""
         response = self._send("GET", "")
         for item in response.json():
-            if item.get("name") == name and item.get("state") != "destroyed":
+            if item.get("name") == name and item.get("state") != MachineState.DESTROYED:
                 return Machine.model_validate(item)
         return None
 

@@ -48,9 +48,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from weakref import WeakKeyDictionary
 
 from whisperfarm.errors import (
     BudgetReached,
@@ -81,13 +82,20 @@ from whisperfarm.fly.pool import (
     usable,
 )
 from whisperfarm.fly.reach import Reachability, unreachable_message
-from whisperfarm.fly.store import MachineRecord, MachineStore, machine_done
+from whisperfarm.fly.store import MachineRecord, MachineStore, from_pool, machine_done
 from whisperfarm.ledger import Ledger
-from whisperfarm.states import MACHINE_ENDED
+from whisperfarm.states import MACHINE_ENDED, MachineState
 
 log = logging.getLogger("whisperfarm.fly")
 
-STARTING = ("created", "creating", "starting", "launch_failed", "replacing", "updating")
+STARTING = (
+    MachineState.CREATED,
+    MachineState.CREATING,
+    MachineState.STARTING,
+    MachineState.LAUNCH_FAILED,
+    MachineState.REPLACING,
+    MachineState.UPDATING,
+)
 CREATE_BACKOFF_SECONDS = 15.0  # after a create failed for capacity or an outage
 LIST_EVERY_SECONDS = 1.0  # Fly allows List 1/s per app (burst 3, left to other callers)
 CONFIRM_SECONDS = 30.0  # how long stop() tries to see each destroyed machine gone
@@ -133,6 +141,10 @@ class FlyFleet:
         self._unconfirmed: set[str] = set()  # destroyed by us, not yet seen gone by Get
         self._reach = Reachability(config.reach) if config.reach is not None else None
         self._stop_began: float | None = None
+        # The Fly store over each ledger the fleet is handed (the controller thread's,
+        # stop()'s): made once per ledger, as SQLite connections are not shared.
+        self._stores: WeakKeyDictionary[Ledger, MachineStore] = WeakKeyDictionary()
+        self._stores_lock = threading.Lock()
 
     # Fleet protocol ------------------------------------------------------------------
 
@@ -176,7 +188,7 @@ class FlyFleet:
             self._await_pool_stopped(ledger)
             # From what is still open now: a stop that failed because the machine was
             # gone or stopped already is not a leftover.
-            rows = MachineStore(ledger).machines(self.run_id)
+            rows = self._machines(ledger).machines(self.run_id)
             gone = [row for row in rows if machine_done(row) and row["id"] not in self._unconfirmed]
             self._gone = [_worker_id(row) for row in gone]
             self.leftovers = [str(row["id"]) for row in rows if row not in gone]
@@ -193,12 +205,14 @@ class FlyFleet:
             return ""
         ledger = Ledger(self.ledger_path, clock=self.clock)
         try:
-            rows = MachineStore(ledger).machines(self.run_id)
+            rows = self._machines(ledger).machines(self.run_id)
         finally:
             ledger.close()
         since = self._stop_began
-        destroyed = sum(1 for r in rows if not r["pool"] and (r["destroyed_at"] or 0) >= since)
-        stopped = sum(1 for r in rows if r["pool"] and (r["stopped_at"] or 0) >= since)
+        created = [r for r in rows if not from_pool(r)]
+        pooled = [r for r in rows if from_pool(r)]
+        destroyed = sum(1 for r in created if (r["destroyed_at"] or 0) >= since)
+        stopped = sum(1 for r in pooled if (r["stopped_at"] or 0) >= since)
         parts = []
         if destroyed:
             parts.append(f"destroyed {destroyed} Fly machine{'s' if destroyed != 1 else ''}")
@@ -233,13 +247,10 @@ class FlyFleet:
         now = self.clock()
         listed = self._observe(ledger, now)
         room = self._check_reach(ledger, now)
-        active = [
-            m for m in MachineStore(ledger).machines(self.run_id) if m["state"] not in MACHINE_ENDED
-        ]
+        machines = self._machines(ledger)
+        active = [m for m in machines.machines(self.run_id) if m["state"] not in MACHINE_ENDED]
         remaining, chunks_left = ledger.work_left(ledger.run_episodes(self.run_id))
-        state = FleetState(
-            remaining, chunks_left, len(active), MachineStore(ledger).spend(self.run_id)
-        )
+        state = FleetState(remaining, chunks_left, len(active), machines.spend(self.run_id))
         # Until the next check: one poll, plus as long as the last tick took (API retries
         # can block a tick while the machines go on billing).
         lookahead = self.config.poll_seconds + self._last_tick_seconds
@@ -294,17 +305,14 @@ class FlyFleet:
         while probing (None: as many as the policy wants)."""
         if self._reach is None:
             return None
-        rows = MachineStore(ledger).machines(self.run_id)
-        seen = ledger.workers_seen(self._worker_id(row) for row in rows)
+        rows = self._machines(ledger).machines(self.run_id)
+        seen = ledger.workers_seen(_worker_id(row) for row in rows)
         for row in rows:
-            reached = self._worker_id(row) in seen
+            reached = _worker_id(row) in seen
             if self._reach.observe(row["id"], state=row["state"], reached=reached, now=now):
                 reason = "its worker never reached the coordinator"
                 log.warning("machine %s: %s; ending it", row["id"], reason)
-                if row["pool"]:
-                    self._stop_pooled(ledger, row["id"], reason=reason)
-                else:
-                    self._destroy(ledger, row["id"], reason=reason)
+                self._end(ledger, row, reason=reason)
         if self._reach.failed and not self._capped:
             message = unreachable_message(
                 self.config.advertise_url,
@@ -321,8 +329,8 @@ class FlyFleet:
             return None
         unproven = [
             row
-            for row in MachineStore(ledger).machines(self.run_id)
-            if row["state"] not in MACHINE_ENDED and self._worker_id(row) not in seen
+            for row in self._machines(ledger).machines(self.run_id)
+            if row["state"] not in MACHINE_ENDED and _worker_id(row) not in seen
         ]
         return max(0, 1 - len(unproven))
 
@@ -343,20 +351,31 @@ class FlyFleet:
         except FlyError as error:  # stop() goes on with the others all the same
             log.warning("could not look machine %s up: %s", machine_id, error)
             return None
-        return machine if machine is not None else Machine(id=machine_id, state="destroyed")
+        if machine is None:
+            return Machine(id=machine_id, state=MachineState.DESTROYED)
+        return machine
 
-    def _state_for_run(self, row: Mapping[str, object], machine: Machine) -> str | None:
+    def _machines(self, ledger: Ledger) -> MachineStore:
+        """The Fly store over ``ledger`` (its machine rows), made on first use."""
+        with self._stores_lock:
+            machines = self._stores.get(ledger)
+            if machines is None:
+                machines = self._stores[ledger] = MachineStore(ledger)
+            return machines
+
+    def _state_for_run(self, row: MachineRecord, machine: Machine) -> str | None:
         """The machine's state as far as this run goes; None when it can't be told."""
-        if not row["pool"]:
+        if not from_pool(row):
             return machine.state
         owner = machine.metadata.get("whisperfarm_run")
         if owner == self.run_id:
             return _pool_state(machine)
-        if not machine.metadata_known or machine.state == "destroyed":
-            # Its host can't show its metadata: it may run for us, or not.
-            return "destroyed" if machine.state == "destroyed" else None
+        if machine.state == MachineState.DESTROYED:
+            return MachineState.DESTROYED
+        if not machine.metadata_known:
+            return None  # its host can't show its metadata: it may run for us, or not
         # Another run's now, or the update that would have made it ours never took.
-        return "stopped"
+        return MachineState.STOPPED
 
     def _observe(self, ledger: Ledger, now: float) -> list[Machine] | None:
         """Bring the ledger up to what Fly says of the run's machines; the listing, or
@@ -374,11 +393,11 @@ class FlyFleet:
         if listed is not None:
             self._adopt_strays(ledger, listed)
         seen = {m.id: m for m in listed or []}
-        for row in MachineStore(ledger).machines(self.run_id):
-            if row["state"] == "destroyed":
+        for row in self._machines(ledger).machines(self.run_id):
+            if row["state"] == MachineState.DESTROYED:
                 continue
             machine = seen.get(row["id"])
-            if row["pool"] and row["state"] in MACHINE_ENDED:
+            if from_pool(row) and row["state"] in MACHINE_ENDED:
                 # Back in the pool, unless Fly runs it for this run all the same (a start
                 # that took after all): then it bills again and counts. A lagging list
                 # may show a start long over: Get says whether it runs now.
@@ -390,7 +409,9 @@ class FlyFleet:
                 continue
             if listed is None:
                 continue  # nothing new from Fly this tick
-            if machine is None or (machine.state in MACHINE_ENDED and machine.state != "destroyed"):
+            if machine is None or (
+                machine.state in MACHINE_ENDED and machine.state != MachineState.DESTROYED
+            ):
                 # Left out of the list (it lags, or answered empty) or shown ended (maybe
                 # an old answer): Fly's word for this machine decides.
                 machine = self._look_up(row["id"])
@@ -402,20 +423,17 @@ class FlyFleet:
             if state != row["state"]:
                 self._saw(ledger, row, state)
             if state in STARTING and now - row["created_at"] > self.config.start_timeout:
-                if row["pool"]:
-                    log.warning("pool machine %s stuck %s; stopping it", row["id"], state)
-                    self._stop_pooled(ledger, row["id"], reason=f"stuck {state}")
-                else:
-                    log.warning("machine %s stuck %s; destroying it", row["id"], state)
-                    self._destroy(ledger, row["id"], reason=f"stuck {state}")
+                log.warning("machine %s stuck %s; ending it", row["id"], state)
+                self._end(ledger, row, reason=f"stuck {state}")
         return listed
 
     def _reopen(self, ledger: Ledger, row: MachineRecord, state: str) -> None:
         """A pool machine this run was done with runs for it again: hold it and bill it."""
-        machine_id = str(row["id"])
+        machine_id = row["id"]
         log.warning("pool machine %s runs again for this run (%s); billing it", machine_id, state)
-        MachineStore(ledger).reopen_machine(machine_id, self.run_id, state=state)
-        if not MachineStore(ledger).hold_pool_machine(
+        machines = self._machines(ledger)
+        machines.reopen_machine(machine_id, self.run_id, state=state)
+        if not machines.hold_pool_machine(
             machine_id, self.run_id, live_runs=live_runs(ledger) - {self.run_id}
         ):
             log.warning("pool machine %s is held by another run too", machine_id)
@@ -423,15 +441,14 @@ class FlyFleet:
     def _saw(
         self, ledger: Ledger, row: MachineRecord, state: str, error: str | None = None
     ) -> None:
-        machine_id = str(row["id"])
-        MachineStore(ledger).update_machine(
-            machine_id, state=state, error=error, run_id=self.run_id
-        )
+        machine_id = row["id"]
+        machines = self._machines(ledger)
+        machines.update_machine(machine_id, state=state, error=error, run_id=self.run_id)
         if state in MACHINE_ENDED:
             # Its worker is gone with it: hand its chunk back now, not at expiry.
-            ledger.release_leases([self._worker_id(row)], count_attempt=True)
-            if row["pool"]:
-                MachineStore(ledger).release_pool_machine(machine_id, self.run_id, state=state)
+            ledger.release_leases([_worker_id(row)], count_attempt=True)
+            if from_pool(row):
+                machines.release_pool_machine(machine_id, self.run_id, state=state)
 
     def _take_create_token(self, now: float) -> bool:
         return self._create_rate.take(now)
@@ -440,9 +457,9 @@ class FlyFleet:
         """Record machines Fly lists for this run that the ledger lacks: a create that
         timed out may have made its machine after all. They bill from when their create
         was asked for, so the spend stays conservative."""
-        known = {row["id"] for row in MachineStore(ledger).machines(self.run_id)}
+        known = {row["id"] for row in self._machines(ledger).machines(self.run_id)}
         for machine in listed:
-            if machine.id in known or machine.state == "destroyed":
+            if machine.id in known or machine.state == MachineState.DESTROYED:
                 continue
             if machine.metadata.get("whisperfarm_run") != self.run_id:
                 continue  # listed without the run's metadata in sight: not known to be ours
@@ -456,7 +473,7 @@ class FlyFleet:
     def _record(
         self, ledger: Ledger, machine: Machine, created_at: float | None, *, pool: bool = False
     ) -> None:
-        MachineStore(ledger).record_machine(
+        self._machines(ledger).record_machine(
             machine_id=machine.id,
             run_id=self.run_id,
             name=machine.name or machine.id,
@@ -466,7 +483,7 @@ class FlyFleet:
             cpus=self.config.size.cpus,
             memory_mb=self.config.size.memory_mb,
             usd_per_second=self.config.size.usd_per_second,
-            state=machine.state or "created",
+            state=machine.state or MachineState.CREATED,
             created_at=created_at,
             pool=pool,
         )
@@ -482,7 +499,8 @@ class FlyFleet:
             except FlyUnavailable as error:
                 log.warning("could not list the warm pool: %s", error)
                 return []
-            held = held_by_live_runs(ledger, self.config.app, live_runs(ledger) - {self.run_id})
+            live = live_runs(ledger) - {self.run_id}
+            held = held_by_live_runs(self._machines(ledger), self.config.app, live)
             config = self.config
             self._pool = usable(
                 listed, image=config.image, size=config.size, region=config.region, held=held
@@ -498,10 +516,11 @@ class FlyFleet:
         if not candidates:
             return 0
         live = live_runs(ledger) - {self.run_id}
+        machines = self._machines(ledger)
         chosen: list[tuple[Machine, dict[str, object]]] = []
         while candidates and len(chosen) < wanted:
             machine = candidates.pop(0)
-            MachineStore(ledger).record_pool_machine(
+            machines.record_pool_machine(
                 machine_id=machine.id,
                 app=self.config.app,
                 name=machine.name or machine.id,
@@ -510,7 +529,7 @@ class FlyFleet:
                 image=self.config.image,
                 state=machine.state,
             )
-            if not MachineStore(ledger).hold_pool_machine(machine.id, self.run_id, live_runs=live):
+            if not machines.hold_pool_machine(machine.id, self.run_id, live_runs=live):
                 continue  # another run on this ledger took it first
             config = as_pool_config(
                 build_worker_config(
@@ -525,7 +544,10 @@ class FlyFleet:
             )
             # It bills from now: the update may start it (Fly's docs leave that open).
             self._record(
-                ledger, machine.model_copy(update={"state": "starting"}), self.clock(), pool=True
+                ledger,
+                machine.model_copy(update={"state": MachineState.STARTING}),
+                self.clock(),
+                pool=True,
             )
             chosen.append((machine, config))
         if not chosen:
@@ -533,9 +555,7 @@ class FlyFleet:
         outcomes = self._launch_all(chosen)
         for outcome in outcomes:
             if outcome.going:
-                MachineStore(ledger).update_machine(
-                    outcome.machine_id, state=outcome.state, run_id=self.run_id
-                )
+                machines.update_machine(outcome.machine_id, state=outcome.state, run_id=self.run_id)
             elif outcome.state == "unknown":
                 # Maybe started, maybe not: it keeps billing until the controller sees it.
                 log.warning("pool machine %s: %s", outcome.machine_id, outcome.error)
@@ -543,13 +563,16 @@ class FlyFleet:
                 # Not started by us, but Fly may yet start it (an update still applying):
                 # it keeps billing and counting until the controller sees it stopped.
                 log.warning("pool machine %s not started: %s", outcome.machine_id, outcome.error)
-                MachineStore(ledger).update_machine(
-                    outcome.machine_id, state="starting", error=outcome.error, run_id=self.run_id
+                machines.update_machine(
+                    outcome.machine_id,
+                    state=MachineState.STARTING,
+                    error=outcome.error,
+                    run_id=self.run_id,
                 )
         if self._stop.is_set():
             # stop() gave up waiting for this thread: these must not outlive the run.
             for outcome in outcomes:
-                if outcome.state not in (*MACHINE_ENDED, "created"):
+                if outcome.state not in (*MACHINE_ENDED, MachineState.CREATED):
                     self._stop_pooled(ledger, outcome.machine_id, reason="started while stopping")
         return len(outcomes)
 
@@ -573,9 +596,6 @@ class FlyFleet:
             raise fatal
         return outcomes
 
-    def _worker_id(self, row: Mapping[str, object]) -> str:
-        return _worker_id({"run_id": self.run_id, **row})
-
     def _stop_pooled(self, ledger: Ledger, machine_id: str, *, reason: str | None = None) -> bool:
         """Ask a pool machine to stop; it bills until it is seen stopped."""
         try:
@@ -583,8 +603,8 @@ class FlyFleet:
         except FlyError as error:
             log.warning("could not stop pool machine %s: %s", machine_id, error)
             return False
-        MachineStore(ledger).update_machine(
-            machine_id, state="stopping", error=reason, run_id=self.run_id
+        self._machines(ledger).update_machine(
+            machine_id, state=MachineState.STOPPING, error=reason, run_id=self.run_id
         )
         return True
 
@@ -595,16 +615,15 @@ class FlyFleet:
         limited per app, is not polled). ``stop()`` counts those still running as
         leftovers."""
         deadline = self.clock() + self.config.pool_stop_wait
-        for row in MachineStore(ledger).machines(self.run_id):
-            if not row["pool"] or row["state"] in MACHINE_ENDED:
-                continue
+        rows = self._machines(ledger).machines(self.run_id)
+        for row in [r for r in rows if from_pool(r) and r["state"] not in MACHINE_ENDED]:
             while True:
                 machine = self._look_up(row["id"])
                 state = self._state_for_run(row, machine) if machine is not None else None
                 if state in MACHINE_ENDED:
                     self._saw(ledger, row, str(state))
                     break
-                if state in STARTING or state == "started":
+                if state in STARTING or state == MachineState.STARTED:
                     self._stop_pooled(ledger, row["id"])  # started after our stop
                 remaining = deadline - self.clock()
                 if remaining <= 0:
@@ -615,7 +634,7 @@ class FlyFleet:
                 try:
                     self.client.wait(
                         row["id"],
-                        "stopped",
+                        MachineState.STOPPED,
                         timeout=min(remaining, MAX_WAIT_REQUEST_S),
                         version=machine.instance_id,
                     )
@@ -660,8 +679,8 @@ class FlyFleet:
         except FlyError as error:
             log.warning("could not destroy machine %s: %s", machine_id, error)
             return False
-        MachineStore(ledger).update_machine(
-            machine_id, state="destroyed", error=reason, run_id=self.run_id
+        self._machines(ledger).update_machine(
+            machine_id, state=MachineState.DESTROYED, error=reason, run_id=self.run_id
         )
         self._unconfirmed.add(machine_id)
         return True
@@ -678,9 +697,9 @@ class FlyFleet:
                 machine = self._look_up(machine_id)
                 if machine is None:
                     continue
-                if machine.state == "destroyed":
+                if machine.state == MachineState.DESTROYED:
                     self._unconfirmed.discard(machine_id)
-                elif machine.state != "destroying":
+                elif machine.state != MachineState.DESTROYING:
                     log.warning("machine %s still %s after its destroy", machine_id, machine.state)
                     self._destroy(ledger, machine_id, reason="destroyed again at the end")
             if not self._unconfirmed or self.clock() >= deadline:
@@ -692,17 +711,21 @@ class FlyFleet:
         ``listed`` (Fly's view, when at hand) catches a pool machine the ledger thinks
         stopped that runs all the same."""
         running = {m.id for m in listed or [] if _pool_state(m) not in MACHINE_ENDED}
-        for row in MachineStore(ledger).machines(self.run_id):
-            if row["state"] == "destroyed":
+        for row in self._machines(ledger).machines(self.run_id):
+            if row["state"] == MachineState.DESTROYED:
                 continue
-            if row["pool"]:
-                if row["state"] in MACHINE_ENDED and row["id"] not in running:
-                    continue
-                if row["state"] == "stopping" and row["id"] not in running:
-                    continue  # asked already
-                self._stop_pooled(ledger, row["id"])
-            else:
-                self._destroy(ledger, row["id"])
+            stopped_or_asked = row["state"] in (*MACHINE_ENDED, MachineState.STOPPING)
+            if from_pool(row) and stopped_or_asked and row["id"] not in running:
+                continue  # back in the pool, or asked to stop already
+            self._end(ledger, row)
+
+    def _end(self, ledger: Ledger, row: MachineRecord, *, reason: str | None = None) -> None:
+        """End a machine of the run: destroy one it created; stop a pool machine, which
+        goes back to the pool (never destroyed)."""
+        if from_pool(row):
+            self._stop_pooled(ledger, row["id"], reason=reason)
+        else:
+            self._destroy(ledger, row["id"], reason=reason)
 
     def _budget_message(self, ledger: Ledger, remaining: float) -> str:
         limits = self.config.limits
@@ -710,7 +733,7 @@ class FlyFleet:
         finish = (limits.start_latency + remaining / limits.speed + limits.stop_margin) * (
             limits.price_per_second
         )
-        spent = MachineStore(ledger).spend(self.run_id)
+        spent = self._machines(ledger).spend(self.run_id)
         return (
             f"budget ${limits.budget:.2f} reached (${spent:.2f} spent): {done} of {total} chunks "
             f"done, {remaining / 60:.1f} min of audio left, every machine stopped. Finishing "
@@ -720,12 +743,12 @@ class FlyFleet:
 
 def _pool_state(machine: Machine) -> str:
     """A pool machine's state for the run: ``created`` (updated, never started) is idle."""
-    return "stopped" if machine.state == "created" else machine.state
+    return MachineState.STOPPED if machine.state == MachineState.CREATED else machine.state
 
 
-def _worker_id(row: Mapping[str, object]) -> str:
+def _worker_id(row: MachineRecord) -> str:
     """A created machine's worker is named by its machine id; a pool machine's, which
     serves many runs, by its machine id and the run."""
-    if row["pool"]:
-        return pool_worker_id(str(row["id"]), str(row["run_id"]))
-    return str(row["id"])
+    if from_pool(row):
+        return pool_worker_id(row["id"], row["run_id"])
+    return row["id"]

@@ -40,16 +40,22 @@ from whisperfarm.fly.pricing import STOPPED_USD_PER_GB_MONTH, Size, stopped_cost
 from whisperfarm.fly.store import MachineStore
 from whisperfarm.ledger import Ledger
 from whisperfarm.processes import process_alive
+from whisperfarm.states import MachineState, RunState
 from worker.config import WorkerConfig
 
 log = logging.getLogger("whisperfarm.fly")
 
 POOL_KEY = "whisperfarm_pool"
 POOL_VALUE = "warm"
-IDLE = ("stopped", "created")  # a pool machine in one of these can be started
-NOT_RUNNING = (*IDLE, "failed", "suspended", "destroyed")  # bills no CPU or RAM
+IDLE = (MachineState.STOPPED, MachineState.CREATED)  # a pool machine in these can start
+NOT_RUNNING = (  # bills no CPU or RAM
+    *IDLE,
+    MachineState.FAILED,
+    MachineState.SUSPENDED,
+    MachineState.DESTROYED,
+)
 STOP_WAIT_SECONDS = 60.0
-RUNNING = ("starting", "started")
+RUNNING = (MachineState.STARTING, MachineState.STARTED)
 NAME_PREFIX = "wf-pool-"
 
 
@@ -128,7 +134,7 @@ def known_gone(client: MachinesClient, machine_id: str) -> bool:
     except FlyError as error:
         log.warning("could not look %s up: %s", machine_id, error)
         return False
-    return machine is None or machine.state == "destroyed"
+    return machine is None or machine.state == MachineState.DESTROYED
 
 
 def live_runs(ledger: Ledger) -> set[str]:
@@ -136,12 +142,12 @@ def live_runs(ledger: Ledger) -> set[str]:
     return {
         run["id"]
         for run in ledger.runs()
-        if run["state"] == "running" and run["pid"] and process_alive(run["pid"])
+        if run["state"] == RunState.RUNNING and run["pid"] and process_alive(run["pid"])
     }
 
 
-def held_by_live_runs(ledger: Ledger, app: str, live: Collection[str]) -> set[str]:
-    return {row["id"] for row in MachineStore(ledger).pool_machines(app) if row["run_id"] in live}
+def held_by_live_runs(machines: MachineStore, app: str, live: Collection[str]) -> set[str]:
+    return {row["id"] for row in machines.pool_machines(app) if row["run_id"] in live}
 
 
 def ready_in_ledger(ledger: Ledger, app: str, *, image: str, size: Size, region: str | None) -> int:
@@ -200,14 +206,14 @@ def launch(
         # The update may have been applied; the controller sees what happened next.
         return Launched(machine_id, "unknown", f"update failed: {error}")
     except FlyError as error:
-        return Launched(machine_id, "stopped", f"update refused: {error}")
+        return Launched(machine_id, MachineState.STOPPED, f"update refused: {error}")
     if machine.state in RUNNING:
         return Launched(machine_id, machine.state)
     state = machine.state
     for attempt in range(attempts):
         try:
             client.start(machine_id)
-            return Launched(machine_id, "starting")
+            return Launched(machine_id, MachineState.STARTING)
         except FlyAuthError:
             raise
         except FlyError as error:
@@ -217,7 +223,7 @@ def launch(
                 return Launched(machine_id, "unknown", f"start failed: {error}")
             if state in RUNNING:
                 return Launched(machine_id, state)
-            if state not in ("updating", "replacing"):
+            if state not in (MachineState.UPDATING, MachineState.REPLACING):
                 return Launched(machine_id, state, f"start refused: {error}")
         sleep(1.0 + attempt)
     return Launched(machine_id, state, f"still {state} after {attempts} starts")
@@ -296,9 +302,12 @@ def warm(
     if target < 0:
         raise UsageError("the pool size must be 0 or more")
     report = PoolReport(target, size, image, region, rootfs_gb)
-    listed = [m for m in client.list(metadata={POOL_KEY: POOL_VALUE}) if m.state != "destroyed"]
+    machines = MachineStore(ledger)
+    listed = [
+        m for m in client.list(metadata={POOL_KEY: POOL_VALUE}) if m.state != MachineState.DESTROYED
+    ]
     live = live_runs(ledger)
-    held = held_by_live_runs(ledger, client.app, live)
+    held = held_by_live_runs(machines, client.app, live)
     running = [m for m in listed if m.state not in NOT_RUNNING]
     # Held by or running for a live run: not ours to touch. Failed ones are replaced.
     busy = [
@@ -309,7 +318,7 @@ def warm(
     for index, machine in enumerate(listed):
         if machine in running and machine not in busy:
             # Left running by a run that is over: it bills until stopped.
-            stopped = stop_left_running(client, ledger, machine)
+            stopped = stop_left_running(client, machines, machine)
             if stopped is None:
                 report.unstopped.append(machine.id)  # left as it is, for reap
             else:
@@ -323,7 +332,7 @@ def warm(
     doomed = [m for m in listed if m not in busy and m not in keep and m.id not in report.unstopped]
     for machine in listed:
         if machine in keep or machine in busy:
-            _remember(ledger, client.app, machine, size, machine.state)
+            _remember(machines, client.app, machine, size, machine.state)
     for machine in doomed:
         try:
             client.destroy(machine.id, force=True)
@@ -332,13 +341,11 @@ def warm(
             report.failed.append(machine.id)
             continue
         report.destroyed.append(machine.id)
-        MachineStore(ledger).forget_pool_machine(machine.id)
+        machines.forget_pool_machine(machine.id)
     listed_ids = {m.id for m in listed}
-    for row in MachineStore(ledger).pool_machines(client.app):
+    for row in machines.pool_machines(client.app):
         if row["id"] not in listed_ids and known_gone(client, row["id"]):
-            MachineStore(ledger).forget_pool_machine(
-                row["id"]
-            )  # gone from Fly while no one watched
+            machines.forget_pool_machine(row["id"])  # gone from Fly while no one watched
     rate = CreateRate(clock())
     for name in _names((m.name for m in listed), room - len(keep)):
         while not rate.take(clock()):
@@ -352,34 +359,36 @@ def warm(
         finally:
             rate.settle(clock())
         report.created.append(machine.id)
-        _remember(ledger, client.app, machine, size, machine.state or "created")
+        _remember(machines, client.app, machine, size, machine.state or MachineState.CREATED)
     return report
 
 
-def stop_left_running(client: MachinesClient, ledger: Ledger, machine: Machine) -> Machine | None:
+def stop_left_running(
+    client: MachinesClient, machines: MachineStore, machine: Machine
+) -> Machine | None:
     """Stop a pool machine left running by a run that is over, and wait until it is (it
     bills until then); close that run's row and free the machine. The machine as it is
     now, or None when it could not be stopped."""
     owner = machine.metadata.get("whisperfarm_run")
     try:
         client.stop(machine.id, signal="SIGTERM")
-        stopped = client.wait(machine.id, "stopped", timeout=STOP_WAIT_SECONDS)
+        stopped = client.wait(machine.id, MachineState.STOPPED, timeout=STOP_WAIT_SECONDS)
     except FlyError as error:
         log.warning("could not stop %s: %s", machine.id, error)
         return None
     if owner:
-        MachineStore(ledger).update_machine(
-            machine.id, state="stopped", error="stopped, its run over", run_id=owner
+        machines.update_machine(
+            machine.id, state=MachineState.STOPPED, error="stopped, its run over", run_id=owner
         )
-        MachineStore(ledger).release_pool_machine(machine.id, owner, state="stopped")
-    MachineStore(ledger).update_pool_machine(machine.id, state="stopped")
+        machines.release_pool_machine(machine.id, owner, state=MachineState.STOPPED)
+    machines.update_pool_machine(machine.id, state=MachineState.STOPPED)
     return stopped
 
 
-def _remember(ledger: Ledger, app: str, machine: Machine, size: Size, state: str) -> None:
+def _remember(machines: MachineStore, app: str, machine: Machine, size: Size, state: str) -> None:
     guest = machine.config.get("guest") or {}
     named = size.name if guest.get("cpus") == size.cpus else f"performance-{guest.get('cpus')}x"
-    MachineStore(ledger).record_pool_machine(
+    machines.record_pool_machine(
         machine_id=machine.id,
         app=app,
         name=machine.name or machine.id,

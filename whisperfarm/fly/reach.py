@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from whisperfarm.states import MACHINE_ENDED, MachineState
+
 
 @dataclass(frozen=True)
 class ReachLimits:
@@ -66,14 +68,14 @@ class Reachability:
             self.reached_any = True
             self.streak = 0
             return False
-        if state in ("stopped", "failed", "destroyed", "suspended"):
+        if state in MACHINE_ENDED:
             if machine_id not in self._running_since:  # a failed launch, not a network
                 self._judged.add(machine_id)
                 return False
             ran = now - self._running_since[machine_id]
             self._count_unreached(machine_id, gave_up=ran >= self.limits.give_up)
             return False
-        if state != "started":
+        if state != MachineState.STARTED:
             return False
         since = self._running_since.setdefault(machine_id, now)
         if now - since < self.limits.timeout:

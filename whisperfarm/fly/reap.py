@@ -33,9 +33,9 @@ from whisperfarm.fly.pool import (
     live_runs,
     stop_left_running,
 )
-from whisperfarm.fly.store import MachineStore
+from whisperfarm.fly.store import MachineStore, from_pool
 from whisperfarm.ledger import Ledger
-from whisperfarm.states import MACHINE_ENDED
+from whisperfarm.states import MACHINE_ENDED, MachineState
 
 log = logging.getLogger("whisperfarm.fly")
 
@@ -56,15 +56,16 @@ def reap(
     """Destroy whisperfarm's machines left behind and stop pool machines left running,
     except those of runs still going (unless ``everything``); with ``pool``, destroy the
     warm pool too."""
+    machines = MachineStore(ledger)
     live = live_runs(ledger)
     listed = client.list(metadata={"managed_by": "whisperfarm"})
-    listed = listed + _catch_up(client, ledger, live, listed)
+    listed = listed + _catch_up(client, machines, live, listed)
     created_by_run = {
         row["id"]: row["run_id"]
-        for row in MachineStore(ledger).machines()
-        if row["app"] == client.app and not row["pool"]
+        for row in machines.machines()
+        if row["app"] == client.app and not from_pool(row)
     }
-    held = held_by_live_runs(ledger, client.app, live)
+    held = held_by_live_runs(machines, client.app, live)
     destroyed: list[str] = []
     kept: list[str] = []
     failed: list[str] = []
@@ -72,7 +73,7 @@ def reap(
     idle: list[str] = []
     unstopped: list[str] = []
     for machine in listed:
-        if machine.state == "destroyed":
+        if machine.state == MachineState.DESTROYED:
             continue
         owner = machine.metadata.get("whisperfarm_run")
         if not machine.metadata_known and not owner:
@@ -82,28 +83,28 @@ def reap(
             owner = created_by_run[machine.id]
         if is_pool(machine) and machine.state in NOT_RUNNING:  # failed ones too: no stop
             if pool and (everything or machine.id not in held):
-                _destroy(client, ledger, machine, destroyed, failed)
+                _destroy(client, machines, machine, destroyed, failed)
             else:
                 idle.append(machine.id)
             continue
         if not everything and owner in live:
             kept.append(machine.id)
         elif is_pool(machine) and not pool:
-            if stop_left_running(client, ledger, machine) is None:
+            if stop_left_running(client, machines, machine) is None:
                 unstopped.append(machine.id)
             else:
                 stopped.append(machine.id)
         else:
-            _destroy(client, ledger, machine, destroyed, failed)
+            _destroy(client, machines, machine, destroyed, failed)
     seen = {m.id for m in listed}
-    for row in MachineStore(ledger).pool_machines(client.app):
+    for row in machines.pool_machines(client.app):
         if row["id"] not in seen and known_gone(client, row["id"]):
-            MachineStore(ledger).forget_pool_machine(row["id"])
+            machines.forget_pool_machine(row["id"])
     return Reaped(destroyed, kept, failed, stopped, idle, unstopped)
 
 
 def _catch_up(
-    client: MachinesClient, ledger: Ledger, live: set[str], listed: list[Machine]
+    client: MachinesClient, machines: MachineStore, live: set[str], listed: list[Machine]
 ) -> list[Machine]:
     """Rows of ended runs that the ledger thinks alive: gone from Fly (by Get, not by the
     list) means destroyed, found idle in the pool means stopped. Only this app's: another
@@ -111,8 +112,12 @@ def _catch_up(
     Get found alive, to be reaped like listed ones."""
     seen = {m.id: m for m in listed}
     found: dict[str, Machine] = {}
-    for row in MachineStore(ledger).machines():
-        if row["app"] != client.app or row["state"] == "destroyed" or row["run_id"] in live:
+    for row in machines.machines():
+        if (
+            row["app"] != client.app
+            or row["state"] == MachineState.DESTROYED
+            or row["run_id"] in live
+        ):
             continue
         machine = seen.get(row["id"]) or found.get(row["id"])
         if machine is None:
@@ -121,14 +126,17 @@ def _catch_up(
             except FlyError as error:
                 log.warning("could not look %s up: %s", row["id"], error)
                 continue
-            if machine is not None and machine.state != "destroyed":
+            if machine is not None and machine.state != MachineState.DESTROYED:
                 found[machine.id] = machine
-        if machine is None or machine.state == "destroyed":
-            MachineStore(ledger).update_machine(
-                row["id"], state="destroyed", error="gone when reaped", run_id=row["run_id"]
+        if machine is None or machine.state == MachineState.DESTROYED:
+            machines.update_machine(
+                row["id"],
+                state=MachineState.DESTROYED,
+                error="gone when reaped",
+                run_id=row["run_id"],
             )
         elif (
-            row["pool"]
+            from_pool(row)
             and row["state"] not in MACHINE_ENDED
             and (
                 machine.state in NOT_RUNNING
@@ -138,8 +146,8 @@ def _catch_up(
                 )
             )
         ):
-            state = machine.state if machine.state in MACHINE_ENDED else "stopped"
-            MachineStore(ledger).update_machine(
+            state = machine.state if machine.state in MACHINE_ENDED else MachineState.STOPPED
+            machines.update_machine(
                 row["id"], state=state, error=f"found {state} when reaped", run_id=row["run_id"]
             )
     return list(found.values())
@@ -147,7 +155,7 @@ def _catch_up(
 
 def _destroy(
     client: MachinesClient,
-    ledger: Ledger,
+    machines: MachineStore,
     machine: Machine,
     destroyed: list[str],
     failed: list[str],
@@ -159,5 +167,5 @@ def _destroy(
         failed.append(machine.id)
         return
     destroyed.append(machine.id)
-    MachineStore(ledger).update_machine(machine.id, state="destroyed", error="reaped")
-    MachineStore(ledger).forget_pool_machine(machine.id)
+    machines.update_machine(machine.id, state=MachineState.DESTROYED, error="reaped")
+    machines.forget_pool_machine(machine.id)

@@ -120,7 +120,7 @@ class MachineStore(Store):
             conn.execute(
                 "UPDATE machines SET state = ?, updated_at = ?, error = coalesce(?, error),"
                 " stopped_at = CASE WHEN ? AND stopped_at IS NULL THEN ? ELSE stopped_at END,"
-                " destroyed_at = CASE WHEN ? = 'destroyed' AND destroyed_at IS NULL"
+                f" destroyed_at = CASE WHEN ? = '{MachineState.DESTROYED}' AND destroyed_at IS NULL"
                 "   THEN ? ELSE destroyed_at END"
                 " WHERE id = ? AND (? IS NULL OR run_id = ?)",
                 (state, now, error, ended, now, state, now, machine_id, run_id, run_id),
@@ -230,9 +230,15 @@ class MachineStore(Store):
             )
 
 
+def from_pool(row: MachineRecord) -> bool:
+    """A warm-pool machine the run started, stopped when the run is done with it (back in
+    the pool, never destroyed); else one the run created, destroyed when done."""
+    return bool(row["pool"])
+
+
 def machine_done(row: MachineRecord) -> bool:
     """Done with its run: a created machine destroyed, a pool machine stopped (back in the
     pool; any ended state will do, as Fly bills it no CPU or RAM)."""
-    if row["pool"]:
+    if from_pool(row):
         return row["state"] in MACHINE_ENDED
     return row["state"] == MachineState.DESTROYED

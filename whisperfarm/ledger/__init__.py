@@ -15,6 +15,7 @@ writing only its own tables:
     workers       workers heard from
     calibrations  measured speeds
     reads         read-only queries for status, cost and the status page
+    rows          the rows the stores return, typed (``EpisodeRecord``, ``ChunkRecord`` …)
 
 The Fly machines and warm pool live in the same database but belong to the Fly layer
 (``whisperfarm.fly.store.MachineStore``, made from an open ledger); the migrations that
@@ -50,6 +51,18 @@ from whisperfarm.ledger.chunks import (
 from whisperfarm.ledger.episodes import EpisodeStore
 from whisperfarm.ledger.queue import Claim, Job, LeaseLost, QueueStore
 from whisperfarm.ledger.reads import StatusReads
+from whisperfarm.ledger.rows import (
+    CalibrationRecord,
+    ChunkRecord,
+    ChunkStateRecord,
+    EpisodeRecord,
+    JsonValue,
+    LeasedChunkRecord,
+    MeasuredSpeed,
+    RunEpisodeRecord,
+    RunRecord,
+    WorkerRecord,
+)
 from whisperfarm.ledger.runs import RunStore
 from whisperfarm.ledger.store import Clock, Store, _enable_wal, _write_lock
 from whisperfarm.ledger.workers import WorkerInfo, WorkerStore
@@ -100,21 +113,31 @@ class Ledger(
 
 __all__ = [
     "WORDS_GAP",
+    "CalibrationRecord",
     "CalibrationStore",
     "ChunkPlan",
+    "ChunkRecord",
+    "ChunkStateRecord",
     "ChunkStore",
     "Claim",
     "Clock",
     "EpisodeProgress",
+    "EpisodeRecord",
     "EpisodeStore",
     "Job",
+    "JsonValue",
     "LeaseLost",
+    "LeasedChunkRecord",
     "Ledger",
+    "MeasuredSpeed",
     "QueueStore",
+    "RunEpisodeRecord",
+    "RunRecord",
     "RunStore",
     "StatusReads",
     "Store",
     "UnknownChunk",
     "WorkerInfo",
+    "WorkerRecord",
     "WorkerStore",
 ]

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import cast
 
+from whisperfarm.ledger.rows import CalibrationRecord, MeasuredSpeed
 from whisperfarm.ledger.store import Store
 
 
 class CalibrationStore(Store):
-    def calibrations(self, model: str, compute_type: str) -> list[dict[str, Any]]:
-        return self._rows(
+    def calibrations(self, model: str, compute_type: str) -> list[CalibrationRecord]:
+        rows = self._rows(
             "SELECT * FROM calibrations WHERE model = ? AND compute_type = ?",
             (model, compute_type),
         )
+        return cast(list[CalibrationRecord], rows)
 
     def fold_calibration(
         self,
@@ -22,7 +24,7 @@ class CalibrationStore(Store):
         per_cpu: float,
         audio_seconds: float,
         history_cap: float = 3600.0,
-    ) -> dict[str, Any]:
+    ) -> MeasuredSpeed:
         """Average a new speed measurement into the stored one, weighted by audio, with
         the history's weight capped so the figure follows change."""
         with self._write() as conn:

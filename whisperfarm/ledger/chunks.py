@@ -7,11 +7,11 @@ states under a lease are the queue's (``ledger.queue``).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import cast
 
 from whisperfarm.ledger.episodes import EpisodeStore
+from whisperfarm.ledger.rows import ChunkRecord, ChunkStateRecord, JsonValue
 from whisperfarm.states import ChunkState, EpisodeState
 
 # The states as SQL spells them (StrEnums format as their values).
@@ -84,7 +84,7 @@ class EpisodeProgress:
         return self.total > 0 and self.done + self.dead == self.total
 
 
-def kept_seconds(chunk: Mapping[str, Any]) -> float:
+def kept_seconds(chunk: ChunkStateRecord) -> float:
     """Seconds of the timeline a chunk row owns: these add up to the episode's duration."""
     return max(0.0, chunk["keep_end"] - chunk["keep_start"])
 
@@ -149,11 +149,13 @@ class ChunkStore(EpisodeStore):
                 (duration, chunk_count, self.clock(), episode_id),
             )
 
-    def chunks(self, episode_id: str) -> list[dict[str, Any]]:
-        return self._rows("SELECT * FROM chunks WHERE episode_id = ? ORDER BY idx", (episode_id,))
+    def chunks(self, episode_id: str) -> list[ChunkRecord]:
+        return self._chunk_rows(
+            "SELECT * FROM chunks WHERE episode_id = ? ORDER BY idx", (episode_id,)
+        )
 
-    def chunk(self, chunk_id: int) -> dict[str, Any]:
-        rows = self._rows("SELECT * FROM chunks WHERE id = ?", (chunk_id,))
+    def chunk(self, chunk_id: int) -> ChunkRecord:
+        rows = self._chunk_rows("SELECT * FROM chunks WHERE id = ?", (chunk_id,))
         if not rows:
             raise UnknownChunk(chunk_id)
         return rows[0]
@@ -189,15 +191,17 @@ class ChunkStore(EpisodeStore):
 
     # Results -----------------------------------------------------------------------------
 
-    def result(self, chunk_id: int) -> dict[str, Any] | None:
-        """A done chunk's result (segments, language …), None if it has none."""
+    def result(self, chunk_id: int) -> JsonValue:
+        """A done chunk's result (segments, language …), None if it has none. The JSON as
+        stored, unchecked: a ledger from before results moved into it read them in from
+        files, whatever they held."""
         row = self.conn.execute(
             "SELECT body FROM results WHERE chunk_id = ?", (chunk_id,)
         ).fetchone()
         return json.loads(row[0]) if row else None
 
-    def results(self, episode_id: str) -> dict[int, dict[str, Any]]:
-        """The episode's stored results by chunk id."""
+    def results(self, episode_id: str) -> dict[int, JsonValue]:
+        """The episode's stored results by chunk id, as ``result`` gives each."""
         rows = self.conn.execute(
             "SELECT r.chunk_id, r.body FROM results r JOIN chunks c ON c.id = r.chunk_id"
             " WHERE c.episode_id = ?",
@@ -205,14 +209,17 @@ class ChunkStore(EpisodeStore):
         )
         return {chunk_id: json.loads(body) for chunk_id, body in rows}
 
-    def missing_results(self, episode_id: str) -> list[dict[str, Any]]:
+    def missing_results(self, episode_id: str) -> list[ChunkRecord]:
         """Chunks marked done with speech but no stored result: only a ledger from before
         results moved into it, whose result file was gone, has any."""
-        return self._rows(
+        return self._chunk_rows(
             f"SELECT * FROM chunks WHERE episode_id = ? AND state = '{DONE}' AND speech = 1"
             " AND id NOT IN (SELECT chunk_id FROM results) ORDER BY idx",
             (episode_id,),
         )
+
+    def _chunk_rows(self, sql: str, params: tuple[object, ...] = ()) -> list[ChunkRecord]:
+        return cast(list[ChunkRecord], self._rows(sql, params))
 
     # Progress ----------------------------------------------------------------------------
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 from whisperfarm.errors import EpisodeNotFound
+from whisperfarm.ledger.rows import EpisodeRecord
 from whisperfarm.ledger.store import Store
 from whisperfarm.states import EpisodeState
 
@@ -14,8 +15,8 @@ EPISODE_CHUNKING = EpisodeState.CHUNKING
 
 
 class EpisodeStore(Store):
-    def find_episode(self, content_hash: str, model: str) -> dict[str, Any] | None:
-        rows = self._rows(
+    def find_episode(self, content_hash: str, model: str) -> EpisodeRecord | None:
+        rows = self._episode_rows(
             "SELECT * FROM episodes WHERE content_hash = ? AND model = ?", (content_hash, model)
         )
         return rows[0] if rows else None
@@ -29,7 +30,7 @@ class EpisodeStore(Store):
         content_hash: str,
         model: str,
         options: dict[str, Any],
-    ) -> dict[str, Any]:
+    ) -> EpisodeRecord:
         now = self.clock()
         with self._write() as conn:
             conn.execute(
@@ -39,25 +40,28 @@ class EpisodeStore(Store):
             )
         return self.episode(episode_id)
 
-    def episode(self, episode_id: str) -> dict[str, Any]:
-        rows = self._rows("SELECT * FROM episodes WHERE id = ?", (episode_id,))
+    def episode(self, episode_id: str) -> EpisodeRecord:
+        rows = self._episode_rows("SELECT * FROM episodes WHERE id = ?", (episode_id,))
         if not rows:
             raise EpisodeNotFound(
                 f"no episode {episode_id!r}: 'whisperfarm episodes' lists what the ledger holds"
             )
         return rows[0]
 
-    def find_episodes(self, ref: str) -> list[dict[str, Any]]:
+    def find_episodes(self, ref: str) -> list[EpisodeRecord]:
         """Episodes whose id starts with ``ref`` or whose name is ``ref``."""
         if not ref:
             return []
-        return self._rows(
+        return self._episode_rows(
             "SELECT * FROM episodes WHERE substr(id, 1, ?) = ? OR name = ? ORDER BY created_at",
             (len(ref), ref, ref),
         )
 
-    def episodes(self) -> list[dict[str, Any]]:
-        return self._rows("SELECT * FROM episodes ORDER BY created_at")
+    def episodes(self) -> list[EpisodeRecord]:
+        return self._episode_rows("SELECT * FROM episodes ORDER BY created_at")
+
+    def _episode_rows(self, sql: str, params: tuple[object, ...] = ()) -> list[EpisodeRecord]:
+        return cast(list[EpisodeRecord], self._rows(sql, params))
 
     def update_episode(self, episode_id: str, **fields: Any) -> None:
         fields["updated_at"] = self.clock()

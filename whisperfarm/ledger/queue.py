@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from whisperfarm.ledger.chunks import ChunkStore, UnknownChunk
+from whisperfarm.ledger.rows import ChunkRecord
 from whisperfarm.ledger.workers import WorkerInfo, touch_worker
 from whisperfarm.states import ChunkState, EpisodeState
 
@@ -251,7 +252,7 @@ class QueueStore(ChunkStore):
             )
             return cursor.rowcount
 
-    def lease_holder(self, chunk_id: int, token: str) -> dict[str, Any]:
+    def lease_holder(self, chunk_id: int, token: str) -> ChunkRecord:
         """The chunk, if ``token`` holds its lease now; else LeaseLost/UnknownChunk."""
         chunk = self.chunk(chunk_id)
         if chunk["state"] != ChunkState.LEASED or chunk["lease_token"] != token:

@@ -4,8 +4,9 @@ ended. The run's machines and their spend are the Fly layer's (``whisperfarm.fly
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import cast
 
+from whisperfarm.ledger.rows import RunRecord, WorkerRecord
 from whisperfarm.ledger.store import Store
 from whisperfarm.states import ChunkState, RunState
 
@@ -40,17 +41,18 @@ class RunStore(Store):
         with self._write() as conn:
             conn.execute("UPDATE runs SET url = ? WHERE id = ?", (url, run_id))
 
-    def running_runs(self, episode_ids: list[str]) -> list[dict[str, Any]]:
+    def running_runs(self, episode_ids: list[str]) -> list[RunRecord]:
         """Runs marked running that include any of these episodes."""
-        return self._rows(
+        rows = self._rows(
             "SELECT DISTINCT r.* FROM runs r JOIN run_episodes e ON e.run_id = r.id"
             f" WHERE r.state = '{RUN_RUNNING}'"
             " AND e.episode_id IN (SELECT value FROM json_each(?))",
             (json.dumps(episode_ids),),
         )
+        return cast(list[RunRecord], rows)
 
-    def runs(self) -> list[dict[str, Any]]:
-        return self._rows("SELECT * FROM runs ORDER BY started_at")
+    def runs(self) -> list[RunRecord]:
+        return cast(list[RunRecord], self._rows("SELECT * FROM runs ORDER BY started_at"))
 
     def run_episodes(self, run_id: str) -> list[str]:
         return [
@@ -65,14 +67,15 @@ class RunStore(Store):
                 (budget, max_machines, run_id),
             )
 
-    def run_workers(self, run_id: str) -> list[dict[str, Any]]:
+    def run_workers(self, run_id: str) -> list[WorkerRecord]:
         """Workers that finished chunks of the run's episodes while it ran."""
-        return self._rows(
+        rows = self._rows(
             "SELECT * FROM workers WHERE id IN (SELECT DISTINCT c.worker_id FROM chunks c"
             " JOIN run_episodes e ON e.episode_id = c.episode_id JOIN runs r ON r.id = e.run_id"
             f" WHERE r.id = ? AND c.state = '{DONE}' AND c.finished_at >= r.started_at)",
             (run_id,),
         )
+        return cast(list[WorkerRecord], rows)
 
     def end_run(self, run_id: str, state: str, *, spent: float = 0.0) -> None:
         """The run is over, in ``state``, having cost ``spent`` dollars: its machines' spend,

@@ -6,8 +6,9 @@ import json
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import cast
 
+from whisperfarm.ledger.rows import WorkerRecord
 from whisperfarm.ledger.store import Store
 
 
@@ -41,8 +42,8 @@ def touch_worker(conn: sqlite3.Connection, worker: WorkerInfo, now: float) -> No
 
 
 class WorkerStore(Store):
-    def workers(self) -> list[dict[str, Any]]:
-        return self._rows("SELECT * FROM workers ORDER BY first_seen")
+    def workers(self) -> list[WorkerRecord]:
+        return cast(list[WorkerRecord], self._rows("SELECT * FROM workers ORDER BY first_seen"))
 
     def workers_seen(self, worker_ids: Iterable[str]) -> set[str]:
         """Which of these workers have reached the coordinator (claimed at least once)."""
