@@ -237,6 +237,20 @@ def test_claim_waits_then_is_done(farm: Farm) -> None:
     assert farm.ledger.chunk(farm.outside_chunk)["state"] == "queued"
 
 
+def test_the_coordinator_knows_which_attached_workers_have_not_heard_done(farm: Farm) -> None:
+    """A finished run keeps serving until every worker still attached has been told "done"
+    (farm.py): the coordinator must know who was told to wait, and who heard done."""
+    first, second = farm.job("w1"), farm.job("w2")
+    assert farm.claim("w3")["status"] == "wait"
+    assert farm.config.attached.not_told_done(within=60) == ["w1", "w2", "w3"]
+    for job in (first, second):
+        assert farm.result(job).json() == {"status": "stored"}
+    assert farm.claim("w1")["status"] == "done"
+    assert farm.config.attached.not_told_done(within=60) == ["w2", "w3"]
+    farm.claim("w2"), farm.claim("w3")
+    assert farm.config.attached.not_told_done(within=60) == []
+
+
 # Audio ------------------------------------------------------------------------------------
 
 

@@ -349,6 +349,60 @@ def test_a_remote_worker_joins_with_the_printed_command_and_runs_the_jobs_model(
     assert wer <= 0.03
 
 
+def test_joined_workers_are_told_done_when_the_run_finishes_and_exit_0(tmp_path: Path) -> None:
+    """Two workers join a run that has no local ones. When the last chunk is in, the one
+    that did not post it is waiting between claims: it must still hear "done" and exit 0
+    (it used to find the coordinator gone, retry in silence until it gave up, and exit
+    3). Their give-up time is cut to 20 s so that the old behaviour fails quickly."""
+    home, out = tmp_path / "home", tmp_path / "out"
+    env = {**os.environ, "WHISPERFARM_HOME": str(home)}
+    farm = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "whisperfarm",
+            "transcribe",
+            str(SAMPLE),
+            "-m",
+            "tiny.en",
+            "--workers",
+            "0",
+            "--out",
+            str(out),
+            "--format",
+            "txt",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert farm.stdout is not None
+    join = None
+    for line in farm.stdout:
+        if "whisperfarm worker --url" in line:
+            join = line.split("whisperfarm worker", 1)[1].split()
+            break
+    assert join, "transcribe prints the command that joins more workers"
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "whisperfarm", "worker", *join, "--threads", "1"],
+            env={**env, "WHISPERFARM_WORKER_ID": name, "WHISPERFARM_GIVE_UP_SECONDS": "20"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("one", "two")
+    ]
+    logs = [worker.communicate(timeout=TIMEOUT)[1] for worker in workers]
+    _, farm_err = farm.communicate(timeout=60)
+    assert farm.returncode == 0, farm_err
+    for worker, log in zip(workers, logs, strict=True):
+        assert worker.returncode == 0, log
+        assert "no work left" in log
+        assert "ERROR" not in log
+
+
 def test_truncated_file_fails_cleanly(tmp_path: Path) -> None:
     home, out = tmp_path / "home", tmp_path / "out"
     truncated = tmp_path / "cut short.mp3"

@@ -4,6 +4,7 @@ the worker's configuration; and the client's retry policy over httpx.MockTranspo
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -566,6 +567,22 @@ def test_client_gives_up_after_give_up_seconds(transient: Any) -> None:
     with pytest.raises(Unreachable, match="unreachable"):
         client.claim(WorkerModel(id="w"))
     assert len(script.requests) >= 1
+    client.close()
+
+
+def test_client_says_it_is_retrying_with_the_url_and_the_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A worker pointed at a wrong URL used to say nothing until it gave up."""
+    script = Script([httpx.ConnectError("Connection refused"), 503, DONE])
+    client, _ = client_for(script)
+    with caplog.at_level(logging.WARNING, logger="worker"):
+        assert client.claim(WorkerModel(id="w")) == DONE_REPLY
+    lines = [r.getMessage() for r in caplog.records if r.name == "worker"]
+    assert len(lines) == 2, lines
+    assert all("http://coord" in line and "retrying" in line for line in lines)
+    assert "ConnectError: Connection refused" in lines[0]
+    assert "503" in lines[1]
     client.close()
 
 

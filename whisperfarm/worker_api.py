@@ -140,6 +140,7 @@ async def claim(call: Call) -> Reply:
         lease_seconds=config.lease_seconds,
         max_attempts=config.max_attempts,
     )
+    config.attached.claimed(call.body.worker.id, result.status)
     if result.job is None:
         reply = ClaimReply(status=result.status, retry_after=result.retry_after)
     else:
