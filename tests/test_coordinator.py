@@ -14,6 +14,7 @@ from tests.support.clock import FakeClock
 from whisperfarm.chunk_audio import chunk_path, write_chunk
 from whisperfarm.coordinator import MAX_BODY_BYTES, create_app
 from whisperfarm.coordinator_config import CoordinatorConfig
+from whisperfarm.decoding import WIRE_OPTIONS, Decoding
 from whisperfarm.ledger import ChunkPlan, Ledger, WorkerInfo
 from worker.audio import ChunkFormat
 
@@ -210,6 +211,33 @@ def test_claim_returns_the_job(farm: Farm, clock) -> None:
         job["lease_token"],
         "w1",
     )
+
+
+def test_a_job_carries_the_episodes_decoding_options(farm: Farm) -> None:
+    """--task, --initial-prompt, --hotwords, --temperature and --vad-filter reach the
+    worker through the job; at their defaults they are left out, as before they existed."""
+    options = Decoding(
+        language="de",
+        beam_size=2,
+        task="translate",
+        initial_prompt="Names: Ada.",
+        hotwords="Lovelace",
+        temperature=0.4,
+        vad_filter=True,
+    ).options()
+    farm.ledger.switch_options("ep1", options)
+    job = farm.job()
+    assert {name: job[name] for name in WIRE_OPTIONS} == {
+        "language": "de",
+        "beam_size": 2,
+        "task": "translate",
+        "initial_prompt": "Names: Ada.",
+        "hotwords": "Lovelace",
+        "temperature": 0.4,
+        "vad_filter": True,
+    }
+    farm.ledger.switch_options("ep1", Decoding(language="en").options())
+    assert not set(WIRE_OPTIONS[2:]) & set(farm.job())
 
 
 def test_claim_records_the_worker(farm: Farm) -> None:

@@ -35,8 +35,8 @@ from worker.client import (
 from worker.config import ConfigError, WorkerConfig
 from worker.loop import EXIT_DONE, EXIT_MODEL, EXIT_STOPPED, Worker
 from worker.models import ModelLoadError, bundled_tiny_en
-from worker.transcriber import Stopped, Transcriber
-from worker.wire import ClaimReply, Lease, ResultModel, WorkerModel
+from worker.transcriber import DEFAULTS, Stopped, Transcriber
+from worker.wire import ClaimReply, DecodeOptions, Lease, ResultModel, WorkerModel
 
 TOKEN = "worker-test-token"
 LEASE = 60.0
@@ -63,9 +63,19 @@ class StepClock:
 class Call:
     audio: np.ndarray
     model: str
-    language: str | None
-    beam_size: int
-    word_timestamps: bool
+    job: DecodeOptions
+
+    @property
+    def language(self) -> str | None:
+        return self.job.language
+
+    @property
+    def beam_size(self) -> int:
+        return self.job.beam_size
+
+    @property
+    def word_timestamps(self) -> bool:
+        return self.job.word_timestamps
 
 
 @dataclass
@@ -82,12 +92,10 @@ class FakeTranscriber(Transcriber):
         audio: np.ndarray,
         *,
         model: str,
-        language: str | None = None,
-        beam_size: int = 5,
-        word_timestamps: bool = False,
+        options: DecodeOptions = DEFAULTS,
         should_stop: Callable[[], bool] = lambda: False,
     ) -> ResultModel:
-        self.calls.append(Call(audio, model, language, beam_size, word_timestamps))
+        self.calls.append(Call(audio, model, options))
         if self.behave is not None:
             return self.behave(len(self.calls), should_stop)
         return result_for(audio)

@@ -215,12 +215,7 @@ class Farm:
                 "rename one, or transcribe them in separate runs with different --out"
             )
         resolve_model_for_run(settings.model)  # fetched once, here: workers find it cached
-        options = {
-            "language": settings.language or ("en" if settings.model.endswith(".en") else None),
-            "beam_size": settings.beam_size,
-            "word_timestamps": settings.word_timestamps,
-            "compute_type": settings.compute_type,
-        }
+        options = settings.decoding().options()
         requests = [
             EpisodeRequest(path, info, settings.model, options)
             for path, info in zip(paths, infos, strict=True)

@@ -52,9 +52,9 @@ def register(ledger: Ledger, request: EpisodeRequest) -> tuple[str, bool]:
     episode_id = existing["id"]
     fields: dict[str, Any] = {"source": str(request.path.resolve()), "error": None}
     if json.loads(existing["options"]) != request.options:
-        # Different decoding options: every chunk's result must be redone.
-        fields["options"] = request.options
-        ledger.requeue(episode_id, states=("done", "leased", "dead"))
+        # Other decoding options: the chunks with a result made with them are reused, the
+        # others queued; the results made with the earlier options stay for a rerun.
+        ledger.switch_options(episode_id, request.options)
     else:
         # A rerun: hand back what a dead run held, and give dead chunks a fresh start.
         ledger.requeue(episode_id)

@@ -371,12 +371,13 @@ def machines_check(
 @friendly
 def machines_reap(
     everything: Annotated[
-        bool, typer.Option("--all", help="Also machines of runs still going.")
+        bool, typer.Option("--all", metavar="", help="Also machines of runs still going.")
     ] = False,
     pool: Annotated[
         bool,
         typer.Option(
             "--pool",
+            metavar="",
             help="Also destroy the warm pool: its stopped machines and those left running "
             "by runs that are over.",
         ),
