@@ -167,6 +167,34 @@ def test_rerun_reuses_finished_chunks(farm_run: dict[str, Any]) -> None:
     assert (out / "episode.json").read_text() == first_json
 
 
+def test_other_options_keep_the_earlier_results_and_going_back_reuses_them(
+    farm_run: dict[str, Any],
+) -> None:
+    """The module's run had --words. Without --words the episode is transcribed again and
+    both sets of results stay in the ledger; with --words again nothing is transcribed and
+    the transcripts come out as the first run wrote them."""
+    home, out = farm_run["home"], farm_run["out"]
+    with_words = ledger_db.rows(home, "SELECT chunk_id, options_key, body FROM results")
+    first_json = (out / "episode.json").read_text()
+    plain = cli(
+        "transcribe", str(SAMPLE), "-m", "tiny.en", "--workers", "2", "--out",
+        str(out / "plain"), "--format", "txt", "--no-words", home=home, env=OPUS,
+    )  # fmt: skip
+    assert plain.returncode == 0, plain.stderr
+    both = ledger_db.rows(home, "SELECT chunk_id, options_key, body FROM results")
+    assert set(with_words) < set(both), "the results made with --words are kept"
+    assert len(both) == 2 * len(with_words)
+    assert len({key for _, key, _ in both}) == 2
+
+    again = cli(
+        "transcribe", str(SAMPLE), "-m", "tiny.en", "--workers", "2", "--out", str(out),
+        "--format", "all", "--words", home=home, env=OPUS,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert ledger_db.rows(home, "SELECT chunk_id, options_key, body FROM results") == both
+    assert (out / "episode.json").read_text() == first_json
+
+
 def children_of(pid: int) -> list[int]:
     """Processes whose parent is ``pid`` (Linux /proc)."""
     found = []
