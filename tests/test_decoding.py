@@ -72,13 +72,30 @@ def test_an_english_only_model_takes_english_only(given: str) -> None:
 
 
 def test_settings_store_the_code_of_a_language_name(home: Path) -> None:
-    assert load_settings(model="small", language="French").language == "fr"
+    assert (
+        load_settings(model="small", language="French").checked_for_transcription().language == "fr"
+    )
 
 
 def test_translate_with_an_english_only_model_is_refused(home: Path) -> None:
     with pytest.raises(UsageError, match="--task translate needs a multilingual model"):
-        load_settings(model="tiny.en", task="translate")
-    assert load_settings(model="small", task="translate").task == "translate"
+        load_settings(model="tiny.en", task="translate").checked_for_transcription()
+    settings = load_settings(model="small", task="translate").checked_for_transcription()
+    assert settings.task == "translate"
+
+
+def test_a_config_files_language_does_not_stop_commands_that_transcribe_nothing(
+    home: Path,
+) -> None:
+    """status, episodes, export load the settings with the default model (an .en one)."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text('language = "de"\n')
+    assert runner.invoke(app, ["episodes"]).exit_code == 0
+    result = runner.invoke(app, ["transcribe", str(SAMPLE), "--dry-run"])
+    assert "English-only" in one_error(result.output)
+    assert (
+        runner.invoke(app, ["transcribe", str(SAMPLE), "-m", "small", "--dry-run"]).exit_code == 0
+    )
 
 
 @pytest.mark.parametrize(

@@ -165,17 +165,19 @@ class Settings(BaseSettings):
             self.word_timestamps = True
         return self
 
-    @model_validator(mode="after")
-    def _languages_the_model_takes(self) -> Settings:
-        """A language the model can't take, or translating with an English-only model, is
-        refused before any work starts; a language's English name becomes its code."""
-        self.language = language_code(self.language, self.model)
+    def checked_for_transcription(self) -> Settings:
+        """These settings, with a language given by name turned into its code; refuses a
+        language the model can't take, or translating with an English-only model.
+        ``transcribe`` and ``serve`` call it before any work starts. Not a validator: a
+        config file's language must not stop ``status`` or ``export``, which load the
+        default model with it."""
+        language = language_code(self.language, self.model)
         if self.task == "translate" and english_only(self.model):
             raise UsageError(
                 f"--task translate needs a multilingual model: {self.model} is English-only "
                 "(it can only transcribe English); use e.g. -m small or -m large-v3-turbo"
             )
-        return self
+        return self.model_copy(update={"language": language})
 
     def decoding(self) -> Decoding:
         """The decoding options a run's episodes are transcribed with."""

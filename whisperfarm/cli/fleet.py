@@ -75,7 +75,9 @@ def serve(
     from whisperfarm.plan import fleets, plan_run
     from whisperfarm.settings import load_settings, parse_formats
 
-    settings = load_settings(model=model, formats=formats, host=host, port=port)
+    settings = load_settings(
+        model=model, formats=formats, host=host, port=port
+    ).checked_for_transcription()
     plan = plan_run(settings, inputs or [], serving=True, workers=workers)
     if not plan.inputs:
         err.print("nothing to serve: give files, or queue some with 'whisperfarm transcribe'")

@@ -254,7 +254,7 @@ def transcribe(
         fly_app=fly_app,
         advertise_url=advertise_url,
         fly_reach_timeout=reach_timeout,
-    )
+    ).checked_for_transcription()
     format_list = parse_formats(settings.formats)
     resolved = _resolve_inputs(inputs, settings, latest=latest, quiet=quiet)
     if not resolved:
