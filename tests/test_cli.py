@@ -119,6 +119,44 @@ def test_subtitle_flags_in_help_without_bool_metavars(command: str) -> None:
     assert "CHARS" in rows["--max-line-width"] and "LINES" in rows["--max-line-count"]
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["transcribe"],
+        ["export"],
+        ["serve"],
+        ["status"],
+        ["episodes"],
+        ["remove"],
+        ["machines", "reap"],
+    ],
+)
+def test_no_flag_shows_a_bool_metavar_in_help(command: list[str]) -> None:
+    """Flags read as the whisper CLIs' do (--words, --vad-filter, --yes …), without a
+    <bool> after them; typer's own --help is the one left."""
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "160"})
+    assert result.exit_code == 0
+    rows = [line for line in result.output.splitlines() if "<bool>" in line]
+    assert all("--help" in row for row in rows), rows
+
+
+def test_transcribe_help_and_the_readme_list_the_whisper_cli_flags() -> None:
+    result = runner.invoke(app, ["transcribe", "--help"], env={"COLUMNS": "160"})
+    reference = (REPO / "README.md").read_text().split("## CLI reference", 1)[1]
+    for flag in (
+        "--task",
+        "--initial-prompt",
+        "--hotwords",
+        "--beam-size",
+        "--temperature",
+        "--vad-filter",
+        "--no-vad-filter",
+        "--language",
+    ):
+        assert flag in result.output, flag
+        assert f"`{flag}" in reference, f"the README's CLI reference lacks {flag}"
+
+
 def test_transcribe_passes_the_subtitle_flags_to_the_run(
     home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -15,6 +15,7 @@ from tests.support.results import result_object
 from whisperfarm.chunk_audio import chunk_path, write_chunk
 from whisperfarm.coordinator import MAX_BODY_BYTES, create_app
 from whisperfarm.coordinator_config import CoordinatorConfig
+from whisperfarm.decoding import WIRE_OPTIONS, Decoding
 from whisperfarm.ledger import ChunkPlan, Ledger, WorkerInfo
 from worker.audio import ChunkFormat
 
@@ -213,6 +214,33 @@ def test_claim_returns_the_job(farm: Farm, clock) -> None:
     )
 
 
+def test_a_job_carries_the_episodes_decoding_options(farm: Farm) -> None:
+    """--task, --initial-prompt, --hotwords, --temperature and --vad-filter reach the
+    worker through the job; at their defaults they are left out, as before they existed."""
+    options = Decoding(
+        language="de",
+        beam_size=2,
+        task="translate",
+        initial_prompt="Names: Ada.",
+        hotwords="Lovelace",
+        temperature=0.4,
+        vad_filter=True,
+    ).options()
+    farm.ledger.switch_options("ep1", options)
+    job = farm.job()
+    assert {name: job[name] for name in WIRE_OPTIONS} == {
+        "language": "de",
+        "beam_size": 2,
+        "task": "translate",
+        "initial_prompt": "Names: Ada.",
+        "hotwords": "Lovelace",
+        "temperature": 0.4,
+        "vad_filter": True,
+    }
+    farm.ledger.switch_options("ep1", Decoding(language="en").options())
+    assert not set(WIRE_OPTIONS[2:]) & set(farm.job())
+
+
 def test_claim_records_the_worker(farm: Farm) -> None:
     body = {"worker": {"id": "m1", "kind": "fly", "host": "h", "region": "ord", "threads": 8}}
     assert farm.post("/v1/claim", body).json()["status"] == "job"
@@ -236,6 +264,20 @@ def test_claim_waits_then_is_done(farm: Farm) -> None:
     assert farm.claim()["status"] == "done"
     # the episode outside the scope was never served
     assert farm.ledger.chunk(farm.outside_chunk)["state"] == "queued"
+
+
+def test_the_coordinator_knows_which_attached_workers_have_not_heard_done(farm: Farm) -> None:
+    """A finished run keeps serving until every worker still attached has been told "done"
+    (farm.py): the coordinator must know who was told to wait, and who heard done."""
+    first, second = farm.job("w1"), farm.job("w2")
+    assert farm.claim("w3")["status"] == "wait"
+    assert farm.config.attached.not_told_done(within=60) == ["w1", "w2", "w3"]
+    for job in (first, second):
+        assert farm.result(job).json() == {"status": "stored"}
+    assert farm.claim("w1")["status"] == "done"
+    assert farm.config.attached.not_told_done(within=60) == ["w2", "w3"]
+    farm.claim("w2"), farm.claim("w3")
+    assert farm.config.attached.not_told_done(within=60) == []
 
 
 # Audio ------------------------------------------------------------------------------------

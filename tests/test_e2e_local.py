@@ -167,6 +167,34 @@ def test_rerun_reuses_finished_chunks(farm_run: dict[str, Any]) -> None:
     assert (out / "episode.json").read_text() == first_json
 
 
+def test_other_options_keep_the_earlier_results_and_going_back_reuses_them(
+    farm_run: dict[str, Any],
+) -> None:
+    """The module's run had --words. Without --words the episode is transcribed again and
+    both sets of results stay in the ledger; with --words again nothing is transcribed and
+    the transcripts come out as the first run wrote them."""
+    home, out = farm_run["home"], farm_run["out"]
+    with_words = ledger_db.rows(home, "SELECT chunk_id, options_key, body FROM results")
+    first_json = (out / "episode.json").read_text()
+    plain = cli(
+        "transcribe", str(SAMPLE), "-m", "tiny.en", "--workers", "2", "--out",
+        str(out / "plain"), "--format", "txt", "--no-words", home=home, env=OPUS,
+    )  # fmt: skip
+    assert plain.returncode == 0, plain.stderr
+    both = ledger_db.rows(home, "SELECT chunk_id, options_key, body FROM results")
+    assert set(with_words) < set(both), "the results made with --words are kept"
+    assert len(both) == 2 * len(with_words)
+    assert len({key for _, key, _ in both}) == 2
+
+    again = cli(
+        "transcribe", str(SAMPLE), "-m", "tiny.en", "--workers", "2", "--out", str(out),
+        "--format", "all", "--words", home=home, env=OPUS,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert ledger_db.rows(home, "SELECT chunk_id, options_key, body FROM results") == both
+    assert (out / "episode.json").read_text() == first_json
+
+
 def children_of(pid: int) -> list[int]:
     """Processes whose parent is ``pid`` (Linux /proc)."""
     found = []
@@ -347,6 +375,60 @@ def test_a_remote_worker_joins_with_the_printed_command_and_runs_the_jobs_model(
     assert models and set(models) == {"tiny.en"}
     wer = word_error_rate(SAMPLE_TEXT.read_text(), (out / "episode.txt").read_text())
     assert wer <= 0.03
+
+
+def test_joined_workers_are_told_done_when_the_run_finishes_and_exit_0(tmp_path: Path) -> None:
+    """Two workers join a run that has no local ones. When the last chunk is in, the one
+    that did not post it is waiting between claims: it must still hear "done" and exit 0
+    (it used to find the coordinator gone, retry in silence until it gave up, and exit
+    3). Their give-up time is cut to 20 s so that the old behaviour fails quickly."""
+    home, out = tmp_path / "home", tmp_path / "out"
+    env = {**os.environ, "WHISPERFARM_HOME": str(home)}
+    farm = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "whisperfarm",
+            "transcribe",
+            str(SAMPLE),
+            "-m",
+            "tiny.en",
+            "--workers",
+            "0",
+            "--out",
+            str(out),
+            "--format",
+            "txt",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert farm.stdout is not None
+    join = None
+    for line in farm.stdout:
+        if "whisperfarm worker --url" in line:
+            join = line.split("whisperfarm worker", 1)[1].split()
+            break
+    assert join, "transcribe prints the command that joins more workers"
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "whisperfarm", "worker", *join, "--threads", "1"],
+            env={**env, "WHISPERFARM_WORKER_ID": name, "WHISPERFARM_GIVE_UP_SECONDS": "20"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("one", "two")
+    ]
+    logs = [worker.communicate(timeout=TIMEOUT)[1] for worker in workers]
+    _, farm_err = farm.communicate(timeout=60)
+    assert farm.returncode == 0, farm_err
+    for worker, log in zip(workers, logs, strict=True):
+        assert worker.returncode == 0, log
+        assert "no work left" in log
+        assert "ERROR" not in log
 
 
 def test_truncated_file_fails_cleanly(tmp_path: Path) -> None:

@@ -281,3 +281,16 @@ def test_export_highlight_words_without_word_timings_says_so(farm: Ledger, tmp_p
     )
     assert "no word timings to highlight in srt" in line and "--words" in line
     assert not out.exists()
+
+
+def test_export_words_of_an_episode_transcribed_without_them_says_so(
+    farm: Ledger, tmp_path: Path
+) -> None:
+    """It used to write the json and srt without words and exit 0."""
+    out = tmp_path / "out"
+    line = one_error(runner.invoke(app, ["export", "lecture", "--words", "-o", str(out)]))
+    assert "lecture was transcribed without word timestamps" in line
+    assert "--words" in line
+    assert not out.exists()
+    result = runner.invoke(app, ["export", "lecture", "-f", "json", "-o", str(out)])
+    assert result.exit_code == 0, result.output

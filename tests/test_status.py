@@ -22,6 +22,7 @@ from tests.support.clock import FakeClock
 from tests.support.farm_state import EPISODES, M1, M2, M3, NOW, PRICE
 from tests.support.status_schema import check_document
 from whisperfarm.cli import app
+from whisperfarm.decoding import Decoding
 from whisperfarm.errors import EpisodeNotFound
 from whisperfarm.ledger import Ledger
 from whisperfarm.status import (
@@ -299,6 +300,20 @@ def test_json_of_one_episode_has_its_chunks(farm: Ledger, pinned: None) -> None:
     (episode,) = data["episodes"]
     assert data["focus"] == EPISODES["interview"]
     assert [c["state"] for c in episode["chunks"]].count("leased") == 2
+
+
+def test_status_shows_how_an_episode_is_transcribed(farm: Ledger, pinned: None) -> None:
+    options = Decoding(
+        language="de", task="translate", initial_prompt="Names: Ada.", vad_filter=True
+    ).options()
+    farm.switch_options(EPISODES["interview"], options)
+    data = json.loads(runner.invoke(app, ["status", "interview", "--json"]).output)
+    (episode,) = data["episodes"]
+    assert (
+        episode["options"] == "de · translate · beam 5 · vad filter · int8 · prompt 'Names: Ada.'"
+    )
+    screen = runner.invoke(app, ["status", "interview", "--once"], env={"COLUMNS": "100"})
+    assert "tiny.en · de · translate · beam 5 · vad filter" in screen.output
 
 
 def test_json_with_no_ledger(home: Path) -> None:

@@ -4,6 +4,7 @@ the worker's configuration; and the client's retry policy over httpx.MockTranspo
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,8 +36,8 @@ from worker.client import (
 from worker.config import ConfigError, WorkerConfig
 from worker.loop import EXIT_DONE, EXIT_MODEL, EXIT_STOPPED, Worker
 from worker.models import ModelLoadError, bundled_tiny_en
-from worker.transcriber import Stopped, Transcriber
-from worker.wire import ClaimReply, Lease, ResultModel, WorkerModel
+from worker.transcriber import DEFAULTS, Stopped, Transcriber
+from worker.wire import ClaimReply, DecodeOptions, Lease, ResultModel, WorkerModel
 
 TOKEN = "worker-test-token"
 LEASE = 60.0
@@ -63,9 +64,19 @@ class StepClock:
 class Call:
     audio: np.ndarray
     model: str
-    language: str | None
-    beam_size: int
-    word_timestamps: bool
+    job: DecodeOptions
+
+    @property
+    def language(self) -> str | None:
+        return self.job.language
+
+    @property
+    def beam_size(self) -> int:
+        return self.job.beam_size
+
+    @property
+    def word_timestamps(self) -> bool:
+        return self.job.word_timestamps
 
 
 @dataclass
@@ -82,12 +93,10 @@ class FakeTranscriber(Transcriber):
         audio: np.ndarray,
         *,
         model: str,
-        language: str | None = None,
-        beam_size: int = 5,
-        word_timestamps: bool = False,
+        options: DecodeOptions = DEFAULTS,
         should_stop: Callable[[], bool] = lambda: False,
     ) -> ResultModel:
-        self.calls.append(Call(audio, model, language, beam_size, word_timestamps))
+        self.calls.append(Call(audio, model, options))
         if self.behave is not None:
             return self.behave(len(self.calls), should_stop)
         return result_for(audio)
@@ -568,6 +577,22 @@ def test_client_gives_up_after_give_up_seconds(transient: Any) -> None:
     with pytest.raises(Unreachable, match="unreachable"):
         client.claim(WorkerModel(id="w"))
     assert len(script.requests) >= 1
+    client.close()
+
+
+def test_client_says_it_is_retrying_with_the_url_and_the_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A worker pointed at a wrong URL used to say nothing until it gave up."""
+    script = Script([httpx.ConnectError("Connection refused"), 503, DONE])
+    client, _ = client_for(script)
+    with caplog.at_level(logging.WARNING, logger="worker"):
+        assert client.claim(WorkerModel(id="w")) == DONE_REPLY
+    lines = [r.getMessage() for r in caplog.records if r.name == "worker"]
+    assert len(lines) == 2, lines
+    assert all("http://coord" in line and "retrying" in line for line in lines)
+    assert "ConnectError: Connection refused" in lines[0]
+    assert "503" in lines[1]
     client.close()
 
 

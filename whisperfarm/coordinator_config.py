@@ -9,11 +9,39 @@ the coordinator module builds the app from both, so the imports run one way
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from whisperfarm.ledger import Clock, Ledger
+
+
+class Attached:
+    """The workers that claim from this coordinator, each with the time of its last claim
+    and the answer it got. At the end of a run the farm waits (briefly) until every worker
+    still attached has been answered "done", so a worker that joined with the printed
+    command exits 0 instead of finding the coordinator gone."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._last: dict[str, tuple[float, str]] = {}
+
+    def claimed(self, worker_id: str, status: str) -> None:
+        with self._lock:
+            self._last[worker_id] = (self.clock(), status)
+
+    def not_told_done(self, within: float) -> list[str]:
+        """Workers that claimed within the last ``within`` seconds and were not answered
+        "done" (so they will ask again)."""
+        now = self.clock()
+        with self._lock:
+            return sorted(
+                worker
+                for worker, (at, status) in self._last.items()
+                if status != "done" and now - at <= within
+            )
 
 
 @dataclass
@@ -25,6 +53,7 @@ class CoordinatorConfig:
     lease_seconds: float = 60.0
     max_attempts: int = 3
     clock: Clock | None = None
+    attached: Attached = field(default_factory=Attached)
     _ledgers: list[Ledger] = field(default_factory=list)
     _local: threading.local = field(default_factory=threading.local)
     _lock: threading.Lock = field(default_factory=threading.Lock)

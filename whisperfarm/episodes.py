@@ -134,8 +134,17 @@ def export(
             f"(first: chunk {lost[0]['idx']}); 'whisperfarm retry {episode['id']}' "
             "re-queues them to be transcribed again"
         )
+    with_words = bool(json.loads(episode["options"] or "{}").get("word_timestamps"))
+    if keep_words and not with_words:
+        # An error, not a warning: asked for by name, words missing from the json and srt
+        # timed without them would pass for what was asked, in scripts above all.
+        raise UsageError(
+            f"{episode['name']} was transcribed without word timestamps, so there are none "
+            f"to export: 'whisperfarm transcribe {episode['source']} --words' adds them "
+            "(the results without them are kept), or export without --words"
+        )
     if keep_words is None:
-        keep_words = bool(json.loads(episode["options"] or "{}").get("word_timestamps"))
+        keep_words = with_words
     transcript = assemble(ledger, episode, keep_words=keep_words)
     if subtitles is not None and subtitles.highlight_words:
         _refuse_karaoke_without_words(episode, transcript, formats)

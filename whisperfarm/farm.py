@@ -53,6 +53,12 @@ from whisperfarm.transcripts import write_outputs
 from worker.audio import ChunkFormat
 from worker.models import bundled_tiny_en, resolve_model
 
+DONE_GRACE = 5.0
+"""Seconds a finished run keeps serving so that workers still attached hear "done"."""
+DONE_POLL = 0.1
+ATTACHED_WITHIN = 3.0
+"""A worker that claimed this recently is still attached: an idle one asks every second."""
+
 
 @dataclass
 class EpisodeStatus:
@@ -210,12 +216,7 @@ class Farm:
                 "rename one, or transcribe them in separate runs with different --out"
             )
         resolve_model_for_run(settings.model)  # fetched once, here: workers find it cached
-        options = {
-            "language": settings.language or ("en" if settings.model.endswith(".en") else None),
-            "beam_size": settings.beam_size,
-            "word_timestamps": settings.word_timestamps,
-            "compute_type": settings.compute_type,
-        }
+        options = settings.decoding().options()
         requests = [
             EpisodeRequest(path, info, settings.model, options)
             for path, info in zip(paths, infos, strict=True)
@@ -264,6 +265,7 @@ class Farm:
             )
             ingest.start()
             statuses = self._watch(ledger, episode_ids, out_dir, formats, ingest_errors)
+            self._let_workers_hear_done(coordinator)
             finished = all(s.state == EpisodeState.DONE for s in statuses)
             state = RunState.DONE if finished else RunState.FAILED
         except BudgetReached:
@@ -296,6 +298,16 @@ class Farm:
                 exit_code=stop.exit_code,
             )
         return statuses
+
+    def _let_workers_hear_done(self, coordinator: CoordinatorConfig) -> None:
+        """Keep serving, for at most DONE_GRACE seconds, until every worker still attached
+        (one that claimed lately and was told to wait) has claimed again and been told
+        "done": a worker that joined with the printed command then exits 0, where it would
+        find the coordinator gone and retry until it gives up."""
+        for _ in range(round(DONE_GRACE / DONE_POLL)):
+            if not coordinator.attached.not_told_done(within=ATTACHED_WITHIN):
+                return
+            self.sleep(DONE_POLL)
 
     def _ingest_all(
         self,

@@ -19,7 +19,7 @@ from whisperfarm.chunking import CutterConfig, cut
 from whisperfarm.errors import InputError
 from whisperfarm.ledger import ChunkPlan, Ledger
 from whisperfarm.media import AudioInfo, Decoder, content_hash, duration_of
-from whisperfarm.states import ChunkState, EpisodeState
+from whisperfarm.states import EpisodeState
 from worker.audio import ChunkFormat
 
 
@@ -53,9 +53,9 @@ def register(ledger: Ledger, request: EpisodeRequest) -> tuple[str, bool]:
     episode_id = existing["id"]
     fields: dict[str, Any] = {"source": str(request.path.resolve()), "error": None}
     if json.loads(existing["options"]) != request.options:
-        # Different decoding options: every chunk's result must be redone.
-        fields["options"] = request.options
-        ledger.requeue(episode_id, states=(ChunkState.DONE, ChunkState.LEASED, ChunkState.DEAD))
+        # Other decoding options: the chunks with a result made with them are reused, the
+        # others queued; the results made with the earlier options stay for a rerun.
+        ledger.switch_options(episode_id, request.options)
     else:
         # A rerun: hand back what a dead run held, and give dead chunks a fresh start.
         ledger.requeue(episode_id)

@@ -5,10 +5,13 @@ Never edit a migration that has shipped: add ``m00N_…`` below it instead.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
+
+from whisperfarm.decoding import options_key
 
 migrations = Migrations("whisperfarm")
 
@@ -269,3 +272,33 @@ def m008_feed_episodes(db: Database) -> None:
         )
         """
     )
+
+
+@migrations()
+def m009_results_keyed_by_options(db: Database) -> None:
+    """A chunk keeps one result per set of decoding options (``whisperfarm/decoding.py``):
+    changing ``--words``, ``--language``, the compute type … queues the chunks again
+    without throwing away what the earlier options made, and running with those again
+    reuses it. Each episode records the key of its current options; each result the key
+    of the options it was made with (existing ones: their episode's)."""
+    db.execute("ALTER TABLE episodes ADD COLUMN options_key TEXT NOT NULL DEFAULT ''")
+    for episode_id, options in db.execute("SELECT id, options FROM episodes").fetchall():
+        key = options_key(json.loads(options or "{}"))
+        db.execute("UPDATE episodes SET options_key = ? WHERE id = ?", (key, episode_id))
+    db.execute(
+        """
+        CREATE TABLE results_by_options (
+            chunk_id INTEGER NOT NULL REFERENCES chunks(id) ON DELETE CASCADE,
+            options_key TEXT NOT NULL,
+            body TEXT NOT NULL,
+            PRIMARY KEY (chunk_id, options_key)
+        )
+        """
+    )
+    db.execute(
+        "INSERT INTO results_by_options (chunk_id, options_key, body)"
+        " SELECT r.chunk_id, e.options_key, r.body FROM results r"
+        " JOIN chunks c ON c.id = r.chunk_id JOIN episodes e ON e.id = c.episode_id"
+    )
+    db.execute("DROP TABLE results")
+    db.execute("ALTER TABLE results_by_options RENAME TO results")

@@ -26,7 +26,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from whisperfarm.decoding import Decoding, Task
 from whisperfarm.errors import UsageError
+from whisperfarm.languages import english_only, language_code
 from whisperfarm.subtitles import CueStyle
 from worker.audio import ChunkFormat
 
@@ -62,6 +64,13 @@ class Settings(BaseSettings):
     language: str | None = None
     beam_size: int = Field(5, ge=1, le=10)
     word_timestamps: bool = False
+    task: Task = "transcribe"
+    initial_prompt: str | None = None
+    hotwords: str | None = None
+    temperature: float | None = Field(None, ge=0, le=1)
+    # faster-whisper's own VAD (its Silero model, inside the worker): it drops the chunk's
+    # stretches without speech before decoding. Not ``vad`` below, the cutter's.
+    vad_filter: bool = False
 
     # Subtitles (srt, vtt): whisperfarm/subtitles.py says where the defaults come from.
     max_line_width: int = Field(CueStyle.max_line_width, ge=1)
@@ -155,6 +164,34 @@ class Settings(BaseSettings):
                 )
             self.word_timestamps = True
         return self
+
+    def checked_for_transcription(self) -> Settings:
+        """These settings, with a language given by name turned into its code; refuses a
+        language the model can't take, or translating with an English-only model.
+        ``transcribe`` and ``serve`` call it before any work starts. Not a validator: a
+        config file's language must not stop ``status`` or ``export``, which load the
+        default model with it."""
+        language = language_code(self.language, self.model)
+        if self.task == "translate" and english_only(self.model):
+            raise UsageError(
+                f"--task translate needs a multilingual model: {self.model} is English-only "
+                "(it can only transcribe English); use e.g. -m small or -m large-v3-turbo"
+            )
+        return self.model_copy(update={"language": language})
+
+    def decoding(self) -> Decoding:
+        """The decoding options a run's episodes are transcribed with."""
+        return Decoding(
+            language=self.language or ("en" if english_only(self.model) else None),
+            beam_size=self.beam_size,
+            word_timestamps=self.word_timestamps,
+            compute_type=self.compute_type,
+            task=self.task,
+            initial_prompt=self.initial_prompt or None,
+            hotwords=self.hotwords or None,
+            temperature=self.temperature,
+            vad_filter=self.vad_filter,
+        )
 
     @classmethod
     def settings_customise_sources(

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from whisperfarm.decoding import describe
 from whisperfarm.episodes import resolve
 from whisperfarm.errors import EpisodeNotFound
 from whisperfarm.fly.store import MachineRecord, MachineStore
@@ -88,6 +89,8 @@ class EpisodeRow:
     error: str | None
     chunks: tuple[ChunkRow, ...] | None = None
     """Only in a snapshot narrowed to this episode."""
+    options: str = ""
+    """How it is transcribed: language, task, beam, words … (decoding.describe)."""
 
     @property
     def fraction(self) -> float:
@@ -486,6 +489,7 @@ def _episode_row(
         spend_usd=spend,
         error=_first_line(episode["error"]),
         chunks=rows,
+        options=describe(json.loads(episode["options"] or "{}")),
     )
 
 

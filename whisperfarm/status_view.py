@@ -245,6 +245,8 @@ def chunks_section(episode: EpisodeRow, width: int) -> RenderableType:
         chunk_map.append(mark, style=style)
     legend = Text("█ done  ▓ leased  ░ queued  ✗ failed", style="dim")
     parts: list[RenderableType] = [counts, chunk_map, legend]
+    if episode.options:
+        parts.insert(1, Text(f"{episode.model} · {episode.options}", style="dim"))
     busy = [c for c in chunks if c.state in (ChunkState.LEASED, ChunkState.DEAD)]
     if busy:
         errors = width >= MEDIUM and any(c.error for c in busy)

@@ -38,6 +38,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from whisperfarm.coordinator_config import CoordinatorConfig
+from whisperfarm.decoding import WIRE_OPTIONS
 from whisperfarm.ledger import ChunkRecord, LeaseLost, Ledger, UnknownChunk, WorkerInfo
 from whisperfarm.states import ChunkState
 from worker.audio import ChunkFormat
@@ -141,6 +142,7 @@ async def claim(call: Call) -> Reply:
         lease_seconds=config.lease_seconds,
         max_attempts=config.max_attempts,
     )
+    config.attached.claimed(call.body.worker.id, result.status)
     if result.job is None:
         reply = ClaimReply(status=result.status, retry_after=result.retry_after)
     else:
@@ -150,8 +152,11 @@ async def claim(call: Call) -> Reply:
             status="job",
             job=Job(
                 **job,
+                # language and beam size always go, as they always have; the options
+                # added since only when the episode has them (not at their defaults)
                 language=options.get("language"),
                 beam_size=options.get("beam_size", 5),
+                **{name: options[name] for name in WIRE_OPTIONS[2:] if name in options},
                 lease_seconds=config.lease_seconds,
                 audio_url=f"/v1/jobs/{job['chunk_id']}/audio",
             ),

@@ -12,6 +12,7 @@ answer that isn't one is a CoordinatorError too.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -33,6 +34,8 @@ from worker.wire import (
     ResultRequest,
     WorkerModel,
 )
+
+log = logging.getLogger("worker")
 
 
 class CoordinatorError(Exception):
@@ -112,6 +115,7 @@ class CoordinatorClient:
             wait=backoff,
             sleep=self.sleep,
             reraise=True,
+            before_sleep=self._log_retry,
         )
         try:
             return retrying(once)
@@ -124,6 +128,25 @@ class CoordinatorClient:
             raise self._unreachable(error) from error
         except httpx.TransportError as error:
             raise self._unreachable(error) from error
+
+    def _log_retry(self, retry_state: RetryCallState) -> None:
+        """Say so each time a request is retried: a worker pointed at a wrong URL must not
+        sit silent until it gives up."""
+        outcome = retry_state.outcome
+        error = outcome.exception() if outcome is not None else None
+        if isinstance(error, httpx.HTTPStatusError):
+            why = f"{error.response.status_code} {error.response.reason_phrase}"
+        else:
+            why = f"{type(error).__name__}: {error}"
+        wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
+        log.warning(
+            "coordinator at %s did not answer (%s); retrying in %.1fs, giving up %.0fs after "
+            "the first try",
+            self.http.base_url,
+            why,
+            wait,
+            self.give_up_seconds,
+        )
 
     def _unreachable(self, error: Exception) -> Unreachable:
         return Unreachable(

@@ -101,9 +101,7 @@ class Worker:
             result = self.transcriber.transcribe(
                 audio,
                 model=job.model,
-                language=job.language,
-                beam_size=job.beam_size,
-                word_timestamps=job.word_timestamps,
+                options=job,
                 should_stop=lambda: self.stopping.is_set() or heartbeat.lost.is_set(),
             )
         except Stopped:

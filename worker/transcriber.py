@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -9,7 +10,20 @@ from typing import Any
 import numpy as np
 
 from worker.models import ModelLoadError, load_model
-from worker.wire import ResultModel, SegmentModel, WordModel
+from worker.wire import DecodeOptions, ResultModel, SegmentModel, WordModel
+
+DEFAULTS = DecodeOptions()
+
+TEMPERATURE_STEP = 0.2
+"""How much hotter each retry of a failed window decodes (the whisper CLI's
+``--temperature_increment_on_fallback`` default)."""
+
+
+def fallback_temperatures(first: float) -> tuple[float, ...]:
+    """``first``, then ``TEMPERATURE_STEP`` hotter up to 1.0, as the whisper CLI makes them
+    from ``--temperature``: 0.4 → (0.4, 0.6, 0.8, 1.0)."""
+    steps = math.floor((1.0 - first) / TEMPERATURE_STEP + 1e-9)
+    return tuple(round(first + TEMPERATURE_STEP * i, 6) for i in range(max(steps, 0) + 1))
 
 
 class Stopped(Exception):
@@ -64,18 +78,27 @@ class Transcriber:
         audio: np.ndarray,
         *,
         model: str,
-        language: str | None = None,
-        beam_size: int = 5,
-        word_timestamps: bool = False,
+        options: DecodeOptions = DEFAULTS,
         should_stop: Callable[[], bool] = lambda: False,
     ) -> ResultModel:
+        """Decode with ``options`` (a job's: language, beam size, task, prompt …)."""
         whisper = self.model(model)
         started = time.monotonic()
+        job = options
+        word_timestamps = job.word_timestamps
+        extra: dict[str, Any] = {}
+        if job.temperature is not None:
+            extra["temperature"] = fallback_temperatures(job.temperature)
         segments, info = whisper.transcribe(
             audio,
-            language=language,
-            beam_size=beam_size,
+            language=job.language,
+            beam_size=job.beam_size,
             word_timestamps=word_timestamps,
+            task=job.task,
+            initial_prompt=job.initial_prompt,
+            hotwords=job.hotwords,
+            vad_filter=job.vad_filter,
+            **extra,
         )
         # model_construct: the coordinator validates a result (422), as it did when this
         # was a dict; only the fields set here go on the wire (exclude_unset).

@@ -99,10 +99,31 @@ class Lease(BaseModel):
     lease_token: str
 
 
-class Job(BaseModel):
-    """One chunk to transcribe, as a claim hands it out (its fields in the order the
-    coordinator has always sent them). The defaults are what a worker assumes when a
-    coordinator leaves a field out; fields a newer coordinator adds are ignored."""
+class DecodeOptions(BaseModel):
+    """How a chunk is decoded (faster-whisper's ``transcribe`` arguments), as a job carries
+    them. The defaults are what a worker assumes when a coordinator leaves one out: a
+    coordinator sends the options added with the whisper CLIs' flags (``task`` on) only when
+    an episode sets them (whisperfarm/decoding.py)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    word_timestamps: bool = False
+    language: str | None = None
+    beam_size: int = 5
+    task: Literal["transcribe", "translate"] = "transcribe"
+    initial_prompt: str | None = None
+    hotwords: str | None = None
+    temperature: float | None = None
+    """The first temperature, raised by 0.2 up to 1.0 on a failed window; None:
+    faster-whisper's default (0.0, 0.2 … 1.0)."""
+    vad_filter: bool = False
+
+
+class Job(DecodeOptions):
+    """One chunk to transcribe, as a claim hands it out, with its decoding options. The
+    defaults are what a worker assumes when a coordinator leaves a field out; fields a
+    newer coordinator adds are ignored (so a worker older than an option decodes without
+    it)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -115,9 +136,6 @@ class Job(BaseModel):
     lease_token: str
     lease_expires_at: float
     model: str
-    word_timestamps: bool = False
-    language: str | None = None
-    beam_size: int = 5
     lease_seconds: float
     audio_url: str
 

@@ -41,6 +41,7 @@ EPISODE_KEYS = {
     "spend_usd": (float, type(None)),
     "error": (str, type(None)),
     "chunks": (list, type(None)),
+    "options": str,
 }
 CHUNK_KEYS = {
     "idx": int,

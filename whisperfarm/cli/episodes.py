@@ -33,7 +33,9 @@ EPISODE = typer.Argument(help="The episode: its id, the start of its id, or its 
 @app.command(rich_help_panel="Episodes")
 @friendly
 def episodes(
-    as_json: Annotated[bool, typer.Option("--json", help="Print them as JSON.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", metavar="", help="Print them as JSON.")
+    ] = False,
 ) -> None:
     """List the episodes the ledger holds, oldest first.
 
@@ -88,6 +90,7 @@ def export(
         bool | None,
         typer.Option(
             "--words/--no-words",
+            metavar="",
             help="Word timestamps in the json output, and srt/vtt cues timed by them "
             "[default: as transcribed].",
         ),
@@ -156,7 +159,7 @@ def retry(episode: Annotated[str, EPISODE]) -> None:
 @friendly
 def remove(
     episode: Annotated[list[str], EPISODE],
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Don't ask first.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", metavar="", help="Don't ask first.")] = False,
 ) -> None:
     """Remove episodes from the ledger with their audio chunks and results.
 

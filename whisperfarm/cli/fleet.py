@@ -75,7 +75,9 @@ def serve(
     from whisperfarm.plan import fleets, plan_run
     from whisperfarm.settings import load_settings, parse_formats
 
-    settings = load_settings(model=model, formats=formats, host=host, port=port)
+    settings = load_settings(
+        model=model, formats=formats, host=host, port=port
+    ).checked_for_transcription()
     plan = plan_run(settings, inputs or [], serving=True, workers=workers)
     if not plan.inputs:
         err.print("nothing to serve: give files, or queue some with 'whisperfarm transcribe'")
@@ -371,12 +373,13 @@ def machines_check(
 @friendly
 def machines_reap(
     everything: Annotated[
-        bool, typer.Option("--all", help="Also machines of runs still going.")
+        bool, typer.Option("--all", metavar="", help="Also machines of runs still going.")
     ] = False,
     pool: Annotated[
         bool,
         typer.Option(
             "--pool",
+            metavar="",
             help="Also destroy the warm pool: its stopped machines and those left running "
             "by runs that are over.",
         ),

@@ -74,7 +74,7 @@ Formats = Annotated[
         help="Comma list of txt, srt, vtt, json, tsv, or 'all' [default: txt,srt,vtt,json].",
     ),
 ]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="Print nothing but errors.")]
 # srt and vtt cues (whisperfarm/subtitles.py); named as the whisper CLIs name them.
 MaxLineWidth = Annotated[
     int | None,
@@ -111,7 +111,10 @@ def _version(value: bool) -> None:
 @app.callback()
 def main_options(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+        bool,
+        typer.Option(
+            "--version", metavar="", callback=_version, is_eager=True, help="Show the version."
+        ),
     ] = False,
 ) -> None:
     """Transcribe long audio fast on a farm of work-stealing workers."""

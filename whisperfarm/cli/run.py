@@ -22,6 +22,7 @@ from whisperfarm.cli.root import (
     out,
     warn_if_exposed,
 )
+from whisperfarm.decoding import Task
 
 if TYPE_CHECKING:
     from whisperfarm.settings import Settings
@@ -68,6 +69,7 @@ def transcribe(
         bool | None,
         typer.Option(
             "--words/--no-words",
+            metavar="",
             help="Word timestamps in the json output, and srt/vtt cues timed by them; they "
             "also let the silence-hallucination rule judge every chunk, which can change the "
             "text of every format.",
@@ -75,7 +77,56 @@ def transcribe(
     ] = None,
     language: Annotated[
         str | None,
-        typer.Option(help="Spoken language code (default: en for .en models, else detected)."),
+        typer.Option(
+            metavar="CODE",
+            help="Spoken language: a Whisper code (de) or its English name (German); .en "
+            "models take English only [default: en for .en models, else detected].",
+        ),
+    ] = None,
+    task: Annotated[
+        Task | None,
+        typer.Option(
+            help="transcribe, or translate into English (needs a multilingual model) "
+            "[default: transcribe].",
+        ),
+    ] = None,
+    initial_prompt: Annotated[
+        str | None,
+        typer.Option(
+            metavar="TEXT",
+            help="Text given to the model before each chunk: names, spellings, a style "
+            "[default: none].",
+        ),
+    ] = None,
+    hotwords: Annotated[
+        str | None,
+        typer.Option(
+            metavar="TEXT", help="Words the model should favour, e.g. names [default: none]."
+        ),
+    ] = None,
+    beam_size: Annotated[
+        int | None,
+        typer.Option(min=1, max=10, metavar="N", help="Beam search width [default: 5]."),
+    ] = None,
+    temperature: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            metavar="T",
+            help="First sampling temperature; a window that fails Whisper's checks is decoded "
+            "again 0.2 hotter, up to 1.0 [default: 0].",
+        ),
+    ] = None,
+    vad_filter: Annotated[
+        bool | None,
+        typer.Option(
+            "--vad-filter/--no-vad-filter",
+            metavar="",
+            help="faster-whisper's own VAD in the worker: drop each chunk's stretches without "
+            "speech before decoding. Not the cutter's speech model (the 'vad' setting), which "
+            "decides where chunks are cut and skips chunks without speech [default: off].",
+        ),
     ] = None,
     compute_type: Annotated[
         str | None, typer.Option(help="CTranslate2 compute type [default: int8].")
@@ -122,14 +173,17 @@ def transcribe(
         ),
     ] = None,
     gpu: Annotated[
-        bool, typer.Option("--gpu", help="Fly: GPU machines (no longer offered by Fly).")
+        bool,
+        typer.Option("--gpu", metavar="", help="Fly: GPU machines (no longer offered by Fly)."),
     ] = False,
     dry_run: Annotated[
         bool,
-        typer.Option("--dry-run", help="Print the plan, time and cost estimate; start nothing."),
+        typer.Option(
+            "--dry-run", metavar="", help="Print the plan, time and cost estimate; start nothing."
+        ),
     ] = False,
     yes: Annotated[
-        bool, typer.Option("--yes", "-y", help="Start machines without asking.")
+        bool, typer.Option("--yes", "-y", metavar="", help="Start machines without asking.")
     ] = False,
     latest: Annotated[
         int,
@@ -182,6 +236,12 @@ def transcribe(
         highlight_words=highlight_words,
         word_timestamps=words,
         language=language,
+        task=task,
+        initial_prompt=initial_prompt,
+        hotwords=hotwords,
+        beam_size=beam_size,
+        temperature=temperature,
+        vad_filter=vad_filter,
         compute_type=compute_type,
         host=host,
         port=port,
@@ -194,7 +254,7 @@ def transcribe(
         fly_app=fly_app,
         advertise_url=advertise_url,
         fly_reach_timeout=reach_timeout,
-    )
+    ).checked_for_transcription()
     format_list = parse_formats(settings.formats)
     resolved = _resolve_inputs(inputs, settings, latest=latest, quiet=quiet)
     if not resolved:

@@ -22,12 +22,18 @@ def status(
             help="Show only this episode (id, start of the id, or name), with its chunks."
         ),
     ] = None,
-    once: Annotated[bool, typer.Option("--once", help="Print one snapshot and exit.")] = False,
+    once: Annotated[
+        bool, typer.Option("--once", metavar="", help="Print one snapshot and exit.")
+    ] = False,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print one snapshot as JSON (for scripts) and exit.")
+        bool,
+        typer.Option(
+            "--json", metavar="", help="Print one snapshot as JSON (for scripts) and exit."
+        ),
     ] = False,
     all_episodes: Annotated[
-        bool, typer.Option("--all", help="Every episode in the ledger, not just the run's.")
+        bool,
+        typer.Option("--all", metavar="", help="Every episode in the ledger, not just the run's."),
     ] = False,
     interval: Annotated[
         float, typer.Option(min=0.1, help="Seconds between refreshes of the live view.")

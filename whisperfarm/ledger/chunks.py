@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
+from whisperfarm.decoding import options_key
 from whisperfarm.ledger.episodes import EpisodeStore
 from whisperfarm.ledger.rows import ChunkRecord, ChunkStateRecord, JsonValue
 from whisperfarm.states import ChunkState, EpisodeState
@@ -25,6 +26,12 @@ QUEUED = ChunkState.QUEUED
 class UnknownChunk(Exception):
     """No chunk with that id."""
 
+
+_CURRENT_KEY = (
+    "options_key = (SELECT e.options_key FROM episodes e JOIN chunks c ON c.episode_id = e.id"
+    " WHERE c.id = results.chunk_id)"
+)
+"""SQL: a ``results`` row made with its episode's current options."""
 
 WORDS_GAP = 2.0  # seconds without speech in a chunk that make its words worth timing
 
@@ -175,7 +182,8 @@ class ChunkStore(EpisodeStore):
             return cursor.rowcount
 
     def requeue_chunks(self, chunk_ids: list[int]) -> int:
-        """Put these done or dead chunks back in the queue (say, a result was lost)."""
+        """Put these done or dead chunks back in the queue (say, a result was lost). Their
+        results under their episode's current options go; those under other options stay."""
         ids = json.dumps(chunk_ids)
         with self._write() as conn:
             cursor = conn.execute(
@@ -185,7 +193,36 @@ class ChunkStore(EpisodeStore):
                 (ids,),
             )
             conn.execute(
-                "DELETE FROM results WHERE chunk_id IN (SELECT value FROM json_each(?))", (ids,)
+                f"DELETE FROM results WHERE {_CURRENT_KEY}"
+                " AND chunk_id IN (SELECT value FROM json_each(?))",
+                (ids,),
+            )
+            return cursor.rowcount
+
+    def switch_options(self, episode_id: str, options: dict[str, Any]) -> int:
+        """Transcribe the episode with ``options`` from now on. Its chunks with a result
+        made with these options are done (that result is reused); the others with speech
+        are queued (a worker holding one loses its lease). No result is deleted: switching
+        back reuses them. Returns the number of chunks queued."""
+        key = options_key(options)
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE episodes SET options = ?, options_key = ?, updated_at = ? WHERE id = ?",
+                (json.dumps(options), key, self.clock(), episode_id),
+            )
+            conn.execute(
+                f"UPDATE chunks SET state = '{DONE}', lease_token = NULL,"
+                " lease_expires_at = NULL, error = NULL"
+                " WHERE episode_id = ? AND speech = 1 AND id IN"
+                "  (SELECT chunk_id FROM results WHERE options_key = ?)",
+                (episode_id, key),
+            )
+            cursor = conn.execute(
+                f"UPDATE chunks SET state = '{QUEUED}', attempt = 0, lease_token = NULL,"
+                " lease_expires_at = NULL, error = NULL, finished_at = NULL"
+                " WHERE episode_id = ? AND speech = 1 AND id NOT IN"
+                "  (SELECT chunk_id FROM results WHERE options_key = ?)",
+                (episode_id, key),
             )
             return cursor.rowcount
 
@@ -196,7 +233,7 @@ class ChunkStore(EpisodeStore):
         stored, unchecked: a ledger from before results moved into it read them in from
         files, whatever they held."""
         row = self.conn.execute(
-            "SELECT body FROM results WHERE chunk_id = ?", (chunk_id,)
+            f"SELECT body FROM results WHERE chunk_id = ? AND {_CURRENT_KEY}", (chunk_id,)
         ).fetchone()
         return json.loads(row[0]) if row else None
 
@@ -204,7 +241,8 @@ class ChunkStore(EpisodeStore):
         """The episode's stored results by chunk id, as ``result`` gives each."""
         rows = self.conn.execute(
             "SELECT r.chunk_id, r.body FROM results r JOIN chunks c ON c.id = r.chunk_id"
-            " WHERE c.episode_id = ?",
+            " JOIN episodes e ON e.id = c.episode_id"
+            " WHERE c.episode_id = ? AND r.options_key = e.options_key",
             (episode_id,),
         )
         return {chunk_id: json.loads(body) for chunk_id, body in rows}
@@ -214,8 +252,9 @@ class ChunkStore(EpisodeStore):
         results moved into it, whose result file was gone, has any."""
         return self._chunk_rows(
             f"SELECT * FROM chunks WHERE episode_id = ? AND state = '{DONE}' AND speech = 1"
-            " AND id NOT IN (SELECT chunk_id FROM results) ORDER BY idx",
-            (episode_id,),
+            " AND id NOT IN (SELECT chunk_id FROM results WHERE options_key ="
+            "  (SELECT options_key FROM episodes WHERE id = ?)) ORDER BY idx",
+            (episode_id, episode_id),
         )
 
     def _chunk_rows(self, sql: str, params: tuple[object, ...] = ()) -> list[ChunkRecord]:

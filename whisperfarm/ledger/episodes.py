@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, cast
 
+from whisperfarm.decoding import options_key
 from whisperfarm.errors import EpisodeNotFound
 from whisperfarm.ledger.rows import EpisodeRecord
 from whisperfarm.ledger.store import Store
@@ -34,9 +35,20 @@ class EpisodeStore(Store):
         now = self.clock()
         with self._write() as conn:
             conn.execute(
-                "INSERT INTO episodes (id, name, source, content_hash, model, options, state,"
-                f" created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, '{EPISODE_CHUNKING}', ?, ?)",
-                (episode_id, name, source, content_hash, model, json.dumps(options), now, now),
+                "INSERT INTO episodes (id, name, source, content_hash, model, options,"
+                " options_key, state, created_at, updated_at)"
+                f" VALUES (?, ?, ?, ?, ?, ?, ?, '{EPISODE_CHUNKING}', ?, ?)",
+                (
+                    episode_id,
+                    name,
+                    source,
+                    content_hash,
+                    model,
+                    json.dumps(options),
+                    options_key(options),
+                    now,
+                    now,
+                ),
             )
         return self.episode(episode_id)
 
@@ -65,8 +77,10 @@ class EpisodeStore(Store):
 
     def update_episode(self, episode_id: str, **fields: Any) -> None:
         fields["updated_at"] = self.clock()
-        if "options" in fields and not isinstance(fields["options"], str):
-            fields["options"] = json.dumps(fields["options"])
+        if "options" in fields:
+            # options and their key change together (ChunkStore.switch_options also
+            # requeues the chunks that have no result under the new key)
+            raise ValueError("an episode's options change by switch_options")
         assignments = ", ".join(f"{name} = ?" for name in fields)
         with self._write() as conn:
             conn.execute(

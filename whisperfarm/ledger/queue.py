@@ -191,8 +191,13 @@ class QueueStore(ChunkStore):
                 if state[0] == ChunkState.DONE and state[1] == token:
                     return "duplicate"
                 raise LeaseLost(chunk_id)
+            # Under the key of the episode's current options: the ones its job was made
+            # with (a change of options requeues every leased chunk with a new token).
             conn.execute(
-                "INSERT OR REPLACE INTO results (chunk_id, body) VALUES (?, ?)", (chunk_id, result)
+                "INSERT OR REPLACE INTO results (chunk_id, options_key, body) VALUES (?1,"
+                " (SELECT e.options_key FROM episodes e JOIN chunks c ON c.episode_id = e.id"
+                "  WHERE c.id = ?1), ?2)",
+                (chunk_id, result),
             )
             conn.execute(
                 "UPDATE workers SET chunks_done = chunks_done + 1, audio_seconds ="

@@ -27,6 +27,7 @@ class EpisodeRecord(TypedDict):
     content_hash: str
     model: str
     options: str  # JSON text: the transcription options (language, beam_size …)
+    options_key: str  # what the episode's results are stored under (whisperfarm/decoding.py)
     duration: float | None  # known once chunking finished (or declared up front)
     state: str  # an EpisodeState
     error: str | None
