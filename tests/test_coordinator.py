@@ -15,7 +15,7 @@ from tests.support.results import result_object
 from whisperfarm.chunk_audio import chunk_path, write_chunk
 from whisperfarm.coordinator import MAX_BODY_BYTES, create_app
 from whisperfarm.coordinator_config import CoordinatorConfig
-from whisperfarm.decoding import WIRE_OPTIONS, Decoding
+from whisperfarm.decoding import SENT_WHEN_SET, WIRE_OPTIONS, Decoding
 from whisperfarm.ledger import ChunkPlan, Ledger, WorkerInfo
 from worker.audio import ChunkFormat
 
@@ -236,9 +236,10 @@ def test_a_job_carries_the_episodes_decoding_options(farm: Farm) -> None:
         "hotwords": "Lovelace",
         "temperature": 0.4,
         "vad_filter": True,
+        "compute_type": "int8",
     }
-    farm.ledger.switch_options("ep1", Decoding(language="en").options())
-    assert not set(WIRE_OPTIONS[2:]) & set(farm.job())
+    farm.ledger.switch_options("ep1", {"language": "en", "beam_size": 5})  # an old episode's
+    assert not set(SENT_WHEN_SET) & set(farm.job())
 
 
 def test_claim_records_the_worker(farm: Farm) -> None:

@@ -20,7 +20,7 @@ from whisperfarm.errors import UsageError
 from whisperfarm.languages import NAMES, language_code, whisper_codes
 from whisperfarm.settings import load_settings
 from worker.transcriber import Transcriber, fallback_temperatures
-from worker.wire import Job
+from worker.wire import DecodeOptions, Job
 
 runner = CliRunner()
 
@@ -187,6 +187,24 @@ def test_the_worker_decodes_with_every_option_the_job_carries() -> None:
     }
     assert "temperature" not in plain  # faster-whisper's own fallback, 0 … 1.0
     assert (plain["task"], plain["beam_size"], plain["vad_filter"]) == ("transcribe", 5, False)
+
+
+def test_the_worker_loads_the_model_as_the_jobs_compute_type() -> None:
+    """The compute type is part of what a result is (its key): a worker, wherever it runs
+    and whatever its own setting, loads the model as the job says; a job without one (a
+    coordinator from before) gets the worker's own."""
+    loads: list[tuple[str, str]] = []
+
+    def loader(name: str, *, compute_type: str, **_: Any) -> Recorder:
+        loads.append((name, compute_type))
+        return Recorder()
+
+    transcriber = Transcriber(threads=1, compute_type="int8", loader=loader)
+    audio = np.zeros(16_000, np.float32)
+    transcriber.transcribe(audio, model="small", options=DecodeOptions(compute_type="float32"))
+    transcriber.transcribe(audio, model="small", options=DecodeOptions(compute_type="float32"))
+    transcriber.transcribe(audio, model="small")
+    assert loads == [("small", "float32"), ("small", "int8")]  # kept while it's the same
 
 
 def test_fallback_temperatures_rise_by_0_2_up_to_1() -> None:

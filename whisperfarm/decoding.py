@@ -23,18 +23,22 @@ from typing import Any, Literal
 Task = Literal["transcribe", "translate"]
 TASKS: tuple[Task, ...] = ("transcribe", "translate")
 
-WIRE_OPTIONS = (
-    "language",
-    "beam_size",
+ALWAYS_SENT = ("language", "beam_size")
+"""Options every job has carried since the first version."""
+SENT_WHEN_SET = (
     "task",
     "initial_prompt",
     "hotwords",
     "temperature",
     "vad_filter",
+    "compute_type",
 )
+"""Options a job carries only when its episode records them (not at their defaults)."""
+WIRE_OPTIONS = ALWAYS_SENT + SENT_WHEN_SET
 """The options a job carries to the worker, by the wire's names (worker.wire.Job).
 ``word_timestamps`` travels too, per chunk (the queue turns it on where the stitcher needs
-words); ``compute_type`` is how a worker loads its model, set when it starts."""
+words); ``compute_type`` says how the worker loads the model for the job (a worker that
+gets none, from a coordinator before this, loads it as its own setting says)."""
 
 
 @dataclass(frozen=True)

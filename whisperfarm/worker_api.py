@@ -38,7 +38,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from whisperfarm.coordinator_config import CoordinatorConfig
-from whisperfarm.decoding import WIRE_OPTIONS
+from whisperfarm.decoding import SENT_WHEN_SET
 from whisperfarm.ledger import ChunkRecord, LeaseLost, Ledger, UnknownChunk, WorkerInfo
 from whisperfarm.states import ChunkState
 from worker.audio import ChunkFormat
@@ -156,7 +156,7 @@ async def claim(call: Call) -> Reply:
                 # added since only when the episode has them (not at their defaults)
                 language=options.get("language"),
                 beam_size=options.get("beam_size", 5),
-                **{name: options[name] for name in WIRE_OPTIONS[2:] if name in options},
+                **{name: options[name] for name in SENT_WHEN_SET if name in options},
                 lease_seconds=config.lease_seconds,
                 audio_url=f"/v1/jobs/{job['chunk_id']}/audio",
             ),

@@ -52,25 +52,29 @@ class Transcriber:
         self.model_dir = model_dir
         self.loader = loader
         self._model: Any = None
-        self._model_name: str | None = None
+        self._loaded: tuple[str, str] | None = None  # (model name, compute type)
         # A failed load is not retried for the worker's life: a download that timed out
         # once would cost its time-out again on every chunk of the episode.
         self._unavailable: dict[str, str] = {}
 
-    def model(self, name: str) -> Any:
-        if self._model is not None and self._model_name == name:
+    def model(self, name: str, compute_type: str | None = None) -> Any:
+        """The model ``name`` loaded as ``compute_type`` (a job's; None: this worker's own,
+        WHISPERFARM_COMPUTE_TYPE), loading it unless it is the one held."""
+        compute_type = compute_type or self.compute_type
+        wanted = (name, compute_type)
+        if self._model is not None and self._loaded == wanted:
             return self._model
         if name in self._unavailable:
             raise ModelLoadError(self._unavailable[name])
-        self._model, self._model_name = None, None  # let the old one go before the new loads
+        self._model, self._loaded = None, None  # let the old one go before the new loads
         try:
             self._model = self.loader(
-                name, threads=self.threads, compute_type=self.compute_type, model_dir=self.model_dir
+                name, threads=self.threads, compute_type=compute_type, model_dir=self.model_dir
             )
         except ModelLoadError as error:
             self._unavailable[name] = str(error)
             raise
-        self._model_name = name
+        self._loaded = wanted
         return self._model
 
     def transcribe(
@@ -82,7 +86,7 @@ class Transcriber:
         should_stop: Callable[[], bool] = lambda: False,
     ) -> ResultModel:
         """Decode with ``options`` (a job's: language, beam size, task, prompt …)."""
-        whisper = self.model(model)
+        whisper = self.model(model, options.compute_type)
         started = time.monotonic()
         job = options
         word_timestamps = job.word_timestamps

@@ -117,6 +117,9 @@ class DecodeOptions(BaseModel):
     """The first temperature, raised by 0.2 up to 1.0 on a failed window; None:
     faster-whisper's default (0.0, 0.2 … 1.0)."""
     vad_filter: bool = False
+    compute_type: str | None = None
+    """How the worker loads the model (CTranslate2's compute type): part of what a result
+    is, so the episode's; None (a coordinator from before): the worker's own setting."""
 
 
 class Job(DecodeOptions):
