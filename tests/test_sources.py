@@ -7,12 +7,14 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from tenacity import wait_none
 
 from tests.support.httpfiles import Files, Resource, clip, rss, serving
+from whisperfarm.decoding import options_key
 from whisperfarm.download import Downloader, http_client
 from whisperfarm.errors import InputError, UsageError
 from whisperfarm.ledger import Ledger
@@ -41,13 +43,19 @@ def client() -> Iterator[httpx.Client]:
 
 
 def resolve(
-    files: Files, client: httpx.Client, home: Path, *inputs: str, latest: int = 1
+    files: Files,
+    client: httpx.Client,
+    home: Path,
+    *inputs: str,
+    latest: int = 1,
+    options: dict[str, Any] | None = None,
 ) -> Resolved:
     return resolve_inputs(
         list(inputs),
         Downloader(client, home / "downloads", attempts=2, wait=wait_none()),
         ledger_path=home / "ledger.db",
         model=MODEL,
+        options_key=options_key(options or {}),
         latest=latest,
     )
 
@@ -148,6 +156,28 @@ def test_an_episode_done_with_another_model_is_not_skipped(
     assert [p.name for p in resolve(files, client, home, files.url("/feed")).paths] == [
         "The dog & the shoes.mp3"
     ]
+
+
+def test_an_episode_done_with_other_decoding_options_is_not_skipped(
+    files: Files, client: httpx.Client, home: Path, clips: list[bytes]
+) -> None:
+    """Options are part of what a result is (whisperfarm/decoding.py): `--words` after a
+    plain run transcribes the feed's episode again, as it would a file."""
+    serve_feed(files, clips)
+    path = resolve(files, client, home, files.url("/feed")).paths[0]
+    with Ledger(home / "ledger.db") as ledger:
+        ledger.create_episode(
+            episode_id="e1",
+            name="x",
+            source=str(path),
+            content_hash=content_hash(path),
+            model=MODEL,
+            options={},
+        )
+        ledger.update_episode("e1", state="done")
+    assert resolve(files, client, home, files.url("/feed")).paths == []  # same options
+    again = resolve(files, client, home, files.url("/feed"), options={"word_timestamps": True})
+    assert [p.name for p in again.paths] == ["The dog & the shoes.mp3"]
 
 
 def test_a_feed_that_is_not_xml_fails_in_one_line(

@@ -118,14 +118,16 @@ class FeedEpisodes:
     def __init__(self, ledger: Ledger):
         self.db = ledger.db
 
-    def done(self, feed_url: str, model: str) -> set[str]:
-        """Keys of the feed's episodes the ledger holds transcribed with ``model``."""
+    def done(self, feed_url: str, model: str, options_key: str) -> set[str]:
+        """Keys of the feed's episodes the ledger holds transcribed with ``model`` and the
+        decoding options of ``options_key`` (whisperfarm/decoding.py): with other options
+        an episode is transcribed again, as a file would be."""
         rows = self.db.execute(
             "SELECT f.key FROM feed_episodes f JOIN episodes e"
-            " ON e.content_hash = f.content_hash AND e.model = ?"
+            " ON e.content_hash = f.content_hash AND e.model = ? AND e.options_key = ?"
             f" AND e.state = '{EpisodeState.DONE}'"
             " WHERE f.feed_url = ?",
-            (model, feed_url),
+            (model, options_key, feed_url),
         ).fetchall()
         return {row[0] for row in rows}
 

@@ -51,6 +51,7 @@ def resolve_inputs(
     *,
     ledger_path: Path,
     model: str,
+    options_key: str,
     latest: int = 1,
     stdin: BinaryIO | None = None,
 ) -> Resolved:
@@ -61,7 +62,7 @@ def resolve_inputs(
         elif is_url(text):
             download = downloader.fetch(text)
             if kind_of(download) == "feed":
-                _add_feed(resolved, download, downloader, ledger_path, model, latest)
+                _add_feed(resolved, download, downloader, ledger_path, (model, options_key), latest)
             else:
                 resolved.paths.append(_checked(download))
         else:
@@ -100,14 +101,14 @@ def _add_feed(
     download: Download,
     downloader: Downloader,
     ledger_path: Path,
-    model: str,
+    made_with: tuple[str, str],
     latest: int,
 ) -> None:
     feed = parse_feed(download.url, download.path.read_bytes())
     ledger = Ledger(ledger_path)
     try:
         store = FeedEpisodes(ledger)
-        done = store.done(feed.url, model)
+        done = store.done(feed.url, *made_with)
         wanted = feed.latest(latest)
         new = [episode for episode in wanted if episode.key not in done]
         taken = {path.stem for path in resolved.paths}

@@ -354,6 +354,7 @@ def _resolve_inputs(
     inputs: list[str], settings: Settings, *, latest: int, quiet: bool
 ) -> list[Path]:
     """Local files for the arguments: URLs and feeds downloaded, '-' read (sources.py)."""
+    from whisperfarm.decoding import options_key
     from whisperfarm.download import BarProgress, Downloader, http_client
     from whisperfarm.sources import resolve_inputs
 
@@ -364,6 +365,7 @@ def _resolve_inputs(
             Downloader(client, settings.downloads_dir, progress=progress),
             ledger_path=settings.ledger_path,
             model=settings.model,
+            options_key=options_key(settings.decoding().options()),
             latest=latest,
             stdin=getattr(sys.stdin, "buffer", None),  # None without a stdin
         )
