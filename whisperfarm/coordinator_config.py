@@ -24,6 +24,8 @@ class CoordinatorConfig:
     episodes_dir: Path
     lease_seconds: float = 60.0
     max_attempts: int = 3
+    backups: bool = False
+    """Back up stragglers on idle workers (``ledger.queue``): on where a fleet works."""
     clock: Clock | None = None
     _ledgers: list[Ledger] = field(default_factory=list)
     _local: threading.local = field(default_factory=threading.local)

@@ -269,3 +269,13 @@ def m008_feed_episodes(db: Database) -> None:
         )
         """
     )
+
+
+@migrations()
+def m009_backup_attempts(db: Database) -> None:
+    """A second, backup lease on a chunk that runs long while workers sit idle (the queue
+    empty): its token, worker and expiry. The first result from either lease wins; the
+    other is fenced off (``ledger.queue``)."""
+    db.execute("ALTER TABLE chunks ADD COLUMN backup_token TEXT")
+    db.execute("ALTER TABLE chunks ADD COLUMN backup_worker_id TEXT")
+    db.execute("ALTER TABLE chunks ADD COLUMN backup_expires_at REAL")

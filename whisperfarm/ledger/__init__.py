@@ -48,7 +48,7 @@ from whisperfarm.ledger.chunks import (
     UnknownChunk,
 )
 from whisperfarm.ledger.episodes import EpisodeStore
-from whisperfarm.ledger.queue import Claim, Job, LeaseLost, QueueStore
+from whisperfarm.ledger.queue import Claim, Job, LeaseLost, QueueStore, holds_lease
 from whisperfarm.ledger.reads import StatusReads
 from whisperfarm.ledger.runs import RunStore
 from whisperfarm.ledger.store import Clock, Store, _enable_wal, _write_lock
@@ -117,4 +117,5 @@ __all__ = [
     "UnknownChunk",
     "WorkerInfo",
     "WorkerStore",
+    "holds_lease",
 ]
