@@ -159,6 +159,12 @@ def main() -> None:
     parser.add_argument("--chunk-format", choices=["auto", "wav", "opus", "flac"], default="auto")
     parser.add_argument("--slow", type=float, default=0.0, help="fraction of slow machines")
     parser.add_argument("--slow-speed", type=float, default=0.25, help="× a slow one's speed")
+    parser.add_argument(
+        "--backups",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="back up stragglers on idle machines (WHISPERFARM_BACKUPS)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
     k = args.time_scale
@@ -225,6 +231,7 @@ def main() -> None:
             # speech model rightly hears none in them, so cut by loudness alone.
             "WHISPERFARM_VAD": "false",
             "WHISPERFARM_CHUNK_FORMAT": args.chunk_format,
+            "WHISPERFARM_BACKUPS": str(args.backups).lower(),
         }
         warm_seconds = None
         if args.pool:
@@ -361,6 +368,14 @@ def main() -> None:
         f"backups could end it at best {end - backup_end:.1f} s sooner "
         f"({(end - backup_end) / makespan:.1%} of the makespan); "
         f"slow machines that worked: {len(slow)} (--slow {args.slow:g})"
+    )
+    # What the machines' workers logged (WARNING and up): the losers of backup races.
+    logs = [path.read_text(errors="replace") for path in (work / "machines").glob("*")]
+    lost = sum(log.count("lease lost to another worker") for log in logs)
+    refused = sum(log.count("another attempt owns it now") for log in logs)
+    print(
+        f"backups {'on' if args.backups else 'off'}: {lost} attempts stopped when another "
+        f"won, {refused} results refused as late"
     )
     print(
         f"(last create or pool start at {max(m['created_at'] for m in machines) - t0:.0f} s;"
