@@ -10,6 +10,10 @@ machine they cost little next to the server. Reported: cycles/s, claim latency (
 p99), and the CPU the server spent per cycle (steadier than cycles/s on a shared machine).
 
     python scripts/bench_coordinator.py [--chunks 3000] [--clients 32] [--repeat 3]
+                                        [--chunk-seconds 25] [--chunk-format opus]
+
+``--chunk-format`` serves the chunks as WAV (default), FLAC or Opus (the first is encoded
+with the CLI's own writer, the rest are copies of it, before the clock starts).
 
 ``--profile`` samples the server once with py-spy (``pip install py-spy``; unlike cProfile
 it sees every thread: it samples whichever holds the GIL) and prints the functions it spent
