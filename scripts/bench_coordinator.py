@@ -10,6 +10,10 @@ machine they cost little next to the server. Reported: cycles/s, claim latency (
 p99), and the CPU the server spent per cycle (steadier than cycles/s on a shared machine).
 
     python scripts/bench_coordinator.py [--chunks 3000] [--clients 32] [--repeat 3]
+                                        [--chunk-seconds 25] [--chunk-format opus]
+
+``--chunk-format`` serves the chunks as WAV (default), FLAC or Opus (the first is encoded
+with the CLI's own writer, the rest are copies of it, before the clock starts).
 
 ``--profile`` samples the server once with py-spy (``pip install py-spy``; unlike cProfile
 it sees every thread: it samples whichever holds the GIL) and prints the functions it spent
@@ -37,8 +41,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from whisperfarm.chunking import write_wav  # noqa: E402
+from whisperfarm.chunk_audio import chunk_path, write_chunk  # noqa: E402
 from whisperfarm.ledger import ChunkPlan, Ledger  # noqa: E402
+from worker.audio import ChunkFormat  # noqa: E402
 
 TOKEN = "bench-token-0123456789abcdef"
 EPISODE = "bench"
@@ -54,8 +59,11 @@ RESULT = {
 }  # fmt: skip
 
 
-def build_ledger(home: Path, chunks: int, seconds: float) -> None:
-    """One queued episode of ``chunks`` chunks of ``seconds`` each, through the ledger."""
+def build_ledger(
+    home: Path, chunks: int, seconds: float, chunk_format: ChunkFormat = ChunkFormat.WAV
+) -> int:
+    """One queued episode of ``chunks`` chunks of ``seconds`` each, through the ledger; the
+    bytes of one chunk's file."""
     ledger = Ledger(home / "ledger.db")
     try:
         ledger.create_episode(
@@ -67,15 +75,20 @@ def build_ledger(home: Path, chunks: int, seconds: float) -> None:
             options={"language": "en", "beam_size": 5, "word_timestamps": False},
         )
         samples = (np.sin(np.arange(int(seconds * 16_000)) / 7.0) * 3000).astype(np.int16)
+        chunks_dir = home / "episodes" / EPISODE / "chunks"
+        first = chunk_path(chunks_dir, 0, chunk_format)
+        write_chunk(first, samples, chunk_format)  # encoded once: every chunk is the same
         for idx in range(chunks):
-            path = home / "episodes" / EPISODE / "chunks" / f"{idx:05d}.wav"
-            write_wav(path, samples)
+            path = chunk_path(chunks_dir, idx, chunk_format)
+            if idx:
+                shutil.copyfile(first, path)
             start = idx * seconds
             plan = ChunkPlan(idx, start, start + seconds, start, start + seconds)
             ledger.add_chunk(EPISODE, plan, str(path))
         ledger.finish_chunking(EPISODE, duration=chunks * seconds, chunk_count=chunks)
     finally:
         ledger.close()
+    return first.stat().st_size
 
 
 # The server process ----------------------------------------------------------------------
@@ -223,7 +236,9 @@ def run_once(args: argparse.Namespace, profile: Path | None = None) -> tuple[Sta
     args.workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="coordinator-", dir=args.workdir) as tmp:
         home = Path(tmp) / "home"
-        build_ledger(home, args.chunks, args.chunk_seconds)
+        args.chunk_bytes = build_ledger(
+            home, args.chunks, args.chunk_seconds, ChunkFormat(args.chunk_format)
+        )
         ready = Path(tmp) / "port"
         command = [sys.executable, __file__, "--serve", str(home), "--ready", str(ready)]
         server = subprocess.Popen(command)
@@ -299,6 +314,12 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=3000)
     parser.add_argument("--chunk-seconds", type=float, default=0.5, help="audio per chunk")
     parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument(
+        "--chunk-format",
+        choices=[f.value for f in ChunkFormat],
+        default="wav",
+        help="what the chunks are served as (encoded once, before the clock starts)",
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
         "--workdir",
@@ -338,7 +359,8 @@ def main() -> None:
     rates = [s.cycles / s.seconds for s, _ in runs]
     best = sorted(runs, key=lambda r: r[0].cycles / r[0].seconds)[len(runs) // 2][0]
     print(
-        f"\n{args.chunks} chunks of {args.chunk_seconds:g} s, {args.clients} clients, "
+        f"\n{args.chunks} {args.chunk_format} chunks of {args.chunk_seconds:g} s "
+        f"({args.chunk_bytes:,} bytes each), {args.clients} clients, "
         f"{os.cpu_count()} cores, median of {args.repeat} (runs: "
         f"{', '.join(f'{r:.0f}' for r in rates)} cycles/s)"
     )

@@ -37,8 +37,21 @@ eventually consistent; Get stays current). Every run prints what it sent per act
 many requests the fake's per-action limits refused (429), the most machines started at
 once and how many were left when the CLI ended.
 
+``--link MBIT`` puts the coordinator behind a link capped at MBIT Mbit/s
+(scripts/link_proxy.py: a TCP proxy whose rate every machine's bytes share, both
+directions, as a laptop's uplink is; 0: the proxy without a cap, which only counts). The
+machines are given the proxy's address; the real worker loop downloads and decodes every
+chunk's audio. ``--chunk-format wav|opus|flac`` sets what the chunks travel as (the CLI's
+``auto`` is Opus for a fleet). The run then prints the bytes that crossed the link and the
+seconds it was busy. ``--slow F`` makes a fraction F of the machines (drawn from their ids)
+run at ``--slow-speed`` × their speed, and prints the tail: from the last first claim of a
+chunk (the queue empty) to the last result, and how many machines sat idle in it.
+
     python scripts/bench_fleet.py [--chunks 1050] [--machines 100] [--budget 1.00] [--pool]
-                                  [--list-lag 3]
+                                  [--list-lag 3] [--link 20] [--chunk-format wav]
+                                  [--slow 0.05]
+
+The 1-hour episode is ``--chunks 144``.
 """
 
 from __future__ import annotations
@@ -140,6 +153,18 @@ def main() -> None:
     parser.add_argument(
         "--list-lag", type=float, default=0.0, help="the fake's List lags by this many seconds"
     )
+    parser.add_argument(
+        "--link", type=float, help="Mbit/s of the coordinator's link, shared (0: uncapped proxy)"
+    )
+    parser.add_argument("--chunk-format", choices=["auto", "wav", "opus", "flac"], default="auto")
+    parser.add_argument("--slow", type=float, default=0.0, help="fraction of slow machines")
+    parser.add_argument("--slow-speed", type=float, default=0.25, help="× a slow one's speed")
+    parser.add_argument(
+        "--backups",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="back up stragglers on idle machines (WHISPERFARM_BACKUPS)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
     k = args.time_scale
@@ -150,6 +175,8 @@ def main() -> None:
         "SIM_SPEED": str(args.speed * k),
         "SIM_JOIN_DELAY": str(args.join_delay / k),
         "SIM_SPREAD": "0.2",
+        "SIM_SLOW": str(args.slow),
+        "SIM_SLOW_SPEED": str(args.slow_speed),
     }
     fake = subprocess.Popen(
         [
@@ -169,6 +196,7 @@ def main() -> None:
         stderr=(work / "fakefly.log").open("w"),
         text=True,
     )
+    proxy: subprocess.Popen[str] | None = None
     try:
         assert fake.stdout is not None
         line = fake.stdout.readline().strip()
@@ -176,6 +204,19 @@ def main() -> None:
             raise SystemExit(f"the fake Machines API did not start: {line!r}")
         fake_url = line.split("=", 1)[1]
         port = free_port()
+        advertised = port
+        if args.link is not None:
+            proxy = subprocess.Popen(
+                [
+                    *(sys.executable, str(REPO / "scripts" / "link_proxy.py")),
+                    *("--upstream", str(port), "--mbit", str(args.link)),
+                    *("--stats", str(work / "link.txt")),
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert proxy.stdout is not None
+            advertised = int(proxy.stdout.readline())
         env = {
             **os.environ,
             "WHISPERFARM_HOME": str(work / "home"),
@@ -189,6 +230,8 @@ def main() -> None:
             # The tones stand in for speech (the simulated workers transcribe nothing); the
             # speech model rightly hears none in them, so cut by loudness alone.
             "WHISPERFARM_VAD": "false",
+            "WHISPERFARM_CHUNK_FORMAT": args.chunk_format,
+            "WHISPERFARM_BACKUPS": str(args.backups).lower(),
         }
         warm_seconds = None
         if args.pool:
@@ -211,7 +254,7 @@ def main() -> None:
             *(sys.executable, "-m", "whisperfarm", "transcribe", str(audio)),
             *("--model", "tiny.en", "--backend", "fly", "--machine-size", size.name),
             *("--max-machines", str(args.machines), "--budget", f"{args.budget:.2f}"),
-            *("--advertise-url", f"http://127.0.0.1:{port}", "--port", str(port)),
+            *("--advertise-url", f"http://127.0.0.1:{advertised}", "--port", str(port)),
             *("--out", str(work / "out"), "--format", "txt", "--yes"),
         ]
         started = time.time()
@@ -219,6 +262,9 @@ def main() -> None:
         wall = time.time() - started
         state = httpx.get(f"{fake_url}/_fake/state", timeout=30).json()
     finally:
+        if proxy is not None:
+            proxy.send_signal(signal.SIGINT)
+            proxy.wait(timeout=30)
         fake.send_signal(signal.SIGINT)
         try:
             fake.wait(timeout=60)
@@ -299,6 +345,37 @@ def main() -> None:
         f"{state.get('rate_limited', {})}; "
         f"machines on Fly {len(state['machines'])}, at once {state['max_concurrent_started']} "
         f"started / {state['max_concurrent_active']} active; left running {left}"
+    )
+    if args.link is not None:
+        down, up, busy = (work / "link.txt").read_text().split()
+        per_hour = int(down) / (total / 3600) / 1e6
+        print(
+            f"link {args.link:g} Mbit/s ({'uncapped' if not args.link else 'capped'}), chunks as "
+            f"{args.chunk_format}: {int(down) / 1e6:.1f} MB down ({per_hour:.1f} MB per audio "
+            f"hour), {int(up) / 1e6:.2f} MB up; busy {float(busy):.1f} s of the makespan"
+        )
+    # The tail: from the last claim (the queue empty) to the last result. A backup attempt
+    # of each chunk still running then, on a machine of mean speed, could end the run no
+    # sooner than the last claim + that chunk ÷ the mean speed.
+    last_claim = max(c["claimed_at"] for c in chunks)
+    running = [c for c in chunks if c["finished_at"] > last_claim]
+    backup_end = max(last_claim + (c["end"] - c["start"]) / mean_speed for c in running)
+    idle = {c["worker_id"] for c in chunks} - {c["worker_id"] for c in running}
+    slow = [m for m in joined if profiles[m["id"]][0] < args.speed * k * (1 - 0.2) - 1e-9]
+    print(
+        f"tail: {end - last_claim:.1f} s from the last claim to the last result, "
+        f"{len(running)} chunks running then, {len(idle)} machines that had worked idle; "
+        f"backups could end it at best {end - backup_end:.1f} s sooner "
+        f"({(end - backup_end) / makespan:.1%} of the makespan); "
+        f"slow machines that worked: {len(slow)} (--slow {args.slow:g})"
+    )
+    # What the machines' workers logged (WARNING and up): the losers of backup races.
+    logs = [path.read_text(errors="replace") for path in (work / "machines").glob("*")]
+    lost = sum(log.count("lease lost to another worker") for log in logs)
+    refused = sum(log.count("another attempt owns it now") for log in logs)
+    print(
+        f"backups {'on' if args.backups else 'off'}: {lost} attempts stopped when another "
+        f"won, {refused} results refused as late"
     )
     print(
         f"(last create or pool start at {max(m['created_at'] for m in machines) - t0:.0f} s;"

@@ -9,6 +9,9 @@ the fake Machines API sets them from the machine's config.env), plus:
     SIM_SPREAD       machines' speeds spread evenly over ± this fraction of the mean (0.2)
     SIM_JOIN_DELAY   seconds of boot and model load before the first claim, at most; each
                      machine draws its own between 0 and this (default 20)
+    SIM_SLOW         the fraction of machines that are slow (default 0): each is drawn
+                     from its id, and runs at SIM_SLOW_SPEED × its speed (default 0.25),
+                     as a machine on a noisy host or with a throttled CPU would
 
 A machine's speed and join delay are drawn from its machine id, so bench_fleet.py can
 recompute them (``machine_profile``). It imports no faster_whisper: a hundred of these
@@ -51,6 +54,8 @@ def machine_profile(machine_id: str, env: Mapping[str, str] = os.environ) -> tup
     mean = float(env.get("SIM_SPEED", "2.7"))
     spread = float(env.get("SIM_SPREAD", "0.2"))
     speed = mean * (1 - spread + 2 * spread * _fraction(machine_id, "speed"))
+    if _fraction(machine_id, "slow") < float(env.get("SIM_SLOW", "0")):
+        speed *= float(env.get("SIM_SLOW_SPEED", "0.25"))
     delay = float(env.get("SIM_JOIN_DELAY", "20")) * _fraction(machine_id, "join")
     return speed, delay
 

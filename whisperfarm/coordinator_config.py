@@ -52,6 +52,8 @@ class CoordinatorConfig:
     episodes_dir: Path
     lease_seconds: float = 60.0
     max_attempts: int = 3
+    backups: bool = False
+    """Back up stragglers on idle workers (``ledger.queue``): on where a fleet works."""
     clock: Clock | None = None
     attached: Attached = field(default_factory=Attached)
     _ledgers: list[Ledger] = field(default_factory=list)

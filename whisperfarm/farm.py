@@ -245,6 +245,7 @@ class Farm:
             episodes_dir=settings.episodes_dir,
             lease_seconds=settings.lease_seconds,
             max_attempts=settings.max_attempts,
+            backups=settings.backups,
         )
         server = BackgroundServer(create_app(coordinator), bind(settings.host, settings.port))
         cancel = threading.Event()

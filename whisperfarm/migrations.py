@@ -5,13 +5,13 @@ Never edit a migration that has shipped: add ``m00N_…`` below it instead.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
-
-from whisperfarm.decoding import options_key
 
 migrations = Migrations("whisperfarm")
 
@@ -283,7 +283,7 @@ def m009_results_keyed_by_options(db: Database) -> None:
     of the options it was made with (existing ones: their episode's)."""
     db.execute("ALTER TABLE episodes ADD COLUMN options_key TEXT NOT NULL DEFAULT ''")
     for episode_id, options in db.execute("SELECT id, options FROM episodes").fetchall():
-        key = options_key(json.loads(options or "{}"))
+        key = _options_key_2026_11(json.loads(options or "{}"))
         db.execute("UPDATE episodes SET options_key = ? WHERE id = ?", (key, episode_id))
     db.execute(
         """
@@ -302,3 +302,20 @@ def m009_results_keyed_by_options(db: Database) -> None:
     )
     db.execute("DROP TABLE results")
     db.execute("ALTER TABLE results_by_options RENAME TO results")
+
+
+def _options_key_2026_11(options: dict[str, Any]) -> str:
+    """``decoding.options_key`` as it was when m009 was applied, copied so that a later
+    change there can't change what this migration does (a test keeps the two equal)."""
+    canonical = json.dumps(options, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+@migrations()
+def m010_backup_attempts(db: Database) -> None:
+    """A second, backup lease on a chunk that runs long while workers sit idle (the queue
+    empty): its token, worker and expiry. The first result from either lease wins; the
+    other is fenced off (``ledger.queue``)."""
+    db.execute("ALTER TABLE chunks ADD COLUMN backup_token TEXT")
+    db.execute("ALTER TABLE chunks ADD COLUMN backup_worker_id TEXT")
+    db.execute("ALTER TABLE chunks ADD COLUMN backup_expires_at REAL")

@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     # Queue behaviour
     lease_seconds: float = Field(60.0, gt=0)
     max_attempts: int = Field(3, ge=1)
+    # Back up a straggler (a chunk running twice as long as done chunks took) on an idle
+    # worker once the queue is empty; the first result wins (whisperfarm/ledger/queue.py).
+    backups: bool = True
 
     # Chunking: cut at a pause between min and max seconds; max stays under Whisper's
     # 30-second window so each chunk is decoded in one window.

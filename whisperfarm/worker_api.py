@@ -27,7 +27,6 @@ thread hand-offs (GIL contention) cost more than they save.
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from whisperfarm.coordinator_config import CoordinatorConfig
 from whisperfarm.decoding import SENT_WHEN_SET
-from whisperfarm.ledger import ChunkRecord, LeaseLost, Ledger, UnknownChunk, WorkerInfo
+from whisperfarm.ledger import (
+    ChunkRecord,
+    LeaseLost,
+    Ledger,
+    UnknownChunk,
+    WorkerInfo,
+    holds_lease,
+)
 from whisperfarm.states import ChunkState
 from worker.audio import ChunkFormat
 from worker.wire import (
@@ -141,6 +147,7 @@ async def claim(call: Call) -> Reply:
         WorkerInfo(**call.body.worker.model_dump()),
         lease_seconds=config.lease_seconds,
         max_attempts=config.max_attempts,
+        backups=config.backups,
     )
     config.attached.claimed(call.body.worker.id, result.status)
     if result.job is None:
@@ -169,9 +176,7 @@ async def claim(call: Call) -> Reply:
 async def audio(call: Call) -> Reply:
     chunk = call.chunk()
     token = call.headers.get(b"x-lease-token", b"")
-    if chunk["state"] != ChunkState.LEASED or not secrets.compare_digest(
-        (chunk["lease_token"] or "").encode(), token
-    ):
+    if not holds_lease(chunk, token):
         raise _lost()
     # Read on the event loop, not in a thread: a chunk is under 1 MB and was written
     # moments ago (so it is in the page cache), and a thread hop per request costs more in
@@ -197,7 +202,7 @@ async def result(call: Call) -> Reply:
     body: ResultRequest = call.body
     if chunk["state"] == ChunkState.DONE and chunk["lease_token"] == body.lease_token:
         return _json({"status": "duplicate"})
-    if chunk["state"] != ChunkState.LEASED or chunk["lease_token"] != body.lease_token:
+    if not holds_lease(chunk, body.lease_token):
         raise _lost()
     expected = call.ledger.episode(chunk["episode_id"])["model"]
     if body.result.model != expected:

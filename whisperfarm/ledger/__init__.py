@@ -49,7 +49,7 @@ from whisperfarm.ledger.chunks import (
     UnknownChunk,
 )
 from whisperfarm.ledger.episodes import EpisodeStore
-from whisperfarm.ledger.queue import Claim, Job, LeaseLost, QueueStore
+from whisperfarm.ledger.queue import Claim, Job, LeaseLost, QueueStore, holds_lease
 from whisperfarm.ledger.reads import StatusReads
 from whisperfarm.ledger.rows import (
     CalibrationRecord,
@@ -140,4 +140,5 @@ __all__ = [
     "WorkerInfo",
     "WorkerRecord",
     "WorkerStore",
+    "holds_lease",
 ]

@@ -11,6 +11,15 @@ A claim bumps ``attempt`` and hands out a fresh ``lease_token``; heartbeat, comp
 and release must present the current token (fencing). Every move is one ``BEGIN
 IMMEDIATE`` transaction; time comes from the injected clock. Writes ``chunks``,
 ``results`` and the worker's counters in ``workers``.
+
+Backups (stragglers): when a claim finds nothing to hand out, no episode in scope is still
+being cut, and a leased chunk has run ``BACKUP_AFTER`` times as long as the scope's done
+chunks took per second of audio, the claim may take a backup lease on the one claimed
+longest ago (``backup_token``; at most one per chunk, never to its own worker; the
+attempt is not bumped). The first result from either lease wins: the chunk is done under
+the winner's token and the other lease is fenced off (409 on its heartbeat, audio or
+result). A backup that fails or is released just ends, leaving the chunk to its lease; a
+chunk that goes back to the queue takes its backup lease with it.
 """
 
 from __future__ import annotations
@@ -32,6 +41,11 @@ DONE = ChunkState.DONE
 EPISODE_CHUNKING = EpisodeState.CHUNKING
 LEASED = ChunkState.LEASED
 QUEUED = ChunkState.QUEUED
+
+
+BACKUP_AFTER = 2.0
+"""A chunk is backed up once it has run this many times as long as the scope's done chunks
+took for the same audio: a machine that slow is worth racing; one a little slow is not."""
 
 
 class LeaseLost(Exception):
@@ -80,6 +94,35 @@ _NEXT_CHUNK = (
 )
 
 
+# The chunk a backup claim takes (?3: the worker, ?4: now, ?5: the episode ids as JSON,
+# ?6: BACKUP_AFTER): the leased one claimed longest ago with no live backup, held by
+# another worker, running BACKUP_AFTER × as long as done chunks took; none while an
+# episode in scope is still being cut (more chunks may come) or before any is done.
+_BACKUP_CHUNK = (
+    "SELECT id FROM chunks"
+    f" WHERE state = '{LEASED}' AND episode_id IN (SELECT value FROM json_each(?5))"
+    "  AND (backup_token IS NULL OR backup_expires_at < ?4) AND worker_id != ?3"
+    "  AND NOT EXISTS (SELECT 1 FROM episodes"
+    f"   WHERE state = '{EPISODE_CHUNKING}' AND id IN (SELECT value FROM json_each(?5)))"
+    "  AND ?4 - claimed_at > ?6 * (end - start) * ("
+    "   SELECT sum(finished_at - claimed_at) / sum(end - start) FROM chunks"
+    f"   WHERE state = '{DONE}' AND episode_id IN (SELECT value FROM json_each(?5)))"
+    " ORDER BY claimed_at LIMIT 1"
+)
+_NO_BACKUP = "backup_token = NULL, backup_worker_id = NULL, backup_expires_at = NULL"
+
+
+def holds_lease(chunk: ChunkRecord, token: str | bytes) -> bool:
+    """Whether ``token`` is a live lease on ``chunk`` (a ledger row): its lease or backup."""
+    if chunk["state"] != ChunkState.LEASED:
+        return False
+    given = token.encode() if isinstance(token, str) else token
+    return any(
+        held is not None and secrets.compare_digest(held.encode(), given)
+        for held in (chunk["lease_token"], chunk.get("backup_token"))
+    )
+
+
 class QueueStore(ChunkStore):
     """The queue reads chunks as the chunk store does (``lease_holder``)."""
 
@@ -90,7 +133,10 @@ class QueueStore(ChunkStore):
         *,
         lease_seconds: float,
         max_attempts: int,
+        backups: bool = False,
     ) -> Claim:
+        """The next job for ``worker``; with ``backups``, a backup lease on a straggler
+        when nothing else is left (the module's docstring)."""
         now = self.clock()
         scope = json.dumps(episode_ids)
         token = _new_token()
@@ -105,11 +151,18 @@ class QueueStore(ChunkStore):
             )
             row = conn.execute(
                 f"UPDATE chunks SET state = '{LEASED}', attempt = attempt + 1, lease_token = ?1,"
-                " lease_expires_at = ?2, worker_id = ?3, claimed_at = ?4"
+                f" lease_expires_at = ?2, worker_id = ?3, claimed_at = ?4, {_NO_BACKUP}"
                 f" WHERE id = ({_NEXT_CHUNK})"
                 " RETURNING id, episode_id, idx, start, end, attempt, words",
                 (token, now + lease_seconds, worker.id, now, scope),
             ).fetchone()
+            if row is None and backups:
+                row = conn.execute(
+                    "UPDATE chunks SET backup_token = ?1, backup_expires_at = ?2,"
+                    f" backup_worker_id = ?3 WHERE id = ({_BACKUP_CHUNK})"
+                    " RETURNING id, episode_id, idx, start, end, attempt, words",
+                    (token, now + lease_seconds, worker.id, now, scope, BACKUP_AFTER),
+                ).fetchone()
             if row is not None:
                 conn.execute(
                     "UPDATE workers SET current_chunk = ? WHERE id = ?", (row[0], worker.id)
@@ -148,12 +201,20 @@ class QueueStore(ChunkStore):
     ) -> float:
         now = self.clock()
         with self._write() as conn:
-            row = conn.execute(
-                "UPDATE chunks SET lease_expires_at = max(lease_expires_at, ?)"
-                f" WHERE id = ? AND lease_token = ? AND state = '{LEASED}'"
-                " RETURNING lease_expires_at, worker_id",
-                (now + lease_seconds, chunk_id, token),
-            ).fetchone()
+            row = (
+                conn.execute(
+                    "UPDATE chunks SET lease_expires_at = max(lease_expires_at, ?)"
+                    f" WHERE id = ? AND lease_token = ? AND state = '{LEASED}'"
+                    " RETURNING lease_expires_at, worker_id",
+                    (now + lease_seconds, chunk_id, token),
+                ).fetchone()
+                or conn.execute(
+                    "UPDATE chunks SET backup_expires_at = max(backup_expires_at, ?)"
+                    f" WHERE id = ? AND backup_token = ? AND state = '{LEASED}'"
+                    " RETURNING backup_expires_at, backup_worker_id",
+                    (now + lease_seconds, chunk_id, token),
+                ).fetchone()
+            )
             if row is None:
                 self._raise_lost(conn, chunk_id)
             conn.execute(
@@ -175,13 +236,25 @@ class QueueStore(ChunkStore):
         LeaseLost."""
         now = self.clock()
         with self._write() as conn:
-            row = conn.execute(
-                f"UPDATE chunks SET state = '{DONE}', finished_at = ?,"
-                " lease_expires_at = NULL, error = NULL"
-                f" WHERE id = ? AND lease_token = ? AND state = '{LEASED}'"
-                " RETURNING worker_id, end - start",
-                (now, chunk_id, token),
-            ).fetchone()
+            # The first result wins, from the lease or its backup; the chunk is then done
+            # under the winner's token (and worker), which fences the other off.
+            row = (
+                conn.execute(
+                    f"UPDATE chunks SET state = '{DONE}', finished_at = ?,"
+                    f" lease_expires_at = NULL, error = NULL, {_NO_BACKUP}"
+                    f" WHERE id = ? AND lease_token = ? AND state = '{LEASED}'"
+                    " RETURNING worker_id, end - start",
+                    (now, chunk_id, token),
+                ).fetchone()
+                or conn.execute(
+                    f"UPDATE chunks SET state = '{DONE}', finished_at = ?,"
+                    " lease_expires_at = NULL, error = NULL, lease_token = backup_token,"
+                    f" worker_id = backup_worker_id, {_NO_BACKUP}"
+                    f" WHERE id = ? AND backup_token = ? AND state = '{LEASED}'"
+                    " RETURNING worker_id, end - start",
+                    (now, chunk_id, token),
+                ).fetchone()
+            )
             if row is None:
                 state = conn.execute(
                     "SELECT state, lease_token FROM chunks WHERE id = ?", (chunk_id,)
@@ -208,8 +281,11 @@ class QueueStore(ChunkStore):
         return "stored"
 
     def fail(self, chunk_id: int, token: str, *, error: str, max_attempts: int) -> str:
-        """A worker gave up on its chunk: back to the queue, or dead at the attempt cap."""
+        """A worker gave up on its chunk: back to the queue, or dead at the attempt cap. A
+        backup that fails just ends (no attempt spent): the chunk stays with its lease."""
         with self._write() as conn:
+            if self._end_backup(conn, chunk_id, token):
+                return str(LEASED)
             row = conn.execute(
                 f"UPDATE chunks SET state = CASE WHEN attempt >= ? THEN '{DEAD}'"
                 f" ELSE '{QUEUED}' END,"
@@ -224,8 +300,11 @@ class QueueStore(ChunkStore):
         return str(row[0])
 
     def release(self, chunk_id: int, token: str) -> None:
-        """A worker stopping gracefully hands its chunk back at once, attempt not spent."""
+        """A worker stopping gracefully hands its chunk back at once, attempt not spent (a
+        backup just ends)."""
         with self._write() as conn:
+            if self._end_backup(conn, chunk_id, token):
+                return
             row = conn.execute(
                 f"UPDATE chunks SET state = '{QUEUED}', attempt = max(attempt - 1, 0),"
                 " lease_token = NULL, lease_expires_at = NULL"
@@ -258,11 +337,22 @@ class QueueStore(ChunkStore):
             return cursor.rowcount
 
     def lease_holder(self, chunk_id: int, token: str) -> ChunkRecord:
-        """The chunk, if ``token`` holds its lease now; else LeaseLost/UnknownChunk."""
+        """The chunk, if ``token`` holds its lease (or backup) now; else
+        LeaseLost/UnknownChunk."""
         chunk = self.chunk(chunk_id)
-        if chunk["state"] != ChunkState.LEASED or chunk["lease_token"] != token:
+        if not holds_lease(chunk, token):
             raise LeaseLost(chunk_id)
         return chunk
+
+    @staticmethod
+    def _end_backup(conn: sqlite3.Connection, chunk_id: int, token: str) -> bool:
+        """End the backup lease ``token`` holds on the chunk, if it holds one."""
+        row = conn.execute(
+            f"UPDATE chunks SET {_NO_BACKUP}"
+            f" WHERE id = ? AND backup_token = ? AND state = '{LEASED}' RETURNING id",
+            (chunk_id, token),
+        ).fetchone()
+        return row is not None
 
     @staticmethod
     def _raise_lost(conn: sqlite3.Connection, chunk_id: int) -> None:

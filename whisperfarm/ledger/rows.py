@@ -66,6 +66,9 @@ class ChunkRecord(ChunkStateRecord):
     lease_token: str | None
     result_path: str | None  # only in ledgers from before results moved into the ledger
     speech_spans: str | None  # JSON text: [[start, end], …] where speech was heard
+    backup_token: str | None  # a second lease on a straggler (ledger.queue), if any
+    backup_worker_id: str | None
+    backup_expires_at: float | None
 
 
 class LeasedChunkRecord(TypedDict):
