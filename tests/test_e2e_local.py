@@ -370,3 +370,6 @@ def test_truncated_file_fails_cleanly(tmp_path: Path) -> None:
     assert not out.exists() or not list(out.iterdir())
     state = ledger_db.rows(home, "SELECT state, error FROM episodes")
     assert state[0][0] == "failed" and "truncated" in state[0][1]
+    # Its chunks cut before the end left the queue: no worker (say, of a later 'serve')
+    # transcribes an episode that can't finish.
+    assert ledger_db.rows(home, "SELECT count(*) FROM chunks WHERE state = 'queued'") == [(0,)]
