@@ -50,7 +50,12 @@ def register(ledger: Ledger, request: EpisodeRequest) -> tuple[str, bool]:
         ledger.update_episode(episode["id"], duration=request.info.duration)
         return episode["id"], True
     episode_id = existing["id"]
-    fields: dict[str, Any] = {"source": str(request.path.resolve()), "error": None}
+    # The episode takes the name and place of the file it was last seen as.
+    fields: dict[str, Any] = {
+        "name": request.path.stem,
+        "source": str(request.path.resolve()),
+        "error": None,
+    }
     if json.loads(existing["options"]) != request.options:
         # Different decoding options: every chunk's result must be redone.
         fields["options"] = request.options
@@ -59,10 +64,25 @@ def register(ledger: Ledger, request: EpisodeRequest) -> tuple[str, bool]:
         # A rerun: hand back what a dead run held, and give dead chunks a fresh start.
         ledger.requeue(episode_id)
     chunking_done = existing["state"] != "chunking" and existing["chunk_count"] is not None
+    if chunking_done and _audio_gone(ledger, episode_id):
+        # A done episode's chunk audio is deleted (reclaim.py); chunks to transcribe
+        # again need it back: they leave the queue until the file is cut again (the
+        # same cut), and done chunks keep their results.
+        ledger.withdraw_queued(episode_id)
+        chunking_done = False
+        fields["state"] = "chunking"
     if existing["state"] in ("failed", "done"):
         fields["state"] = "queued" if chunking_done else "chunking"
     ledger.update_episode(episode_id, **fields)
     return episode_id, not chunking_done
+
+
+def _audio_gone(ledger: Ledger, episode_id: str) -> bool:
+    """Whether a chunk left to transcribe has lost its audio file."""
+    return any(
+        chunk["state"] != "done" and not Path(chunk["audio_path"]).exists()
+        for chunk in ledger.chunks(episode_id)
+    )
 
 
 def chunk_episode(

@@ -105,6 +105,7 @@ def export(
     """
     from whisperfarm.episodes import export as export_episode
     from whisperfarm.settings import load_settings, parse_formats
+    from whisperfarm.transcripts import check_out_dir
 
     settings = load_settings(
         formats=formats,
@@ -113,6 +114,7 @@ def export(
         highlight_words=highlight_words,
     )
     format_list = parse_formats(settings.formats)
+    check_out_dir(out_dir)
     with _ledger() as ledger:
         done, files = export_episode(
             ledger,
