@@ -224,7 +224,11 @@ def clean(
         out.print("nothing to clean")
         return
     for item in items:
-        out.print(f"  {size_text(item.size):>9}  {item.path}  ({item.why})", highlight=False)
+        out.print(
+            f"  {size_text(item.size):>9}  {item.path}  ({item.why})",
+            highlight=False,
+            soft_wrap=True,
+        )
     if dry_run:
         out.print(f"would free {size_text(total)} in {len(items)} place(s) (--dry-run)")
         return
