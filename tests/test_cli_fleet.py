@@ -459,3 +459,26 @@ def test_the_fleet_commands_close_every_ledger_they_open(
         assert result.exit_code == 0, result.output
         assert len(opened) > before, f"{command} opened no ledger"
         assert all(_closed(ledger) for ledger in opened), f"{command} left a ledger open"
+
+
+def test_cost_sums_up_runs_without_machines_in_one_line(ledger: Ledger) -> None:
+    """Local runs cost nothing: one line counts them, instead of a row of $0.0000 for each
+    run and each of its episodes."""
+    clock = ledger.clock
+    assert isinstance(clock, FakeClock)
+    for n in range(3):
+        queue_episode(ledger, f"l{n}", f"local-{n}", chunks=2)
+        ledger.start_run(f"run-local-{n}", backend="local", episode_ids=[f"l{n}"])
+        ledger.end_run(f"run-local-{n}", "done")
+    queue_episode(ledger, "e1", "interview", chunks=4)
+    ledger.start_run("run-fly", backend="fly", episode_ids=["e1"])
+    record(ledger, "m1", run_id="run-fly")
+    clock.advance(100.0)
+    MachineStore(ledger).update_machine("m1", state="destroyed")
+    ledger.end_run("run-fly", "done")
+    result = runner.invoke(app, ["cost"])
+    assert result.exit_code == 0, result.output
+    assert "3 run(s) without machines (local or joined workers): $0" in result.output
+    assert "run-local" not in result.output and "local-0" not in result.output
+    assert "$0.0000" not in result.output
+    assert "run-fly" in result.output and "total $0.1000" in result.output

@@ -90,6 +90,25 @@ def test_a_video_with_an_odd_name_transcribes(tmp_path: Path) -> None:
     assert document["episode"]["source"] == str(video)
 
 
+def test_a_video_whose_picture_outlasts_its_sound_is_not_called_truncated(
+    tmp_path: Path,
+) -> None:
+    """A container lasts as long as its longest track: 30 s of picture over 20 s of
+    sound is a whole file, judged by the audio stream's own duration."""
+    video = tmp_path / "talk.mp4"
+    ffmpeg(
+        *("-f", "lavfi", "-i", "testsrc=size=64x64:rate=5:duration=30"),
+        *("-t", "20", "-i", str(SAMPLE), "-c:v", "mpeg4", "-c:a", "aac", str(video)),
+    )
+    home, out = tmp_path / "home", tmp_path / "out"
+    result = transcribe(video, home, out)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "welcome back to our little show" in (out / "talk.txt").read_text().lower()
+    document = json.loads((out / "talk.json").read_text())
+    assert document["episode"]["duration"] == pytest.approx(20, abs=0.5)
+
+
 def bad_input(kind: str, folder: Path) -> Path:
     """A file (or not) of the given kind in ``folder``."""
     path = folder / f"{kind}.mp3"

@@ -92,6 +92,37 @@ def test_a_feed_transcribes_its_newest_episode_and_skips_it_next_time(
     assert not files.requests_for("/media/6.mp3")
 
 
+def test_a_feed_episode_the_ledger_knows_by_content_is_named_from_its_title(
+    files: Files, tmp_path: Path
+) -> None:
+    """Its content was transcribed before as a local file: the stored results are reused,
+    and the outputs still take the episode's title."""
+    audio = clip(tmp_path / "local copy.mp3", seconds=8)
+    files.resources["/media/1.mp3"] = Resource(audio)
+    files.resources["/feed.rss"] = Resource(
+        rss([{"title": "Ep. 1: Hello", "guid": "ep1", "url": files.url("/media/1.mp3")}]),
+        content_type="application/rss+xml",
+    )
+    home = tmp_path / "home"
+    common = ("-m", "tiny.en", "--workers", "1", "--format", "txt")
+    local = cli(
+        "transcribe",
+        str(tmp_path / "local copy.mp3"),
+        *common,
+        "-o",
+        str(tmp_path / "a"),
+        home=home,
+    )
+    assert local.returncode == 0, local.stdout + local.stderr
+    out = tmp_path / "feed-out"
+    feed = cli("transcribe", files.url("/feed.rss"), *common, "--out", str(out), home=home)
+
+    assert feed.returncode == 0, feed.stdout + feed.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["Ep. 1 Hello.txt"]
+    assert "welcome back" in (out / "Ep. 1 Hello.txt").read_text().lower()
+    assert "stored results reused" in feed.stdout
+
+
 @pytest.mark.parametrize(
     ("path", "resource", "says"),
     [

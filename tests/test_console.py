@@ -85,6 +85,22 @@ def test_plain_lines_with_speed_since_start_and_eta(local_ledger: Path, clock: F
     assert not any("machines" in line for line in lines), "a local run has no machines line"
 
 
+def test_the_display_lists_joined_workers_with_the_local_ones(
+    local_ledger: Path, ledger: Ledger, clock: FakeClock
+) -> None:
+    """A worker that joined with the printed command shows up beside the local ones."""
+    for worker in (farm_state.LOCAL, farm_state.LAPTOP):
+        farm_state.work(ledger, clock, EPISODES["interview"], worker, at=NOW, took=1.0)
+    console = Console(file=io.StringIO(), width=120, force_terminal=True, color_system=None)
+    report = reporter(console, local_ledger, clock)
+    report.coordinator_ready(URL, TOKEN, "1 local worker")
+    try:
+        report.update([status(2)])
+    finally:
+        report.close()
+    assert "workers: 1 local · 1 joined (laptop)" in printed(console)
+
+
 def test_plain_machines_line_when_the_run_has_machines(fly_ledger: Path, clock: FakeClock) -> None:
     console = plain_console()
     report = reporter(console, fly_ledger, clock)
@@ -133,6 +149,34 @@ def test_summary_of_a_local_run_has_no_cost(local_ledger: Path, clock: FakeClock
     report.summary(RunSummary("local1", [status(10, state="done"), failed], 12.5), Path("."))
     first = printed(console).splitlines()[0]
     assert first == "finished: 1 of 2 episode(s) · 5:00 of audio in 12.5s (24.0× realtime)"
+
+
+def test_a_rerun_that_reused_every_result_says_so_not_a_speed(
+    local_ledger: Path, clock: FakeClock
+) -> None:
+    console = plain_console()
+    report = reporter(console, local_ledger, clock)
+    reused = status(10, state="done", reused=status(10).progress)
+    report.summary(RunSummary("local1", [reused], 0.35), Path("."))
+    first = printed(console).splitlines()[0]
+    assert first == (
+        "done: 1 of 1 episode(s) · 5:00 of audio in 0.3s: stored results reused "
+        "(10 chunk(s)), nothing transcribed"
+    )
+
+
+def test_a_rerun_that_reused_some_results_counts_only_the_rest_as_speed(
+    local_ledger: Path, clock: FakeClock
+) -> None:
+    console = plain_console()
+    report = reporter(console, local_ledger, clock)
+    resumed = status(10, state="done", reused=status(6).progress)  # 4 × 30 s transcribed
+    report.summary(RunSummary("local1", [resumed], 40.0), Path("."))
+    first = printed(console).splitlines()[0]
+    assert first == (
+        "done: 1 of 1 episode(s) · 5:00 of audio in 40.0s "
+        "(3.0× realtime, 6 chunk(s) reused from stored results)"
+    )
 
 
 def test_quiet_prints_nothing(fly_ledger: Path, clock: FakeClock) -> None:

@@ -66,3 +66,23 @@ def test_the_next_chunk_comes_from_the_queue_index_not_a_sort(ledger: Ledger) ->
     queued = [line for line in plan if "chunks_queue" in line]
     assert queued, plan
     assert all("(state=?)" in line for line in queued), plan
+
+
+def test_an_episode_whose_cut_fails_takes_its_queued_chunks_out_of_the_queue(
+    ledger: Ledger,
+) -> None:
+    """A cut that fails part way (a truncated file) leaves no chunk for workers to
+    transcribe: the episode reads failed and never chunked, as 'retry' then says."""
+    make_episode(ledger, "a", [10.0, 20.0], finish=False)
+    make_episode(ledger, "b", [5.0])
+    ledger.fail_chunking("a", error="a.mp3 looks truncated")
+    assert [take(ledger, ["a", "b"])] == [("b", 0)]
+    claim = ledger.claim(["a", "b"], WorkerInfo("w1"), lease_seconds=LEASE, max_attempts=3)
+    assert claim.job is None
+    episode = ledger.episode("a")
+    assert (episode["state"], episode["error"], episode["chunk_count"]) == (
+        "failed",
+        "a.mp3 looks truncated",
+        None,
+    )
+    assert ledger.chunks("a") == []

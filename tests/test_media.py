@@ -110,6 +110,26 @@ def test_video_with_audio_decodes_its_audio(tmp_path: Path) -> None:
     assert np.abs(samples).max() > 1000, "the audio track, not silence"
 
 
+def test_a_video_track_longer_than_the_audio_is_not_the_audio_s_duration(
+    tmp_path: Path,
+) -> None:
+    """The audio stream's own duration is what decodes: a container lasting as long as a
+    longer video track must not make the audio look truncated."""
+    video = tmp_path / "talk.mp4"
+    _ffmpeg(
+        *("-f", "lavfi", "-i", "testsrc=size=64x64:rate=5:duration=12"),
+        *("-t", "8", "-i", str(SAMPLE)),
+        *("-c:v", "mpeg4", "-c:a", "aac", str(video)),
+    )
+    import av
+
+    with av.open(str(video)) as container:
+        declared = container.duration
+    assert declared is not None and declared / 1_000_000 > 11.5, "the video outlasts the audio"
+    info = check_input(video)
+    assert info.duration is not None and 7.5 < info.duration < 8.5
+
+
 def test_video_without_audio_is_refused(tmp_path: Path) -> None:
     video = tmp_path / "silent film.mp4"
     _ffmpeg(

@@ -82,7 +82,7 @@ def test_a_fly_plan_has_no_local_workers_unless_asked_and_estimates_before_any_c
         fleets(with_local)
 
 
-def test_serve_plans_the_given_files_and_the_models_unfinished_episodes(
+def test_serve_plans_the_given_files_and_with_queue_the_models_unfinished_episodes(
     tmp_path: Path, home: Path
 ) -> None:
     queued = _audio(tmp_path / "queued.mp3")
@@ -113,8 +113,11 @@ def test_serve_plans_the_given_files_and_the_models_unfinished_episodes(
     (local,) = fleets(plan)[0].fleets
     assert isinstance(local, LocalFleet) and (local.workers, local.threads) == (2, 1)
 
-    assert plan_run(settings, [], serving=True).inputs == [queued]
-    assert plan_run(load_settings(model="base.en"), [], serving=True).inputs == []
+    assert plan_run(settings, [], serving=True, queue=True).inputs == [queued]
+    assert plan_run(load_settings(model="base.en"), [], serving=True, queue=True).inputs == []
+    # Without --queue, serve serves what it is given, and none of the ledger's others.
+    assert plan_run(settings, [SAMPLE], serving=True).inputs == [SAMPLE]
+    assert plan_run(settings, [], serving=True).inputs == []
 
 
 def _sizes(settings: Settings, *, cpus: int) -> tuple[int, int]:

@@ -1,9 +1,10 @@
 """What a run shows on the terminal: a live progress display on a terminal, plain lines
 when stdout is a pipe or a file, nothing but errors with --quiet.
 
-The display has one row per episode (chunks done, audio minutes, × realtime, ETA) and,
-when the run has Fly machines, a line with the machines up and the spend against the
-budget, read from the ledger (the same ``whisperfarm.status`` snapshot that ``status``
+The display has one row per episode (chunks done, audio minutes, × realtime, ETA), a
+line with the workers at work (local, joined from elsewhere, on Fly) and, when the run
+has Fly machines, a line with the machines up and the spend against the budget, read
+from the ledger (the same ``whisperfarm.status`` snapshot that ``status``
 shows). It ends with a summary: wall time, audio, speed, cost, the files written.
 """
 
@@ -122,7 +123,7 @@ class RunReporter:
                     total=None if chunking else max(p.total, 1),
                     chunks=f"{p.done}/{total} chunks",
                     minutes=f"{p.audio_done / 60:.1f}/{audio_total} min",
-                    speed=f"{speed:.1f}× realtime" if speed else _waiting(episode),
+                    speed=_speed_cell(episode, speed, _waiting(episode)),
                     eta=_eta(episode, eta),
                 )
             else:
@@ -152,14 +153,10 @@ class RunReporter:
             return
         done = [e for e in summary.episodes if e.state == EpisodeState.DONE]
         audio = sum(e.duration or 0 for e in done)
-        speed = audio / summary.wall_seconds if summary.wall_seconds else 0
         all_done = len(done) == len(summary.episodes)
         line = Text("done" if all_done else "finished", style="green" if all_done else "yellow")
-        line.append(
-            f": {len(done)} of {len(summary.episodes)} episode(s) · "
-            f"{duration_text(audio)} of audio in {wall_text(summary.wall_seconds)} "
-            f"({speed:.1f}× realtime)"
-        )
+        line.append(f": {len(done)} of {len(summary.episodes)} episode(s) · ")
+        line.append(_speed_text(done, audio, summary.wall_seconds))
         cost = self._run_cost(summary.run_id)
         if cost is not None:
             spent, machines, budget = cost
@@ -216,9 +213,9 @@ class RunReporter:
             return
         self._last_plain[episode.id] = (p.done, now)
         total = "?" if episode.state == EpisodeState.CHUNKING else str(p.total)
+        rate = _speed_cell(episode, speed, "0.0× realtime")
         self.console.print(
-            f"{episode.name}: {p.done}/{total} chunks, {speed:.1f}× realtime, "
-            f"ETA {_eta(episode, eta)}",
+            f"{episode.name}: {p.done}/{total} chunks, {rate}, ETA {_eta(episode, eta)}",
             markup=False,
             highlight=False,
         )
@@ -261,6 +258,31 @@ class RunReporter:
         return runs[0] if runs else None
 
     def _fleet_text(self) -> Text | None:
+        """The lines under the episodes: the workers at work, and any Fly machines."""
+        lines = [line for line in (self._workers_text(), self._machines_text()) if line]
+        return Text("\n").join(lines) if lines else None
+
+    def _workers_text(self) -> Text | None:
+        """Every worker seen during the run and not gone: local ones, those that joined
+        with the printed command, and those on Fly machines."""
+        if self._fleet is None:
+            return None
+        live = [w for w in self._fleet.workers if w.state in ("working", "idle")]
+        if not live:
+            return None
+        local = sum(1 for w in live if w.kind == "local")
+        fly = sum(1 for w in live if w.kind == "fly")
+        joined = [w.where for w in live if w.kind not in ("local", "fly")]
+        parts = [f"{local} local"] if local else []
+        if joined:
+            parts.append(f"{len(joined)} joined ({', '.join(joined)})")
+        if fly:
+            parts.append(f"{fly} on Fly machines")
+        text = Text("workers: ", style="bold")
+        text.append(" · ".join(parts))
+        return text
+
+    def _machines_text(self) -> Text | None:
         run = self._our_run()
         if run is None or not run.machines:
             return None
@@ -294,10 +316,31 @@ class RunReporter:
             ledger.close()
 
 
+def _speed_text(done: list[EpisodeStatus], audio: float, wall: float) -> str:
+    """How long the audio took, × realtime over what this run transcribed; results
+    reused from the ledger are counted as reused, not as speed."""
+    reused = sum(e.reused_chunks for e in done)
+    transcribed = sum(e.transcribed_audio for e in done)
+    took = f"{duration_text(audio)} of audio in {wall_text(wall)}"
+    if reused and not transcribed:
+        return f"{took}: stored results reused ({reused} chunk(s)), nothing transcribed"
+    speed = transcribed / wall if wall else 0.0
+    also = f", {reused} chunk(s) reused from stored results" if reused else ""
+    return f"{took} ({speed:.1f}× realtime{also})"
+
+
 def _eta(episode: EpisodeStatus, eta: float | None) -> str:
     if episode.state == EpisodeState.DONE:
         return "done"
     return duration_text(eta) if eta is not None and eta > 0 else "—"
+
+
+def _speed_cell(episode: EpisodeStatus, speed: float, waiting: str) -> str:
+    """× realtime since the episode was first seen; an episode done without a chunk
+    transcribed since then took its results from the ledger."""
+    if speed:
+        return f"{speed:.1f}× realtime"
+    return "results reused" if episode.state == "done" else waiting
 
 
 def _waiting(episode: EpisodeStatus) -> str:

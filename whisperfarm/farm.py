@@ -45,6 +45,7 @@ from whisperfarm.interrupts import StopSignal, as_stop_signal, held
 from whisperfarm.ledger import EpisodeProgress, EpisodeRecord, Ledger
 from whisperfarm.media import check_input
 from whisperfarm.processes import process_alive
+from whisperfarm.reclaim import drop_chunk_audio
 from whisperfarm.server import BackgroundServer, bind
 from whisperfarm.settings import Settings
 from whisperfarm.speech import SpeechConfig
@@ -69,6 +70,18 @@ class EpisodeStatus:
     duration: float | None = None
     error: str | None = None
     files: list[Path] = field(default_factory=list)
+    reused: EpisodeProgress | None = None
+    """What the ledger held done before this run: chunk results reused, not transcribed."""
+
+    @property
+    def reused_chunks(self) -> int:
+        return self.reused.done if self.reused is not None else 0
+
+    @property
+    def transcribed_audio(self) -> float:
+        """Seconds of chunk audio transcribed in this run."""
+        before = self.reused.audio_done if self.reused is not None else 0.0
+        return max(0.0, self.progress.audio_done - before)
 
 
 @dataclass
@@ -233,8 +246,20 @@ class Farm:
         settings = self.settings
         run_id = self.run_id
         token = new_token()
-        registered = [register(ledger, request) for request in requests]
-        episode_ids = [episode_id for episode_id, _ in registered]
+        # Outputs are named after each input, whatever name the ledger first saw its
+        # content under; two inputs with the same content share one episode.
+        stems: dict[str, list[str]] = {}
+        unique: list[EpisodeRequest] = []
+        registered: list[tuple[str, bool]] = []
+        for request in requests:
+            episode_id, needs_chunking = register(ledger, request)
+            if episode_id not in stems:
+                stems[episode_id] = []
+                unique.append(request)
+                registered.append((episode_id, needs_chunking))
+            stems[episode_id].append(request.path.stem)
+        episode_ids = list(stems)
+        reused = {episode_id: ledger.progress(episode_id) for episode_id in episode_ids}
         _refuse_concurrent_runs(ledger, episode_ids)
         ledger.start_run(run_id, backend=settings.backend, episode_ids=episode_ids, pid=os.getpid())
 
@@ -260,12 +285,14 @@ class Farm:
             self.fleet.start(url, token, settings.model)
             ingest = threading.Thread(
                 target=self._ingest_all,
-                args=(requests, registered, cancel, ingest_errors),
+                args=(unique, registered, cancel, ingest_errors),
                 daemon=True,
                 name="ingest",
             )
             ingest.start()
-            statuses = self._watch(ledger, episode_ids, out_dir, formats, ingest_errors)
+            statuses = self._watch(ledger, stems, out_dir, formats, ingest_errors)
+            for status in statuses:
+                status.reused = reused[status.id]
             self._let_workers_hear_done(coordinator)
             finished = all(s.state == EpisodeState.DONE for s in statuses)
             state = RunState.DONE if finished else RunState.FAILED
@@ -339,21 +366,23 @@ class Farm:
                     return
                 except (InputError, OSError) as error:
                     errors[episode_id] = str(error)
-                    ledger.update_episode(episode_id, state=EpisodeState.FAILED, error=str(error))
+                    ledger.fail_chunking(episode_id, error=str(error))
 
     def _watch(
         self,
         ledger: Ledger,
-        episode_ids: list[str],
+        stems: dict[str, list[str]],
         out_dir: Path,
         formats: list[str],
         ingest_errors: dict[str, str],
     ) -> list[EpisodeStatus]:
+        """Watch the episodes (by id, each with the names its outputs take) until every
+        one is finished."""
         finished: dict[str, EpisodeStatus] = {}
         while True:
             statuses = []
             work_left = False
-            for episode_id in episode_ids:
+            for episode_id, names in stems.items():
                 if episode_id in finished:
                     statuses.append(finished[episode_id])
                     continue
@@ -361,7 +390,7 @@ class Farm:
                 progress = ledger.progress(episode_id)
                 status = EpisodeStatus(
                     episode_id,
-                    episode["name"],
+                    " + ".join(names),
                     episode["state"],
                     progress,
                     episode["duration"],
@@ -373,12 +402,12 @@ class Farm:
                 elif episode["state"] == EpisodeState.CHUNKING or not progress.finished:
                     work_left = True
                 else:
-                    self._finish(ledger, episode, status, out_dir, formats)
+                    self._finish(ledger, episode, status, out_dir, formats, names)
                     finished[episode_id] = status
                     self.reporter.episode_finished(status)
                 statuses.append(status)
             self.reporter.update(statuses)
-            if len(finished) == len(episode_ids):
+            if len(finished) == len(stems):
                 return statuses
             self.fleet.check(ledger, work_left)
             self.sleep(self.tick)
@@ -390,6 +419,7 @@ class Farm:
         status: EpisodeStatus,
         out_dir: Path,
         formats: list[str],
+        names: list[str],
     ) -> None:
         chunks = ledger.chunks(episode["id"])
         dead = [c for c in chunks if c["state"] == ChunkState.DEAD]
@@ -404,11 +434,16 @@ class Farm:
             status.state, status.error = EpisodeState.FAILED, reason
             return
         transcript = assemble(ledger, episode, keep_words=self.settings.word_timestamps)
-        status.files = write_outputs(
-            transcript, out_dir, episode["name"], formats, subtitles=self.settings.cue_style()
-        )
+        cues = self.settings.cue_style()
+        status.files = [
+            path
+            for name in names
+            for path in write_outputs(transcript, out_dir, name, formats, subtitles=cues)
+        ]
         ledger.update_episode(episode["id"], state=EpisodeState.DONE, finished_at=ledger.clock())
         status.state = EpisodeState.DONE
+        # Every chunk has its result: the audio is no longer needed (reclaim.py).
+        drop_chunk_audio(self.settings.episodes_dir, episode["id"])
 
 
 def chunk_format_for(settings: Settings) -> ChunkFormat:

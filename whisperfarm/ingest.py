@@ -19,7 +19,7 @@ from whisperfarm.chunking import CutterConfig, cut
 from whisperfarm.errors import InputError
 from whisperfarm.ledger import ChunkPlan, Ledger
 from whisperfarm.media import AudioInfo, Decoder, content_hash, duration_of
-from whisperfarm.states import EpisodeState
+from whisperfarm.states import ChunkState, EpisodeState
 from worker.audio import ChunkFormat
 
 
@@ -51,7 +51,12 @@ def register(ledger: Ledger, request: EpisodeRequest) -> tuple[str, bool]:
         ledger.update_episode(episode["id"], duration=request.info.duration)
         return episode["id"], True
     episode_id = existing["id"]
-    fields: dict[str, Any] = {"source": str(request.path.resolve()), "error": None}
+    # The episode takes the name and place of the file it was last seen as.
+    fields: dict[str, Any] = {
+        "name": request.path.stem,
+        "source": str(request.path.resolve()),
+        "error": None,
+    }
     if json.loads(existing["options"]) != request.options:
         # Other decoding options: the chunks with a result made with them are reused, the
         # others queued; the results made with the earlier options stay for a rerun.
@@ -62,10 +67,25 @@ def register(ledger: Ledger, request: EpisodeRequest) -> tuple[str, bool]:
     chunking_done = (
         existing["state"] != EpisodeState.CHUNKING and existing["chunk_count"] is not None
     )
+    if chunking_done and _audio_gone(ledger, episode_id):
+        # A done episode's chunk audio is deleted (reclaim.py); chunks to transcribe
+        # again need it back: they leave the queue until the file is cut again (the
+        # same cut), and done chunks keep their results.
+        ledger.withdraw_queued(episode_id)
+        chunking_done = False
+        fields["state"] = EpisodeState.CHUNKING
     if existing["state"] in (EpisodeState.FAILED, EpisodeState.DONE):
         fields["state"] = EpisodeState.QUEUED if chunking_done else EpisodeState.CHUNKING
     ledger.update_episode(episode_id, **fields)
     return episode_id, not chunking_done
+
+
+def _audio_gone(ledger: Ledger, episode_id: str) -> bool:
+    """Whether a chunk left to transcribe has lost its audio file."""
+    return any(
+        chunk["state"] != ChunkState.DONE and not Path(chunk["audio_path"]).exists()
+        for chunk in ledger.chunks(episode_id)
+    )
 
 
 def chunk_episode(

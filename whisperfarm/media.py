@@ -47,7 +47,7 @@ def ffmpeg_exe() -> str:
 @dataclass(frozen=True)
 class AudioInfo:
     path: Path
-    duration: float | None  # what the container declares; None when it doesn't say
+    duration: float | None  # what the audio stream (else the container) declares, or None
     codec: str
     size: int
 
@@ -69,11 +69,13 @@ def check_input(path: Path) -> AudioInfo:
             if not streams:
                 raise InputError(f"{path} has no audio stream: give an audio or video file")
             stream = streams[0]
+            # The audio stream's own duration first: a video's container lasts as long
+            # as its longest track, and a video track may outlast the audio.
             duration = None
-            if container.duration:
-                duration = container.duration / 1_000_000
-            elif stream.duration and stream.time_base:
+            if stream.duration and stream.time_base:
                 duration = float(stream.duration * stream.time_base)
+            elif container.duration:
+                duration = container.duration / 1_000_000
             codec = stream.codec_context.name
     except InputError:
         raise

@@ -6,7 +6,7 @@ prints, asks, or calls Fly's API (a warm-pool count and a calibration are read f
 ledger, when there is one).
 
     plan_run(settings, inputs)               → RunPlan   (for transcribe)
-    plan_run(settings, inputs, serving=True) → RunPlan   (for serve)
+    plan_run(settings, inputs, serving=True) → RunPlan   (for serve; queue=True: the queue too)
     fleets(plan, client)                     → the run's fleets, local workers first
 """
 
@@ -15,10 +15,11 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from whisperfarm.calibration import for_settings
+from whisperfarm.errors import InputError
 from whisperfarm.farm import Fleet, Fleets
 from whisperfarm.fly.client import MachinesClient
 from whisperfarm.fly.config import FlyConfig, describe_plan, estimate, fly_config, pool_ready
@@ -63,6 +64,8 @@ class RunPlan:
     compute_type: str
     """What the local workers load the model as."""
     fly: FlyPlan | None = None
+    rejected: list[str] = field(default_factory=list)
+    """One line for each input left out of the run: why it can't be transcribed."""
 
     @property
     def model(self) -> str:
@@ -74,6 +77,7 @@ def plan_run(
     inputs: Sequence[Path],
     *,
     serving: bool = False,
+    queue: bool = False,
     workers: int = 0,
     cpus: int | None = None,
 ) -> RunPlan:
@@ -85,18 +89,21 @@ def plan_run(
     ``backend = "fly"``, Fly machines and no local workers unless settings ask for them.
 
     ``serve`` (``serving=True``): the coordinator for outside workers, serving ``inputs``
-    and every unfinished episode of the model (an empty ``inputs`` then means nothing to
-    serve), with ``workers`` local workers of one thread each.
+    (and with ``queue``, every unfinished episode of the model whose file still exists),
+    with ``workers`` local workers of one thread each.
+
+    An input that can't be transcribed (missing, not audio, empty) is left out of the
+    run, with one line saying why in ``rejected``: one bad file doesn't stop a batch.
     """
     run_id = new_run_id()
+    inputs, rejected = readable(inputs)
     if serving:
         # serve's local workers have always been one thread each and loaded the model as
-        # int8 (LocalFleet's default) whatever the compute_type setting; kept as it was,
-        # this change being a refactor.
-        queued = _unfinished_sources(settings)
+        # int8 (LocalFleet's default) whatever the compute_type setting.
+        queued = _unfinished_sources(settings) if queue else []
         paths = list(dict.fromkeys([*inputs, *queued]))
-        return RunPlan(settings, paths, run_id, workers, 1, "int8")
-    fly = _plan_fly(settings, inputs) if settings.backend == "fly" else None
+        return RunPlan(settings, paths, run_id, workers, 1, "int8", rejected=rejected)
+    fly = _plan_fly(settings, inputs) if settings.backend == "fly" and inputs else None
     cpus = cpus or os.cpu_count() or 1
     n_workers, n_threads = default_workers(cpus)
     if settings.workers is not None:
@@ -106,7 +113,9 @@ def plan_run(
         n_workers = 0  # on Fly, local workers only when asked for
     if settings.threads is not None:
         n_threads = settings.threads
-    return RunPlan(settings, list(inputs), run_id, n_workers, n_threads, settings.compute_type, fly)
+    return RunPlan(
+        settings, inputs, run_id, n_workers, n_threads, settings.compute_type, fly, rejected
+    )
 
 
 def fleets(plan: RunPlan, client: MachinesClient | None = None) -> tuple[Fleets, FlyFleet | None]:
@@ -134,6 +143,20 @@ def fleets(plan: RunPlan, client: MachinesClient | None = None) -> tuple[Fleets,
         )
         parts.append(fly)
     return Fleets(*parts), fly
+
+
+def readable(inputs: Sequence[Path]) -> tuple[list[Path], list[str]]:
+    """The inputs that are audio ffmpeg can read, and a line for each of the others."""
+    good: list[Path] = []
+    rejected: list[str] = []
+    for path in inputs:
+        try:
+            check_input(path)
+        except InputError as error:
+            rejected.append(str(error))
+        else:
+            good.append(path)
+    return good, rejected
 
 
 def _plan_fly(settings: Settings, inputs: Sequence[Path]) -> FlyPlan:

@@ -76,6 +76,18 @@ def age_text(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
+def size_text(size: int) -> str:
+    """Bytes as people read them: 512 B, 3.4 kB, 1.9 MB, 2.1 GB (powers of 1000)."""
+    if size < 1000:
+        return f"{size} B"
+    value = size / 1000
+    for unit in ("kB", "MB"):
+        if value < 1000:
+            return f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"
+
+
 def money(usd: float | None) -> str:
     """$0.042 under a dollar (Fly bills fractions of a cent per minute), else $12.34."""
     if usd is None:

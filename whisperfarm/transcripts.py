@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from whisperfarm.errors import UsageError
 from whisperfarm.subtitles import CueStyle, cues, karaoke
 
 
@@ -137,6 +139,30 @@ WRITERS: dict[str, Callable[..., str]] = {
     "tsv": to_tsv,
 }
 SUBTITLE_FORMATS = ("srt", "vtt")  # their writers take a CueStyle too
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Fail now, before any work, unless transcripts can be written in ``out_dir``: an
+    existing directory we can write in, or one that can be created (``write_outputs``
+    creates it). Creates nothing but a temporary file, removed at once."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} is a file: give a directory (created if missing)")
+    existing = out_dir.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(
+            f"--out {out_dir} can't be created: {existing} is a file; give a directory"
+        )
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise UsageError(
+            f"can't write transcripts in --out {out_dir} ({existing}: {reason}): "
+            "give a directory you can write to"
+        ) from error
 
 
 def write_outputs(

@@ -1,4 +1,5 @@
-"""Managing what the ledger holds: ``episodes``, ``export``, ``retry``, ``remove``."""
+"""Managing what the ledger holds: ``episodes``, ``export``, ``retry``, ``remove``,
+``clean``."""
 
 from __future__ import annotations
 
@@ -108,6 +109,7 @@ def export(
     """
     from whisperfarm.episodes import export as export_episode
     from whisperfarm.settings import load_settings, parse_formats
+    from whisperfarm.transcripts import check_out_dir
 
     settings = load_settings(
         formats=formats,
@@ -116,6 +118,7 @@ def export(
         highlight_words=highlight_words,
     )
     format_list = parse_formats(settings.formats)
+    check_out_dir(out_dir)
     with _ledger() as ledger:
         done, files = export_episode(
             ledger,
@@ -183,6 +186,57 @@ def remove(
         for episode_id in chosen:
             removed = remove_episode(ledger, episode_id, episodes_dir)
             out.print(f"removed {removed['name']} ({removed['id']})", highlight=False)
+
+
+@app.command(rich_help_panel="Episodes")
+@friendly
+def clean(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would go and how much; delete nothing.")
+    ] = False,
+    downloads: Annotated[
+        bool,
+        typer.Option(
+            "--downloads", help="Also empty the download cache (URLs, feeds, standard input)."
+        ),
+    ] = False,
+) -> None:
+    """Reclaim disk space: chunk audio that finished episodes no longer need.
+
+    A run deletes an episode's chunk audio once the episode is done; this removes what is
+    left over (finished episodes' audio from older runs, folders no episode owns). Results
+    and transcripts stay, so exports and reruns with the same options still work.
+    Unfinished episodes keep their audio.
+
+    Example: `whisperfarm clean --dry-run`
+    """
+    from whisperfarm.reclaim import reclaim, reclaimable
+    from whisperfarm.settings import load_settings
+    from whisperfarm.status_view import size_text
+
+    settings = load_settings()
+    with _existing_ledger() as ledger:
+        if ledger is None:
+            out.print("nothing to clean: no ledger yet")
+            return
+        items = reclaimable(
+            ledger, settings.episodes_dir, settings.downloads_dir, downloads=downloads
+        )
+    total = sum(item.size for item in items)
+    if not items:
+        out.print("nothing to clean")
+        return
+    for item in items:
+        out.print(
+            f"  {size_text(item.size):>9}  {item.path}  ({item.why})",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if dry_run:
+        out.print(f"would free {size_text(total)} in {len(items)} place(s) (--dry-run)")
+        return
+    freed = reclaim(items)
+    out.print(f"freed {size_text(freed)} in {len(items)} place(s)")
 
 
 @contextmanager

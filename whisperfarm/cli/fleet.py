@@ -21,6 +21,7 @@ from whisperfarm.cli.root import (
     fail,
     friendly,
     out,
+    report_errors,
     warn_if_exposed,
 )
 
@@ -60,12 +61,21 @@ def serve(
     ] = None,
     port: Annotated[int | None, typer.Option(help="Port [default: any free port].")] = None,
     quiet: Quiet = False,
+    queue: Annotated[
+        bool,
+        typer.Option(
+            "--queue",
+            help="Serve every unfinished episode of the model in the ledger too (those "
+            "whose files still exist), into this --out.",
+        ),
+    ] = False,
 ) -> None:
-    """Run the coordinator alone for queued episodes; workers join from anywhere.
+    """Run the coordinator alone for FILES; workers join from anywhere.
 
-    Serves FILES and every unfinished episode of the same model in the ledger, writes each
-    transcript as its last chunk comes in, and exits when all are done. Any box with the
-    package or the Docker image joins with the printed 'whisperfarm worker' command.
+    Serves FILES (with --queue, every unfinished episode of the same model in the ledger
+    too), writes each transcript as its last chunk comes in, and exits when all are done.
+    Any box with the package or the Docker image joins with the printed 'whisperfarm
+    worker' command.
 
     Example: `whisperfarm serve talk.mp3 --host :: --port 8765 -m small.en`
     """
@@ -74,13 +84,20 @@ def serve(
     from whisperfarm.interrupts import stop_signals
     from whisperfarm.plan import fleets, plan_run
     from whisperfarm.settings import load_settings, parse_formats
+    from whisperfarm.transcripts import check_out_dir
 
     settings = load_settings(
         model=model, formats=formats, host=host, port=port
     ).checked_for_transcription()
-    plan = plan_run(settings, inputs or [], serving=True, workers=workers)
+    format_list = parse_formats(settings.formats)
+    check_out_dir(out_dir)
+    plan = plan_run(settings, inputs or [], serving=True, queue=queue, workers=workers)
     if not plan.inputs:
-        err.print("nothing to serve: give files, or queue some with 'whisperfarm transcribe'")
+        report_errors(plan.rejected)
+        err.print(
+            "nothing to serve: give files, or --queue for the unfinished episodes of "
+            f"{settings.model} in the ledger"
+        )
         raise typer.Exit(1)
     warn_if_exposed(settings.host)
     fleet, _ = fleets(plan)
@@ -88,12 +105,14 @@ def serve(
     with stop_signals():  # SIGTERM and SIGHUP end it as Ctrl-C does: workers stopped
         try:
             summary = Farm(settings, fleet, reporter, run_id=plan.run_id).transcribe(
-                plan.inputs, out_dir, parse_formats(settings.formats)
+                plan.inputs, out_dir, format_list
             )
         finally:
             reporter.close()
     reporter.summary(summary, out_dir)
-    if summary.failed:
+    report_errors([f"{episode.name}: {episode.error}" for episode in summary.failed])
+    report_errors(plan.rejected)
+    if summary.failed or plan.rejected:
         raise typer.Exit(1)
 
 
@@ -434,6 +453,9 @@ def machines_reap(
 def cost() -> None:
     """Spend per run and per episode: machine time × price, from the ledger.
 
+    Runs on Fly machines get a row each, with their episodes' shares; runs without
+    machines (local or joined workers) cost nothing and are counted in one line.
+
     Example: `whisperfarm cost`
     """
     from whisperfarm.costs import cost_report
@@ -444,6 +466,12 @@ def cost() -> None:
         report = cost_report(ledger)
     if not report:
         out.print("no runs yet")
+        return
+    billed = [run for run in report if run.machines]
+    local = len(report) - len(billed)
+    if local:
+        out.print(f"{local} run(s) without machines (local or joined workers): $0")
+    if not billed:
         return
     table = Table(
         "run",
@@ -456,7 +484,7 @@ def cost() -> None:
         "budget",
         box=None,
     )
-    for run in report:
+    for run in billed:
         table.add_row(
             run.run_id,
             time.strftime("%Y-%m-%d %H:%M", time.localtime(run.started_at)),
@@ -470,7 +498,7 @@ def cost() -> None:
         for name, dollars in run.episodes.items():
             table.add_row("", "", f"  {name}", "", "", "", f"${dollars:.4f}", "")
     out.print(table)
-    out.print(f"total ${sum(r.spent for r in report):.4f}")
+    out.print(f"total ${sum(r.spent for r in billed):.4f}")
 
 
 def _age(seconds: float) -> str:

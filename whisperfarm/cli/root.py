@@ -52,6 +52,12 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def report_errors(messages: list[str]) -> None:
+    """One red line for each of the things that went wrong in a run that went on."""
+    for message in messages:
+        err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True, markup=True)
+
+
 def warn_if_exposed(host: str) -> None:
     """A warning when the coordinator is to listen beyond this machine."""
     from whisperfarm.server import is_loopback

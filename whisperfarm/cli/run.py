@@ -20,6 +20,7 @@ from whisperfarm.cli.root import (
     err,
     friendly,
     out,
+    report_errors,
     warn_if_exposed,
 )
 from whisperfarm.decoding import Task
@@ -223,6 +224,7 @@ def transcribe(
     from whisperfarm.ledger import Ledger
     from whisperfarm.plan import fleets, plan_run
     from whisperfarm.settings import load_settings, parse_formats
+    from whisperfarm.transcripts import check_out_dir
 
     if gpu:
         raise FlyGPUUnsupported(GPU_GONE_MESSAGE)
@@ -256,10 +258,14 @@ def transcribe(
         fly_reach_timeout=reach_timeout,
     ).checked_for_transcription()
     format_list = parse_formats(settings.formats)
+    check_out_dir(out_dir)
     resolved = _resolve_inputs(inputs, settings, latest=latest, quiet=quiet)
     if not resolved:
         return  # a feed with nothing new
     plan = plan_run(settings, resolved)
+    if not plan.inputs:
+        report_errors(plan.rejected)
+        raise typer.Exit(1)
     client = None
     if plan.fly is not None:
         if not quiet or dry_run:
@@ -306,13 +312,9 @@ def transcribe(
             f"${estimate.cost:.2f} · actual: {summary.wall_seconds / 60:.1f} min, ${spent:.2f}",
             highlight=False,
         )
-    if summary.failed:
-        for episode in summary.failed:
-            err.print(
-                f"[red]error:[/red] {episode.name}: {episode.error}",
-                highlight=False,
-                soft_wrap=True,
-            )
+    report_errors([f"{episode.name}: {episode.error}" for episode in summary.failed])
+    report_errors(plan.rejected)
+    if summary.failed or plan.rejected:
         raise typer.Exit(1)
 
 

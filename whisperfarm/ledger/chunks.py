@@ -18,9 +18,13 @@ from whisperfarm.states import ChunkState, EpisodeState
 # The states as SQL spells them (StrEnums format as their values).
 DEAD = ChunkState.DEAD
 DONE = ChunkState.DONE
+EPISODE_FAILED = EpisodeState.FAILED
 EPISODE_QUEUED = EpisodeState.QUEUED
 LEASED = ChunkState.LEASED
 QUEUED = ChunkState.QUEUED
+
+
+_WITHDRAW_QUEUED = f"DELETE FROM chunks WHERE episode_id = ? AND state = '{QUEUED}'"
 
 
 class UnknownChunk(Exception):
@@ -155,6 +159,23 @@ class ChunkStore(EpisodeStore):
                 " error = NULL, updated_at = ? WHERE id = ?",
                 (duration, chunk_count, self.clock(), episode_id),
             )
+
+    def fail_chunking(self, episode_id: str, *, error: str) -> None:
+        """The episode could not be cut (unreadable, truncated): it fails, and the chunks
+        queued before the cut went wrong leave the queue, so no worker transcribes a part
+        of an episode that can't finish. Chunks done before (a rerun) keep their results."""
+        with self._write() as conn:
+            conn.execute(_WITHDRAW_QUEUED, (episode_id,))
+            conn.execute(
+                f"UPDATE episodes SET state = '{EPISODE_FAILED}', error = ?, updated_at = ?"
+                " WHERE id = ?",
+                (error, self.clock(), episode_id),
+            )
+
+    def withdraw_queued(self, episode_id: str) -> int:
+        """Take the episode's queued chunks out of the queue (the cut adds them again)."""
+        with self._write() as conn:
+            return conn.execute(_WITHDRAW_QUEUED, (episode_id,)).rowcount
 
     def chunks(self, episode_id: str) -> list[ChunkRecord]:
         return self._chunk_rows(
