@@ -49,12 +49,18 @@ def episode(ledger: Ledger, tmp_path: Path) -> tuple[Path, str]:
     audio = tmp_path / "show.mp3"
     audio.write_bytes(b"not decoded here")
     episode_id, _ = register(ledger, request(audio, PLAIN))
-    for idx in range(3):
-        ledger.add_chunk(
-            episode_id, ChunkPlan(idx, idx * 10, idx * 10 + 10, idx * 10, idx * 10 + 10), "a"
-        )
+    cut(ledger, episode_id, tmp_path)
     ledger.finish_chunking(episode_id, duration=30.0, chunk_count=3)
     return audio, episode_id
+
+
+def cut(ledger: Ledger, episode_id: str, chunks_dir: Path) -> None:
+    """The episode's three chunks, as the cutter records them, with their audio files."""
+    for idx in range(3):
+        chunk_audio = chunks_dir / f"{idx:05d}.wav"
+        chunk_audio.write_bytes(b"chunk audio")
+        plan = ChunkPlan(idx, idx * 10, idx * 10 + 10, idx * 10, idx * 10 + 10)
+        ledger.add_chunk(episode_id, plan, str(chunk_audio))
 
 
 def test_other_options_queue_the_chunks_and_keep_the_earlier_results(
@@ -77,6 +83,31 @@ def test_other_options_queue_the_chunks_and_keep_the_earlier_results(
     assert transcribe_all(ledger, episode_id, " again") == 0
     assert texts(ledger, episode_id) == [" plain"] * 3
     assert ledger.episode(episode_id)["options_key"] == options_key(PLAIN)
+
+
+def test_other_options_after_the_audio_was_deleted_keep_the_earlier_results(
+    ledger: Ledger, episode: tuple[Path, str], tmp_path: Path
+) -> None:
+    """A done episode's chunk audio is deleted (reclaim.py): other options cut the file
+    again, and the chunks wait for their audio set aside, not deleted (their rows hold
+    the results made with the earlier options)."""
+    audio, episode_id = episode
+    assert transcribe_all(ledger, episode_id, " plain") == 3
+    ids = [c["id"] for c in ledger.chunks(episode_id)]
+    for chunk_audio in tmp_path.glob("*.wav"):
+        chunk_audio.unlink()
+
+    assert register(ledger, request(audio, WORDS)) == (episode_id, True)  # cut it again
+    assert transcribe_all(ledger, episode_id, " words") == 0, "no chunk without its audio"
+    assert ledger.db.execute("SELECT count(*) FROM results").fetchone()[0] == 3  # kept
+    cut(ledger, episode_id, tmp_path)  # the same cut
+    assert [c["id"] for c in ledger.chunks(episode_id)] == ids
+    assert transcribe_all(ledger, episode_id, " words") == 3
+    assert texts(ledger, episode_id) == [" words"] * 3
+
+    register(ledger, request(audio, PLAIN))
+    assert [c["state"] for c in ledger.chunks(episode_id)] == ["done"] * 3
+    assert texts(ledger, episode_id) == [" plain"] * 3
 
 
 def test_switching_options_takes_the_lease_from_a_worker_of_the_old_ones(

@@ -67,11 +67,12 @@ def register(ledger: Ledger, request: EpisodeRequest) -> tuple[str, bool]:
     chunking_done = (
         existing["state"] != EpisodeState.CHUNKING and existing["chunk_count"] is not None
     )
-    if chunking_done and _audio_gone(ledger, episode_id):
+    if _audio_gone(ledger, episode_id):
         # A done episode's chunk audio is deleted (reclaim.py); chunks to transcribe
-        # again need it back: they leave the queue until the file is cut again (the
-        # same cut), and done chunks keep their results.
-        ledger.withdraw_queued(episode_id)
+        # again need it back: they are set aside until the file is cut again (the same
+        # cut queues each in place), and every chunk keeps its results, under whatever
+        # options they were made with. Also after a run stopped during such a cut.
+        ledger.await_audio(episode_id)
         chunking_done = False
         fields["state"] = EpisodeState.CHUNKING
     if existing["state"] in (EpisodeState.FAILED, EpisodeState.DONE):

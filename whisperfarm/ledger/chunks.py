@@ -25,6 +25,8 @@ QUEUED = ChunkState.QUEUED
 
 
 _WITHDRAW_QUEUED = f"DELETE FROM chunks WHERE episode_id = ? AND state = '{QUEUED}'"
+AWAITING_AUDIO = "its audio is being cut again"
+"""The error of a chunk set aside until the cut writes its audio again (``await_audio``)."""
 
 
 class UnknownChunk(Exception):
@@ -122,6 +124,29 @@ class ChunkStore(EpisodeStore):
                 # lease keeps a valid chunk id.
                 return existing[2] != ChunkState.DONE
             state = ChunkState.QUEUED if plan.speech else ChunkState.DONE
+            if same_cut:
+                # The same cut of a chunk that failed or waited for its audio: queued again
+                # in place, so its id stays and its results made with other options too.
+                conn.execute(
+                    "UPDATE chunks SET keep_start = ?, keep_end = ?, speech = ?, words = ?,"
+                    " audio_path = ?, state = ?, attempt = 0, error = NULL, lease_token = NULL,"
+                    " lease_expires_at = NULL, backup_token = NULL, backup_worker_id = NULL,"
+                    " backup_expires_at = NULL, finished_at = ?, speech_spans = ?"
+                    " WHERE episode_id = ? AND idx = ?",
+                    (
+                        plan.keep_start,
+                        plan.keep_end,
+                        int(plan.speech),
+                        int(plan.needs_words),
+                        audio_path,
+                        state,
+                        None if plan.speech else now,
+                        None if plan.speech_spans is None else json.dumps(plan.speech_spans),
+                        episode_id,
+                        plan.idx,
+                    ),
+                )
+                return plan.speech
             if existing is not None:  # a new cut: the old one's result is no use
                 conn.execute(
                     "DELETE FROM results WHERE chunk_id IN"
@@ -172,10 +197,18 @@ class ChunkStore(EpisodeStore):
                 (error, self.clock(), episode_id),
             )
 
-    def withdraw_queued(self, episode_id: str) -> int:
-        """Take the episode's queued chunks out of the queue (the cut adds them again)."""
+    def await_audio(self, episode_id: str) -> int:
+        """Take the episode's queued chunks out of the queue until the cut writes their
+        audio again (a done episode's audio is deleted, reclaim.py): no worker is handed a
+        chunk without audio. They are set aside (dead), not deleted: their rows keep the
+        results made with other options, and the cut queues each again in place (the same
+        cut, ``add_chunk``)."""
         with self._write() as conn:
-            return conn.execute(_WITHDRAW_QUEUED, (episode_id,)).rowcount
+            return conn.execute(
+                f"UPDATE chunks SET state = '{DEAD}', error = ?, lease_token = NULL,"
+                " lease_expires_at = NULL WHERE episode_id = ? AND state = ?",
+                (AWAITING_AUDIO, episode_id, QUEUED),
+            ).rowcount
 
     def chunks(self, episode_id: str) -> list[ChunkRecord]:
         return self._chunk_rows(
