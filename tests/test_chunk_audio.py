@@ -171,29 +171,31 @@ def test_the_writer_raises_a_failed_write_in_order(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("settings", "expected"),
+    ("settings", "only_local_workers", "expected"),
     [
-        ({}, ChunkFormat.WAV),  # local workers only: loopback, no encoding cost
-        ({"workers": 3}, ChunkFormat.WAV),
-        ({"workers": 0}, ChunkFormat.OPUS),  # workers join from elsewhere
-        ({"backend": "fly"}, ChunkFormat.OPUS),
-        ({"backend": "fly", "workers": 2}, ChunkFormat.OPUS),  # some chunks go to Fly
-        ({"chunk_format": "flac", "backend": "fly"}, ChunkFormat.FLAC),
-        ({"chunk_format": "opus"}, ChunkFormat.OPUS),
-        ({"chunk_format": "wav", "backend": "fly"}, ChunkFormat.WAV),
+        ({}, True, ChunkFormat.WAV),  # local workers only: loopback, no encoding cost
+        ({}, False, ChunkFormat.OPUS),  # Fly machines, serve, or workers from elsewhere
+        ({"chunk_format": "flac"}, False, ChunkFormat.FLAC),
+        ({"chunk_format": "opus"}, True, ChunkFormat.OPUS),
+        ({"chunk_format": "wav"}, False, ChunkFormat.WAV),
     ],
 )
 def test_auto_sends_opus_where_chunks_cross_a_network(
-    settings: dict[str, object], expected: ChunkFormat
+    settings: dict[str, object], only_local_workers: bool, expected: ChunkFormat
 ) -> None:
-    assert chunk_format_for(Settings.model_validate(settings)) is expected
+    chosen = chunk_format_for(
+        Settings.model_validate(settings), only_local_workers=only_local_workers
+    )
+    assert chosen is expected
 
 
 def test_chunk_format_comes_from_the_environment_and_refuses_others(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("WHISPERFARM_CHUNK_FORMAT", "flac")
-    assert chunk_format_for(Settings.model_validate({})) is ChunkFormat.FLAC
+    assert (
+        chunk_format_for(Settings.model_validate({}), only_local_workers=True) is ChunkFormat.FLAC
+    )
     monkeypatch.setenv("WHISPERFARM_CHUNK_FORMAT", "mp3")
     with pytest.raises(ValueError, match="auto"):
         Settings.model_validate({})

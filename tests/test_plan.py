@@ -15,6 +15,7 @@ from whisperfarm.ledger import Ledger
 from whisperfarm.local import LocalFleet
 from whisperfarm.plan import fleets, new_run_id, plan_run
 from whisperfarm.settings import Settings, load_settings
+from worker.audio import ChunkFormat
 
 FLY = {"backend": "fly", "fly_app": "wf-test", "advertise_url": "http://laptop:8765/"}
 
@@ -55,6 +56,8 @@ def test_a_local_plan_runs_one_local_fleet_with_the_plans_sizes(home: Path) -> N
     assert (local.workers, local.threads, local.compute_type) == (3, 2, "float32")
     assert local.run_id == plan.run_id and local.logs_dir == home / "logs"
     assert fleet.description == "3 local workers × 2 threads"
+    assert plan.chunk_format is ChunkFormat.WAV  # only this machine's workers fetch them
+    assert plan_run(load_settings(workers=0), [SAMPLE]).chunk_format is ChunkFormat.OPUS
 
 
 def test_a_fly_plan_has_no_local_workers_unless_asked_and_estimates_before_any_call() -> None:
@@ -62,6 +65,7 @@ def test_a_fly_plan_has_no_local_workers_unless_asked_and_estimates_before_any_c
     assert plan.workers == 0 and plan.fly is not None
     assert plan.fly.audio_seconds == pytest.approx(2 * 245.0, abs=10)
     assert plan.fly.ready == 0
+    assert plan.chunk_format is ChunkFormat.OPUS
     assert plan.fly.config.advertise_url == "http://laptop:8765"
     assert not plan.fly.config.with_local_workers
     assert plan.fly.estimate.machines >= 1 and plan.fly.estimate.cost > 0
@@ -78,6 +82,7 @@ def test_a_fly_plan_has_no_local_workers_unless_asked_and_estimates_before_any_c
     with_local = plan_run(load_settings(**FLY, workers=2), [SAMPLE], cpus=8)
     assert (with_local.workers, with_local.threads) == (2, 4)
     assert with_local.fly is not None and with_local.fly.config.with_local_workers
+    assert with_local.chunk_format is ChunkFormat.OPUS  # some chunks go to Fly
     with pytest.raises(ValueError, match="client"):
         fleets(with_local)
 
@@ -109,7 +114,8 @@ def test_serve_plans_the_given_files_and_with_queue_the_models_unfinished_episod
 
     plan = plan_run(settings, [SAMPLE, queued], serving=True, workers=2)
     assert plan.inputs == [SAMPLE, queued]
-    assert (plan.workers, plan.threads, plan.compute_type, plan.fly) == (2, 1, "int8", None)
+    assert (plan.workers, plan.threads, plan.compute_type, plan.fly) == (2, 1, "float32", None)
+    assert plan.chunk_format is ChunkFormat.OPUS  # serve is for workers from elsewhere
     (local,) = fleets(plan)[0].fleets
     assert isinstance(local, LocalFleet) and (local.workers, local.threads) == (2, 1)
 

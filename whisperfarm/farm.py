@@ -207,10 +207,12 @@ class Farm:
         reporter: Reporter,
         *,
         run_id: str,
+        chunk_format: ChunkFormat,
         tick: float = 0.2,
         sleep: Callable[[float], None] = time.sleep,
     ):
         self.run_id = run_id
+        self.chunk_format = chunk_format
         self.settings = settings
         self.fleet = fleet
         self.reporter = reporter
@@ -360,7 +362,7 @@ class Farm:
                         chunks_dir=settings.episodes_dir / episode_id / "chunks",
                         config=config,
                         cancel=cancel,
-                        chunk_format=chunk_format_for(settings),
+                        chunk_format=self.chunk_format,
                     )
                 except InterruptedError:
                     return
@@ -446,17 +448,15 @@ class Farm:
         drop_chunk_audio(self.settings.episodes_dir, episode["id"])
 
 
-def chunk_format_for(settings: Settings) -> ChunkFormat:
+def chunk_format_for(settings: Settings, *, only_local_workers: bool) -> ChunkFormat:
     """The format chunks are written in: the setting, or for ``auto`` Opus where chunks
-    cross a network (Fly machines, or ``--workers 0`` and workers from elsewhere) and WAV
-    where only this machine's workers fetch them: over loopback bytes cost nothing, and
-    encoding Opus would take about 40 CPU-seconds per audio hour from those workers
-    (scripts/bench_audio.py)."""
+    cross a network (Fly machines, ``serve``, or ``--workers 0`` and workers from
+    elsewhere) and WAV where only this machine's workers fetch them: over loopback bytes
+    cost nothing, and encoding Opus would take about 40 CPU-seconds per audio hour from
+    those workers (scripts/bench_audio.py)."""
     if settings.chunk_format != "auto":
         return ChunkFormat(settings.chunk_format)
-    if settings.backend == "local" and settings.workers != 0:
-        return ChunkFormat.WAV
-    return ChunkFormat.OPUS
+    return ChunkFormat.WAV if only_local_workers else ChunkFormat.OPUS
 
 
 def cutter_config(settings: Settings) -> CutterConfig:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from whisperfarm.calibration import for_settings
 from whisperfarm.errors import InputError
-from whisperfarm.farm import Fleet, Fleets
+from whisperfarm.farm import Fleet, Fleets, chunk_format_for
 from whisperfarm.fly.client import MachinesClient
 from whisperfarm.fly.config import FlyConfig, describe_plan, estimate, fly_config, pool_ready
 from whisperfarm.fly.fleet import FlyFleet
@@ -30,6 +30,7 @@ from whisperfarm.local import LocalFleet, default_workers
 from whisperfarm.media import check_input
 from whisperfarm.settings import Settings
 from whisperfarm.states import EpisodeState
+from worker.audio import ChunkFormat
 
 
 def new_run_id(prefix: str = "") -> str:
@@ -66,10 +67,19 @@ class RunPlan:
     fly: FlyPlan | None = None
     rejected: list[str] = field(default_factory=list)
     """One line for each input left out of the run: why it can't be transcribed."""
+    serving: bool = False
+    """``serve``: the coordinator for workers from anywhere."""
 
     @property
     def model(self) -> str:
         return self.settings.model
+
+    @property
+    def chunk_format(self) -> ChunkFormat:
+        """How the chunks are written: compact unless only this machine's workers fetch
+        them (``serve`` is for workers from elsewhere; Fly machines are elsewhere)."""
+        only_local = not self.serving and self.fly is None and self.workers > 0
+        return chunk_format_for(self.settings, only_local_workers=only_local)
 
 
 def plan_run(
@@ -98,11 +108,20 @@ def plan_run(
     run_id = new_run_id()
     inputs, rejected = readable(inputs)
     if serving:
-        # serve's local workers have always been one thread each and loaded the model as
-        # int8 (LocalFleet's default) whatever the compute_type setting.
+        # serve's local workers are one thread each: the cores are left to the coordinator
+        # and whatever else the box runs; each job says the compute type its model loads as.
         queued = _unfinished_sources(settings) if queue else []
         paths = list(dict.fromkeys([*inputs, *queued]))
-        return RunPlan(settings, paths, run_id, workers, 1, "int8", rejected=rejected)
+        return RunPlan(
+            settings,
+            paths,
+            run_id,
+            workers,
+            1,
+            settings.compute_type,
+            rejected=rejected,
+            serving=True,
+        )
     fly = _plan_fly(settings, inputs) if settings.backend == "fly" and inputs else None
     cpus = cpus or os.cpu_count() or 1
     n_workers, n_threads = default_workers(cpus)

@@ -104,9 +104,9 @@ def serve(
     reporter = RunReporter(out, quiet=quiet)
     with stop_signals():  # SIGTERM and SIGHUP end it as Ctrl-C does: workers stopped
         try:
-            summary = Farm(settings, fleet, reporter, run_id=plan.run_id).transcribe(
-                plan.inputs, out_dir, format_list
-            )
+            summary = Farm(
+                settings, fleet, reporter, run_id=plan.run_id, chunk_format=plan.chunk_format
+            ).transcribe(plan.inputs, out_dir, format_list)
         finally:
             reporter.close()
     reporter.summary(summary, out_dir)

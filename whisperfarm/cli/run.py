@@ -290,9 +290,9 @@ def transcribe(
     # SIGTERM and SIGHUP end the run as Ctrl-C does: machines destroyed, workers stopped.
     with stop_signals():
         try:
-            summary = Farm(settings, fleet, reporter, run_id=plan.run_id).transcribe(
-                plan.inputs, out_dir, format_list
-            )
+            summary = Farm(
+                settings, fleet, reporter, run_id=plan.run_id, chunk_format=plan.chunk_format
+            ).transcribe(plan.inputs, out_dir, format_list)
         finally:
             reporter.close()
             if fly is not None and fly.leftovers:
