@@ -119,18 +119,9 @@ def test_subtitle_flags_in_help_without_bool_metavars(command: str) -> None:
     assert "CHARS" in rows["--max-line-width"] and "LINES" in rows["--max-line-count"]
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        ["transcribe"],
-        ["export"],
-        ["serve"],
-        ["status"],
-        ["episodes"],
-        ["remove"],
-        ["machines", "reap"],
-    ],
-)
+@pytest.mark.parametrize("command", [[name] for name in commands()] + [
+    name.split() for name in subcommands()
+])  # fmt: skip
 def test_no_flag_shows_a_bool_metavar_in_help(command: list[str]) -> None:
     """Flags read as the whisper CLIs' do (--words, --vad-filter, --yes …), without a
     <bool> after them; typer's own --help is the one left."""

@@ -192,12 +192,17 @@ def remove(
 @friendly
 def clean(
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Say what would go and how much; delete nothing.")
+        bool,
+        typer.Option(
+            "--dry-run", metavar="", help="Say what would go and how much; delete nothing."
+        ),
     ] = False,
     downloads: Annotated[
         bool,
         typer.Option(
-            "--downloads", help="Also empty the download cache (URLs, feeds, standard input)."
+            "--downloads",
+            metavar="",
+            help="Also empty the download cache (URLs, feeds, standard input).",
         ),
     ] = False,
 ) -> None:

@@ -65,6 +65,7 @@ def serve(
         bool,
         typer.Option(
             "--queue",
+            metavar="",  # a flag: no <bool> in --help
             help="Serve every unfinished episode of the model in the ledger too (those "
             "whose files still exist), into this --out.",
         ),
