@@ -21,7 +21,7 @@ PLAIN = Decoding(language="en").options()
 WORDS = Decoding(language="en", word_timestamps=True).options()
 
 
-def request(path: Path, options: dict) -> EpisodeRequest:
+def request(path: Path, options: dict | None) -> EpisodeRequest:
     return EpisodeRequest(path, AudioInfo(path, 30.0, "mp3", 10), "tiny.en", options)
 
 
@@ -108,6 +108,19 @@ def test_other_options_after_the_audio_was_deleted_keep_the_earlier_results(
     register(ledger, request(audio, PLAIN))
     assert [c["state"] for c in ledger.chunks(episode_id)] == ["done"] * 3
     assert texts(ledger, episode_id) == [" plain"] * 3
+
+
+def test_an_episode_taken_from_the_queue_keeps_the_options_it_was_queued_with(
+    ledger: Ledger, episode: tuple[Path, str]
+) -> None:
+    """serve --queue registers the queue's episodes with no options of its own: one
+    queued with --words is not switched to serve's defaults (and transcribed again)."""
+    audio, episode_id = episode
+    register(ledger, request(audio, WORDS))
+    assert transcribe_all(ledger, episode_id, " words") == 3
+    assert register(ledger, request(audio, None)) == (episode_id, False)
+    assert json.loads(ledger.episode(episode_id)["options"]) == WORDS
+    assert [c["state"] for c in ledger.chunks(episode_id)] == ["done"] * 3
 
 
 def test_switching_options_takes_the_lease_from_a_worker_of_the_old_ones(

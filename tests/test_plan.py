@@ -120,6 +120,8 @@ def test_serve_plans_the_given_files_and_with_queue_the_models_unfinished_episod
     assert isinstance(local, LocalFleet) and (local.workers, local.threads) == (2, 1)
 
     assert plan_run(settings, [], serving=True, queue=True).inputs == [queued]
+    assert plan_run(settings, [SAMPLE], serving=True, queue=True).queued == [queued]
+    assert plan_run(settings, [SAMPLE, queued], serving=True, queue=True).queued == []
     assert plan_run(load_settings(model="base.en"), [], serving=True, queue=True).inputs == []
     # Without --queue, serve serves what it is given, and none of the ledger's others.
     assert plan_run(settings, [SAMPLE], serving=True).inputs == [SAMPLE]

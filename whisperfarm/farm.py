@@ -16,12 +16,13 @@ The fleet that runs the workers is a ``Fleet`` (local processes here; Fly machin
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -219,7 +220,12 @@ class Farm:
         self.tick = tick
         self.sleep = sleep
 
-    def transcribe(self, paths: list[Path], out_dir: Path, formats: list[str]) -> RunSummary:
+    def transcribe(
+        self, paths: list[Path], out_dir: Path, formats: list[str], *, queued: Collection[Path] = ()
+    ) -> RunSummary:
+        """Transcribe ``paths`` with the settings' decoding options; those also in
+        ``queued`` (taken from the ledger's queue) with the options their episodes
+        recorded."""
         started = time.monotonic()
         settings = self.settings
         infos = [check_input(path) for path in paths]
@@ -233,7 +239,7 @@ class Farm:
         resolve_model_for_run(settings.model)  # fetched once, here: workers find it cached
         options = settings.decoding().options()
         requests = [
-            EpisodeRequest(path, info, settings.model, options)
+            EpisodeRequest(path, info, settings.model, None if path in queued else options)
             for path, info in zip(paths, infos, strict=True)
         ]
         with Ledger(settings.ledger_path) as ledger:
@@ -435,7 +441,9 @@ class Farm:
             ledger.update_episode(episode["id"], state=EpisodeState.FAILED, error=reason)
             status.state, status.error = EpisodeState.FAILED, reason
             return
-        transcript = assemble(ledger, episode, keep_words=self.settings.word_timestamps)
+        # Words as the episode was transcribed with (serve --queue keeps each one's options)
+        words = bool(json.loads(episode["options"]).get("word_timestamps"))
+        transcript = assemble(ledger, episode, keep_words=words)
         cues = self.settings.cue_style()
         status.files = [
             path

@@ -16,6 +16,7 @@ from typing import Any
 
 from whisperfarm.chunk_audio import ChunkWriter, chunk_path
 from whisperfarm.chunking import CutterConfig, cut
+from whisperfarm.decoding import Decoding
 from whisperfarm.errors import InputError
 from whisperfarm.ledger import ChunkPlan, Ledger
 from whisperfarm.media import AudioInfo, Decoder, content_hash, duration_of
@@ -28,7 +29,9 @@ class EpisodeRequest:
     path: Path
     info: AudioInfo
     model: str
-    options: dict[str, Any]
+    options: dict[str, Any] | None
+    """The decoding options to transcribe with; None: those the episode recorded (an
+    episode taken from the queue), or the defaults for one the ledger doesn't hold."""
 
 
 def episode_id_for(digest: str, model: str) -> str:
@@ -46,7 +49,7 @@ def register(ledger: Ledger, request: EpisodeRequest) -> tuple[str, bool]:
             source=str(request.path.resolve()),
             content_hash=digest,
             model=request.model,
-            options=request.options,
+            options=Decoding().options() if request.options is None else request.options,
         )
         ledger.update_episode(episode["id"], duration=request.info.duration)
         return episode["id"], True
@@ -57,7 +60,7 @@ def register(ledger: Ledger, request: EpisodeRequest) -> tuple[str, bool]:
         "source": str(request.path.resolve()),
         "error": None,
     }
-    if json.loads(existing["options"]) != request.options:
+    if request.options is not None and json.loads(existing["options"]) != request.options:
         # Other decoding options: the chunks with a result made with them are reused, the
         # others queued; the results made with the earlier options stay for a rerun.
         ledger.switch_options(episode_id, request.options)

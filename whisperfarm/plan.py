@@ -69,6 +69,9 @@ class RunPlan:
     """One line for each input left out of the run: why it can't be transcribed."""
     serving: bool = False
     """``serve``: the coordinator for workers from anywhere."""
+    queued: list[Path] = field(default_factory=list)
+    """Inputs taken from the ledger's queue (``serve --queue``): their episodes keep the
+    decoding options they were queued with."""
 
     @property
     def model(self) -> str:
@@ -110,17 +113,17 @@ def plan_run(
     if serving:
         # serve's local workers are one thread each: the cores are left to the coordinator
         # and whatever else the box runs; each job says the compute type its model loads as.
-        queued = _unfinished_sources(settings) if queue else []
-        paths = list(dict.fromkeys([*inputs, *queued]))
+        queued = [path for path in _unfinished_sources(settings) if path not in inputs]
         return RunPlan(
             settings,
-            paths,
+            [*inputs, *queued] if queue else inputs,
             run_id,
             workers,
             1,
             settings.compute_type,
             rejected=rejected,
             serving=True,
+            queued=queued if queue else [],
         )
     fly = _plan_fly(settings, inputs) if settings.backend == "fly" and inputs else None
     cpus = cpus or os.cpu_count() or 1

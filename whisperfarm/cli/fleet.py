@@ -107,7 +107,7 @@ def serve(
         try:
             summary = Farm(
                 settings, fleet, reporter, run_id=plan.run_id, chunk_format=plan.chunk_format
-            ).transcribe(plan.inputs, out_dir, format_list)
+            ).transcribe(plan.inputs, out_dir, format_list, queued=plan.queued)
         finally:
             reporter.close()
     reporter.summary(summary, out_dir)
