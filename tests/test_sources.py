@@ -50,6 +50,22 @@ def resolve(
     latest: int = 1,
     options: dict[str, Any] | None = None,
 ) -> Resolved:
+    """The inputs resolved; the first one rejected raised, as the one-line error a run of
+    that input alone ends with."""
+    resolved = resolve_all(files, client, home, *inputs, latest=latest, options=options)
+    if resolved.rejected:
+        raise InputError(resolved.rejected[0])
+    return resolved
+
+
+def resolve_all(
+    files: Files,
+    client: httpx.Client,
+    home: Path,
+    *inputs: str,
+    latest: int = 1,
+    options: dict[str, Any] | None = None,
+) -> Resolved:
     return resolve_inputs(
         list(inputs),
         Downloader(client, home / "downloads", attempts=2, wait=wait_none()),
@@ -246,3 +262,14 @@ def test_empty_or_missing_standard_input_fails_in_one_line(home: Path) -> None:
         read_stdin(None, home / "downloads")
     with pytest.raises(InputError, match=r"^standard input: is not audio"):
         read_stdin(io.BytesIO(b"hello" * 100), home / "downloads")
+
+
+def test_a_bad_url_does_not_stop_the_batch(
+    files: Files, client: httpx.Client, home: Path, clips: list[bytes]
+) -> None:
+    """As with a bad file: the good inputs are resolved, each bad one is one line."""
+    files.resources["/ep.mp3"] = Resource(clips[0], content_type="audio/mpeg")
+    resolved = resolve_all(files, client, home, files.url("/gone.mp3"), files.url("/ep.mp3"))
+    assert [path.name for path in resolved.paths] == ["ep.mp3"]
+    (line,) = resolved.rejected
+    assert "/gone.mp3" in line and "404" in line

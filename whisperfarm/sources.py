@@ -43,6 +43,9 @@ PAGE_STARTS = (b"<!doctype html", b"<html")
 class Resolved:
     paths: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what a feed gave, for the user
+    rejected: list[str] = field(default_factory=list)
+    """One line for each URL (or standard input) that gave nothing to transcribe: a batch
+    goes on without it, as it does without a bad file (plan.readable)."""
 
 
 def resolve_inputs(
@@ -57,16 +60,20 @@ def resolve_inputs(
 ) -> Resolved:
     resolved = Resolved()
     for text in inputs:
-        if text == STDIN:
-            resolved.paths.append(read_stdin(stdin, downloader.cache_dir))
-        elif is_url(text):
-            download = downloader.fetch(text)
-            if kind_of(download) == "feed":
-                _add_feed(resolved, download, downloader, ledger_path, (model, options_key), latest)
+        try:
+            if text == STDIN:
+                resolved.paths.append(read_stdin(stdin, downloader.cache_dir))
+            elif is_url(text):
+                download = downloader.fetch(text)
+                if kind_of(download) == "feed":
+                    made_with = (model, options_key)
+                    _add_feed(resolved, download, downloader, ledger_path, made_with, latest)
+                else:
+                    resolved.paths.append(_checked(download))
             else:
-                resolved.paths.append(_checked(download))
-        else:
-            resolved.paths.append(Path(text))
+                resolved.paths.append(Path(text))
+        except InputError as error:
+            resolved.rejected.append(str(error))
     return resolved
 
 

@@ -259,10 +259,11 @@ def transcribe(
     ).checked_for_transcription()
     format_list = parse_formats(settings.formats)
     check_out_dir(out_dir)
-    resolved = _resolve_inputs(inputs, settings, latest=latest, quiet=quiet)
-    if not resolved:
+    resolved, bad_urls = _resolve_inputs(inputs, settings, latest=latest, quiet=quiet)
+    if not resolved and not bad_urls:
         return  # a feed with nothing new
     plan = plan_run(settings, resolved)
+    plan.rejected[:0] = bad_urls
     if not plan.inputs:
         report_errors(plan.rejected)
         raise typer.Exit(1)
@@ -354,8 +355,9 @@ def worker(
 
 def _resolve_inputs(
     inputs: list[str], settings: Settings, *, latest: int, quiet: bool
-) -> list[Path]:
-    """Local files for the arguments: URLs and feeds downloaded, '-' read (sources.py)."""
+) -> tuple[list[Path], list[str]]:
+    """Local files for the arguments (URLs and feeds downloaded, '-' read: sources.py),
+    and a line for each that gave none."""
     from whisperfarm.decoding import options_key
     from whisperfarm.download import BarProgress, Downloader, http_client
     from whisperfarm.sources import resolve_inputs
@@ -374,6 +376,6 @@ def _resolve_inputs(
     if not quiet:
         for note in resolved.notes:
             out.print(note, highlight=False, markup=False)
-        if not resolved.paths:
+        if not resolved.paths and not resolved.rejected:
             out.print("nothing new to transcribe")
-    return resolved.paths
+    return resolved.paths, resolved.rejected
