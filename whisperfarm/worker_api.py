@@ -38,6 +38,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from whisperfarm.coordinator_config import CoordinatorConfig
+from whisperfarm.ledger import Job as LedgerJob
 from whisperfarm.ledger import LeaseLost, Ledger, UnknownChunk, WorkerInfo
 from worker.audio import ChunkFormat
 from worker.wire import (
@@ -132,6 +133,18 @@ class Call:
 Handler = Callable[[Call], Awaitable[Reply]]
 
 
+def _wire_job(job: LedgerJob, lease_seconds: float) -> Job:
+    fields = dict(vars(job))  # flat fields: cheaper than asdict's deep copy
+    options = fields.pop("options")
+    return Job(
+        **fields,
+        language=options.get("language"),
+        beam_size=options.get("beam_size", 5),
+        lease_seconds=lease_seconds,
+        audio_url=f"/v1/jobs/{job.chunk_id}/audio",
+    )
+
+
 async def claim(call: Call) -> Reply:
     config = call.config
     result = call.ledger.claim(
@@ -139,22 +152,15 @@ async def claim(call: Call) -> Reply:
         WorkerInfo(**call.body.worker.model_dump()),
         lease_seconds=config.lease_seconds,
         max_attempts=config.max_attempts,
+        limit=call.body.max_jobs,
     )
-    if result.job is None:
+    if not result.jobs:
         reply = ClaimReply(status=result.status, retry_after=result.retry_after)
     else:
-        job = dict(vars(result.job))  # flat fields: cheaper than asdict's deep copy
-        options = job.pop("options")
-        reply = ClaimReply(
-            status="job",
-            job=Job(
-                **job,
-                language=options.get("language"),
-                beam_size=options.get("beam_size", 5),
-                lease_seconds=config.lease_seconds,
-                audio_url=f"/v1/jobs/{job['chunk_id']}/audio",
-            ),
-        )
+        first, *more = (_wire_job(job, config.lease_seconds) for job in result.jobs)
+        reply = ClaimReply(status="job", job=first)
+        if more:  # set only then: a claim of one answers as it always has
+            reply.more_jobs = more
     # exclude_unset: "wait" and "done" carry no job. As fast as json.dumps of the dict
     # this was (pydantic builds and writes in Rust), and the bytes are the same.
     return Reply(reply.model_dump_json(exclude_unset=True).encode())
