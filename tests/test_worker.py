@@ -513,6 +513,46 @@ def test_prefetch_claims_the_next_batch_while_this_one_decodes(setup: Setup) -> 
     assert setup.states() == [(0, "done", 1), (1, "done", 1), (2, "done", 1)]
 
 
+class Waits(threading.Event):
+    """The worker's stop flag, recording each wait for the coordinator's retry_after."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waited: list[float | None] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waited.append(timeout)
+        return super().wait(0)
+
+
+def test_a_prefetched_wait_is_asked_again_at_once_when_the_batch_is_posted(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim made while the worker's last batch decodes is told "wait" (that batch's
+    chunks are still leased). Once they are posted the run may be done and its coordinator
+    gone within the retry_after: the worker asks again at once, and hears "done"."""
+    claimed = threading.Event()
+    real_claim = setup.client.claim
+
+    def claim(*args: Any, **kwargs: Any) -> ClaimReply:
+        reply = real_claim(*args, **kwargs)
+        if reply.status == "wait":
+            claimed.set()
+        return reply
+
+    monkeypatch.setattr(setup.client, "claim", claim)
+
+    def after_the_prefetch(n: int, audios: list[np.ndarray], _: Callable[[], bool]) -> list:
+        assert claimed.wait(10), "the prefetch claim never came"
+        return [result_for(audio) for audio in audios]
+
+    running = worker(setup, BatchTranscriber(after_the_prefetch), batch_size=3, prefetch=True)
+    running.stopping = waits = Waits()
+    assert running.run() == EXIT_DONE
+    assert waits.waited == []
+    assert setup.states() == [(0, "done", 1), (1, "done", 1), (2, "done", 1)]
+
+
 def test_a_lease_lost_in_a_batch_drops_that_chunk_and_posts_the_others(setup: Setup) -> None:
     clock: FakeClock = setup.clock
 

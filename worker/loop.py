@@ -115,6 +115,10 @@ class Worker:
                 while not self.stopping.is_set():
                     current, ahead = ahead, None
                     reply, batch = current.result() if current else self._claim()
+                    if current is not None and reply.status == "wait":
+                        # asked while this worker's own batch still ran: stale once it is
+                        # posted (the run may be done, its coordinator about to exit)
+                        reply, batch = self._claim()
                     if reply.status == "done":
                         log.info("no work left after %d chunks; exiting", self.chunks_done)
                         return EXIT_DONE
