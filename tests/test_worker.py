@@ -448,6 +448,20 @@ class BatchTranscriber(Transcriber):
             return self.behave(len(self.batches), audios, should_stop)
         return [result_for(audio) for audio in audios]
 
+    def transcribe(
+        self,
+        audio: np.ndarray,
+        *,
+        model: str,
+        language: str | None = None,
+        beam_size: int = 5,
+        word_timestamps: bool = False,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> ResultModel:
+        """One chunk: recorded as a batch of one."""
+        (result,) = self.transcribe_batch([audio], model=model, should_stop=should_stop)
+        return result
+
 
 def worker(setup: Setup, transcriber: Transcriber, **options: object) -> Worker:
     return Worker(
@@ -838,3 +852,21 @@ def test_client_audio_sends_the_lease_token() -> None:
         b"RIFF....", "audio/wav"
     )
     client.close()
+
+
+def test_a_transcriber_with_only_transcribe_still_runs_one_chunk_at_a_time(setup: Setup) -> None:
+    """scripts/sim_worker.py's sleeping transcriber has ``transcribe`` and nothing else."""
+
+    class Plain:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def transcribe(self, audio: np.ndarray, **_: Any) -> ResultModel:
+            self.calls += 1
+            return result_for(audio)
+
+    plain = Plain()
+    running = Worker(setup.client, plain, WorkerModel(id="w1"), clock=StepClock())  # type: ignore[arg-type]
+    assert running.run() == EXIT_DONE
+    assert plain.calls == 3
+    assert setup.states() == [(0, "done", 1), (1, "done", 1), (2, "done", 1)]

@@ -200,10 +200,19 @@ class Worker:
 
     def _decode_group(self, group: list[Taken]) -> None:
         first = group[0].job
+        audios = [taken.audio for taken in group if taken.audio is not None]
+        # One chunk goes through ``transcribe``, the one method every transcriber has
+        # (scripts/sim_worker.py's too); several through ``transcribe_batch``.
+        decode: Callable[..., list[ResultModel]]
+        if len(audios) == 1:
+            one = self.transcriber.transcribe
+            decode = lambda audios, **options: [one(audios[0], **options)]  # noqa: E731
+        else:
+            decode = self.transcriber.transcribe_batch
         started = self.clock()
         try:
-            results = self.transcriber.transcribe_batch(
-                [taken.audio for taken in group if taken.audio is not None],
+            results = decode(
+                audios,
                 model=first.model,
                 language=first.language,
                 beam_size=first.beam_size,
