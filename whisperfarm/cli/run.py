@@ -22,6 +22,7 @@ from whisperfarm.cli.root import (
     out,
     warn_if_exposed,
 )
+from worker.wire import MAX_JOBS_PER_CLAIM
 
 if TYPE_CHECKING:
     from whisperfarm.settings import Settings
@@ -291,7 +292,9 @@ def worker(
     batch_size: Annotated[
         int | None,
         typer.Option(
-            help="Chunks claimed and decoded at once, 1-64 [default: 1 on cpu, 16 on cuda]."
+            min=1,
+            max=MAX_JOBS_PER_CLAIM,
+            help="Chunks claimed and decoded at once, 1-64 [default: 1 on cpu, 16 on cuda].",
         ),
     ] = None,
     prefetch: Annotated[
@@ -314,7 +317,7 @@ def worker(
         "threads": threads or None,
         "preload_model": model or None,
         "device": device or None,
-        "batch_size": batch_size or None,
+        "batch_size": batch_size,
         "prefetch": prefetch,
     }
     flags = WorkerConfig.for_worker(
