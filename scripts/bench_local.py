@@ -6,6 +6,7 @@ shared machine spreads over all of them). Same model, compute type (int8), beam 
 and cores for everyone:
 
     farm-N    `whisperfarm transcribe` with N local workers × (cores ÷ N) threads
+    farm-NxB  the same, each worker claiming and decoding B chunks at once (--batch-size B)
     single    one faster-whisper pass over the whole file, all cores (scripts/single_pass.py)
     batched   faster-whisper's BatchedInferencePipeline, all cores, batch size 8
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -53,6 +55,7 @@ class Measured:
     walls: list[float] = field(default_factory=list)
     peaks: list[float] = field(default_factory=list)
     largest: list[float] = field(default_factory=list)
+    cpus: list[float] = field(default_factory=list)
     wers: list[float] = field(default_factory=list)
 
 
@@ -79,8 +82,10 @@ def tree_rss_mb(root: int) -> tuple[float, float]:
     return total / 1e6, largest / 1e6
 
 
-def run(command: list[str], env: dict[str, str]) -> tuple[float, float, float]:
-    """(wall seconds, peak MB of the process tree, peak MB of its largest process)."""
+def run(command: list[str], env: dict[str, str]) -> tuple[float, float, float, float]:
+    """(wall seconds, peak MB of the process tree, peak MB of its largest process, CPU
+    seconds of the tree: user + system of every process it waited for)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak = largest = 0.0
@@ -102,7 +107,9 @@ def run(command: list[str], env: dict[str, str]) -> tuple[float, float, float]:
     sampler.join()
     if process.returncode != 0:
         raise SystemExit(f"{command[:4]} failed:\n{errors.decode()[-2000:]}")
-    return wall, peak, largest
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, peak, largest, cpu
 
 
 def command_for(
@@ -111,11 +118,13 @@ def command_for(
     """The command line and the text file it writes."""
     python = sys.executable
     if contender.startswith("farm-"):
-        workers = int(contender.split("-")[1])
+        layout = contender.split("-")[1]  # N workers, or NxB: N workers, batches of B
+        workers, _, batch = layout.partition("x")
         command = [
             *(python, "-m", "whisperfarm", "transcribe", str(audio)),
-            *("--model", model, "--workers", str(workers)),
-            *("--threads", str(max(1, cores // workers))),
+            *("--model", model, "--workers", workers),
+            *("--threads", str(max(1, cores // int(workers)))),
+            *(("--batch-size", batch) if batch else ()),
             *("--format", "txt", "--out", str(work), "--quiet"),
         ]
         return command, work / f"{audio.stem}.txt"
@@ -127,7 +136,9 @@ def command_for(
     if contender == "batched":
         command.append("--batched")
     elif contender != "single":
-        raise SystemExit(f"unknown contender {contender!r}: use farm-N, single or batched")
+        raise SystemExit(
+            f"unknown contender {contender!r}: use farm-N, farm-NxB, single or batched"
+        )
     return command, out
 
 
@@ -156,7 +167,7 @@ def bench(audio: Path, args: argparse.Namespace) -> None:
             try:
                 env = {**os.environ, "WHISPERFARM_HOME": str(work / "home")}
                 command, out = command_for(contender, audio, work, args.model, args.cores)
-                wall, peak, largest = run(command, env)
+                wall, peak, largest, cpu = run(command, env)
                 text = out.read_text(encoding="utf-8")
             finally:
                 shutil.rmtree(work, ignore_errors=True)
@@ -164,9 +175,11 @@ def bench(audio: Path, args: argparse.Namespace) -> None:
             measured.walls.append(wall)
             measured.peaks.append(peak)
             measured.largest.append(largest)
+            measured.cpus.append(cpu)
             measured.wers.append(word_error_rate(reference, text))
             print(
-                f"  {audio.name} round {round_ + 1}: {contender} {wall:.1f}s, {peak:.0f} MB",
+                f"  {audio.name} round {round_ + 1}: {contender} {wall:.1f}s, "
+                f"CPU {cpu:.1f}s, {peak:.0f} MB",
                 file=sys.stderr,
             )
 
@@ -179,14 +192,14 @@ def bench(audio: Path, args: argparse.Namespace) -> None:
     )
     print(
         f"{'contender':<10} {'wall s':>7} {'× realtime':>11} {'vs single':>10} "
-        f"{'peak MB':>8} {'largest MB':>10} {'WER %':>6}  walls"
+        f"{'CPU s':>6} {'peak MB':>8} {'largest MB':>10} {'WER %':>6}  walls"
     )
     for r in results.values():
         wall = statistics.median(r.walls)
         ratio = f"{wall / base_wall:.2f}×" if base_wall else "-"
         print(
             f"{r.name:<10} {wall:>7.1f} {duration / wall:>11.1f} {ratio:>10} "
-            f"{max(r.peaks):>8.0f} {max(r.largest):>10.0f} "
+            f"{statistics.median(r.cpus):>6.1f} {max(r.peaks):>8.0f} {max(r.largest):>10.0f} "
             f"{statistics.median(r.wers) * 100:>6.2f}  "
             f"{', '.join(f'{w:.1f}' for w in r.walls)}"
         )
@@ -203,7 +216,7 @@ def main() -> None:
     parser.add_argument(
         "--contenders",
         default="farm-1,farm-2,single,batched",
-        help="comma list of farm-N (N local workers), single, batched",
+        help="comma list of farm-N (N local workers), farm-NxB (batches of B), single, batched",
     )
     args = parser.parse_args()
     audios = list(args.audio or [SAMPLE])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from typer.testing import CliRunner, Result
 
 from tests.support.paths import REPO, SAMPLE
 from whisperfarm.cli import app
+from worker.device import resolve
 
 runner = CliRunner()
 
@@ -178,3 +180,24 @@ def test_transcribe_highlight_words_with_no_words_is_a_usage_error(
     assert result.exit_code == 2
     assert "--highlight-words needs word timestamps" in _one_line_error(result)
     assert not (home / "ledger.db").exists()
+
+
+@pytest.mark.parametrize("size", ["0", "65"])
+def test_worker_batch_size_out_of_range_is_one_line_and_exit_2(size: str) -> None:
+    result = runner.invoke(
+        app, ["worker", "--url", "http://127.0.0.1:1", "--token", "t", "--batch-size", size]
+    )
+    assert result.exit_code == 2
+    assert "--batch-size" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_worker_device_cuda_without_a_gpu_exits_2_before_it_claims(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("worker.__main__.resolve", partial(resolve, count=lambda: 0))
+    result = runner.invoke(
+        app, ["worker", "--url", "http://127.0.0.1:1", "--token", "t", "--device", "cuda"]
+    )
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output

@@ -281,6 +281,35 @@ def test_the_coordinator_knows_which_attached_workers_have_not_heard_done(farm: 
     assert farm.config.attached.not_told_done(within=60) == []
 
 
+def test_a_claim_of_several_leases_each_job_on_its_own(farm: Farm) -> None:
+    """A batched claim hands out every job it can (longest first, no more than asked),
+    each with its own attempt and token: a result under one lease is refused for another."""
+    reply = farm.post("/v1/claim", {"worker": {"id": "w1"}, "max_jobs": 5}).json()
+    assert reply["status"] == "job"
+    jobs = [reply["job"], *reply["more_jobs"]]
+    assert [(job["idx"], job["end"] - job["start"]) for job in jobs] == [(0, 2.0), (1, 1.0)]
+    assert len({job["lease_token"] for job in jobs}) == 2
+    first, second = jobs
+    swapped = {**first, "lease_token": second["lease_token"]}
+    assert farm.result(swapped).status_code == 409
+    for job in jobs:
+        assert farm.ledger.chunk(job["chunk_id"])["lease_token"] == job["lease_token"]
+        assert farm.result(job).json() == {"status": "stored"}
+    assert farm.claim()["status"] == "done"
+
+
+def test_a_claim_of_one_answers_as_before_batched_claims(farm: Farm) -> None:
+    reply = farm.post("/v1/claim", {"worker": {"id": "w1"}, "max_jobs": 1}).json()
+    assert set(reply) == {"status", "job"}
+
+
+@pytest.mark.parametrize("max_jobs", [0, 65, "many"])
+def test_a_claim_for_too_many_or_too_few_jobs_is_422(farm: Farm, max_jobs: object) -> None:
+    response = farm.post("/v1/claim", {"worker": {"id": "w1"}, "max_jobs": max_jobs})
+    assert response.status_code == 422
+    assert farm.ledger.workers() == []
+
+
 # Audio ------------------------------------------------------------------------------------
 
 

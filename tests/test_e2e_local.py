@@ -319,7 +319,8 @@ def test_a_remote_worker_joins_with_the_printed_command_and_runs_the_jobs_model(
 ) -> None:
     """The joining worker is told to preload another model, as an image baked for another
     farm is (its WHISPERFARM_MODEL): it must still transcribe this farm's tiny.en jobs with
-    tiny.en, and every stored result must say so."""
+    tiny.en, and every stored result must say so. It claims and decodes four chunks at a
+    time and prefetches the next four over real HTTP (--batch-size 4, prefetch on)."""
     home, out = tmp_path / "home", tmp_path / "out"
     baked = tmp_path / "models"
     baked.mkdir()
@@ -362,7 +363,7 @@ def test_a_remote_worker_joins_with_the_printed_command_and_runs_the_jobs_model(
         "WHISPERFARM_WORKER_ID": "laptop",
     }
     worker = subprocess.run(
-        [sys.executable, "-m", "whisperfarm", "worker", *join],
+        [sys.executable, "-m", "whisperfarm", "worker", *join, "--batch-size", "4"],
         env=worker_env,
         capture_output=True,
         text=True,
@@ -371,7 +372,10 @@ def test_a_remote_worker_joins_with_the_printed_command_and_runs_the_jobs_model(
     _, farm_err = farm.communicate(timeout=60)
     assert worker.returncode == 0, worker.stderr
     assert farm.returncode == 0, farm_err
+    assert "batches of 4, prefetching" in worker.stderr
     assert ledger_db.rows(home, "SELECT id, kind FROM workers") == [("laptop", "remote")]
+    attempts = ledger_db.rows(home, "SELECT state, attempt FROM chunks WHERE speech = 1")
+    assert set(attempts) == {("done", 1)}  # every chunk once: nothing lost, nothing redone
     bodies = ledger_db.rows(home, "SELECT body FROM results")
     models = [json.loads(body)["model"] for (body,) in bodies]
     assert models and set(models) == {"tiny.en"}

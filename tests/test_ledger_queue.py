@@ -86,3 +86,28 @@ def test_an_episode_whose_cut_fails_takes_its_queued_chunks_out_of_the_queue(
         None,
     )
     assert ledger.chunks("a") == []
+
+
+def test_a_claim_of_several_takes_them_longest_first_each_under_its_own_lease(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    make_episode(ledger, "a", [10.0, 25.0, 15.0, 20.0])
+    claim = ledger.claim(["a"], WorkerInfo("w1"), lease_seconds=LEASE, max_attempts=3, limit=3)
+    assert [job.idx for job in claim.jobs] == [1, 3, 2]
+    assert claim.job == claim.jobs[0]
+    assert len({job.lease_token for job in claim.jobs}) == 3
+    for job in claim.jobs:
+        chunk = ledger.chunk(job.chunk_id)
+        assert (chunk["state"], chunk["attempt"], chunk["lease_token"]) == (
+            "leased",
+            1,
+            job.lease_token,
+        )
+    rest = ledger.claim(["a"], WorkerInfo("w2"), lease_seconds=LEASE, max_attempts=3, limit=3)
+    assert [job.idx for job in rest.jobs] == [0]  # what is left, no more
+    second = claim.jobs[1]
+    clock.advance(LEASE / 2)
+    ledger.heartbeat(second.chunk_id, second.lease_token, lease_seconds=LEASE)
+    clock.advance(LEASE / 2 + 1)  # the others' leases expire; the heartbeated one holds
+    again = ledger.claim(["a"], WorkerInfo("w2"), lease_seconds=LEASE, max_attempts=3, limit=5)
+    assert sorted(job.idx for job in again.jobs) == [0, 1, 2]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from worker.client import (
     Unreachable,
 )
 from worker.config import ConfigError, WorkerConfig
+from worker.device import DEFAULT_BATCH_SIZE, Device
 from worker.loop import EXIT_DONE, EXIT_MODEL, EXIT_STOPPED, Worker
 from worker.models import ModelLoadError, bundled_tiny_en
 from worker.transcriber import DEFAULTS, Stopped, Transcriber
@@ -430,6 +432,186 @@ def test_audio_gone_with_the_lease_is_dropped_without_transcribing(setup: Setup)
     )
 
 
+# Batches and prefetch ---------------------------------------------------------------------
+
+Behave = Callable[[int, list[np.ndarray], Callable[[], bool]], list[ResultModel]]
+
+
+@dataclass
+class BatchTranscriber(Transcriber):
+    """A Transcriber that loads no model; ``behave`` decides what each batch call does."""
+
+    behave: Behave | None = None
+    batches: list[list[int]] = field(default_factory=list)  # each call's chunk lengths
+
+    def transcribe_batch(
+        self,
+        audios: list[np.ndarray],
+        *,
+        model: str,
+        options: DecodeOptions = DecodeOptions(),
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> list[ResultModel]:
+        self.batches.append([len(audio) for audio in audios])
+        if self.behave is not None:
+            return self.behave(len(self.batches), audios, should_stop)
+        return [result_for(audio) for audio in audios]
+
+    def transcribe(
+        self,
+        audio: np.ndarray,
+        *,
+        model: str,
+        options: DecodeOptions = DecodeOptions(),
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> ResultModel:
+        """One chunk: recorded as a batch of one."""
+        (result,) = self.transcribe_batch([audio], model=model, should_stop=should_stop)
+        return result
+
+
+def batch_worker(setup: Setup, transcriber: Transcriber, **options: object) -> Worker:
+    return Worker(
+        setup.client,
+        transcriber,
+        WorkerModel(id="w1", kind="local"),
+        clock=StepClock(),
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def samples(lengths: list[float]) -> list[int]:
+    return [int(length * 16_000) for length in lengths]
+
+
+def test_a_batch_is_claimed_at_once_and_decoded_in_one_call(setup: Setup) -> None:
+    transcriber = BatchTranscriber()
+    assert batch_worker(setup, transcriber, batch_size=2).run() == EXIT_DONE
+    assert transcriber.batches == [samples(LENGTHS[:2]), samples(LENGTHS[2:])]
+    assert setup.states() == [(0, "done", 1), (1, "done", 1), (2, "done", 1)]
+    for chunk in setup.ledger.chunks("ep1"):
+        stored = result_object(setup.ledger.result(chunk["id"]))
+        assert stored["segments"][0]["end"] == LENGTHS[chunk["idx"]]
+    (row,) = setup.ledger.workers()
+    assert row["chunks_done"] == 3
+
+
+def test_stop_mid_batch_releases_every_chunk_the_prefetched_ones_too(setup: Setup) -> None:
+    def interrupted(n: int, audios: list[np.ndarray], should_stop: Callable[[], bool]) -> list:
+        assert should_stop() is False
+        running.request_stop()  # SIGTERM while the batch decodes
+        if should_stop():
+            raise Stopped()
+        raise AssertionError("should_stop did not see the stop request")
+
+    transcriber = BatchTranscriber(interrupted)
+    running = batch_worker(setup, transcriber, batch_size=2, prefetch=True)
+    assert running.run() == EXIT_STOPPED
+    assert transcriber.batches == [samples(LENGTHS[:2])]
+    # the two being decoded and the one prefetched: back in the queue, no attempt spent
+    assert setup.states() == [(0, "queued", 0), (1, "queued", 0), (2, "queued", 0)]
+    assert all(chunk["lease_token"] is None for chunk in setup.ledger.chunks("ep1"))
+    assert running.chunks_done == 0
+
+
+def test_prefetch_claims_the_next_batch_while_this_one_decodes(setup: Setup) -> None:
+    seen: list[list[tuple[int, str]]] = []
+
+    def look(n: int, audios: list[np.ndarray], _: Callable[[], bool]) -> list[ResultModel]:
+        # the prefetch thread claims while the batch decodes: wait for it to have done so
+        for _try in range(500):
+            if n == 3 or any(s == "leased" for _, s, _ in setup.states()[n:]):
+                break
+            stop.wait(0.01)
+        seen.append([(idx, state) for idx, state, _ in setup.states()])
+        return [result_for(audio) for audio in audios]
+
+    stop = threading.Event()
+    transcriber = BatchTranscriber(look)
+    assert batch_worker(setup, transcriber, batch_size=1, prefetch=True).run() == EXIT_DONE
+    assert seen[0] == [(0, "leased"), (1, "leased"), (2, "queued")]
+    assert seen[1] == [(0, "done"), (1, "leased"), (2, "leased")]
+    assert setup.states() == [(0, "done", 1), (1, "done", 1), (2, "done", 1)]
+
+
+class Waits(threading.Event):
+    """The worker's stop flag, recording each wait for the coordinator's retry_after."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waited: list[float | None] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waited.append(timeout)
+        return super().wait(0)
+
+
+def test_a_prefetched_wait_is_asked_again_at_once_when_the_batch_is_posted(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim made while the worker's last batch decodes is told "wait" (that batch's
+    chunks are still leased). Once they are posted the run may be done and its coordinator
+    gone within the retry_after: the worker asks again at once, and hears "done"."""
+    claimed = threading.Event()
+    real_claim = setup.client.claim
+
+    def claim(*args: Any, **kwargs: Any) -> ClaimReply:
+        reply = real_claim(*args, **kwargs)
+        if reply.status == "wait":
+            claimed.set()
+        return reply
+
+    monkeypatch.setattr(setup.client, "claim", claim)
+
+    def after_the_prefetch(n: int, audios: list[np.ndarray], _: Callable[[], bool]) -> list:
+        assert claimed.wait(10), "the prefetch claim never came"
+        return [result_for(audio) for audio in audios]
+
+    running = batch_worker(setup, BatchTranscriber(after_the_prefetch), batch_size=3, prefetch=True)
+    running.stopping = waits = Waits()
+    assert running.run() == EXIT_DONE
+    assert waits.waited == []
+    assert setup.states() == [(0, "done", 1), (1, "done", 1), (2, "done", 1)]
+
+
+def test_a_lease_lost_in_a_batch_drops_that_chunk_and_posts_the_others(setup: Setup) -> None:
+    clock: FakeClock = setup.clock
+
+    def slow(n: int, audios: list[np.ndarray], _: Callable[[], bool]) -> list[ResultModel]:
+        if n == 1:  # too slow: every lease expires, a thief takes the longest chunk
+            clock.advance(LEASE + 1)
+            thief = setup.ledger.claim(
+                ["ep1"], WorkerInfo("thief"), lease_seconds=LEASE, max_attempts=MAX_ATTEMPTS
+            ).job
+            assert thief is not None and thief.idx == 0
+            setup.ledger.complete(thief.chunk_id, thief.lease_token, result='"/thief.json"')
+        return [result_for(audio) for audio in audios]
+
+    transcriber = BatchTranscriber(slow)
+    running = batch_worker(setup, transcriber, batch_size=3)
+    assert running.run() == EXIT_DONE
+    assert running.chunks_done == 2
+    assert setup.states() == [(0, "done", 2), (1, "done", 1), (2, "done", 1)]
+    assert setup.ledger.result(setup.ledger.chunks("ep1")[0]["id"]) == "/thief.json"
+
+
+def test_a_batch_that_fails_is_decoded_chunk_by_chunk_to_find_the_bad_one(setup: Setup) -> None:
+    bad = samples(LENGTHS)[1]
+
+    def one_bad(n: int, audios: list[np.ndarray], _: Callable[[], bool]) -> list[ResultModel]:
+        if any(len(audio) == bad for audio in audios):
+            raise ValueError("cannot decode this one")
+        return [result_for(audio) for audio in audios]
+
+    transcriber = BatchTranscriber(one_bad)
+    running = batch_worker(setup, transcriber, batch_size=3)
+    assert running.run() == EXIT_DONE
+    assert transcriber.batches[:4] == [samples(LENGTHS), *([length] for length in samples(LENGTHS))]
+    assert setup.states() == [(0, "done", 1), (1, "dead", MAX_ATTEMPTS), (2, "done", 1)]
+    assert setup.ledger.chunks("ep1")[1]["error"] == "ValueError: cannot decode this one"
+    assert running.chunks_done == 2
+
+
 # Configuration ------------------------------------------------------------------------------
 
 
@@ -461,7 +643,12 @@ def test_config_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.worker_id == "box-4321"
     assert config.kind == "remote"
     assert config.threads == 6
-    assert config.compute_type == "int8"
+    assert (config.device, config.compute_type, config.batch_size) == ("auto", None, None)
+    assert config.compute_type_on(Device.CPU) == "int8"  # set per device, once resolved
+    assert config.compute_type_on(Device.CUDA) == "float16"
+    assert config.batch_size_on(Device.CPU) == DEFAULT_BATCH_SIZE[Device.CPU]
+    assert config.batch_size_on(Device.CUDA) == 16
+    assert config.prefetch is True
     assert config.preload_model is None
     assert config.model_dir is None
     assert config.give_up_seconds == 120.0
@@ -494,7 +681,17 @@ def test_config_on_fly_and_overrides() -> None:
     assert config.threads == 1  # never below one
     assert (config.preload_model, config.model_dir) == ("/models/small.en", "/models")
     assert config.compute_type == "float32"
+    assert config.compute_type_on(Device.CUDA) == "float32"  # a set one beats the device's
     assert config.give_up_seconds == 7.5
+    batched = WorkerConfig.from_env(
+        env
+        | {"WHISPERFARM_BATCH_SIZE": "8", "WHISPERFARM_DEVICE": "cpu", "WHISPERFARM_PREFETCH": "0"}
+    )
+    assert (batched.batch_size_on(Device.CUDA), batched.device, batched.prefetch) == (
+        8,
+        "cpu",
+        False,
+    )
 
     named = WorkerConfig.from_env(
         env | {"WHISPERFARM_WORKER_ID": "mine", "WHISPERFARM_WORKER_KIND": "local"}
@@ -503,7 +700,13 @@ def test_config_on_fly_and_overrides() -> None:
 
 
 @pytest.mark.parametrize(
-    "extra", [{"WHISPERFARM_THREADS": "many"}, {"WHISPERFARM_GIVE_UP_SECONDS": "soon"}]
+    "extra",
+    [
+        {"WHISPERFARM_THREADS": "many"},
+        {"WHISPERFARM_GIVE_UP_SECONDS": "soon"},
+        {"WHISPERFARM_BATCH_SIZE": "0"},
+        {"WHISPERFARM_BATCH_SIZE": "65"},  # more than a claim may ask for
+    ],
 )
 def test_config_bad_numbers(extra: dict[str, str]) -> None:
     env = {"WHISPERFARM_URL": "http://c", "WHISPERFARM_TOKEN": "t"} | extra
@@ -672,3 +875,21 @@ def test_client_audio_sends_the_lease_token() -> None:
         b"RIFF....", "audio/wav"
     )
     client.close()
+
+
+def test_a_transcriber_with_only_transcribe_still_runs_one_chunk_at_a_time(setup: Setup) -> None:
+    """scripts/sim_worker.py's sleeping transcriber has ``transcribe`` and nothing else."""
+
+    class Plain:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def transcribe(self, audio: np.ndarray, **_: Any) -> ResultModel:
+            self.calls += 1
+            return result_for(audio)
+
+    plain = Plain()
+    running = Worker(setup.client, plain, WorkerModel(id="w1"), clock=StepClock())  # type: ignore[arg-type]
+    assert running.run() == EXIT_DONE
+    assert plain.calls == 3
+    assert setup.states() == [(0, "done", 1), (1, "done", 1), (2, "done", 1)]

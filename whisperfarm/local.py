@@ -41,6 +41,7 @@ class LocalFleet:
         logs_dir: Path,
         run_id: str,
         compute_type: str = "int8",
+        batch_size: int | None = None,
         give_up_seconds: float = 30.0,
     ):
         self.workers = workers
@@ -48,6 +49,7 @@ class LocalFleet:
         self.logs_dir = logs_dir
         self.run_id = run_id
         self.compute_type = compute_type
+        self.batch_size = batch_size
         self.give_up_seconds = give_up_seconds
         self.processes: list[subprocess.Popen[bytes]] = []
         self.ended = 0  # workers still running when stop() came
@@ -73,6 +75,10 @@ class LocalFleet:
                 given_id=f"local-{self.run_id}-{n}",
                 given_kind="local",
                 give_up_seconds=self.give_up_seconds,
+                # The audio is on this machine: nothing to hide by claiming ahead, and a
+                # claim ahead would hold chunks another local worker could be decoding.
+                prefetch=False,
+                **({"batch_size": self.batch_size} if self.batch_size else {}),
             )
             env = {
                 **worker_environ(),

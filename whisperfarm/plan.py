@@ -155,6 +155,7 @@ def fleets(plan: RunPlan, client: MachinesClient | None = None) -> tuple[Fleets,
                 logs_dir=settings.logs_dir,
                 run_id=plan.run_id,
                 compute_type=plan.compute_type,
+                batch_size=settings.batch_size,
             )
         )
     if plan.fly is not None:

@@ -31,6 +31,7 @@ from whisperfarm.errors import UsageError
 from whisperfarm.languages import english_only, language_code
 from whisperfarm.subtitles import CueStyle
 from worker.audio import ChunkFormat
+from worker.wire import MAX_JOBS_PER_CLAIM
 
 DEFAULT_FORMATS = ("txt", "srt", "vtt", "json")
 ALL_FORMATS = ("txt", "srt", "vtt", "json", "tsv")
@@ -80,6 +81,9 @@ class Settings(BaseSettings):
     # Local farm
     workers: int | None = Field(None, ge=0)
     threads: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1, le=MAX_JOBS_PER_CLAIM)
+    """Chunks each local worker claims and decodes at once (None: the worker's default
+    for its device, worker.device.DEFAULT_BATCH_SIZE)."""
     host: str = "127.0.0.1"
     port: int = Field(0, ge=0, le=65535)
     formats: str = ",".join(DEFAULT_FORMATS)

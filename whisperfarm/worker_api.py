@@ -46,6 +46,7 @@ from whisperfarm.ledger import (
     WorkerInfo,
     holds_lease,
 )
+from whisperfarm.ledger import Job as LedgerJob
 from whisperfarm.states import ChunkState
 from worker.audio import ChunkFormat
 from worker.wire import (
@@ -140,6 +141,21 @@ class Call:
 Handler = Callable[[Call], Awaitable[Reply]]
 
 
+def _wire_job(job: LedgerJob, lease_seconds: float) -> Job:
+    fields = dict(vars(job))  # flat fields: cheaper than asdict's deep copy
+    options = fields.pop("options")
+    return Job(
+        **fields,
+        # language and beam size always go, as they always have; the options added since
+        # only when the episode has them (not at their defaults)
+        language=options.get("language"),
+        beam_size=options.get("beam_size", 5),
+        **{name: options[name] for name in SENT_WHEN_SET if name in options},
+        lease_seconds=lease_seconds,
+        audio_url=f"/v1/jobs/{job.chunk_id}/audio",
+    )
+
+
 async def claim(call: Call) -> Reply:
     config = call.config
     result = call.ledger.claim(
@@ -148,26 +164,16 @@ async def claim(call: Call) -> Reply:
         lease_seconds=config.lease_seconds,
         max_attempts=config.max_attempts,
         backups=config.backups,
+        limit=call.body.max_jobs,
     )
     config.attached.claimed(call.body.worker.id, result.status)
-    if result.job is None:
+    if not result.jobs:
         reply = ClaimReply(status=result.status, retry_after=result.retry_after)
     else:
-        job = dict(vars(result.job))  # flat fields: cheaper than asdict's deep copy
-        options = job.pop("options")
-        reply = ClaimReply(
-            status="job",
-            job=Job(
-                **job,
-                # language and beam size always go, as they always have; the options
-                # added since only when the episode has them (not at their defaults)
-                language=options.get("language"),
-                beam_size=options.get("beam_size", 5),
-                **{name: options[name] for name in SENT_WHEN_SET if name in options},
-                lease_seconds=config.lease_seconds,
-                audio_url=f"/v1/jobs/{job['chunk_id']}/audio",
-            ),
-        )
+        first, *more = (_wire_job(job, config.lease_seconds) for job in result.jobs)
+        reply = ClaimReply(status="job", job=first)
+        if more:  # set only then: a claim of one answers as it always has
+            reply.more_jobs = more
     # exclude_unset: "wait" and "done" carry no job. As fast as json.dumps of the dict
     # this was (pydantic builds and writes in Rust), and the bytes are the same.
     return Reply(reply.model_dump_json(exclude_unset=True).encode())

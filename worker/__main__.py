@@ -10,20 +10,25 @@ from typing import Any
 
 from worker.client import CoordinatorClient, CoordinatorError, Unauthorized, Unreachable
 from worker.config import ConfigError, WorkerConfig
+from worker.device import Device, DeviceError, resolve
 from worker.loop import EXIT_PROTOCOL, EXIT_UNAUTHORIZED, EXIT_UNREACHABLE, Worker
 from worker.models import ModelLoadError, load_model
 from worker.transcriber import Transcriber
 
 
 def preloaded_transcriber(
-    config: WorkerConfig, loader: Callable[..., Any] = load_model
+    config: WorkerConfig,
+    loader: Callable[..., Any] = load_model,
+    *,
+    device: Device = Device.CPU,
 ) -> Transcriber:
-    """The worker's transcriber, with WHISPERFARM_MODEL loaded while the first chunks are
-    cut. Each job still runs the model it names; a job whose model this worker can't load
-    fails with the reason, and the worker then leaves the farm (exit 4)."""
+    """The worker's transcriber on ``device``, with WHISPERFARM_MODEL loaded while the
+    first chunks are cut. Each job still runs the model it names; a job whose model this
+    worker can't load fails with the reason, and the worker then leaves the farm (exit 4)."""
     transcriber = Transcriber(
         threads=config.threads,
-        compute_type=config.compute_type,
+        compute_type=config.compute_type_on(device),
+        device=device.value,
         model_dir=config.model_dir,
         loader=loader,
     )
@@ -49,12 +54,29 @@ def main(env: Mapping[str, str] | None = None) -> int:
     except ConfigError as error:
         print(f"worker: {error}", file=sys.stderr)
         return 2
+    try:
+        device = resolve(config.device)
+    except DeviceError as error:
+        print(f"worker: {error}", file=sys.stderr)
+        return 2
     client = CoordinatorClient(config.url, config.token, give_up_seconds=config.give_up_seconds)
-    transcriber = preloaded_transcriber(config)
-    worker = Worker(client, transcriber, config.info())
+    transcriber = preloaded_transcriber(config, device=device)
+    batch_size = config.batch_size_on(device)
+    worker = Worker(
+        client, transcriber, config.info(), batch_size=batch_size, prefetch=config.prefetch
+    )
     signal.signal(signal.SIGTERM, worker.request_stop)
     signal.signal(signal.SIGINT, worker.request_stop)
-    log.info("worker %s (%d threads) joining %s", config.worker_id, config.threads, config.url)
+    log.info(
+        "worker %s (%s, %s, %d threads, batches of %d%s) joining %s",
+        config.worker_id,
+        device.value,
+        transcriber.compute_type,
+        config.threads,
+        batch_size,
+        ", prefetching" if config.prefetch else "",
+        config.url,
+    )
     try:
         return worker.run()
     except Unauthorized as error:

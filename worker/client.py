@@ -163,8 +163,12 @@ class CoordinatorClient:
     # them and answers 422 to one it refuses, as it did when they were plain dicts. What
     # the coordinator sends back, the worker validates (ClaimReply).
 
-    def claim(self, worker: WorkerModel) -> ClaimReply:
-        answer = self._post("/v1/claim", ClaimRequest.model_construct(worker=worker)).json()
+    def claim(self, worker: WorkerModel, *, max_jobs: int = 1) -> ClaimReply:
+        """Up to ``max_jobs`` jobs (a claim of one sends the body it always has)."""
+        body = ClaimRequest.model_construct(worker=worker)
+        if max_jobs != 1:
+            body = ClaimRequest.model_construct(worker=worker, max_jobs=max_jobs)
+        answer = self._post("/v1/claim", body).json()
         try:
             return ClaimReply.model_validate(answer)
         except ValidationError as error:

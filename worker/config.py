@@ -6,7 +6,12 @@ WHISPERFARM_THREADS        CPU threads for the model (default: all cores)
 WHISPERFARM_MODEL          model to load at start (name or directory), before the first job;
                            each job still runs the model it names
 WHISPERFARM_MODEL_DIR      directory of baked-in models, one sub-directory per name
-WHISPERFARM_COMPUTE_TYPE   CTranslate2 compute type (default int8)
+WHISPERFARM_DEVICE         cpu | cuda | auto (default auto: cuda when there is one)
+WHISPERFARM_COMPUTE_TYPE   CTranslate2 compute type (default int8 on cpu, float16 on cuda)
+WHISPERFARM_BATCH_SIZE     chunks claimed and decoded at once (default per device:
+                           worker.device.DEFAULT_BATCH_SIZE)
+WHISPERFARM_PREFETCH       1: claim the next batch and download its audio while this one
+                           decodes; 0: not (default 1)
 WHISPERFARM_WORKER_ID      id shown in status (default FLY_MACHINE_ID or host-pid)
 WHISPERFARM_WORKER_KIND    local | fly | remote (default fly on Fly, else remote)
 WHISPERFARM_GIVE_UP_SECONDS  exit when the coordinator stays unreachable this long (120)
@@ -31,7 +36,8 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from worker.wire import WorkerModel
+from worker.device import DEFAULT_BATCH_SIZE, DEFAULT_COMPUTE_TYPE, Device
+from worker.wire import MAX_JOBS_PER_CLAIM, WorkerModel
 
 PREFIX = "WHISPERFARM_"
 
@@ -90,7 +96,10 @@ class WorkerConfig(BaseSettings):
     threads: int = _env("THREADS", default_factory=lambda: os.cpu_count() or 1)
     preload_model: str | None = _env("MODEL", default=None)
     model_dir: str | None = _env("MODEL_DIR", default=None)
-    compute_type: str = _env("COMPUTE_TYPE", default="int8")
+    device: str = _env("DEVICE", default=Device.AUTO.value)
+    compute_type: str | None = _env("COMPUTE_TYPE", default=None)
+    batch_size: int | None = _env("BATCH_SIZE", default=None, ge=1, le=MAX_JOBS_PER_CLAIM)
+    prefetch: bool = _env("PREFETCH", default=True)
     given_id: str | None = _env("WORKER_ID", default=None)
     given_kind: str | None = _env("WORKER_KIND", default=None)
     give_up_seconds: float = _env("GIVE_UP_SECONDS", default=120.0)
@@ -151,6 +160,14 @@ class WorkerConfig(BaseSettings):
         """The environment variables of the fields that were given, as strings."""
         dumped = self.model_dump(exclude_unset=True)
         return {ALIASES_OF[name]: str(value) for name, value in dumped.items()}
+
+    def compute_type_on(self, device: Device) -> str:
+        """The compute type set, else the device's (DEFAULT_COMPUTE_TYPE)."""
+        return self.compute_type or DEFAULT_COMPUTE_TYPE[device]
+
+    def batch_size_on(self, device: Device) -> int:
+        """The batch size set, else the device's (DEFAULT_BATCH_SIZE)."""
+        return self.batch_size or DEFAULT_BATCH_SIZE[device]
 
     @property
     def host(self) -> str:

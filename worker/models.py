@@ -35,14 +35,22 @@ def resolve_model(name: str, model_dir: str | None = None) -> str:
     return name
 
 
-def load_model(name: str, *, threads: int, compute_type: str, model_dir: str | None = None) -> Any:
-    """A loaded WhisperModel, or ModelLoadError with a message that names the fix."""
+def load_model(
+    name: str,
+    *,
+    threads: int,
+    compute_type: str,
+    device: str = "cpu",
+    model_dir: str | None = None,
+) -> Any:
+    """A loaded WhisperModel on ``device`` (cpu or cuda: see worker.device), or
+    ModelLoadError with a message that names the fix."""
     from faster_whisper import WhisperModel
 
     resolved = resolve_model(name, model_dir)
     try:
         return WhisperModel(
-            resolved, device="cpu", compute_type=compute_type, cpu_threads=threads, num_workers=1
+            resolved, device=device, compute_type=compute_type, cpu_threads=threads, num_workers=1
         )
     except Exception as error:  # network, missing files, bad directory: all the same to a user
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -1,4 +1,5 @@
-"""Transcribing one chunk with faster-whisper, the model loaded once per worker."""
+"""Transcribing chunks with faster-whisper, the model loaded once per worker: one chunk at a
+time (``transcribe``), or several in one batched decode (``transcribe_batch``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from worker.audio import SAMPLE_RATE
+from worker.batched import Stopped, decode_batch
 from worker.models import ModelLoadError, load_model
 from worker.wire import DecodeOptions, ResultModel, SegmentModel, WordModel
 
@@ -26,8 +29,7 @@ def fallback_temperatures(first: float) -> tuple[float, ...]:
     return tuple(round(first + TEMPERATURE_STEP * i, 6) for i in range(max(steps, 0) + 1))
 
 
-class Stopped(Exception):
-    """The transcription was abandoned (worker stopping, or the lease was lost)."""
+__all__ = ["Stopped", "Transcriber"]
 
 
 class Transcriber:
@@ -44,11 +46,13 @@ class Transcriber:
         *,
         threads: int,
         compute_type: str = "int8",
+        device: str = "cpu",
         model_dir: str | None = None,
         loader: Callable[..., Any] = load_model,
     ):
         self.threads = threads
         self.compute_type = compute_type
+        self.device = device
         self.model_dir = model_dir
         self.loader = loader
         self._model: Any = None
@@ -69,7 +73,11 @@ class Transcriber:
         self._model, self._loaded = None, None  # let the old one go before the new loads
         try:
             self._model = self.loader(
-                name, threads=self.threads, compute_type=compute_type, model_dir=self.model_dir
+                name,
+                threads=self.threads,
+                compute_type=compute_type,
+                device=self.device,
+                model_dir=self.model_dir,
             )
         except ModelLoadError as error:
             self._unavailable[name] = str(error)
@@ -135,3 +143,63 @@ class Transcriber:
             model=model,  # the name just loaded (self.model(model))
             elapsed=round(time.monotonic() - started, 3),
         )
+
+    def transcribe_batch(
+        self,
+        audios: list[np.ndarray],
+        *,
+        model: str,
+        options: DecodeOptions = DEFAULTS,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> list[ResultModel]:
+        """One result per chunk, as ``transcribe`` makes it, the chunks decoded together
+        (worker.batched). One chunk, or chunks whose options the batched decode doesn't
+        run (word timestamps, a task, prompt, hotwords, temperature or VAD filter of their
+        own), are decoded one by one with ``transcribe``."""
+        if len(audios) == 1 or not _batchable(options):
+            return [
+                self.transcribe(audio, model=model, options=options, should_stop=should_stop)
+                for audio in audios
+            ]
+        whisper = self.model(model, options.compute_type)
+        started = time.monotonic()
+        decoded, detected = decode_batch(
+            whisper,
+            audios,
+            language=options.language,
+            beam_size=options.beam_size,
+            should_stop=should_stop,
+        )
+        elapsed = round(time.monotonic() - started, 3)
+        return [
+            ResultModel.model_construct(
+                segments=[
+                    SegmentModel.model_construct(
+                        start=round(segment.start, 3),
+                        end=round(segment.end, 3),
+                        text=segment.text,
+                        avg_logprob=segment.avg_logprob,
+                        no_speech_prob=segment.no_speech_prob,
+                    )
+                    for segment in segments
+                ],
+                language=detected,
+                duration=len(audio) / SAMPLE_RATE,
+                model=model,
+                elapsed=elapsed,  # the batch's: its chunks were decoded together
+            )
+            for audio, segments in zip(audios, decoded, strict=True)
+        ]
+
+
+def _batchable(options: DecodeOptions) -> bool:
+    """Whether worker.batched decodes with ``options``: it runs faster-whisper's defaults
+    but for the language and the beam size."""
+    return (
+        not options.word_timestamps
+        and options.task == "transcribe"
+        and options.initial_prompt is None
+        and options.hotwords is None
+        and options.temperature is None
+        and not options.vad_filter
+    )

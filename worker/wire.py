@@ -6,7 +6,8 @@ installs only ``worker/`` and requirements/worker.in; the coordinator imports it
     worker → coordinator   ClaimRequest (a WorkerModel), LeaseRequest (heartbeat, release),
                            ResultRequest (a ResultModel of SegmentModels of WordModels),
                            FailureRequest
-    coordinator → worker   ClaimReply: "job" with a Job, or "wait"/"done" with retry_after
+    coordinator → worker   ClaimReply: "job" with a Job (and more_jobs when a claim asks for
+                           several), or "wait"/"done" with retry_after
 
 The field names and the JSON they make are the API: old workers and coordinators still
 talk to new ones. Messages are written with ``exclude_unset`` so that a message carries
@@ -39,8 +40,13 @@ class WorkerModel(BaseModel):
     threads: int | None = Field(None, ge=1, le=1024)
 
 
+MAX_JOBS_PER_CLAIM = 64
+
+
 class ClaimRequest(BaseModel):
     worker: WorkerModel
+    max_jobs: int = Field(1, ge=1, le=MAX_JOBS_PER_CLAIM)
+    """How many chunks the worker takes at once (its batch); a claim may get fewer."""
 
 
 class LeaseRequest(BaseModel):
@@ -144,11 +150,19 @@ class Job(DecodeOptions):
 
 
 class ClaimReply(BaseModel):
-    """``job`` with a Job; ``wait`` (ask again after ``retry_after`` seconds) or ``done``
-    (no work left) without one."""
+    """``job`` with a Job (and ``more_jobs`` when the claim asked for several and got
+    them, each under its own lease); ``wait`` (ask again after ``retry_after`` seconds)
+    or ``done`` (no work left) without one. A worker that asks for one job, as workers
+    before batched claims did, gets exactly the answer they read."""
 
     model_config = ConfigDict(extra="ignore")
 
     status: Literal["job", "wait", "done"]
     job: Job | None = None
+    more_jobs: list[Job] | None = None
     retry_after: float = 1.0
+
+    @property
+    def jobs(self) -> list[Job]:
+        """Every job claimed, the longest first."""
+        return ([self.job] if self.job is not None else []) + (self.more_jobs or [])

@@ -24,6 +24,7 @@ from whisperfarm.cli.root import (
     warn_if_exposed,
 )
 from whisperfarm.decoding import Task
+from worker.wire import MAX_JOBS_PER_CLAIM
 
 if TYPE_CHECKING:
     from whisperfarm.settings import Settings
@@ -52,6 +53,13 @@ def transcribe(
     ] = None,
     threads: Annotated[
         int | None, typer.Option(help="CPU threads per local worker (default: cores ÷ workers).")
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Chunks each local worker claims and decodes at once, 1-64 [default: 1 on a "
+            "CPU, 16 on a GPU]."
+        ),
     ] = None,
     model: Annotated[
         str | None,
@@ -231,6 +239,7 @@ def transcribe(
     settings = load_settings(
         workers=workers,
         threads=threads,
+        batch_size=batch_size,
         model=model,
         formats=formats,
         max_line_width=max_line_width,
@@ -337,6 +346,27 @@ def worker(
             help="Load this model (name or directory) at start; each job still runs its own."
         ),
     ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            help="cpu, cuda (an NVIDIA GPU) or auto: cuda when there is one [default: auto]."
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=MAX_JOBS_PER_CLAIM,
+            help="Chunks claimed and decoded at once, 1-64 [default: 1 on cpu, 16 on cuda].",
+        ),
+    ] = None,
+    prefetch: Annotated[
+        bool | None,
+        typer.Option(
+            "--prefetch/--no-prefetch",
+            help="Claim the next chunks and download their audio while these decode [default: on].",
+        ),
+    ] = None,
 ) -> None:
     """Join a running farm from this machine and work until the queue is empty.
 
@@ -346,9 +376,15 @@ def worker(
     from worker.config import WorkerConfig
 
     # The flags beat the environment, which still gives the rest (WHISPERFARM_MODEL_DIR …).
-    given = {"threads": threads or None, "preload_model": model or None}
+    given = {
+        "threads": threads or None,
+        "preload_model": model or None,
+        "device": device or None,
+        "batch_size": batch_size,
+        "prefetch": prefetch,
+    }
     flags = WorkerConfig.for_worker(
-        url=url, token=token, **{name: value for name, value in given.items() if value}
+        url=url, token=token, **{name: value for name, value in given.items() if value is not None}
     )
     raise typer.Exit(worker_main({**os.environ, **flags.to_env()}))
 

@@ -69,9 +69,17 @@ class Job:
 
 @dataclass(frozen=True)
 class Claim:
+    """A claim's answer: ``job`` with one or more ``jobs`` (each under its own lease),
+    else ``wait`` or ``done``."""
+
     status: Literal["job", "wait", "done"]
-    job: Job | None = None
+    jobs: tuple[Job, ...] = ()
     retry_after: float = 0.0
+
+    @property
+    def job(self) -> Job | None:
+        """The first job claimed (the longest), or None."""
+        return self.jobs[0] if self.jobs else None
 
 
 def _new_token() -> str:
@@ -123,6 +131,25 @@ def holds_lease(chunk: ChunkRecord, token: str | bytes) -> bool:
     )
 
 
+def _job(conn: sqlite3.Connection, row: tuple[Any, ...], token: str, expires: float) -> Job:
+    """The job a leased chunk's row (id, episode_id, idx, start, end, attempt, words) is."""
+    episode = conn.execute("SELECT model, options FROM episodes WHERE id = ?", (row[1],)).fetchone()
+    options = json.loads(episode[1])
+    return Job(
+        chunk_id=row[0],
+        episode_id=row[1],
+        idx=row[2],
+        start=row[3],
+        end=row[4],
+        attempt=row[5],
+        lease_token=token,
+        lease_expires_at=expires,
+        model=episode[0],
+        options=options,
+        word_timestamps=bool(row[6]) or bool(options.get("word_timestamps")),
+    )
+
+
 class QueueStore(ChunkStore):
     """The queue reads chunks as the chunk store does (``lease_holder``)."""
 
@@ -134,12 +161,14 @@ class QueueStore(ChunkStore):
         lease_seconds: float,
         max_attempts: int,
         backups: bool = False,
+        limit: int = 1,
     ) -> Claim:
-        """The next job for ``worker``; with ``backups``, a backup lease on a straggler
-        when nothing else is left (the module's docstring)."""
+        """Up to ``limit`` chunks, longest first, each leased as a claim of one would be
+        (its own attempt and token, so each is fenced and heartbeated on its own), in
+        one transaction; with ``backups``, when nothing else is left, a backup lease on a
+        straggler (the module's docstring)."""
         now = self.clock()
         scope = json.dumps(episode_ids)
-        token = _new_token()
         with self._write() as conn:
             touch_worker(conn, worker, now)
             conn.execute(
@@ -149,42 +178,21 @@ class QueueStore(ChunkStore):
                 " AND episode_id IN (SELECT value FROM json_each(?))",
                 (now, max_attempts, scope),
             )
-            row = conn.execute(
-                f"UPDATE chunks SET state = '{LEASED}', attempt = attempt + 1, lease_token = ?1,"
-                f" lease_expires_at = ?2, worker_id = ?3, claimed_at = ?4, {_NO_BACKUP}"
-                f" WHERE id = ({_NEXT_CHUNK})"
-                " RETURNING id, episode_id, idx, start, end, attempt, words",
-                (token, now + lease_seconds, worker.id, now, scope),
-            ).fetchone()
-            if row is None and backups:
-                row = conn.execute(
-                    "UPDATE chunks SET backup_token = ?1, backup_expires_at = ?2,"
-                    f" backup_worker_id = ?3 WHERE id = ({_BACKUP_CHUNK})"
-                    " RETURNING id, episode_id, idx, start, end, attempt, words",
-                    (token, now + lease_seconds, worker.id, now, scope, BACKUP_AFTER),
-                ).fetchone()
-            if row is not None:
+            jobs: list[Job] = []
+            while len(jobs) < max(1, limit):
+                job = self._lease_next(conn, worker, now, lease_seconds, scope)
+                if job is None:
+                    break
+                jobs.append(job)
+            if not jobs and backups:
+                backup = self._lease_backup(conn, worker, now, lease_seconds, scope)
+                jobs.extend([backup] if backup is not None else [])
+            if jobs:
                 conn.execute(
-                    "UPDATE workers SET current_chunk = ? WHERE id = ?", (row[0], worker.id)
+                    "UPDATE workers SET current_chunk = ? WHERE id = ?",
+                    (jobs[0].chunk_id, worker.id),
                 )
-                episode = conn.execute(
-                    "SELECT model, options FROM episodes WHERE id = ?", (row[1],)
-                ).fetchone()
-                options = json.loads(episode[1])
-                job = Job(
-                    chunk_id=row[0],
-                    episode_id=row[1],
-                    idx=row[2],
-                    start=row[3],
-                    end=row[4],
-                    attempt=row[5],
-                    lease_token=token,
-                    lease_expires_at=now + lease_seconds,
-                    model=episode[0],
-                    options=options,
-                    word_timestamps=bool(row[6]) or bool(options.get("word_timestamps")),
-                )
-                return Claim("job", job)
+                return Claim("job", tuple(jobs))
             pending = conn.execute(
                 f"SELECT (SELECT count(*) FROM episodes WHERE state = '{EPISODE_CHUNKING}'"
                 "        AND id IN (SELECT value FROM json_each(?)))"
@@ -195,6 +203,35 @@ class QueueStore(ChunkStore):
         if pending:
             return Claim("wait", retry_after=1.0)
         return Claim("done")
+
+    @staticmethod
+    def _lease_next(
+        conn: sqlite3.Connection, worker: WorkerInfo, now: float, lease_seconds: float, scope: str
+    ) -> Job | None:
+        """Lease the next claimable chunk (_NEXT_CHUNK) to ``worker``, or None."""
+        token = _new_token()
+        row = conn.execute(
+            f"UPDATE chunks SET state = '{LEASED}', attempt = attempt + 1, lease_token = ?1,"
+            f" lease_expires_at = ?2, worker_id = ?3, claimed_at = ?4, {_NO_BACKUP}"
+            f" WHERE id = ({_NEXT_CHUNK})"
+            " RETURNING id, episode_id, idx, start, end, attempt, words",
+            (token, now + lease_seconds, worker.id, now, scope),
+        ).fetchone()
+        return None if row is None else _job(conn, row, token, now + lease_seconds)
+
+    @staticmethod
+    def _lease_backup(
+        conn: sqlite3.Connection, worker: WorkerInfo, now: float, lease_seconds: float, scope: str
+    ) -> Job | None:
+        """A backup lease on the straggler (_BACKUP_CHUNK) for ``worker``, or None."""
+        token = _new_token()
+        row = conn.execute(
+            "UPDATE chunks SET backup_token = ?1, backup_expires_at = ?2,"
+            f" backup_worker_id = ?3 WHERE id = ({_BACKUP_CHUNK})"
+            " RETURNING id, episode_id, idx, start, end, attempt, words",
+            (token, now + lease_seconds, worker.id, now, scope, BACKUP_AFTER),
+        ).fetchone()
+        return None if row is None else _job(conn, row, token, now + lease_seconds)
 
     def heartbeat(
         self, chunk_id: int, token: str, *, lease_seconds: float, worker_id: str | None = None

@@ -1,0 +1,46 @@
+"""Which device a worker runs its model on (worker.device), without a GPU: CTranslate2's
+count of CUDA devices is injected."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.__main__ import main
+from worker.device import Device, DeviceError, cuda_devices, resolve
+
+
+@pytest.mark.parametrize(("count", "device"), [(0, Device.CPU), (1, Device.CUDA)])
+def test_auto_is_cuda_when_there_is_one(count: int, device: Device) -> None:
+    assert resolve("auto", lambda: count) is device
+
+
+def test_cpu_is_cpu_even_with_a_gpu() -> None:
+    assert resolve("cpu", lambda: 2) is Device.CPU
+
+
+def test_cuda_without_a_gpu_says_so() -> None:
+    with pytest.raises(DeviceError, match="sees no CUDA device here") as raised:
+        resolve("cuda", lambda: 0)
+    assert "--device cpu" in str(raised.value)
+    assert resolve("cuda", lambda: 1) is Device.CUDA
+
+
+def test_an_unknown_device_names_the_choices() -> None:
+    with pytest.raises(DeviceError, match="use cpu, cuda or auto"):
+        resolve("tpu", lambda: 0)
+
+
+def test_this_machine_counts_its_cuda_devices() -> None:
+    assert cuda_devices() >= 0
+
+
+def test_a_worker_asked_for_cuda_on_a_machine_without_one_exits_with_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("worker.device.cuda_devices", lambda: 0)
+    monkeypatch.setattr("worker.__main__.resolve", lambda device: resolve(device, lambda: 0))
+    env = {"WHISPERFARM_URL": "http://c", "WHISPERFARM_TOKEN": "t", "WHISPERFARM_DEVICE": "cuda"}
+    assert main(env) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("worker: --device cuda, but CTranslate2 sees no CUDA device here")
+    assert "Traceback" not in err
