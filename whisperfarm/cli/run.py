@@ -364,6 +364,7 @@ def worker(
         bool | None,
         typer.Option(
             "--prefetch/--no-prefetch",
+            metavar="",  # a flag: no <bool> in --help
             help="Claim the next chunks and download their audio while these decode [default: on].",
         ),
     ] = None,
