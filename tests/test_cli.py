@@ -201,3 +201,17 @@ def test_worker_device_cuda_without_a_gpu_exits_2_before_it_claims(
     )
     assert result.exit_code == 2
     assert "Traceback" not in result.output
+
+
+def test_off_a_terminal_a_line_is_one_line_however_narrow(home: Path) -> None:
+    """Piped output is for scripts and logs: rich would wrap it at the console's width."""
+    result = runner.invoke(
+        app,
+        ["transcribe", str(SAMPLE), "-m", "tiny.en", "-w", "0", "--dry-run"],
+        env={"COLUMNS": "40"},
+    )
+    assert result.exit_code == 0, result.output
+    assert (
+        "plan: no local workers (join with 'whisperfarm worker'); nothing started (--dry-run)"
+        in result.output.splitlines()
+    )

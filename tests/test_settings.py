@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.paths import REPO
 from whisperfarm.errors import UsageError
 from whisperfarm.settings import (
     ALL_FORMATS,
@@ -186,6 +187,7 @@ def test_the_fly_token_never_appears_in_repr_or_str(monkeypatch: pytest.MonkeyPa
         ("WHISPERFARM_MAX_ATTEMPTS", "0"),
         ("WHISPERFARM_WORD_TIMESTAMPS", "sometimes"),
         ("WHISPERFARM_BUDGET", "-1"),
+        ("WHISPERFARM_COMPUTE_TYPE", "bogus"),  # before any worker fails to load the model
     ],
 )
 def test_invalid_env_values_are_usage_errors(
@@ -195,8 +197,9 @@ def test_invalid_env_values_are_usage_errors(
     with pytest.raises(UsageError, match="invalid setting") as raised:
         load_settings()
     field = name.removeprefix("WHISPERFARM_").lower()
-    assert field in str(raised.value)
-    assert raised.value.exit_code == 2
+    assert field in str(raised.value) and name in str(raised.value)  # where to fix it
+    assert f"--{field.replace('_', '-')}" in str(raised.value)
+    assert "\n" not in str(raised.value) and raised.value.exit_code == 2
 
 
 @pytest.mark.parametrize(
@@ -279,3 +282,14 @@ def test_highlight_words_turns_word_timestamps_on_unless_they_were_turned_off(
         load_settings(highlight_words=True, word_timestamps=False)
     monkeypatch.setenv("WHISPERFARM_HIGHLIGHT_WORDS", "true")
     assert load_settings().word_timestamps is True
+
+
+def test_the_readmes_config_example_is_a_valid_config(home: Path) -> None:
+    """The README's Configuration example, saved as the config file, loads and is fit to
+    transcribe with."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Configuration") :]
+    example = section[section.index("```toml\n") + len("```toml\n") :]
+    write_config(home / "config.toml", example[: example.index("```")])
+    settings = load_settings().checked_for_transcription()
+    assert settings.model == "small.en" and settings.formats == "txt,srt,json"

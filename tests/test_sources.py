@@ -273,3 +273,11 @@ def test_a_bad_url_does_not_stop_the_batch(
     assert [path.name for path in resolved.paths] == ["ep.mp3"]
     (line,) = resolved.rejected
     assert "/gone.mp3" in line and "404" in line
+
+
+def test_a_url_of_another_scheme_is_refused_by_its_name(
+    files: Files, client: httpx.Client, home: Path
+) -> None:
+    """ftp://host/ep.mp3 is not a file called 'ftp:/host/ep.mp3' that doesn't exist."""
+    with pytest.raises(InputError, match=r"^ftp://127.0.0.1/ep.mp3: ftp:// is not supported"):
+        resolve(files, client, home, "ftp://127.0.0.1/ep.mp3")

@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -31,7 +38,7 @@ from whisperfarm.errors import UsageError
 from whisperfarm.languages import english_only, language_code
 from whisperfarm.subtitles import CueStyle
 from worker.audio import ChunkFormat
-from worker.wire import MAX_JOBS_PER_CLAIM
+from worker.wire import MAX_JOBS_PER_CLAIM, ComputeType
 
 DEFAULT_FORMATS = ("txt", "srt", "vtt", "json")
 ALL_FORMATS = ("txt", "srt", "vtt", "json", "tsv")
@@ -61,7 +68,7 @@ class Settings(BaseSettings):
 
     # Transcription
     model: str = "small.en"
-    compute_type: str = "int8"
+    compute_type: ComputeType = "int8"
     language: str | None = None
     beam_size: int = Field(5, ge=1, le=10)
     word_timestamps: bool = False
@@ -257,8 +264,18 @@ def load_settings(**overrides: Any) -> Settings:
     given = {key: value for key, value in overrides.items() if value is not None}
     try:
         return Settings(**given)
-    except ValueError as error:  # pydantic.ValidationError and TOML errors
-        raise UsageError(f"invalid setting: {_first_line(error)}") from error
+    except ValidationError as error:
+        raise UsageError(_invalid(error)) from error
+    except ValueError as error:  # the config file is not TOML
+        raise UsageError(f"invalid setting in {config_path()}: {_first_line(error)}") from error
+
+
+def _invalid(error: ValidationError) -> str:
+    """One line for a refused setting: its flag, variable and config key, and why."""
+    first = error.errors(include_url=False)[0]
+    name = str(first["loc"][0]) if first["loc"] else "?"
+    where = f"--{name.replace('_', '-')}, WHISPERFARM_{name.upper()} or {name} in the config"
+    return f"invalid setting {name} ({where}): {first['msg']}, not {first['input']!r}"
 
 
 def _first_line(error: Exception) -> str:

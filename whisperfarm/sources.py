@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -70,6 +71,9 @@ def resolve_inputs(
                     _add_feed(resolved, download, downloader, ledger_path, made_with, latest)
                 else:
                     resolved.paths.append(_checked(download))
+            elif re.match(r"^[a-z][a-z0-9+.-]*://", text, re.IGNORECASE):
+                scheme = text.partition("://")[0]
+                raise InputError(f"{text}: {scheme}:// is not supported: give an http(s) URL")
             else:
                 resolved.paths.append(Path(text))
         except InputError as error:

@@ -105,6 +105,22 @@ class Lease(BaseModel):
     lease_token: str
 
 
+ComputeType = Literal[
+    "default",
+    "auto",
+    "int8",
+    "int8_float32",
+    "int8_float16",
+    "int8_bfloat16",
+    "int16",
+    "float16",
+    "bfloat16",
+    "float32",
+]
+"""CTranslate2's compute types: how a model's weights are loaded (it falls back to the
+nearest one a device supports)."""
+
+
 class DecodeOptions(BaseModel):
     """How a chunk is decoded (faster-whisper's ``transcribe`` arguments), as a job carries
     them. The defaults are what a worker assumes when a coordinator leaves one out: a

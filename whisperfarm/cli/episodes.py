@@ -28,7 +28,10 @@ from whisperfarm.cli.root import (
 from whisperfarm.errors import EpisodeNotFound
 from whisperfarm.ledger import Ledger
 
-EPISODE = typer.Argument(help="The episode: its id, the start of its id, or its name.")
+EPISODE = typer.Argument(
+    help="The episode: its id, the start of its id, or its name (that of the file it was "
+    "last transcribed from, as 'whisperfarm episodes' lists it)."
+)
 
 
 @app.command(rich_help_panel="Episodes")

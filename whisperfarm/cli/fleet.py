@@ -94,12 +94,13 @@ def serve(
     check_out_dir(out_dir)
     plan = plan_run(settings, inputs or [], serving=True, queue=queue, workers=workers)
     if not plan.inputs:
-        report_errors(plan.rejected)
-        err.print(
+        if plan.rejected:  # the files given: each one's line says why
+            report_errors(plan.rejected)
+            raise typer.Exit(1)
+        fail(
             "nothing to serve: give files, or --queue for the unfinished episodes of "
             f"{settings.model} in the ledger"
         )
-        raise typer.Exit(1)
     warn_if_exposed(settings.host)
     fleet, _ = fleets(plan)
     reporter = RunReporter(out, quiet=quiet)

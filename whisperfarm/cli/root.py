@@ -27,6 +27,11 @@ app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
+# Off a terminal (a pipe, a log) a printed line stays one line, not wrapped at rich's 80
+# columns: plain lines for scripts, and the join command whole. On a terminal the live
+# display lays itself out to the width, so wrapping stays as it is; tables fit either way.
+out.soft_wrap = not out.is_terminal
+err.soft_wrap = not err.is_terminal
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -62,7 +62,7 @@ def status(
         if as_json:
             typer.echo(read().to_json())
         elif once or not out.is_terminal:
-            out.print(render_status(read(), out.width))
+            out.print(render_status(read(), out.width), soft_wrap=False)  # laid out to fit
         else:
             watch(out, read, interval=interval)
     finally:
