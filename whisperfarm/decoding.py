@@ -18,10 +18,21 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any, Literal, get_args
 
 Task = Literal["transcribe", "translate"]
-TASKS: tuple[Task, ...] = ("transcribe", "translate")
+TASKS: tuple[Task, ...] = get_args(Task)
+
+
+class TaskName(StrEnum):
+    """The tasks as a choice typer reads (it reads a Literal only in recent versions)."""
+
+    TRANSCRIBE = "transcribe"
+    TRANSLATE = "translate"
+
+
+assert tuple(TaskName) == TASKS  # one list: the Literal's
 
 ALWAYS_SENT = ("language", "beam_size")
 """Options every job has carried since the first version."""

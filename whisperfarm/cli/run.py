@@ -23,7 +23,7 @@ from whisperfarm.cli.root import (
     report_errors,
     warn_if_exposed,
 )
-from whisperfarm.decoding import Task
+from whisperfarm.decoding import TaskName
 from worker.wire import MAX_JOBS_PER_CLAIM
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ def transcribe(
         ),
     ] = None,
     task: Annotated[
-        Task | None,
+        TaskName | None,
         typer.Option(
             help="transcribe, or translate into English (needs a multilingual model) "
             "[default: transcribe].",
@@ -247,7 +247,7 @@ def transcribe(
         highlight_words=highlight_words,
         word_timestamps=words,
         language=language,
-        task=task,
+        task=task.value if task is not None else None,
         initial_prompt=initial_prompt,
         hotwords=hotwords,
         beam_size=beam_size,
