@@ -25,6 +25,8 @@ QUEUED = ChunkState.QUEUED
 
 
 _WITHDRAW_QUEUED = f"DELETE FROM chunks WHERE episode_id = ? AND state = '{QUEUED}'"
+_NO_BACKUP = "backup_token = NULL, backup_worker_id = NULL, backup_expires_at = NULL"
+"""SQL: a chunk without a backup lease (ledger.queue)."""
 AWAITING_AUDIO = "its audio is being cut again"
 """The error of a chunk set aside until the cut writes its audio again (``await_audio``)."""
 
@@ -124,39 +126,26 @@ class ChunkStore(EpisodeStore):
                 # lease keeps a valid chunk id.
                 return existing[2] != ChunkState.DONE
             state = ChunkState.QUEUED if plan.speech else ChunkState.DONE
-            if same_cut:
-                # The same cut of a chunk that failed or waited for its audio: queued again
-                # in place, so its id stays and its results made with other options too.
-                conn.execute(
-                    "UPDATE chunks SET keep_start = ?, keep_end = ?, speech = ?, words = ?,"
-                    " audio_path = ?, state = ?, attempt = 0, error = NULL, lease_token = NULL,"
-                    " lease_expires_at = NULL, backup_token = NULL, backup_worker_id = NULL,"
-                    " backup_expires_at = NULL, finished_at = ?, speech_spans = ?"
-                    " WHERE episode_id = ? AND idx = ?",
-                    (
-                        plan.keep_start,
-                        plan.keep_end,
-                        int(plan.speech),
-                        int(plan.needs_words),
-                        audio_path,
-                        state,
-                        None if plan.speech else now,
-                        None if plan.speech_spans is None else json.dumps(plan.speech_spans),
-                        episode_id,
-                        plan.idx,
-                    ),
-                )
-                return plan.speech
-            if existing is not None:  # a new cut: the old one's result is no use
+            if existing is not None and not same_cut:  # a new cut: its results are no use
                 conn.execute(
                     "DELETE FROM results WHERE chunk_id IN"
                     " (SELECT id FROM chunks WHERE episode_id = ? AND idx = ?)",
                     (episode_id, plan.idx),
                 )
+            # An upsert, not a REPLACE: the row (its id, and for the same cut its results
+            # made with other options) stays; the chunk is queued anew.
             conn.execute(
-                "INSERT OR REPLACE INTO chunks (episode_id, idx, start, end, keep_start,"
+                "INSERT INTO chunks (episode_id, idx, start, end, keep_start,"
                 " keep_end, speech, words, audio_path, state, attempt, finished_at,"
-                " speech_spans) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
+                " speech_spans) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)"
+                " ON CONFLICT (episode_id, idx) DO UPDATE SET start = excluded.start,"
+                " end = excluded.end, keep_start = excluded.keep_start,"
+                " keep_end = excluded.keep_end, speech = excluded.speech,"
+                " words = excluded.words, audio_path = excluded.audio_path,"
+                " state = excluded.state, attempt = 0, finished_at = excluded.finished_at,"
+                " speech_spans = excluded.speech_spans, error = NULL, lease_token = NULL,"
+                " lease_expires_at = NULL, worker_id = NULL, claimed_at = NULL,"
+                f" result_path = NULL, {_NO_BACKUP}",
                 (
                     episode_id,
                     plan.idx,

@@ -30,7 +30,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from whisperfarm.ledger.chunks import ChunkStore, UnknownChunk
+from whisperfarm.ledger.chunks import _NO_BACKUP, ChunkStore, UnknownChunk
 from whisperfarm.ledger.rows import ChunkRecord
 from whisperfarm.ledger.workers import WorkerInfo, touch_worker
 from whisperfarm.states import ChunkState, EpisodeState
@@ -117,7 +117,6 @@ _BACKUP_CHUNK = (
     f"   WHERE state = '{DONE}' AND episode_id IN (SELECT value FROM json_each(?5)))"
     " ORDER BY claimed_at LIMIT 1"
 )
-_NO_BACKUP = "backup_token = NULL, backup_worker_id = NULL, backup_expires_at = NULL"
 
 
 def holds_lease(chunk: ChunkRecord, token: str | bytes) -> bool:
