@@ -8,10 +8,13 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.support import farm_state
 from tests.support.clock import FakeClock
+from tests.support.httpfiles import Files, serving
+from whisperfarm.download import http_client
 from whisperfarm.ledger import Ledger
 
 
@@ -67,3 +70,17 @@ def farm(ledger: Ledger, clock: FakeClock) -> Ledger:
     """The ``ledger`` in the known state tests/support/farm_state.py draws; the clock at NOW."""
     farm_state.build(ledger, clock)
     return ledger
+
+
+@pytest.fixture
+def files() -> Iterator[Files]:
+    """A real HTTP server in a thread, serving what the test puts in it."""
+    with serving() as served:
+        yield served
+
+
+@pytest.fixture
+def client() -> Iterator[httpx.Client]:
+    """The HTTP client downloads use."""
+    with http_client() as made:
+        yield made

@@ -5,33 +5,20 @@ user sees in one line."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from tenacity import wait_none
 
-from tests.support.httpfiles import Files, Resource, clip, serving
-from whisperfarm.download import PART, Downloader, http_client, safe_name, url_key
+from tests.support.httpfiles import Files, Resource, clip
+from whisperfarm.download import PART, Downloader, safe_name, url_key
 from whisperfarm.errors import InputError
 
 
 @pytest.fixture(scope="module")
 def audio(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     return clip(tmp_path_factory.mktemp("clip") / "clip.mp3", seconds=12)
-
-
-@pytest.fixture
-def files() -> Iterator[Files]:
-    with serving() as served:
-        yield served
-
-
-@pytest.fixture
-def client() -> Iterator[httpx.Client]:
-    with http_client() as made:
-        yield made
 
 
 def downloader(client: httpx.Client, cache: Path, attempts: int = 4) -> Downloader:

@@ -5,7 +5,6 @@ episodes already transcribed skipped without a download, and the one-line failur
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +12,9 @@ import httpx
 import pytest
 from tenacity import wait_none
 
-from tests.support.httpfiles import Files, Resource, clip, rss, serving
+from tests.support.httpfiles import Files, Resource, clip, rss
 from whisperfarm.decoding import options_key
-from whisperfarm.download import Downloader, http_client
+from whisperfarm.download import Downloader
 from whisperfarm.errors import InputError, UsageError
 from whisperfarm.ledger import Ledger
 from whisperfarm.media import content_hash
@@ -28,18 +27,6 @@ MODEL = "tiny.en"
 def clips(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
     folder = tmp_path_factory.mktemp("clips")
     return [clip(folder / f"{n}.mp3", start=20.0 * n, seconds=6) for n in range(3)]
-
-
-@pytest.fixture
-def files() -> Iterator[Files]:
-    with serving() as served:
-        yield served
-
-
-@pytest.fixture
-def client() -> Iterator[httpx.Client]:
-    with http_client() as made:
-        yield made
 
 
 def resolve(
