@@ -281,6 +281,21 @@ def test_the_coordinator_knows_which_attached_workers_have_not_heard_done(farm: 
     assert farm.config.attached.not_told_done(within=60) == []
 
 
+def test_the_runs_own_local_workers_are_not_waited_for(farm: Farm) -> None:
+    """The farm stops its local workers itself: waiting until they heard "done" cost
+    every local run half a second at its end."""
+    body = {"worker": {"id": "local-1", "kind": "local"}}
+    assert farm.post("/v1/claim", body).json()["status"] == "job"
+    assert farm.claim("w9")["status"] == "job"
+    assert farm.config.attached.not_told_done(within=60) == ["w9"]
+
+
+def test_a_wait_says_how_soon_to_ask_again_as_the_run_decided(farm: Farm) -> None:
+    farm.job(), farm.job()
+    farm.config.wait_seconds = 0.2  # a run whose workers are all on this machine
+    assert farm.claim() == {"status": "wait", "retry_after": 0.2}
+
+
 def test_a_claim_of_several_leases_each_job_on_its_own(farm: Farm) -> None:
     """A batched claim hands out every job it can (longest first, no more than asked),
     each with its own attempt and token: a result under one lease is refused for another."""

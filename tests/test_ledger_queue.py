@@ -110,4 +110,22 @@ def test_a_claim_of_several_takes_them_longest_first_each_under_its_own_lease(
     ledger.heartbeat(second.chunk_id, second.lease_token, lease_seconds=LEASE)
     clock.advance(LEASE / 2 + 1)  # the others' leases expire; the heartbeated one holds
     again = ledger.claim(["a"], WorkerInfo("w2"), lease_seconds=LEASE, max_attempts=3, limit=5)
-    assert sorted(job.idx for job in again.jobs) == [0, 1, 2]
+    # three expired leases are claimable, w1 still works: w2's share is two, the longest
+    assert [job.idx for job in again.jobs] == [1, 2]
+
+
+def test_a_batched_claim_takes_no_more_than_its_share_of_the_tail(ledger: Ledger) -> None:
+    """A batch decodes as one: a worker that took all of the tail would decode it alone
+    while the others idle (the sample's 4 last chunks went to one worker of two: 5.4 s
+    alone at the end where 2.7 s each would do)."""
+    make_episode(ledger, "a", [20.0] * 10)
+    first = ledger.claim(["a"], WorkerInfo("w1"), lease_seconds=LEASE, max_attempts=3, limit=4)
+    assert len(first.jobs) == 4  # alone: a full batch
+    second = ledger.claim(["a"], WorkerInfo("w2"), lease_seconds=LEASE, max_attempts=3, limit=4)
+    assert len(second.jobs) == 3  # 6 claimable, w1 working: half
+    third = ledger.claim(["a"], WorkerInfo("w3"), lease_seconds=LEASE, max_attempts=3, limit=4)
+    assert len(third.jobs) == 1  # 3 claimable, three workers
+    for job in first.jobs:  # w1 finishes its batch: one left, two others still working
+        ledger.complete(job.chunk_id, job.lease_token, result='{"segments": []}')
+    last = ledger.claim(["a"], WorkerInfo("w1"), lease_seconds=LEASE, max_attempts=3, limit=4)
+    assert len(last.jobs) == 1  # 2 claimable, w2 and w3 working: a third, rounded up

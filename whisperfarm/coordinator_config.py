@@ -16,20 +16,35 @@ from pathlib import Path
 
 from whisperfarm.ledger import Clock, Ledger
 
+WAIT_SECONDS = 1.0
+"""How soon a worker told to wait (chunks still being cut, or all leased) asks again, where
+workers cross a network: a hundred machines asking five times a second would be five
+hundred claims a second for nothing."""
+
+LOCAL_KIND = "local"
+"""The kind the run's own local worker processes report (``local.LocalFleet``)."""
+
+LOCAL_WAIT_SECONDS = 0.2
+"""The same where every worker runs on this machine: a worker asking a second late idles
+one of a few cores for that second (the sample's last chunks waited up to 1 s each)."""
+
 
 class Attached:
     """The workers that claim from this coordinator, each with the time of its last claim
     and the answer it got. At the end of a run the farm waits (briefly) until every worker
     still attached has been answered "done", so a worker that joined with the printed
-    command exits 0 instead of finding the coordinator gone."""
+    command exits 0 instead of finding the coordinator gone. The run's own local workers
+    are not waited for: the farm stops them itself, at once."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
         self._lock = threading.Lock()
         self._last: dict[str, tuple[float, str]] = {}
 
-    def claimed(self, worker_id: str, status: str) -> None:
+    def claimed(self, worker_id: str, status: str, *, kind: str = "remote") -> None:
         with self._lock:
+            if kind == LOCAL_KIND:
+                return
             self._last[worker_id] = (self.clock(), status)
 
     def not_told_done(self, within: float) -> list[str]:
@@ -54,6 +69,8 @@ class CoordinatorConfig:
     max_attempts: int = 3
     backups: bool = False
     """Back up stragglers on idle workers (``ledger.queue``): on where a fleet works."""
+    wait_seconds: float = WAIT_SECONDS
+    """What a "wait" answer tells a worker to wait before it asks again."""
     clock: Clock | None = None
     attached: Attached = field(default_factory=Attached)
     _ledgers: list[Ledger] = field(default_factory=list)

@@ -31,7 +31,7 @@ from whisperfarm.assembly import assemble
 from whisperfarm.calibration import measure_run
 from whisperfarm.chunking import CutterConfig
 from whisperfarm.coordinator import create_app
-from whisperfarm.coordinator_config import CoordinatorConfig
+from whisperfarm.coordinator_config import WAIT_SECONDS, CoordinatorConfig
 from whisperfarm.errors import (
     BudgetReached,
     InputError,
@@ -209,11 +209,13 @@ class Farm:
         *,
         run_id: str,
         chunk_format: ChunkFormat,
+        wait_seconds: float = WAIT_SECONDS,
         tick: float = 0.2,
         sleep: Callable[[float], None] = time.sleep,
     ):
         self.run_id = run_id
         self.chunk_format = chunk_format
+        self.wait_seconds = wait_seconds
         self.settings = settings
         self.fleet = fleet
         self.reporter = reporter
@@ -279,6 +281,7 @@ class Farm:
             lease_seconds=settings.lease_seconds,
             max_attempts=settings.max_attempts,
             backups=settings.backups,
+            wait_seconds=self.wait_seconds,
         )
         server = BackgroundServer(create_app(coordinator), bind(settings.host, settings.port))
         cancel = threading.Event()

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import IO
 
+from whisperfarm.coordinator_config import LOCAL_KIND
 from whisperfarm.errors import WorkersLost
 from whisperfarm.ledger import Ledger
 from worker.config import WorkerConfig
@@ -73,7 +74,7 @@ class LocalFleet:
                 preload_model=model,
                 compute_type=self.compute_type,
                 given_id=f"local-{self.run_id}-{n}",
-                given_kind="local",
+                given_kind=LOCAL_KIND,
                 give_up_seconds=self.give_up_seconds,
                 # The audio is on this machine: nothing to hide by claiming ahead, and a
                 # claim ahead would hold chunks another local worker could be decoding.

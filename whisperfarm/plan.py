@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from whisperfarm.calibration import for_settings
+from whisperfarm.coordinator_config import LOCAL_WAIT_SECONDS, WAIT_SECONDS
 from whisperfarm.errors import InputError
 from whisperfarm.farm import Fleet, Fleets, chunk_format_for
 from whisperfarm.fly.client import MachinesClient
@@ -78,11 +79,21 @@ class RunPlan:
         return self.settings.model
 
     @property
+    def only_local(self) -> bool:
+        """Whether only this machine's workers do the work (``serve`` is for workers from
+        elsewhere; Fly machines are elsewhere)."""
+        return not self.serving and self.fly is None and self.workers > 0
+
+    @property
     def chunk_format(self) -> ChunkFormat:
         """How the chunks are written: compact unless only this machine's workers fetch
-        them (``serve`` is for workers from elsewhere; Fly machines are elsewhere)."""
-        only_local = not self.serving and self.fly is None and self.workers > 0
-        return chunk_format_for(self.settings, only_local_workers=only_local)
+        them."""
+        return chunk_format_for(self.settings, only_local_workers=self.only_local)
+
+    @property
+    def wait_seconds(self) -> float:
+        """How long a worker told to wait waits before it asks again."""
+        return LOCAL_WAIT_SECONDS if self.only_local else WAIT_SECONDS
 
 
 def plan_run(

@@ -166,9 +166,10 @@ async def claim(call: Call) -> Reply:
         backups=config.backups,
         limit=call.body.max_jobs,
     )
-    config.attached.claimed(call.body.worker.id, result.status)
+    config.attached.claimed(call.body.worker.id, result.status, kind=call.body.worker.kind)
     if not result.jobs:
-        reply = ClaimReply(status=result.status, retry_after=result.retry_after)
+        wait = config.wait_seconds if result.status == "wait" else 0.0
+        reply = ClaimReply(status=result.status, retry_after=wait)
     else:
         first, *more = (_wire_job(job, config.lease_seconds) for job in result.jobs)
         reply = ClaimReply(status="job", job=first)

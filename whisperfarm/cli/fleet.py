@@ -107,7 +107,12 @@ def serve(
     with stop_signals():  # SIGTERM and SIGHUP end it as Ctrl-C does: workers stopped
         try:
             summary = Farm(
-                settings, fleet, reporter, run_id=plan.run_id, chunk_format=plan.chunk_format
+                settings,
+                fleet,
+                reporter,
+                run_id=plan.run_id,
+                chunk_format=plan.chunk_format,
+                wait_seconds=plan.wait_seconds,
             ).transcribe(plan.inputs, out_dir, format_list, queued=plan.queued)
         finally:
             reporter.close()

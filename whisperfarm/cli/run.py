@@ -301,7 +301,12 @@ def transcribe(
     with stop_signals():
         try:
             summary = Farm(
-                settings, fleet, reporter, run_id=plan.run_id, chunk_format=plan.chunk_format
+                settings,
+                fleet,
+                reporter,
+                run_id=plan.run_id,
+                chunk_format=plan.chunk_format,
+                wait_seconds=plan.wait_seconds,
             ).transcribe(plan.inputs, out_dir, format_list)
         finally:
             reporter.close()

@@ -74,7 +74,6 @@ class Claim:
 
     status: Literal["job", "wait", "done"]
     jobs: tuple[Job, ...] = ()
-    retry_after: float = 0.0
 
     @property
     def job(self) -> Job | None:
@@ -162,9 +161,10 @@ class QueueStore(ChunkStore):
         backups: bool = False,
         limit: int = 1,
     ) -> Claim:
-        """Up to ``limit`` chunks, longest first, each leased as a claim of one would be
-        (its own attempt and token, so each is fenced and heartbeated on its own), in
-        one transaction; with ``backups``, when nothing else is left, a backup lease on a
+        """Up to ``limit`` chunks (and no more than the claiming worker's fair share of
+        what is claimable, ``_fair_share``), longest first, each leased as a claim of one
+        would be (its own attempt and token, so each is fenced and heartbeated on its
+        own), in one transaction; with ``backups``, when nothing else is left, a backup lease on a
         straggler (the module's docstring)."""
         now = self.clock()
         scope = json.dumps(episode_ids)
@@ -178,6 +178,8 @@ class QueueStore(ChunkStore):
                 (now, max_attempts, scope),
             )
             jobs: list[Job] = []
+            if limit > 1:
+                limit = self._fair_share(conn, worker.id, now, scope, limit)
             while len(jobs) < max(1, limit):
                 job = self._lease_next(conn, worker, now, lease_seconds, scope)
                 if job is None:
@@ -200,8 +202,28 @@ class QueueStore(ChunkStore):
                 (scope, scope),
             ).fetchone()[0]
         if pending:
-            return Claim("wait", retry_after=1.0)
+            return Claim("wait")
         return Claim("done")
+
+    @staticmethod
+    def _fair_share(
+        conn: sqlite3.Connection, worker_id: str, now: float, scope: str, limit: int
+    ) -> int:
+        """At most ``limit`` chunks, and no more than this worker's share of what is
+        claimable: split evenly between it and the other workers holding live leases in
+        scope. A batch decodes as one, so a worker that took the whole tail would finish it
+        alone while the others sit idle."""
+        claimable, others = conn.execute(
+            "SELECT"
+            f" (SELECT count(*) FROM chunks WHERE (state = '{QUEUED}'"
+            f"   OR (state = '{LEASED}' AND lease_expires_at < ?2))"
+            "   AND episode_id IN (SELECT value FROM json_each(?3))),"
+            " (SELECT count(DISTINCT worker_id) FROM chunks"
+            f"   WHERE state = '{LEASED}' AND lease_expires_at >= ?2 AND worker_id != ?1"
+            "   AND episode_id IN (SELECT value FROM json_each(?3)))",
+            (worker_id, now, scope),
+        ).fetchone()
+        return min(limit, max(1, -(-claimable // (others + 1))))
 
     @staticmethod
     def _lease_next(
