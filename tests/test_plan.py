@@ -59,9 +59,12 @@ def test_a_local_plan_runs_one_local_fleet_with_the_plans_sizes(home: Path) -> N
     assert fleet.description == "3 local workers × 2 threads"
     assert plan.chunk_format is ChunkFormat.WAV  # only this machine's workers fetch them
     assert plan.wait_seconds == LOCAL_WAIT_SECONDS  # and ask again soon when told to wait
+    assert not plan.backups  # a backup would take cores from the chunk it races
     outside = plan_run(load_settings(workers=0), [SAMPLE])
     assert outside.chunk_format is ChunkFormat.OPUS
     assert outside.wait_seconds == WAIT_SECONDS > LOCAL_WAIT_SECONDS
+    assert outside.backups  # workers elsewhere: a slow machine is worth racing
+    assert not plan_run(load_settings(workers=0, backups=False), [SAMPLE]).backups
 
 
 def test_a_fly_plan_has_no_local_workers_unless_asked_and_estimates_before_any_call() -> None:
@@ -121,6 +124,7 @@ def test_serve_plans_the_given_files_and_with_queue_the_models_unfinished_episod
     assert (plan.workers, plan.threads, plan.compute_type, plan.fly) == (2, 1, "float32", None)
     assert plan.chunk_format is ChunkFormat.OPUS  # serve is for workers from elsewhere
     assert plan.wait_seconds == WAIT_SECONDS
+    assert plan.backups
     (local,) = fleets(plan)[0].fleets
     assert isinstance(local, LocalFleet) and (local.workers, local.threads) == (2, 1)
 

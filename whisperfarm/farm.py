@@ -210,12 +210,14 @@ class Farm:
         run_id: str,
         chunk_format: ChunkFormat,
         wait_seconds: float = WAIT_SECONDS,
+        backups: bool = False,
         tick: float = 0.2,
         sleep: Callable[[float], None] = time.sleep,
     ):
         self.run_id = run_id
         self.chunk_format = chunk_format
         self.wait_seconds = wait_seconds
+        self.backups = backups
         self.settings = settings
         self.fleet = fleet
         self.reporter = reporter
@@ -280,7 +282,7 @@ class Farm:
             episodes_dir=settings.episodes_dir,
             lease_seconds=settings.lease_seconds,
             max_attempts=settings.max_attempts,
-            backups=settings.backups,
+            backups=self.backups,
             wait_seconds=self.wait_seconds,
         )
         server = BackgroundServer(create_app(coordinator), bind(settings.host, settings.port))

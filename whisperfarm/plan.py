@@ -91,6 +91,13 @@ class RunPlan:
         return chunk_format_for(self.settings, only_local_workers=self.only_local)
 
     @property
+    def backups(self) -> bool:
+        """Whether stragglers are backed up: where the settings say so and workers run
+        elsewhere. Local workers share this machine's cores, so a backup would slow the
+        chunk it races (the real podcast's run decoded two chunks twice, 7.4-9.3 s)."""
+        return self.settings.backups and not self.only_local
+
+    @property
     def wait_seconds(self) -> float:
         """How long a worker told to wait waits before it asks again."""
         return LOCAL_WAIT_SECONDS if self.only_local else WAIT_SECONDS

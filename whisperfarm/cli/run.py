@@ -307,6 +307,7 @@ def transcribe(
                 run_id=plan.run_id,
                 chunk_format=plan.chunk_format,
                 wait_seconds=plan.wait_seconds,
+                backups=plan.backups,
             ).transcribe(plan.inputs, out_dir, format_list)
         finally:
             reporter.close()
