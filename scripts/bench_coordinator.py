@@ -11,6 +11,11 @@ p99), and the CPU the server spent per cycle (steadier than cycles/s on a shared
 
     python scripts/bench_coordinator.py [--chunks 3000] [--clients 32] [--repeat 3]
                                         [--chunk-seconds 25] [--chunk-format opus]
+                                        [--batch 4]
+
+``--batch N``: each client claims up to N jobs at once (``max_jobs``, as a worker with
+``--batch-size N``), fetches each one's audio and posts each one's result; a cycle is
+still one job's claim share, audio and result. The claim latency is per claim.
 
 ``--chunk-format`` serves the chunks as WAV (default), FLAC or Opus (the first is encoded
 with the CLI's own writer, the rest are copies of it, before the clock starts).
@@ -179,9 +184,14 @@ def check(status: int, body: bytes, what: str) -> None:
         raise RuntimeError(f"{what}: {status} {body[:300]!r}")
 
 
-async def client(port: int, n: int, latencies: list[float]) -> int:
+async def client(port: int, n: int, latencies: list[float], batch: int = 1) -> int:
+    """Claim → audio → result until done; with ``batch`` > 1 each claim asks for that many
+    jobs (as a batching worker does), and each job's audio and result follow."""
     conn = await Connection.open(port)
-    claim_body = json.dumps({"worker": {"id": f"bench-{n}", "kind": "remote"}}).encode()
+    claim: dict[str, object] = {"worker": {"id": f"bench-{n}", "kind": "remote"}}
+    if batch > 1:
+        claim["max_jobs"] = batch
+    claim_body = json.dumps(claim).encode()
     cycles = 0
     try:
         while True:
@@ -195,17 +205,19 @@ async def client(port: int, n: int, latencies: list[float]) -> int:
             if reply["status"] == "wait":
                 await asyncio.sleep(0.01)
                 continue
-            job = reply["job"]
-            status, audio = await conn.request(
-                "GET", job["audio_url"], headers={"X-Lease-Token": job["lease_token"]}
-            )
-            check(status, audio, "audio")
-            result = json.dumps(
-                {"lease_token": job["lease_token"], "result": RESULT, "busy_seconds": 0.5}
-            ).encode()
-            status, body = await conn.request("POST", f"/v1/jobs/{job['chunk_id']}/result", result)
-            check(status, body, "result")
-            cycles += 1
+            for job in [reply["job"], *reply.get("more_jobs", [])]:
+                status, audio = await conn.request(
+                    "GET", job["audio_url"], headers={"X-Lease-Token": job["lease_token"]}
+                )
+                check(status, audio, "audio")
+            for job in [reply["job"], *reply.get("more_jobs", [])]:
+                result = json.dumps(
+                    {"lease_token": job["lease_token"], "result": RESULT, "busy_seconds": 0.5}
+                ).encode()
+                path = f"/v1/jobs/{job['chunk_id']}/result"
+                status, body = await conn.request("POST", path, result)
+                check(status, body, "result")
+                cycles += 1
     finally:
         conn.close()
 
@@ -222,11 +234,11 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-async def drive(port: int, clients: int, pid: int) -> Stats:
+async def drive(port: int, clients: int, pid: int, batch: int = 1) -> Stats:
     latencies: list[float] = []
     cpu_before, own_before = cpu_seconds(pid), time.process_time()
     started = time.perf_counter()
-    cycles = await asyncio.gather(*(client(port, n, latencies) for n in range(clients)))
+    cycles = await asyncio.gather(*(client(port, n, latencies, batch) for n in range(clients)))
     seconds = time.perf_counter() - started
     server_cpu, client_cpu = cpu_seconds(pid) - cpu_before, time.process_time() - own_before
     return Stats(sum(cycles), seconds, latencies, server_cpu, client_cpu)
@@ -259,7 +271,7 @@ def run_once(args: argparse.Namespace, profile: Path | None = None) -> tuple[Sta
                     stdout=subprocess.DEVNULL,
                 )
                 time.sleep(1.0)  # let it attach
-            stats = asyncio.run(drive(int(ready.read_text()), args.clients, server.pid))
+            stats = asyncio.run(drive(int(ready.read_text()), args.clients, server.pid, args.batch))
             rss = peak_rss_mb(server.pid)
         finally:
             if spy is not None:
@@ -319,6 +331,9 @@ def main() -> None:
         choices=[f.value for f in ChunkFormat],
         default="wav",
         help="what the chunks are served as (encoded once, before the clock starts)",
+    )
+    parser.add_argument(
+        "--batch", type=int, default=1, help="jobs each claim asks for (max_jobs), as --batch-size"
     )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
