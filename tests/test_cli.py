@@ -11,7 +11,7 @@ from typer.testing import CliRunner, Result
 
 from tests.support.paths import REPO, SAMPLE
 from whisperfarm.cli import app
-from worker.device import resolve
+from worker.device import DEFAULT_BATCH_SIZE, Device, resolve
 
 runner = CliRunner()
 
@@ -104,6 +104,15 @@ def test_worker_without_a_coordinator_gives_up(
     monkeypatch.setenv("WHISPERFARM_GIVE_UP_SECONDS", "0")
     result = runner.invoke(app, ["worker", "--url", "http://127.0.0.1:9", "--token", "x"])
     assert result.exit_code == 3
+
+
+@pytest.mark.parametrize("command", ["transcribe", "worker"])
+def test_batch_size_help_gives_the_defaults_the_worker_uses(command: str) -> None:
+    """The help said 1 on a CPU after the default became 4."""
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    row = next(line for line in result.output.splitlines() if "--batch-size" in line)
+    cpu, gpu = DEFAULT_BATCH_SIZE[Device.CPU], DEFAULT_BATCH_SIZE[Device.CUDA]
+    assert f"[default: {cpu} on a CPU, {gpu} on a GPU]" in row
 
 
 # Subtitle flags -----------------------------------------------------------------------

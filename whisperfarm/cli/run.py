@@ -24,7 +24,12 @@ from whisperfarm.cli.root import (
     warn_if_exposed,
 )
 from whisperfarm.decoding import TaskName
+from worker.device import DEFAULT_BATCH_SIZE, Device
 from worker.wire import MAX_JOBS_PER_CLAIM
+
+BATCH_DEFAULTS = (
+    f"{DEFAULT_BATCH_SIZE[Device.CPU]} on a CPU, {DEFAULT_BATCH_SIZE[Device.CUDA]} on a GPU"
+)
 
 if TYPE_CHECKING:
     from whisperfarm.settings import Settings
@@ -57,8 +62,8 @@ def transcribe(
     batch_size: Annotated[
         int | None,
         typer.Option(
-            help="Chunks each local worker claims and decodes at once, 1-64 [default: 1 on a "
-            "CPU, 16 on a GPU]."
+            help="Chunks each local worker claims and decodes at once, "
+            f"1-{MAX_JOBS_PER_CLAIM} [default: {BATCH_DEFAULTS}]."
         ),
     ] = None,
     model: Annotated[
@@ -363,7 +368,8 @@ def worker(
         typer.Option(
             min=1,
             max=MAX_JOBS_PER_CLAIM,
-            help="Chunks claimed and decoded at once, 1-64 [default: 1 on cpu, 16 on cuda].",
+            help=f"Chunks claimed and decoded at once, 1-{MAX_JOBS_PER_CLAIM} "
+            f"[default: {BATCH_DEFAULTS}].",
         ),
     ] = None,
     prefetch: Annotated[
