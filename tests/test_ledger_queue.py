@@ -129,3 +129,24 @@ def test_a_batched_claim_takes_no_more_than_its_share_of_the_tail(ledger: Ledger
         ledger.complete(job.chunk_id, job.lease_token, result='{"segments": []}')
     last = ledger.claim(["a"], WorkerInfo("w1"), lease_seconds=LEASE, max_attempts=3, limit=4)
     assert len(last.jobs) == 1  # 2 claimable, w2 and w3 working: a third, rounded up
+
+
+def test_a_batched_claim_shares_the_queue_with_the_fleet_still_booting(ledger: Ledger) -> None:
+    """The first of a hundred planned machines to boot finds nobody holding a lease: it
+    must not take 4 of a 1-hour episode's 130 chunks when each machine's share is 2."""
+    make_episode(ledger, "a", [25.0] * 130)
+
+    def claim(worker: str, fleet_size: int) -> int:
+        jobs = ledger.claim(
+            ["a"],
+            WorkerInfo(worker),
+            lease_seconds=LEASE,
+            max_attempts=3,
+            limit=4,
+            fleet_size=fleet_size,
+        ).jobs
+        return len(jobs)
+
+    assert claim("m1", 100) == 2  # 130 over 100 machines, rounded up
+    assert claim("m2", 10) == 4  # 128 over 10: more than a batch
+    assert claim("m3", 0) == 4  # no fleet known: the lease holders alone (124 over 3)

@@ -29,6 +29,21 @@ LOCAL_WAIT_SECONDS = 0.2
 one of a few cores for that second (the sample's last chunks waited up to 1 s each)."""
 
 
+@dataclass(frozen=True)
+class Dispatch:
+    """How the coordinator hands out a run's work, as the run's plan decides it
+    (``plan.RunPlan.dispatch``)."""
+
+    wait_seconds: float = WAIT_SECONDS
+    """What a "wait" answer tells a worker to wait before it asks again."""
+    backups: bool = False
+    """Back up stragglers on idle workers (``ledger.queue``): where workers run elsewhere."""
+    fleet_size: int = 0
+    """The workers the run expects at most (its local workers and the Fly machines it
+    plans); a batched claim takes no more than its share of the queue among them (0: among
+    the workers holding leases, as far as the coordinator can tell)."""
+
+
 class Attached:
     """The workers that claim from this coordinator, each with the time of its last claim
     and the answer it got. At the end of a run the farm waits (briefly) until every worker
@@ -71,6 +86,8 @@ class CoordinatorConfig:
     """Back up stragglers on idle workers (``ledger.queue``): on where a fleet works."""
     wait_seconds: float = WAIT_SECONDS
     """What a "wait" answer tells a worker to wait before it asks again."""
+    fleet_size: int = 0
+    """Dispatch.fleet_size."""
     clock: Clock | None = None
     attached: Attached = field(default_factory=Attached)
     _ledgers: list[Ledger] = field(default_factory=list)

@@ -31,7 +31,7 @@ from whisperfarm.assembly import assemble
 from whisperfarm.calibration import measure_run
 from whisperfarm.chunking import CutterConfig
 from whisperfarm.coordinator import create_app
-from whisperfarm.coordinator_config import WAIT_SECONDS, CoordinatorConfig
+from whisperfarm.coordinator_config import CoordinatorConfig, Dispatch
 from whisperfarm.errors import (
     BudgetReached,
     InputError,
@@ -209,15 +209,13 @@ class Farm:
         *,
         run_id: str,
         chunk_format: ChunkFormat,
-        wait_seconds: float = WAIT_SECONDS,
-        backups: bool = False,
+        dispatch: Dispatch = Dispatch(),
         tick: float = 0.2,
         sleep: Callable[[float], None] = time.sleep,
     ):
         self.run_id = run_id
         self.chunk_format = chunk_format
-        self.wait_seconds = wait_seconds
-        self.backups = backups
+        self.dispatch = dispatch
         self.settings = settings
         self.fleet = fleet
         self.reporter = reporter
@@ -282,8 +280,9 @@ class Farm:
             episodes_dir=settings.episodes_dir,
             lease_seconds=settings.lease_seconds,
             max_attempts=settings.max_attempts,
-            backups=self.backups,
-            wait_seconds=self.wait_seconds,
+            backups=self.dispatch.backups,
+            wait_seconds=self.dispatch.wait_seconds,
+            fleet_size=self.dispatch.fleet_size,
         )
         server = BackgroundServer(create_app(coordinator), bind(settings.host, settings.port))
         cancel = threading.Event()

@@ -164,6 +164,7 @@ async def claim(call: Call) -> Reply:
         lease_seconds=config.lease_seconds,
         max_attempts=config.max_attempts,
         backups=config.backups,
+        fleet_size=config.fleet_size,
         limit=call.body.max_jobs,
     )
     config.attached.claimed(call.body.worker.id, result.status, kind=call.body.worker.kind)

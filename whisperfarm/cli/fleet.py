@@ -112,8 +112,7 @@ def serve(
                 reporter,
                 run_id=plan.run_id,
                 chunk_format=plan.chunk_format,
-                wait_seconds=plan.wait_seconds,
-                backups=plan.backups,
+                dispatch=plan.dispatch,
             ).transcribe(plan.inputs, out_dir, format_list, queued=plan.queued)
         finally:
             reporter.close()

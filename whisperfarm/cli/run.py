@@ -311,8 +311,7 @@ def transcribe(
                 reporter,
                 run_id=plan.run_id,
                 chunk_format=plan.chunk_format,
-                wait_seconds=plan.wait_seconds,
-                backups=plan.backups,
+                dispatch=plan.dispatch,
             ).transcribe(plan.inputs, out_dir, format_list)
         finally:
             reporter.close()

@@ -160,6 +160,7 @@ class QueueStore(ChunkStore):
         max_attempts: int,
         backups: bool = False,
         limit: int = 1,
+        fleet_size: int = 0,
     ) -> Claim:
         """Up to ``limit`` chunks (and no more than the claiming worker's fair share of
         what is claimable, ``_fair_share``), longest first, each leased as a claim of one
@@ -179,7 +180,7 @@ class QueueStore(ChunkStore):
             )
             jobs: list[Job] = []
             if limit > 1:
-                limit = self._fair_share(conn, worker.id, now, scope, limit)
+                limit = self._fair_share(conn, worker.id, now, scope, limit, fleet_size)
             while len(jobs) < max(1, limit):
                 job = self._lease_next(conn, worker, now, lease_seconds, scope)
                 if job is None:
@@ -207,12 +208,13 @@ class QueueStore(ChunkStore):
 
     @staticmethod
     def _fair_share(
-        conn: sqlite3.Connection, worker_id: str, now: float, scope: str, limit: int
+        conn: sqlite3.Connection, worker_id: str, now: float, scope: str, limit: int, fleet: int
     ) -> int:
         """At most ``limit`` chunks, and no more than this worker's share of what is
         claimable: split evenly between it and the other workers holding live leases in
-        scope. A batch decodes as one, so a worker that took the whole tail would finish it
-        alone while the others sit idle."""
+        scope, or the ``fleet`` the run expects if that is more (machines still booting
+        hold no lease yet). A batch decodes as one, so a worker that took the whole tail
+        would finish it alone while the others sit idle."""
         claimable, others = conn.execute(
             "SELECT"
             f" (SELECT count(*) FROM chunks WHERE (state = '{QUEUED}'"
@@ -223,7 +225,7 @@ class QueueStore(ChunkStore):
             "   AND episode_id IN (SELECT value FROM json_each(?3)))",
             (worker_id, now, scope),
         ).fetchone()
-        return min(limit, max(1, -(-claimable // (others + 1))))
+        return min(limit, max(1, -(-claimable // max(others + 1, fleet))))
 
     @staticmethod
     def _lease_next(
