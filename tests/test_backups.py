@@ -19,13 +19,20 @@ from whisperfarm.chunking import write_wav
 from whisperfarm.coordinator import create_app
 from whisperfarm.coordinator_config import CoordinatorConfig
 from whisperfarm.ledger import Job, LeaseLost, Ledger, WorkerInfo
+from worker.wire import WorkerKind
 
 LEASE = 60.0
 
 
-def claim(ledger: Ledger, worker: str, *, backups: bool = True) -> Job | None:
+def claim(
+    ledger: Ledger, worker: str, *, backups: bool = True, kind: str = WorkerKind.REMOTE
+) -> Job | None:
     return ledger.claim(
-        ["ep1"], WorkerInfo(worker), lease_seconds=LEASE, max_attempts=3, backups=backups
+        ["ep1"],
+        WorkerInfo(worker, kind=kind),
+        lease_seconds=LEASE,
+        max_attempts=3,
+        backups=backups,
     ).job
 
 
@@ -64,6 +71,27 @@ def test_an_idle_worker_backs_up_the_straggler_once(
     assert claim(ledger, "w3") is None, "one backup per chunk"
     chunk = ledger.chunk(straggler.chunk_id)
     assert (chunk["state"], chunk["worker_id"], chunk["attempt"]) == ("leased", "w1", 1)
+
+
+def test_a_local_worker_never_backs_up_another_local_workers_chunk(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    """Local workers share this machine's cores: a backup would slow the chunk it races
+    (the real podcast's local run decoded two chunks twice). Across kinds it still pays."""
+    make_episode(ledger, "ep1", [10.0, 10.0, 10.0])
+    slow = claim(ledger, "local-1", kind=WorkerKind.LOCAL)
+    fast = claim(ledger, "local-2", kind=WorkerKind.LOCAL)
+    assert slow is not None and fast is not None
+    clock.advance(5)
+    ledger.complete(fast.chunk_id, fast.lease_token, result=result("fast"))
+    last = claim(ledger, "local-2", kind=WorkerKind.LOCAL)
+    assert last is not None
+    clock.advance(4)
+    ledger.complete(last.chunk_id, last.lease_token, result=result("fast"))
+    clock.advance(6)  # local-1's chunk has run 15 s, three times the others' 5 s
+    assert claim(ledger, "local-2", kind=WorkerKind.LOCAL) is None
+    backup = claim(ledger, "box", kind=WorkerKind.REMOTE)  # a joined worker may race it
+    assert backup is not None and backup.chunk_id == slow.chunk_id
 
 
 def test_no_backup_before_the_chunk_runs_long(ledger: Ledger, clock: FakeClock) -> None:

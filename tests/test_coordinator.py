@@ -14,10 +14,11 @@ from tests.support.clock import FakeClock
 from tests.support.results import result_object
 from whisperfarm.chunk_audio import chunk_path, write_chunk
 from whisperfarm.coordinator import MAX_BODY_BYTES, create_app
-from whisperfarm.coordinator_config import CoordinatorConfig
+from whisperfarm.coordinator_config import LOCAL_WAIT_SECONDS, CoordinatorConfig
 from whisperfarm.decoding import SENT_WHEN_SET, WIRE_OPTIONS, Decoding
 from whisperfarm.ledger import ChunkPlan, Ledger, WorkerInfo
 from worker.audio import ChunkFormat
+from worker.wire import WAIT_SECONDS
 
 TOKEN = "run-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -290,10 +291,21 @@ def test_the_runs_own_local_workers_are_not_waited_for(farm: Farm) -> None:
     assert farm.config.attached.not_told_done(within=60) == ["w9"]
 
 
-def test_a_wait_says_how_soon_to_ask_again_as_the_run_decided(farm: Farm) -> None:
+def test_the_runs_local_workers_are_told_to_ask_again_sooner(farm: Farm) -> None:
+    """A local worker asking a second late idles one of this machine's few cores."""
     farm.job(), farm.job()
-    farm.config.wait_seconds = 0.2  # a run whose workers are all on this machine
-    assert farm.claim() == {"status": "wait", "retry_after": 0.2}
+    local = farm.post("/v1/claim", {"worker": {"id": "local-1", "kind": "local"}}).json()
+    assert local == {"status": "wait", "retry_after": LOCAL_WAIT_SECONDS}
+    assert farm.claim("w2") == {"status": "wait", "retry_after": WAIT_SECONDS}
+    assert LOCAL_WAIT_SECONDS < WAIT_SECONDS
+
+
+def test_a_batched_claim_is_shared_among_the_runs_planned_fleet(farm: Farm) -> None:
+    """The fleet size the run plans reaches the ledger's claim: with a fleet of 2 and 2
+    chunks, a claim of 5 gets 1."""
+    farm.config.fleet_size = 2
+    reply = farm.post("/v1/claim", {"worker": {"id": "w1"}, "max_jobs": 5}).json()
+    assert reply["status"] == "job" and "more_jobs" not in reply
 
 
 def test_a_claim_of_several_leases_each_job_on_its_own(farm: Farm) -> None:

@@ -148,5 +148,43 @@ def test_a_batched_claim_shares_the_queue_with_the_fleet_still_booting(ledger: L
         return len(jobs)
 
     assert claim("m1", 100) == 2  # 130 over 100 machines, rounded up
-    assert claim("m2", 10) == 4  # 128 over 10: more than a batch
-    assert claim("m3", 0) == 4  # no fleet known: the lease holders alone (124 over 3)
+    assert claim("m2", 50) == 3  # 128 over 50 (over the lease holders: 64, a full batch)
+    assert claim("m3", 0) == 4  # no fleet known: the lease holders alone (125 over 3)
+
+
+def test_a_prefetching_worker_counts_what_it_holds_against_its_share(ledger: Ledger) -> None:
+    """A prefetching worker claims again while its batch decodes: its share is of the
+    work left, what it holds included, or it would hold 8 of 12 while the other idled."""
+    make_episode(ledger, "a", [20.0] * 12)
+
+    def claim(worker: str) -> int:
+        return len(
+            ledger.claim(
+                ["a"],
+                WorkerInfo(worker),
+                lease_seconds=LEASE,
+                max_attempts=3,
+                limit=4,
+                fleet_size=2,
+            ).jobs
+        )
+
+    assert claim("a1") == 4  # 12 over 2: 6, a batch of 4
+    assert claim("a1") == 2  # its prefetch: 8 left + 4 held over 2 = 6, less the 4 held
+    assert claim("b1") == 3  # 6 left over 2
+    assert claim("b1") == 1  # 3 left + 3 held over 2 = 3, less 3 held: still one
+
+
+def test_expired_and_other_episodes_leases_are_not_workers_at_work(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    """Only live leases in the run's scope count as other workers sharing the queue."""
+    make_episode(ledger, "a", [20.0] * 8)
+    make_episode(ledger, "outside", [20.0] * 2)
+    ledger.claim(["outside"], WorkerInfo("elsewhere"), lease_seconds=LEASE, max_attempts=3)
+    gone = ledger.claim(["a"], WorkerInfo("gone"), lease_seconds=LEASE, max_attempts=3)
+    assert gone.job is not None
+    clock.advance(LEASE + 1)  # the "gone" worker's lease expires; "elsewhere"'s too
+    ledger.claim(["outside"], WorkerInfo("elsewhere"), lease_seconds=LEASE, max_attempts=3)
+    claim = ledger.claim(["a"], WorkerInfo("w1"), lease_seconds=LEASE, max_attempts=3, limit=8)
+    assert len(claim.jobs) == 8  # alone in scope: everything, the expired one included

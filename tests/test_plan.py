@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from tests.support.paths import SAMPLE
-from whisperfarm.coordinator_config import LOCAL_WAIT_SECONDS, WAIT_SECONDS, Dispatch
 from whisperfarm.fly.client import MachinesClient
 from whisperfarm.fly.fleet import FlyFleet
 from whisperfarm.ledger import Ledger
@@ -58,13 +57,10 @@ def test_a_local_plan_runs_one_local_fleet_with_the_plans_sizes(home: Path) -> N
     assert local.run_id == plan.run_id and local.logs_dir == home / "logs"
     assert fleet.description == "3 local workers × 2 threads"
     assert plan.chunk_format is ChunkFormat.WAV  # only this machine's workers fetch them
-    # and ask again soon when told to wait; no backup takes cores from the chunk it races
-    assert plan.dispatch == Dispatch(wait_seconds=LOCAL_WAIT_SECONDS, backups=False, fleet_size=3)
+    assert plan.fleet_size == 3  # batched claims are shared among the three
     outside = plan_run(load_settings(workers=0), [SAMPLE])
     assert outside.chunk_format is ChunkFormat.OPUS
-    # workers elsewhere: a slow machine is worth racing
-    assert outside.dispatch == Dispatch(wait_seconds=WAIT_SECONDS, backups=True, fleet_size=0)
-    assert not plan_run(load_settings(workers=0, backups=False), [SAMPLE]).dispatch.backups
+    assert outside.fleet_size == 0  # workers from elsewhere: unknown
 
 
 def test_a_fly_plan_has_no_local_workers_unless_asked_and_estimates_before_any_call() -> None:
@@ -77,7 +73,7 @@ def test_a_fly_plan_has_no_local_workers_unless_asked_and_estimates_before_any_c
     assert not plan.fly.config.with_local_workers
     assert plan.fly.estimate.machines >= 1 and plan.fly.estimate.cost > 0
     # batched claims are shared among the machines the run plans, booted or not
-    assert plan.dispatch.fleet_size == plan.fly.estimate.machines and plan.dispatch.backups
+    assert plan.fleet_size == plan.fly.estimate.machines
     assert plan.fly.describe().startswith(f"plan: {plan.fly.audio_seconds / 60:.1f} min of audio")
 
     client = MachinesClient("wf-test", "token", base_url="http://127.0.0.1:9")
@@ -92,7 +88,7 @@ def test_a_fly_plan_has_no_local_workers_unless_asked_and_estimates_before_any_c
     assert (with_local.workers, with_local.threads) == (2, 4)
     assert with_local.fly is not None and with_local.fly.config.with_local_workers
     assert with_local.chunk_format is ChunkFormat.OPUS  # some chunks go to Fly
-    assert with_local.dispatch.fleet_size == 2 + with_local.fly.estimate.machines
+    assert with_local.fleet_size == 2 + with_local.fly.estimate.machines
     with pytest.raises(ValueError, match="client"):
         fleets(with_local)
 
@@ -126,7 +122,7 @@ def test_serve_plans_the_given_files_and_with_queue_the_models_unfinished_episod
     assert plan.inputs == [SAMPLE, queued]
     assert (plan.workers, plan.threads, plan.compute_type, plan.fly) == (2, 1, "float32", None)
     assert plan.chunk_format is ChunkFormat.OPUS  # serve is for workers from elsewhere
-    assert plan.dispatch == Dispatch(wait_seconds=WAIT_SECONDS, backups=True, fleet_size=2)
+    assert plan.fleet_size == 2  # the local ones; outside workers come and go
     (local,) = fleets(plan)[0].fleets
     assert isinstance(local, LocalFleet) and (local.workers, local.threads) == (2, 1)
 

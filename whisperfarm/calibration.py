@@ -16,8 +16,9 @@ from pathlib import Path
 
 from whisperfarm.fly.policy import THREAD_EFFICIENCY
 from whisperfarm.ledger import Ledger
+from worker.wire import WorkerKind
 
-PREFERENCE = ("fly", "local", "remote")
+PREFERENCE = (WorkerKind.FLY, WorkerKind.LOCAL, WorkerKind.REMOTE)
 
 
 @dataclass(frozen=True)
@@ -30,10 +31,11 @@ class Calibration:
     runs: int
 
     def describe(self) -> str:
-        where = {
-            "fly": "measured on Fly machines",
-            "local": "measured on local workers (this machine's CPUs, not Fly's)",
-        }.get(self.kind, f"measured on {self.kind} workers")
+        measured: dict[str, str] = {
+            WorkerKind.FLY: "measured on Fly machines",
+            WorkerKind.LOCAL: "measured on local workers (this machine's CPUs, not Fly's)",
+        }
+        where = measured.get(self.kind, f"measured on {self.kind} workers")
         return (
             f"{where}: {self.per_cpu:.1f}× realtime per CPU over "
             f"{self.audio_seconds / 60:.0f} min of audio, {self.runs} run(s)"

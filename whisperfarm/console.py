@@ -30,6 +30,7 @@ from whisperfarm.settings import load_settings
 from whisperfarm.states import EpisodeState, RunState
 from whisperfarm.status import RunRow, StatusSnapshot, snapshot
 from whisperfarm.status_view import duration_text, money
+from worker.wire import WorkerKind
 
 __all__ = ["RunReporter", "duration_text"]
 
@@ -270,9 +271,9 @@ class RunReporter:
         live = [w for w in self._fleet.workers if w.state in ("working", "idle")]
         if not live:
             return None
-        local = sum(1 for w in live if w.kind == "local")
+        local = sum(1 for w in live if w.kind == WorkerKind.LOCAL)
         fly = sum(1 for w in live if w.kind == "fly")
-        joined = [w.where for w in live if w.kind not in ("local", "fly")]
+        joined = [w.where for w in live if w.kind not in (WorkerKind.LOCAL, WorkerKind.FLY)]
         parts = [f"{local} local"] if local else []
         if joined:
             parts.append(f"{len(joined)} joined ({', '.join(joined)})")

@@ -15,33 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from whisperfarm.ledger import Clock, Ledger
-
-WAIT_SECONDS = 1.0
-"""How soon a worker told to wait (chunks still being cut, or all leased) asks again, where
-workers cross a network: a hundred machines asking five times a second would be five
-hundred claims a second for nothing."""
-
-LOCAL_KIND = "local"
-"""The kind the run's own local worker processes report (``local.LocalFleet``)."""
+from worker.wire import WorkerKind
 
 LOCAL_WAIT_SECONDS = 0.2
-"""The same where every worker runs on this machine: a worker asking a second late idles
-one of a few cores for that second (the sample's last chunks waited up to 1 s each)."""
-
-
-@dataclass(frozen=True)
-class Dispatch:
-    """How the coordinator hands out a run's work, as the run's plan decides it
-    (``plan.RunPlan.dispatch``)."""
-
-    wait_seconds: float = WAIT_SECONDS
-    """What a "wait" answer tells a worker to wait before it asks again."""
-    backups: bool = False
-    """Back up stragglers on idle workers (``ledger.queue``): where workers run elsewhere."""
-    fleet_size: int = 0
-    """The workers the run expects at most (its local workers and the Fly machines it
-    plans); a batched claim takes no more than its share of the queue among them (0: among
-    the workers holding leases, as far as the coordinator can tell)."""
+"""How soon one of the run's own local workers, told to wait, asks again (others:
+worker.wire.WAIT_SECONDS): a local worker asking a second late idles one of this
+machine's few cores for that second (the sample's last chunks waited up to 1 s each)."""
 
 
 class Attached:
@@ -56,9 +35,9 @@ class Attached:
         self._lock = threading.Lock()
         self._last: dict[str, tuple[float, str]] = {}
 
-    def claimed(self, worker_id: str, status: str, *, kind: str = "remote") -> None:
+    def claimed(self, worker_id: str, status: str, *, kind: str = WorkerKind.REMOTE) -> None:
         with self._lock:
-            if kind == LOCAL_KIND:
+            if kind == WorkerKind.LOCAL:
                 return
             self._last[worker_id] = (self.clock(), status)
 
@@ -83,11 +62,12 @@ class CoordinatorConfig:
     lease_seconds: float = 60.0
     max_attempts: int = 3
     backups: bool = False
-    """Back up stragglers on idle workers (``ledger.queue``): on where a fleet works."""
-    wait_seconds: float = WAIT_SECONDS
-    """What a "wait" answer tells a worker to wait before it asks again."""
+    """Back up stragglers on idle workers (``ledger.queue``; never one local worker's
+    chunk on another: they share the cores)."""
     fleet_size: int = 0
-    """Dispatch.fleet_size."""
+    """The workers the run expects at most (its local workers and the Fly machines it
+    plans, ``plan.RunPlan.fleet_size``); a batched claim takes no more than its share of
+    the queue among them (0: among the workers holding leases)."""
     clock: Clock | None = None
     attached: Attached = field(default_factory=Attached)
     _ledgers: list[Ledger] = field(default_factory=list)

@@ -31,7 +31,7 @@ from whisperfarm.assembly import assemble
 from whisperfarm.calibration import measure_run
 from whisperfarm.chunking import CutterConfig
 from whisperfarm.coordinator import create_app
-from whisperfarm.coordinator_config import CoordinatorConfig, Dispatch
+from whisperfarm.coordinator_config import CoordinatorConfig
 from whisperfarm.errors import (
     BudgetReached,
     InputError,
@@ -54,12 +54,14 @@ from whisperfarm.states import ChunkState, EpisodeState, RunState
 from whisperfarm.transcripts import write_outputs
 from worker.audio import ChunkFormat
 from worker.models import bundled_tiny_en, resolve_model
+from worker.wire import WAIT_SECONDS
 
 DONE_GRACE = 5.0
 """Seconds a finished run keeps serving so that workers still attached hear "done"."""
 DONE_POLL = 0.1
-ATTACHED_WITHIN = 3.0
-"""A worker that claimed this recently is still attached: an idle one asks every second."""
+ATTACHED_WITHIN = 3 * WAIT_SECONDS
+"""A worker that claimed this recently is still attached: an idle one asks every
+WAIT_SECONDS."""
 
 
 @dataclass
@@ -209,13 +211,13 @@ class Farm:
         *,
         run_id: str,
         chunk_format: ChunkFormat,
-        dispatch: Dispatch = Dispatch(),
+        fleet_size: int,
         tick: float = 0.2,
         sleep: Callable[[float], None] = time.sleep,
     ):
         self.run_id = run_id
         self.chunk_format = chunk_format
-        self.dispatch = dispatch
+        self.fleet_size = fleet_size
         self.settings = settings
         self.fleet = fleet
         self.reporter = reporter
@@ -280,9 +282,8 @@ class Farm:
             episodes_dir=settings.episodes_dir,
             lease_seconds=settings.lease_seconds,
             max_attempts=settings.max_attempts,
-            backups=self.dispatch.backups,
-            wait_seconds=self.dispatch.wait_seconds,
-            fleet_size=self.dispatch.fleet_size,
+            backups=settings.backups,
+            fleet_size=self.fleet_size,
         )
         server = BackgroundServer(create_app(coordinator), bind(settings.host, settings.port))
         cancel = threading.Event()

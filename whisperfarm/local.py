@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 from typing import IO
 
-from whisperfarm.coordinator_config import LOCAL_KIND
 from whisperfarm.errors import WorkersLost
 from whisperfarm.ledger import Ledger
 from worker.config import WorkerConfig
+from worker.wire import WorkerKind
 
 FLY_SECRETS = ("FLY_API_TOKEN", "FLY_ACCESS_TOKEN", "WHISPERFARM_FLY_API_TOKEN")
 """The Fly API token, under every name settings read it from: the CLI needs it to manage
@@ -74,7 +74,7 @@ class LocalFleet:
                 preload_model=model,
                 compute_type=self.compute_type,
                 given_id=f"local-{self.run_id}-{n}",
-                given_kind=LOCAL_KIND,
+                given_kind=WorkerKind.LOCAL,
                 give_up_seconds=self.give_up_seconds,
                 # The audio is on this machine: nothing to hide by claiming ahead, and a
                 # claim ahead would hold chunks another local worker could be decoding.
@@ -110,7 +110,7 @@ class LocalFleet:
         recent = [
             w
             for w in ledger.workers()
-            if w["kind"] != "local" and w["last_seen"] > ledger.clock() - 30
+            if w["kind"] != WorkerKind.LOCAL and w["last_seen"] > ledger.clock() - 30
         ]
         if recent:
             return
@@ -145,8 +145,8 @@ class LocalFleet:
 
     def stop(self, grace: float = 3.0) -> None:
         # Ask every worker still running to stop now (SIGTERM): one waiting for work exits
-        # at once instead of after its "wait" back-off (about a second at the end of every
-        # run), one in the middle of a chunk hands it back.
+        # at once instead of after its "wait" back-off, one in the middle of a chunk hands
+        # it back.
         for process in self.processes:
             if process.poll() is None:
                 process.terminate()

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from whisperfarm.calibration import for_settings
-from whisperfarm.coordinator_config import LOCAL_WAIT_SECONDS, WAIT_SECONDS, Dispatch
 from whisperfarm.errors import InputError
 from whisperfarm.farm import Fleet, Fleets, chunk_format_for
 from whisperfarm.fly.client import MachinesClient
@@ -91,19 +90,11 @@ class RunPlan:
         return chunk_format_for(self.settings, only_local_workers=self.only_local)
 
     @property
-    def dispatch(self) -> Dispatch:
-        """How the coordinator hands out the work. Stragglers are backed up where the
-        settings say so and workers run elsewhere: local workers share this machine's
-        cores, so a backup would slow the chunk it races (the real podcast's run decoded
-        two chunks twice, 7.4-9.3 s). A worker told to wait asks again sooner where all are
-        local. Batched claims are shared among the local workers and the planned machines:
-        a hundred machines on a 1-hour episode take one or two chunks each, not four."""
-        machines = self.fly.estimate.machines if self.fly is not None else 0
-        return Dispatch(
-            wait_seconds=LOCAL_WAIT_SECONDS if self.only_local else WAIT_SECONDS,
-            backups=self.settings.backups and not self.only_local,
-            fleet_size=self.workers + machines,
-        )
+    def fleet_size(self) -> int:
+        """The workers the run expects at most: its local workers and the Fly machines it
+        plans. Batched claims are shared among them (``ledger.queue``), so the first of a
+        hundred planned machines takes 2 of a 1-hour episode's 144 chunks, not 4."""
+        return self.workers + (self.fly.estimate.machines if self.fly is not None else 0)
 
 
 def plan_run(

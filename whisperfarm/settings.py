@@ -100,8 +100,8 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1)
     # Back up a straggler (a chunk running twice as long as done chunks took) on an idle
     # worker once the queue is empty; the first result wins (whisperfarm/ledger/queue.py).
-    # Never where every worker is on this machine: a backup there takes cores from the
-    # chunk it races (plan.RunPlan.backups).
+    # Never one local worker's chunk on another: they share this machine's cores, so a
+    # backup would slow the chunk it races (ledger.queue).
     backups: bool = True
 
     # Chunking: cut at a pause between min and max seconds; max stays under Whisper's

@@ -49,6 +49,7 @@ from whisperfarm.money import (
 )
 from whisperfarm.processes import PidAlive, process_alive
 from whisperfarm.states import ChunkState, EpisodeState, RunState
+from worker.wire import WorkerKind
 
 SCHEMA_VERSION = 1
 
@@ -597,7 +598,7 @@ def _where(worker: WorkerRecord) -> str:
     if worker["machine_id"]:
         region = f" ({worker['region']})" if worker["region"] else ""
         return f"fly {worker['machine_id']}{region}"
-    if worker["kind"] == "local":
+    if worker["kind"] == WorkerKind.LOCAL:
         return "local"
     return worker["host"] or worker["kind"]
 

@@ -36,7 +36,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from whisperfarm.coordinator_config import CoordinatorConfig
+from whisperfarm.coordinator_config import LOCAL_WAIT_SECONDS, CoordinatorConfig
 from whisperfarm.decoding import SENT_WHEN_SET
 from whisperfarm.ledger import (
     ChunkRecord,
@@ -50,12 +50,14 @@ from whisperfarm.ledger import Job as LedgerJob
 from whisperfarm.states import ChunkState
 from worker.audio import ChunkFormat
 from worker.wire import (
+    WAIT_SECONDS,
     ClaimReply,
     ClaimRequest,
     FailureRequest,
     Job,
     LeaseRequest,
     ResultRequest,
+    WorkerKind,
 )
 
 MAX_CHUNK_ID = 2**63 - 1
@@ -156,21 +158,30 @@ def _wire_job(job: LedgerJob, lease_seconds: float) -> Job:
     )
 
 
+def _wait(status: str, kind: str) -> float:
+    """How long a worker told to wait waits: the run's own local workers ask again
+    sooner, the rest as the wire's default says (``retry_after`` is 0 with a job or done,
+    as it always was)."""
+    if status != "wait":
+        return 0.0
+    return LOCAL_WAIT_SECONDS if kind == WorkerKind.LOCAL else WAIT_SECONDS
+
+
 async def claim(call: Call) -> Reply:
     config = call.config
+    worker = call.body.worker
     result = call.ledger.claim(
         config.scope(),
-        WorkerInfo(**call.body.worker.model_dump()),
+        WorkerInfo(**worker.model_dump()),
         lease_seconds=config.lease_seconds,
         max_attempts=config.max_attempts,
         backups=config.backups,
         fleet_size=config.fleet_size,
         limit=call.body.max_jobs,
     )
-    config.attached.claimed(call.body.worker.id, result.status, kind=call.body.worker.kind)
+    config.attached.claimed(worker.id, result.status, kind=worker.kind)
     if not result.jobs:
-        wait = config.wait_seconds if result.status == "wait" else 0.0
-        reply = ClaimReply(status=result.status, retry_after=wait)
+        reply = ClaimReply(status=result.status, retry_after=_wait(result.status, worker.kind))
     else:
         first, *more = (_wire_job(job, config.lease_seconds) for job in result.jobs)
         reply = ClaimReply(status="job", job=first)

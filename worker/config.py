@@ -37,7 +37,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from worker.device import DEFAULT_BATCH_SIZE, DEFAULT_COMPUTE_TYPE, Device
-from worker.wire import MAX_JOBS_PER_CLAIM, WorkerModel
+from worker.wire import MAX_JOBS_PER_CLAIM, WorkerKind, WorkerModel
 
 PREFIX = "WHISPERFARM_"
 
@@ -179,7 +179,7 @@ class WorkerConfig(BaseSettings):
 
     @property
     def kind(self) -> str:
-        return self.given_kind or ("fly" if self.machine_id else "remote")
+        return self.given_kind or (WorkerKind.FLY if self.machine_id else WorkerKind.REMOTE)
 
     def info(self) -> WorkerModel:
         """Who this worker is, as a claim tells the coordinator (which validates it, like

@@ -17,6 +17,7 @@ request bodies' names appear in the coordinator's OpenAPI schema (/docs, the API
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,11 +30,27 @@ is garbage, and a huge one overflows the srt/vtt/tsv writers when the episode is
 # Worker → coordinator --------------------------------------------------------------------
 
 
+class WorkerKind(StrEnum):
+    """Where a worker runs, as its claims say: one of the run's own local processes, a
+    Fly machine the run started, or a worker that joined from anywhere. The wire carries
+    it as a string (a joined worker may name its own kind)."""
+
+    LOCAL = "local"
+    FLY = "fly"
+    REMOTE = "remote"
+
+
+WAIT_SECONDS = 1.0
+"""How soon a worker told to wait (chunks still being cut, or all leased) asks again: a
+hundred machines asking five times a second would be five hundred claims a second for
+nothing. The run's own local workers ask sooner (whisperfarm.worker_api)."""
+
+
 class WorkerModel(BaseModel):
     """Who is claiming: shown in status and kept in the ledger's workers table."""
 
     id: str = Field(min_length=1, max_length=200)
-    kind: str = Field("remote", max_length=20)
+    kind: str = Field(WorkerKind.REMOTE, max_length=20)
     host: str | None = Field(None, max_length=200)
     machine_id: str | None = Field(None, max_length=100)
     region: str | None = Field(None, max_length=20)
@@ -176,7 +193,7 @@ class ClaimReply(BaseModel):
     status: Literal["job", "wait", "done"]
     job: Job | None = None
     more_jobs: list[Job] | None = None
-    retry_after: float = 1.0
+    retry_after: float = WAIT_SECONDS
 
     @property
     def jobs(self) -> list[Job]:

@@ -112,7 +112,7 @@ def serve(
                 reporter,
                 run_id=plan.run_id,
                 chunk_format=plan.chunk_format,
-                dispatch=plan.dispatch,
+                fleet_size=plan.fleet_size,
             ).transcribe(plan.inputs, out_dir, format_list, queued=plan.queued)
         finally:
             reporter.close()

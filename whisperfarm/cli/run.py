@@ -311,7 +311,7 @@ def transcribe(
                 reporter,
                 run_id=plan.run_id,
                 chunk_format=plan.chunk_format,
-                dispatch=plan.dispatch,
+                fleet_size=plan.fleet_size,
             ).transcribe(plan.inputs, out_dir, format_list)
         finally:
             reporter.close()

@@ -19,7 +19,8 @@ longest ago (``backup_token``; at most one per chunk, never to its own worker; t
 attempt is not bumped). The first result from either lease wins: the chunk is done under
 the winner's token and the other lease is fenced off (409 on its heartbeat, audio or
 result). A backup that fails or is released just ends, leaving the chunk to its lease; a
-chunk that goes back to the queue takes its backup lease with it.
+chunk that goes back to the queue takes its backup lease with it. A local worker never
+backs up another local worker's chunk: the two share this machine's cores.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from whisperfarm.ledger.chunks import _NO_BACKUP, ChunkStore, UnknownChunk
 from whisperfarm.ledger.rows import ChunkRecord
 from whisperfarm.ledger.workers import WorkerInfo, touch_worker
 from whisperfarm.states import ChunkState, EpisodeState
+from worker.wire import WorkerKind
 
 # The states as SQL spells them (StrEnums format as their values).
 DEAD = ChunkState.DEAD
@@ -102,13 +104,17 @@ _NEXT_CHUNK = (
 
 
 # The chunk a backup claim takes (?3: the worker, ?4: now, ?5: the episode ids as JSON,
-# ?6: BACKUP_AFTER): the leased one claimed longest ago with no live backup, held by
-# another worker, running BACKUP_AFTER × as long as done chunks took; none while an
-# episode in scope is still being cut (more chunks may come) or before any is done.
+# ?6: BACKUP_AFTER, ?7: the worker's kind): the leased one claimed longest ago with no
+# live backup, held by another worker, running BACKUP_AFTER × as long as done chunks took;
+# none while an episode in scope is still being cut (more chunks may come) or before any
+# is done; never a local worker's chunk to another local worker (they share the cores,
+# so the backup would slow the chunk it races).
 _BACKUP_CHUNK = (
     "SELECT id FROM chunks"
     f" WHERE state = '{LEASED}' AND episode_id IN (SELECT value FROM json_each(?5))"
     "  AND (backup_token IS NULL OR backup_expires_at < ?4) AND worker_id != ?3"
+    f"  AND NOT (?7 = '{WorkerKind.LOCAL}' AND worker_id IN"
+    f"   (SELECT id FROM workers WHERE kind = '{WorkerKind.LOCAL}'))"
     "  AND NOT EXISTS (SELECT 1 FROM episodes"
     f"   WHERE state = '{EPISODE_CHUNKING}' AND id IN (SELECT value FROM json_each(?5)))"
     "  AND ?4 - claimed_at > ?6 * (end - start) * ("
@@ -162,11 +168,11 @@ class QueueStore(ChunkStore):
         limit: int = 1,
         fleet_size: int = 0,
     ) -> Claim:
-        """Up to ``limit`` chunks (and no more than the claiming worker's fair share of
-        what is claimable, ``_fair_share``), longest first, each leased as a claim of one
-        would be (its own attempt and token, so each is fenced and heartbeated on its
-        own), in one transaction; with ``backups``, when nothing else is left, a backup lease on a
-        straggler (the module's docstring)."""
+        """Up to ``limit`` chunks (no more than the worker's fair share of the work left
+        among ``fleet_size`` workers or those at work: ``_fair_share``), longest first,
+        each leased as a claim of one would be (its own attempt and token, so each is
+        fenced and heartbeated on its own), in one transaction; with ``backups``, when
+        nothing else is left, a backup lease on a straggler (the module's docstring)."""
         now = self.clock()
         scope = json.dumps(episode_ids)
         with self._write() as conn:
@@ -210,22 +216,30 @@ class QueueStore(ChunkStore):
     def _fair_share(
         conn: sqlite3.Connection, worker_id: str, now: float, scope: str, limit: int, fleet: int
     ) -> int:
-        """At most ``limit`` chunks, and no more than this worker's share of what is
-        claimable: split evenly between it and the other workers holding live leases in
-        scope, or the ``fleet`` the run expects if that is more (machines still booting
-        hold no lease yet). A batch decodes as one, so a worker that took the whole tail
-        would finish it alone while the others sit idle."""
-        claimable, others = conn.execute(
+        """At most ``limit`` chunks, and no more than this worker's share of the work left
+        (what is claimable and what it holds already, as a prefetching worker does) split
+        evenly between it and the other workers holding live leases in scope, or the
+        ``fleet`` the run expects if that is more (machines still booting hold no lease).
+        A batch decodes as one, so a worker that took the whole tail would finish it alone
+        while the others sit idle. Never less than one: a worker is not told to wait while
+        chunks are queued."""
+        claimable, held, others = conn.execute(
+            # CROSS JOIN: each count walks the (state, episode_id) index episode by episode
             "SELECT"
-            f" (SELECT count(*) FROM chunks WHERE (state = '{QUEUED}'"
-            f"   OR (state = '{LEASED}' AND lease_expires_at < ?2))"
-            "   AND episode_id IN (SELECT value FROM json_each(?3))),"
-            " (SELECT count(DISTINCT worker_id) FROM chunks"
-            f"   WHERE state = '{LEASED}' AND lease_expires_at >= ?2 AND worker_id != ?1"
-            "   AND episode_id IN (SELECT value FROM json_each(?3)))",
+            f" (SELECT count(*) FROM json_each(?3) AS e CROSS JOIN chunks AS c"
+            f"   ON c.state = '{QUEUED}' AND c.episode_id = e.value)"
+            f" + (SELECT count(*) FROM json_each(?3) AS e CROSS JOIN chunks AS c"
+            f"   ON c.state = '{LEASED}' AND c.episode_id = e.value AND c.lease_expires_at < ?2),"
+            " (SELECT count(*) FROM json_each(?3) AS e CROSS JOIN chunks AS c"
+            f"   ON c.state = '{LEASED}' AND c.episode_id = e.value"
+            "   AND c.lease_expires_at >= ?2 AND c.worker_id = ?1),"
+            " (SELECT count(DISTINCT c.worker_id) FROM json_each(?3) AS e CROSS JOIN chunks AS c"
+            f"   ON c.state = '{LEASED}' AND c.episode_id = e.value"
+            "   AND c.lease_expires_at >= ?2 AND c.worker_id != ?1)",
             (worker_id, now, scope),
         ).fetchone()
-        return min(limit, max(1, -(-claimable // max(others + 1, fleet))))
+        share = -(-(claimable + held) // max(others + 1, fleet))
+        return min(limit, max(1, share - held))
 
     @staticmethod
     def _lease_next(
@@ -252,7 +266,7 @@ class QueueStore(ChunkStore):
             "UPDATE chunks SET backup_token = ?1, backup_expires_at = ?2,"
             f" backup_worker_id = ?3 WHERE id = ({_BACKUP_CHUNK})"
             " RETURNING id, episode_id, idx, start, end, attempt, words",
-            (token, now + lease_seconds, worker.id, now, scope, BACKUP_AFTER),
+            (token, now + lease_seconds, worker.id, now, scope, BACKUP_AFTER, worker.kind),
         ).fetchone()
         return None if row is None else _job(conn, row, token, now + lease_seconds)
 

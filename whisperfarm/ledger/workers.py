@@ -10,12 +10,13 @@ from typing import cast
 
 from whisperfarm.ledger.rows import WorkerRecord
 from whisperfarm.ledger.store import Store
+from worker.wire import WorkerKind
 
 
 @dataclass(frozen=True)
 class WorkerInfo:
     id: str
-    kind: str = "remote"
+    kind: str = WorkerKind.REMOTE
     host: str | None = None
     machine_id: str | None = None
     region: str | None = None
