@@ -210,21 +210,22 @@ def test_a_worker_killed_mid_chunk_loses_nothing(tmp_path: Path) -> None:
         lost = rows(
             home, "SELECT id, idx FROM chunks WHERE state = 'leased' AND worker_id = ?", (victim,)
         )
-        assert len(lost) == 1, "the killed worker held its chunk"
-        chunk_id, _ = lost[0]
+        # its chunk, or its batch of them (local workers claim batches of 4 at most)
+        assert 1 <= len(lost) <= 4, "the killed worker held its chunks"
         assert cli.wait() == 0, cli.stdout + cli.stderr
     finally:
         cli.kill()
 
-    state, attempt, worker, finished, has_result = rows(
-        home,
-        "SELECT state, attempt, worker_id, finished_at,"
-        " EXISTS (SELECT 1 FROM results WHERE chunk_id = chunks.id) FROM chunks WHERE id = ?",
-        (chunk_id,),
-    )[0]
-    assert (state, attempt) == ("done", 2), "done on a second attempt after the lease expired"
-    assert worker != victim and finished > killed_at
-    assert has_result
+    for chunk_id, _ in lost:
+        state, attempt, worker, finished, has_result = rows(
+            home,
+            "SELECT state, attempt, worker_id, finished_at,"
+            " EXISTS (SELECT 1 FROM results WHERE chunk_id = chunks.id) FROM chunks WHERE id = ?",
+            (chunk_id,),
+        )[0]
+        assert (state, attempt) == ("done", 2), "done on a second attempt after the lease expired"
+        assert worker != victim and finished > killed_at
+        assert has_result
 
     speech = rows(home, "SELECT idx, state FROM chunks WHERE speech = 1 ORDER BY idx")
     assert {state for _, state in speech} == {"done"}

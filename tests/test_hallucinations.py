@@ -88,6 +88,36 @@ def test_a_looped_phrase_of_words_keeps_its_first_words() -> None:
     assert [w["start"] for w in kept["words"]] == [0.0, 0.5, 0.8, 1.1]
 
 
+def test_a_loop_over_several_segments_keeps_its_first_copy() -> None:
+    """tiny.en on French, in CI: "sufervin," five times over three segments, each too
+    short to be a loop on its own, and no two segments the same."""
+
+    def words_of(start: float, *texts_: str) -> list[dict[str, Any]]:
+        return [word(start + n * 0.5, start + n * 0.5 + 0.4, t) for n, t in enumerate(texts_)]
+
+    parts = [
+        words_of(0.0, " under", " order"),
+        words_of(1.0, " sufervin,", " sufervin,"),
+        words_of(2.0, " sufervin,"),
+        words_of(3.0, " sufervin,", " sufervin,"),
+        words_of(4.0, " the", " end."),
+    ]
+    segments = [
+        seg(w[0]["start"], w[-1]["end"], "".join(x["word"] for x in w), words=w) for w in parts
+    ]
+    kept = loops(segments, 10.0)
+    assert texts(kept) == [" under order", " sufervin,", " the end."]
+    assert [w["start"] for w in kept[1]["words"]] == [1.0]
+    # the same without word times
+    plain = [seg(s["start"], s["end"], s["text"]) for s in segments]
+    assert texts(loops(plain, 10.0)) == [" under order", " sufervin,", " the end."]
+
+
+def test_a_phrase_said_three_times_over_segments_is_no_loop() -> None:
+    segments = [seg(0, 1, " Yes, yes."), seg(1, 2, " Yes."), seg(2, 3, " No.")]
+    assert loops(segments, 10.0) == segments
+
+
 def test_numbers_and_short_repeats_are_no_loop() -> None:
     segments = [seg(0.0, 5.0, " It cost 1000000 dollars, ha ha ha, no no no."), seg(5, 6, " Hm.")]
     assert loops(segments, 10.0) == segments

@@ -148,9 +148,11 @@ def _collapse_words(words: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def loops(segments: Segments, length: float) -> Segments:
     """Whisper stuck on a phrase, written once: a run of ``LOOP_REPEATS`` or more segments
-    in a row with the same words ("Okay." × 25) keeps its first; inside a segment, a phrase
-    or a bit of a word repeated ``PHRASE_REPEATS`` or more times in a row is written once.
-    A speaker saying something twice is no loop."""
+    in a row with the same words ("Okay." × 25) keeps its first; a phrase repeated
+    ``PHRASE_REPEATS`` or more times in a row across segments keeps its first copy
+    (``_across_segments``); inside a segment, a phrase or a bit of a word repeated
+    ``PHRASE_REPEATS`` or more times in a row is written once. A speaker saying something
+    twice is no loop."""
     kept: Segments = []
     run: Segments = []
     for segment in [*segments, None]:
@@ -163,7 +165,60 @@ def loops(segments: Segments, length: float) -> Segments:
             continue
         kept.extend(run[:1] if len(run) >= LOOP_REPEATS else run)
         run = [segment] if segment is not None else []
-    return [_collapse(segment) for segment in kept]
+    return [_collapse(segment) for segment in _across_segments(kept)]
+
+
+def _units(segment: dict[str, Any]) -> list[Any]:
+    """What a loop is counted in: the segment's words, else its text's tokens."""
+    return list(segment.get("words") or str(segment.get("text", "")).split())
+
+
+def _unit_text(unit: Any) -> str:
+    return _norm(str(unit.get("word", "")) if isinstance(unit, dict) else str(unit))
+
+
+def _one_of(words: list[Any]) -> Callable[[dict[str, Any]], bool]:
+    """Whether a word is one of ``words`` (the very objects)."""
+    ids = {id(word) for word in words}
+    return lambda word: id(word) in ids
+
+
+def _across_segments(segments: Segments) -> Segments:
+    """A phrase of 1-4 words repeated ``PHRASE_REPEATS`` or more times in a row over more
+    than one segment ("sufervin, sufervin," · "sufervin," · "sufervin, sufervin,": tiny.en
+    on French), written once: its repeats leave the segments they fall in, and a segment
+    left with nothing goes. A run inside one segment is ``_collapse``'s."""
+    units = [(n, k) for n, segment in enumerate(segments) for k in range(len(_units(segment)))]
+    texts = [_unit_text(unit) for segment in segments for unit in _units(segment)]
+    gone: set[tuple[int, int]] = set()  # (segment, unit) of each repeat
+    i = 0
+    while i < len(units):
+        for size in range(1, 5):
+            phrase = texts[i : i + size]
+            count = 1
+            while texts[i + count * size : i + (count + 1) * size] == phrase:
+                count += 1
+            end = i + count * size
+            looped = len(phrase) == size and all(phrase) and count >= PHRASE_REPEATS
+            if looped and units[i][0] != units[end - 1][0]:  # over more than one segment
+                gone.update(units[i + size : end])
+                i = end
+                break
+        else:
+            i += 1
+    if not gone:
+        return segments
+    kept: Segments = []
+    for n, segment in enumerate(segments):
+        left = [u for k, u in enumerate(_units(segment)) if (n, k) not in gone]
+        if len(left) == len(_units(segment)):
+            kept.append(segment)
+        elif left and segment.get("words"):
+            rebuilt = _with_words(segment, _one_of(left))
+            kept.extend([rebuilt] if rebuilt is not None else [])
+        elif left:
+            kept.append({**segment, "text": " " + " ".join(left)})
+    return kept
 
 
 def _collapse(segment: dict[str, Any]) -> dict[str, Any]:
