@@ -205,12 +205,13 @@ async def client(port: int, n: int, latencies: list[float], batch: int = 1) -> i
             if reply["status"] == "wait":
                 await asyncio.sleep(0.01)
                 continue
-            for job in [reply["job"], *reply.get("more_jobs", [])]:
+            jobs = [reply["job"], *reply.get("more_jobs", [])]
+            for job in jobs:
                 status, audio = await conn.request(
                     "GET", job["audio_url"], headers={"X-Lease-Token": job["lease_token"]}
                 )
                 check(status, audio, "audio")
-            for job in [reply["job"], *reply.get("more_jobs", [])]:
+            for job in jobs:
                 result = json.dumps(
                     {"lease_token": job["lease_token"], "result": RESULT, "busy_seconds": 0.5}
                 ).encode()

@@ -188,8 +188,9 @@ def _across_segments(segments: Segments) -> Segments:
     than one segment ("sufervin, sufervin," · "sufervin," · "sufervin, sufervin,": tiny.en
     on French), written once: its repeats leave the segments they fall in, and a segment
     left with nothing goes. A run inside one segment is ``_collapse``'s."""
-    units = [(n, k) for n, segment in enumerate(segments) for k in range(len(_units(segment)))]
-    texts = [_unit_text(unit) for segment in segments for unit in _units(segment)]
+    per_segment = [_units(segment) for segment in segments]
+    units = [(n, k) for n, its in enumerate(per_segment) for k in range(len(its))]
+    texts = [_unit_text(unit) for its in per_segment for unit in its]
     gone: set[tuple[int, int]] = set()  # (segment, unit) of each repeat
     i = 0
     while i < len(units):
@@ -209,9 +210,9 @@ def _across_segments(segments: Segments) -> Segments:
     if not gone:
         return segments
     kept: Segments = []
-    for n, segment in enumerate(segments):
-        left = [u for k, u in enumerate(_units(segment)) if (n, k) not in gone]
-        if len(left) == len(_units(segment)):
+    for n, (segment, its) in enumerate(zip(segments, per_segment, strict=True)):
+        left = [u for k, u in enumerate(its) if (n, k) not in gone]
+        if len(left) == len(its):
             kept.append(segment)
         elif left and segment.get("words"):
             rebuilt = _with_words(segment, _one_of(left))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from whisperfarm.calibration import for_settings
 from whisperfarm.errors import InputError
-from whisperfarm.farm import Fleet, Fleets, chunk_format_for
+from whisperfarm.farm import Farm, Fleet, Fleets, Reporter, chunk_format_for
 from whisperfarm.fly.client import MachinesClient
 from whisperfarm.fly.config import FlyConfig, describe_plan, estimate, fly_config, pool_ready
 from whisperfarm.fly.fleet import FlyFleet
@@ -95,6 +95,17 @@ class RunPlan:
         plans. Batched claims are shared among them (``ledger.queue``), so the first of a
         hundred planned machines takes 2 of a 1-hour episode's 144 chunks, not 4."""
         return self.workers + (self.fly.estimate.machines if self.fly is not None else 0)
+
+    def farm(self, fleet: Fleet, reporter: Reporter) -> Farm:
+        """The farm that runs this plan on ``fleet``, reporting to ``reporter``."""
+        return Farm(
+            self.settings,
+            fleet,
+            reporter,
+            run_id=self.run_id,
+            chunk_format=self.chunk_format,
+            fleet_size=self.fleet_size,
+        )
 
 
 def plan_run(

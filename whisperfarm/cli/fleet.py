@@ -81,7 +81,6 @@ def serve(
     Example: `whisperfarm serve talk.mp3 --host :: --port 8765 -m small.en`
     """
     from whisperfarm.console import RunReporter
-    from whisperfarm.farm import Farm
     from whisperfarm.interrupts import stop_signals
     from whisperfarm.plan import fleets, plan_run
     from whisperfarm.settings import load_settings, parse_formats
@@ -106,14 +105,9 @@ def serve(
     reporter = RunReporter(out, quiet=quiet)
     with stop_signals():  # SIGTERM and SIGHUP end it as Ctrl-C does: workers stopped
         try:
-            summary = Farm(
-                settings,
-                fleet,
-                reporter,
-                run_id=plan.run_id,
-                chunk_format=plan.chunk_format,
-                fleet_size=plan.fleet_size,
-            ).transcribe(plan.inputs, out_dir, format_list, queued=plan.queued)
+            summary = plan.farm(fleet, reporter).transcribe(
+                plan.inputs, out_dir, format_list, queued=plan.queued
+            )
         finally:
             reporter.close()
     reporter.summary(summary, out_dir)

@@ -229,7 +229,6 @@ def transcribe(
     """
     from whisperfarm.console import RunReporter
     from whisperfarm.errors import FlyGPUUnsupported
-    from whisperfarm.farm import Farm
     from whisperfarm.fly.config import ask_fly_first, fly_client
     from whisperfarm.fly.pricing import GPU_GONE_MESSAGE
     from whisperfarm.fly.store import MachineStore
@@ -305,14 +304,7 @@ def transcribe(
     # SIGTERM and SIGHUP end the run as Ctrl-C does: machines destroyed, workers stopped.
     with stop_signals():
         try:
-            summary = Farm(
-                settings,
-                fleet,
-                reporter,
-                run_id=plan.run_id,
-                chunk_format=plan.chunk_format,
-                fleet_size=plan.fleet_size,
-            ).transcribe(plan.inputs, out_dir, format_list)
+            summary = plan.farm(fleet, reporter).transcribe(plan.inputs, out_dir, format_list)
         finally:
             reporter.close()
             if fly is not None and fly.leftovers:
