@@ -12,6 +12,7 @@ from worker.client import CoordinatorClient, CoordinatorError, Unauthorized, Unr
 from worker.config import ConfigError, WorkerConfig
 from worker.device import Device, DeviceError, resolve
 from worker.loop import EXIT_PROTOCOL, EXIT_UNAUTHORIZED, EXIT_UNREACHABLE, Worker
+from worker.memory import keep_freed_memory
 from worker.models import ModelLoadError, load_model
 from worker.transcriber import Transcriber
 
@@ -42,6 +43,7 @@ def preloaded_transcriber(
 
 def main(env: Mapping[str, str] | None = None) -> int:
     """Run a worker configured by ``env`` (default: this process's environment)."""
+    keep_freed_memory()  # before any thread starts (worker.memory)
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
