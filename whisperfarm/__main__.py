@@ -1,3 +1,3 @@
-from whisperfarm.cli import main
+from whisperfarm.launch import main
 
 main()

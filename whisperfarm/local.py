@@ -1,36 +1,22 @@
-"""The local fleet: worker processes on this machine, each with its share of the cores."""
+"""The local fleet: worker processes on this machine, each with its share of the cores.
+
+Its processes may be standby workers that ``whisperfarm transcribe`` started before
+anything else (``whisperfarm.spawn``); the fleet hands each its configuration and log
+when the run starts, and starts a new process for any worker it has no standby for.
+"""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import IO
 
 from whisperfarm.errors import WorkersLost
 from whisperfarm.ledger import Ledger
+from whisperfarm.spawn import WORKER_COMMAND, StandbyWorkers, worker_process_environ
 from worker.config import WorkerConfig
+from worker.standby import StandbyOrder
 from worker.wire import WorkerKind
-
-FLY_SECRETS = ("FLY_API_TOKEN", "FLY_ACCESS_TOKEN", "WHISPERFARM_FLY_API_TOKEN")
-"""The Fly API token, under every name settings read it from: the CLI needs it to manage
-machines, a worker never does, so local workers don't inherit it."""
-
-
-def worker_environ() -> dict[str, str]:
-    """This process's environment, less the secrets a worker has no use for."""
-    secret = {name.upper() for name in FLY_SECRETS}
-    return {name: value for name, value in os.environ.items() if name.upper() not in secret}
-
-
-def default_workers(cpus: int | None = None) -> tuple[int, int]:
-    """(workers, threads each). One single-threaded worker per core beats one worker with
-    every core on small CPU models: beam search parallelises poorly inside one process.
-    On larger machines, two threads per worker keeps memory (one model each) in check."""
-    cpus = cpus or os.cpu_count() or 1
-    workers = cpus if cpus <= 4 else cpus // 2
-    return workers, max(1, cpus // workers)
 
 
 class LocalFleet:
@@ -44,6 +30,7 @@ class LocalFleet:
         compute_type: str = "int8",
         batch_size: int | None = None,
         give_up_seconds: float = 30.0,
+        standby: StandbyWorkers | None = None,
     ):
         self.workers = workers
         self.threads = threads
@@ -52,6 +39,7 @@ class LocalFleet:
         self.compute_type = compute_type
         self.batch_size = batch_size
         self.give_up_seconds = give_up_seconds
+        self.standby = standby
         self.processes: list[subprocess.Popen[bytes]] = []
         self.ended = 0  # workers still running when stop() came
         self._logs: list[IO[bytes]] = []
@@ -81,25 +69,28 @@ class LocalFleet:
                 prefetch=False,
                 **({"batch_size": self.batch_size} if self.batch_size else {}),
             )
-            env = {
-                **worker_environ(),
-                **config.to_env(),
-                "HF_HUB_OFFLINE": "1",
-                "OMP_NUM_THREADS": str(self.threads),
-            }
             path = self.log_path(n)
             path.parent.mkdir(parents=True, exist_ok=True)
-            log = open(path, "ab")  # noqa: SIM115 - closed in stop()
-            self._logs.append(log)
-            self.processes.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "worker"],
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
+            self.processes.append(self._process(config.to_env(), path))
+        if self.standby is not None:
+            self.standby.dismiss()  # those not taken
+
+    def _process(self, config: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+        """A standby process told to be this worker, else a new one."""
+        if self.standby is not None:
+            order = StandbyOrder(env=config, log=str(log_path))
+            process = self.standby.take(self.threads, order)
+            if process is not None:
+                return process
+        log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._logs.append(log)
+        return subprocess.Popen(
+            WORKER_COMMAND,
+            env={**worker_process_environ(self.threads), **config},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
     def check(self, ledger: Ledger, work_left: bool) -> None:
         if not self.processes or not work_left:

@@ -26,9 +26,10 @@ from whisperfarm.fly.config import FlyConfig, describe_plan, estimate, fly_confi
 from whisperfarm.fly.fleet import FlyFleet
 from whisperfarm.fly.policy import Plan
 from whisperfarm.ledger import Ledger
-from whisperfarm.local import LocalFleet, default_workers
+from whisperfarm.local import LocalFleet
 from whisperfarm.media import check_input
 from whisperfarm.settings import Settings
+from whisperfarm.spawn import StandbyWorkers, default_workers
 from whisperfarm.states import EpisodeState
 from worker.audio import ChunkFormat
 
@@ -163,10 +164,16 @@ def plan_run(
     )
 
 
-def fleets(plan: RunPlan, client: MachinesClient | None = None) -> tuple[Fleets, FlyFleet | None]:
-    """The run's fleets as one (local workers first, then Fly machines through ``client``),
-    and its Fly fleet alone, whose leftovers the caller reports. A run on Fly has local
-    workers only when its plan has some."""
+def fleets(
+    plan: RunPlan,
+    client: MachinesClient | None = None,
+    *,
+    standby: StandbyWorkers | None = None,
+) -> tuple[Fleets, FlyFleet | None]:
+    """The run's fleets as one (local workers first, from ``standby`` workers where it
+    has them, then Fly machines through ``client``), and its Fly fleet alone, whose
+    leftovers the caller reports. A run on Fly has local workers only when its plan has
+    some."""
     settings = plan.settings
     parts: list[Fleet] = []
     fly = None
@@ -179,6 +186,7 @@ def fleets(plan: RunPlan, client: MachinesClient | None = None) -> tuple[Fleets,
                 run_id=plan.run_id,
                 compute_type=plan.compute_type,
                 batch_size=settings.batch_size,
+                standby=standby,
             )
         )
     if plan.fly is not None:

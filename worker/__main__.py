@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -14,6 +16,7 @@ from worker.device import Device, DeviceError, resolve
 from worker.loop import EXIT_PROTOCOL, EXIT_UNAUTHORIZED, EXIT_UNREACHABLE, Worker
 from worker.memory import keep_freed_memory
 from worker.models import ModelLoadError, load_model
+from worker.standby import log_to, read_order
 from worker.transcriber import Transcriber
 
 
@@ -94,5 +97,21 @@ def main(env: Mapping[str, str] | None = None) -> int:
         client.close()
 
 
+def standby() -> int:
+    """``python -m worker --standby`` (worker.standby): import everything a worker needs,
+    then wait for the order that configures it on standard input and work as told."""
+    keep_freed_memory()  # before any thread starts (worker.memory)
+    import faster_whisper  # noqa: F401 - the slow import, done while the CLI starts
+
+    ready = time.monotonic()
+    order = read_order(sys.stdin)
+    if order is None:
+        return 0
+    log_to(order.log)
+    waited = time.monotonic() - ready
+    print(f"standby worker: ready {waited:.2f} s before its order", file=sys.stderr, flush=True)
+    return main({**os.environ, **order.env})
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(standby() if sys.argv[1:] == ["--standby"] else main())

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 @app.command()
 @friendly
 def transcribe(
+    ctx: typer.Context,
     inputs: Annotated[
         list[str],
         typer.Argument(
@@ -295,7 +296,8 @@ def transcribe(
             raise typer.Exit(1)
         client = fly_client(settings)
         ask_fly_first(client)
-    fleet, fly = fleets(plan, client)
+    # Standby workers the launcher started (whisperfarm.launch), if it did
+    fleet, fly = fleets(plan, client, standby=ctx.obj)
     if dry_run:
         out.print(f"plan: {fleet.description}; nothing started (--dry-run)")
         return

@@ -1,0 +1,54 @@
+"""A worker started before its farm exists: ``python -m worker --standby``.
+
+``whisperfarm transcribe`` starts its local workers' processes first thing
+(``whisperfarm.local.StandbyWorkers``), before its own imports, so that a worker's imports
+(faster-whisper, CTranslate2, httpx, pydantic: about 0.7 CPU-seconds) run beside the CLI's
+instead of after them. A standby worker imports, then waits for one line on its standard
+input: a ``StandbyOrder`` with its configuration (the variables ``python -m worker``
+reads) and its log file. It then works as ``python -m worker`` would in that environment.
+At the end of its input (the run took no local worker, or the CLI is gone) it exits 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import IO
+
+
+@dataclass(frozen=True)
+class StandbyOrder:
+    """What a standby worker is told to be: ``env`` on top of its own environment, and
+    the file its standard output and error go to. One line of JSON on the wire (plain
+    json: the CLI sends it from a module it imports before anything heavy)."""
+
+    env: dict[str, str]
+    log: str
+
+    def to_line(self) -> bytes:
+        return json.dumps(asdict(self)).encode() + b"\n"
+
+    @classmethod
+    def from_line(cls, line: str) -> StandbyOrder:
+        fields = json.loads(line)
+        return cls(env={str(k): str(v) for k, v in fields["env"].items()}, log=str(fields["log"]))
+
+
+def read_order(stdin: IO[str]) -> StandbyOrder | None:
+    """The order on ``stdin``'s next line; None at the end of input."""
+    line = stdin.readline()
+    if not line.strip():
+        return None
+    return StandbyOrder.from_line(line)
+
+
+def log_to(path: str) -> None:
+    """Send this process's standard output and error (file descriptors 1 and 2) to the
+    end of ``path``."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+    finally:
+        os.close(fd)
