@@ -46,7 +46,7 @@ from whisperfarm.media import SAMPLE_RATE, Decoder, ffmpeg_exe
 from whisperfarm.server import BackgroundServer, bind
 
 TIMEOUT = 300
-WORKER_ID = re.compile(rb"^WHISPERFARM_WORKER_ID=(.*)$")
+WORKER_LOG = re.compile(r"^run-(.+)/worker-(\d+)\.log$")
 
 
 # Helpers ------------------------------------------------------------------------------------
@@ -125,20 +125,21 @@ def wait_for(condition: Any, what: str, timeout: float = TIMEOUT, every: float =
 
 
 def child_worker_pids(parent: int) -> dict[str, int]:
-    """The worker processes ``parent`` started, by WHISPERFARM_WORKER_ID (from /proc)."""
+    """The worker processes ``parent`` started, by worker id (from /proc): a local worker's
+    output goes to its log, logs/run-RUN/worker-N.log, and its id is local-RUN-N. (A
+    standby worker gets its configuration on stdin, so its environment doesn't say.)"""
     found = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
             if int(fields[1]) != parent:
                 continue
-            environ = (stat.parent / "environ").read_bytes().split(b"\0")
+            log = Path(os.readlink(stat.parent / "fd" / "1"))
         except (OSError, IndexError, ValueError):
             continue
-        for item in environ:
-            match = WORKER_ID.match(item)
-            if match:
-                found[match.group(1).decode()] = int(stat.parent.name)
+        match = WORKER_LOG.match(f"{log.parent.name}/{log.name}")
+        if match:
+            found[f"local-{match.group(1)}-{match.group(2)}"] = int(stat.parent.name)
     return found
 
 

@@ -4,6 +4,7 @@ before its own imports and hands them their orders when the run starts."""
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -14,7 +15,14 @@ import typer
 
 from tests.support.paths import REPO
 from whisperfarm.cli import app
-from whisperfarm.launch import LAYOUT_FLAGS, LAYOUT_VARIABLES, standby_layout
+from whisperfarm.launch import (
+    LAYOUT_FLAGS,
+    LAYOUT_VARIABLES,
+    NO_STANDBY_FLAGS,
+    main,
+    standby_layout,
+)
+from whisperfarm.settings import Settings
 from whisperfarm.spawn import StandbyWorkers, default_workers
 from worker.standby import StandbyOrder
 
@@ -31,36 +39,60 @@ def test_a_plain_transcribe_gets_the_default_local_fleet_as_standby() -> None:
 
 
 @pytest.mark.parametrize(
+    ("args", "environ", "layout"),
+    [
+        (["--workers", "3"], {}, (3, 2)),  # 8 cores shared
+        (["-w", "1", "--threads", "2"], {}, (1, 2)),
+        (["-w3"], {}, (3, 2)),
+        (["--workers=2", "--threads=1"], {}, (2, 1)),
+        (["--workers", "1", "--workers", "2"], {}, (2, 4)),  # the last one counts
+        ([], {"WHISPERFARM_WORKERS": "2"}, (2, 4)),
+        (["--workers", "1"], {"WHISPERFARM_WORKERS": "2"}, (1, 8)),  # the flag first
+        ([], {"WHISPERFARM_THREADS": "1"}, (4, 1)),
+    ],
+)
+def test_the_layout_comes_from_the_flags_then_the_environment(
+    args: list[str], environ: dict[str, str], layout: tuple[int, int]
+) -> None:
+    assert standby_layout(["transcribe", "a.mp3", *args], environ, cpus=8) == layout
+
+
+@pytest.mark.parametrize(
     "argv",
     [
         [],
         ["status"],
         ["serve", "a.mp3"],
         ["worker", "--url", "http://x"],
-        ["transcribe", "a.mp3", "--workers", "3"],
         ["transcribe", "a.mp3", "-w", "0"],
-        ["transcribe", "a.mp3", "--threads=2"],
+        ["transcribe", "a.mp3", "--workers", "many"],
+        ["transcribe", "a.mp3", "--threads"],
         ["transcribe", "a.mp3", "--backend", "fly"],
+        ["transcribe", "a.mp3", "--backend=local"],
         ["transcribe", "a.mp3", "--dry-run"],
         ["transcribe", "--help"],
     ],
 )
-def test_no_standby_where_the_command_line_changes_or_starts_no_local_fleet(
+def test_no_standby_where_the_command_line_starts_no_local_fleet_or_is_wrong(
     argv: list[str],
 ) -> None:
     assert standby_layout(argv, {}, cpus=2) is None
 
 
-@pytest.mark.parametrize("name", LAYOUT_VARIABLES)
-def test_no_standby_where_the_environment_changes_the_fleet(name: str) -> None:
-    assert standby_layout(["transcribe", "a.mp3"], {name: "1"}, cpus=2) is None
+def test_no_standby_where_the_environment_names_a_backend() -> None:
+    assert standby_layout(["transcribe", "a.mp3"], {"WHISPERFARM_BACKEND": "fly"}) is None
 
 
-def test_the_layout_flags_are_transcribes_own() -> None:
-    """A renamed flag would start standby workers the run can't use."""
+def test_the_layout_flags_and_variables_are_transcribes_own() -> None:
+    """A renamed flag or variable would start standby workers the run can't use."""
     transcribe = typer.main.get_command(app).commands["transcribe"]  # type: ignore[attr-defined]
     names = {opt for param in transcribe.params for opt in param.opts}
-    assert set(LAYOUT_FLAGS) <= names | {"--help"}
+    flags = {flag for group in LAYOUT_FLAGS.values() for flag in group}
+    assert flags | set(NO_STANDBY_FLAGS) <= names | {"--help"}
+    fields = Settings.model_fields
+    for field, variable in LAYOUT_VARIABLES.items():
+        assert field in fields and variable == f"WHISPERFARM_{field.upper()}"
+    assert "backend" in fields
 
 
 # The processes ----------------------------------------------------------------------------
@@ -158,8 +190,20 @@ def test_a_config_file_fleet_takes_the_standbys_that_suit_it(
     assert log.startswith("standby worker: ready ") is standby
 
 
-def test_a_fleet_set_on_the_command_line_starts_its_own_processes(tmp_path: Path) -> None:
+def test_a_fleet_set_on_the_command_line_is_started_as_standby(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    run_cli("-o", str(tmp_path / "out"), "--format", "txt", "--workers", "1", home=home)
+    run_cli("-o", str(tmp_path / "out"), "--format", "txt", "-w", "1", "--threads", "1", home=home)
     [log] = worker_logs(home)
-    assert "standby" not in log
+    assert log.startswith("standby worker: ready ")
+
+
+def test_the_entry_point_freezes_its_objects_before_exit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The interpreter's last collections then skip what the imports made (launch.main)."""
+    monkeypatch.setattr(sys, "argv", ["whisperfarm", "status"])
+    gc.unfreeze()
+    try:
+        with pytest.raises(SystemExit):
+            main()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

@@ -12,7 +12,6 @@ ledger, when there is one).
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from whisperfarm.ledger import Ledger
 from whisperfarm.local import LocalFleet
 from whisperfarm.media import check_input
 from whisperfarm.settings import Settings
-from whisperfarm.spawn import StandbyWorkers, default_workers
+from whisperfarm.spawn import StandbyWorkers, local_layout
 from whisperfarm.states import EpisodeState
 from worker.audio import ChunkFormat
 
@@ -122,7 +121,7 @@ def plan_run(
     (default: this one's).
 
     ``transcribe``: local workers as many as settings say, else one per core up to 4, then
-    one per 2 cores (``default_workers``), each with an equal share of the cores; with
+    one per 2 cores (``spawn.local_layout``), each with an equal share of the cores; with
     ``backend = "fly"``, Fly machines and no local workers unless settings ask for them.
 
     ``serve`` (``serving=True``): the coordinator for outside workers, serving ``inputs``
@@ -150,15 +149,9 @@ def plan_run(
             queued=queued if queue else [],
         )
     fly = _plan_fly(settings, inputs) if settings.backend == "fly" and inputs else None
-    cpus = cpus or os.cpu_count() or 1
-    n_workers, n_threads = default_workers(cpus)
-    if settings.workers is not None:
-        n_workers = settings.workers
-        n_threads = max(1, cpus // max(1, n_workers))
-    elif fly is not None:
+    n_workers, n_threads = local_layout(cpus, settings.workers, settings.threads)
+    if settings.workers is None and fly is not None:
         n_workers = 0  # on Fly, local workers only when asked for
-    if settings.threads is not None:
-        n_threads = settings.threads
     return RunPlan(
         settings, inputs, run_id, n_workers, n_threads, settings.compute_type, fly, rejected
     )

@@ -112,3 +112,17 @@ def default_workers(cpus: int | None = None) -> tuple[int, int]:
     cpus = cpus or os.cpu_count() or 1
     workers = cpus if cpus <= 4 else cpus // 2
     return workers, max(1, cpus // workers)
+
+
+def local_layout(
+    cpus: int | None = None, workers: int | None = None, threads: int | None = None
+) -> tuple[int, int]:
+    """(workers, threads each) of a local fleet on ``cpus`` cores (default: this
+    machine's): ``workers`` as given, else ``default_workers``; ``threads`` as given,
+    else an equal share of the cores."""
+    cpus = cpus or os.cpu_count() or 1
+    if workers is None:
+        workers, share = default_workers(cpus)
+    else:
+        share = max(1, cpus // max(1, workers))
+    return workers, share if threads is None else threads
