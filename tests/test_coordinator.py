@@ -748,3 +748,27 @@ def test_a_chunked_body_over_the_limit_is_413(farm: Farm) -> None:
         "/v1/claim", content=body(), headers=AUTH | {"Content-Type": "application/json"}
     )
     assert response.status_code == 413, response.text[:200]
+
+
+def test_a_result_or_a_failure_tells_the_farm_a_chunk_settled(farm: Farm) -> None:
+    """The farm's watch loop wakes on it rather than sleeping out its tick."""
+    settled = farm.config.settled
+    job = farm.job()
+    assert not settled.is_set()
+    farm.post(f"/v1/jobs/{job['chunk_id']}/heartbeat", {"lease_token": job["lease_token"]})
+    assert not settled.is_set()
+    body = {
+        "lease_token": job["lease_token"],
+        "result": {"segments": [], "model": "tiny.en"},
+    }
+    assert farm.post(f"/v1/jobs/{job['chunk_id']}/result", body).status_code == 200
+    assert settled.is_set()
+
+    settled.clear()
+    other = farm.job()
+    failed = farm.post(
+        f"/v1/jobs/{other['chunk_id']}/failure",
+        {"lease_token": other["lease_token"], "error": "bad audio"},
+    )
+    assert failed.status_code == 200
+    assert settled.is_set()

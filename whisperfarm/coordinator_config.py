@@ -70,6 +70,10 @@ class CoordinatorConfig:
     the queue among them (0: among the workers holding leases)."""
     clock: Clock | None = None
     attached: Attached = field(default_factory=Attached)
+    settled: threading.Event = field(default_factory=threading.Event)
+    """Set whenever a worker posts a result or a failure: the farm's watch loop wakes on
+    it (and clears it) instead of sleeping out its tick, so a run ends as soon as its last
+    chunk is in."""
     _ledgers: list[Ledger] = field(default_factory=list)
     _local: threading.local = field(default_factory=threading.local)
     _lock: threading.Lock = field(default_factory=threading.Lock)

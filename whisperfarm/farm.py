@@ -303,7 +303,9 @@ class Farm:
                 name="ingest",
             )
             ingest.start()
-            statuses = self._watch(ledger, stems, out_dir, formats, ingest_errors)
+            statuses = self._watch(
+                ledger, stems, out_dir, formats, ingest_errors, coordinator.settled
+            )
             for status in statuses:
                 status.reused = reused[status.id]
             self._let_workers_hear_done(coordinator)
@@ -388,9 +390,10 @@ class Farm:
         out_dir: Path,
         formats: list[str],
         ingest_errors: dict[str, str],
+        settled: threading.Event,
     ) -> list[EpisodeStatus]:
         """Watch the episodes (by id, each with the names its outputs take) until every
-        one is finished."""
+        one is finished: every tick, and at once when ``settled`` says a chunk was."""
         finished: dict[str, EpisodeStatus] = {}
         while True:
             statuses = []
@@ -423,7 +426,8 @@ class Farm:
             if len(finished) == len(stems):
                 return statuses
             self.fleet.check(ledger, work_left)
-            self.sleep(self.tick)
+            settled.wait(self.tick)
+            settled.clear()  # before the ledger is read again: no news is lost
 
     def _finish(
         self,

@@ -240,6 +240,7 @@ async def result(call: Call) -> Reply:
         )
     except LeaseLost:
         raise _lost() from None
+    call.config.settled.set()
     return _json({"status": status})
 
 
@@ -254,6 +255,7 @@ async def failure(call: Call) -> Reply:
         )
     except LeaseLost:
         raise _lost() from None
+    call.config.settled.set()
     return _json({"state": state})
 
 
