@@ -15,6 +15,7 @@ from whisperfarm.ledger import Ledger
 from whisperfarm.local import LocalFleet
 from whisperfarm.plan import fleets, new_run_id, plan_run
 from whisperfarm.settings import Settings, load_settings
+from whisperfarm.spawn import StandbyWorkers
 from worker.audio import ChunkFormat
 
 FLY = {"backend": "fly", "fly_app": "wf-test", "advertise_url": "http://laptop:8765/"}
@@ -77,12 +78,16 @@ def test_a_fly_plan_has_no_local_workers_unless_asked_and_estimates_before_any_c
     assert plan.fly.describe().startswith(f"plan: {plan.fly.audio_seconds / 60:.1f} min of audio")
 
     client = MachinesClient("wf-test", "token", base_url="http://127.0.0.1:9")
+    # Standby workers started for the command line (the config file named Fly): let go
+    standby = StandbyWorkers.start(1, 1)
     try:
-        fleet, fly = fleets(plan, client)
+        fleet, fly = fleets(plan, client, standby=standby)
         assert isinstance(fly, FlyFleet) and fleet.fleets == (fly,)
         assert fly.run_id == plan.run_id
+        assert standby.processes == []
     finally:
         client.close()
+        standby.close()
 
     with_local = plan_run(load_settings(**FLY, workers=2), [SAMPLE], cpus=8)
     assert (with_local.workers, with_local.threads) == (2, 4)

@@ -182,6 +182,8 @@ def fleets(
                 standby=standby,
             )
         )
+    elif standby is not None:
+        standby.dismiss()  # a run on Fly alone: no local worker will take one
     if plan.fly is not None:
         if client is None:
             raise ValueError("a run on Fly needs a Machines API client")
