@@ -16,94 +16,173 @@ import typer
 from tests.support.paths import REPO
 from whisperfarm.cli import app
 from whisperfarm.launch import (
-    LAYOUT_FLAGS,
+    FLAG_OPTIONS,
+    LAYOUT_OPTIONS,
     LAYOUT_VARIABLES,
-    NO_STANDBY_FLAGS,
+    NO_STANDBY_OPTIONS,
+    NO_STANDBY_VARIABLES,
+    VALUE_OPTIONS,
     main,
     standby_layout,
 )
 from whisperfarm.settings import Settings
-from whisperfarm.spawn import StandbyWorkers, default_workers
+from whisperfarm.spawn import StandbyWorkers, default_workers, local_layout
 from worker.standby import StandbyOrder
 
 CLIP = REPO / "samples" / "real" / "sb-spk1_snt1.flac"  # "The child almost hurt the small dog."
 TIMEOUT = 300
+TRANSCRIBE = typer.main.get_command(app).commands["transcribe"]  # type: ignore[attr-defined]
 
 
 # Which command lines get standby workers --------------------------------------------------
 
 
+def parsed_layout(args: list[str], cpus: int) -> tuple[int, int] | None:
+    """The local fleet the CLI's own parser gives ``args`` (None: no local fleet, or the
+    command line is refused)."""
+    try:
+        params = TRANSCRIBE.make_context("transcribe", list(args)).params
+    except Exception:  # the parser's usage errors
+        return None
+    if params["dry_run"] or params["gpu"] or params["backend"] is not None:
+        return None
+    workers, threads = local_layout(cpus, params["workers"], params["threads"])
+    return (workers, threads) if workers >= 1 else None
+
+
+AGREED = [
+    [],
+    ["-m", "tiny.en"],
+    ["--workers", "3"],
+    ["-w", "1", "--threads", "2"],
+    ["-w3"],
+    ["--workers=2", "--threads=1"],
+    ["--workers", "1", "--workers", "2"],  # the last one counts
+    ["-w", "1", "--workers", "2"],
+    ["--workers", "2", "-w", "1"],
+    ["-qw2"],  # short options clustered
+    ["-yw", "3"],
+    ["-q", "-y", "--words", "--no-vad-filter", "-f", "all", "-o", "out", "-w", "2"],
+    ["-m", "-w3"],  # a model named -w3, not a layout
+    ["--initial-prompt", "--dry-run", "-w", "2"],  # a prompt, not --dry-run
+    ["--", "-w5"],  # an input named -w5
+    ["b.mp3", "-", "--language", "de"],
+]
+"""Command lines the launcher reads exactly as the CLI does."""
+
+DECLINED = [
+    ["-w", "0"],  # no local worker
+    ["--workers", "many"],
+    ["-w=2"],  # the parser refuses it
+    ["--threads"],
+    ["--backend", "fly"],
+    ["--backend=local"],
+    ["--dry-run"],
+    ["--gpu"],
+    ["--help"],
+    ["--words=yes"],
+    ["--no-such-option"],
+]
+"""Command lines with no standby: no local fleet, a usage error, or not certain."""
+
+
+@pytest.mark.parametrize("args", AGREED)
+def test_the_launcher_reads_the_layout_as_the_cli_does(args: list[str]) -> None:
+    expected = parsed_layout(["a.mp3", *args], cpus=8)
+    assert expected is not None
+    assert standby_layout(["transcribe", "a.mp3", *args], {}, cpus=8) == expected
+
+
+@pytest.mark.parametrize("args", DECLINED)
+def test_no_standby_where_there_is_no_local_fleet_or_no_certainty(args: list[str]) -> None:
+    assert standby_layout(["transcribe", "a.mp3", *args], {}, cpus=8) is None
+
+
 def test_a_plain_transcribe_gets_the_default_local_fleet_as_standby() -> None:
-    assert standby_layout(["transcribe", "a.mp3", "-m", "tiny.en"], {}, cpus=2) == (2, 1)
+    assert standby_layout(["transcribe", "a.mp3"], {}, cpus=2) == (2, 1)
     assert standby_layout(["transcribe", "a.mp3"], {}, cpus=8) == default_workers(8) == (4, 2)
 
 
 @pytest.mark.parametrize(
-    ("args", "environ", "layout"),
+    ("args", "environ", "expected"),
     [
-        (["--workers", "3"], {}, (3, 2)),  # 8 cores shared
-        (["-w", "1", "--threads", "2"], {}, (1, 2)),
-        (["-w3"], {}, (3, 2)),
-        (["--workers=2", "--threads=1"], {}, (2, 1)),
-        (["--workers", "1", "--workers", "2"], {}, (2, 4)),  # the last one counts
         ([], {"WHISPERFARM_WORKERS": "2"}, (2, 4)),
-        (["--workers", "1"], {"WHISPERFARM_WORKERS": "2"}, (1, 8)),  # the flag first
+        ([], {"whisperfarm_workers": "2"}, (2, 4)),  # settings read names in any case
+        (["--workers", "1"], {"WHISPERFARM_WORKERS": "2"}, (1, 8)),  # the option first
         ([], {"WHISPERFARM_THREADS": "1"}, (4, 1)),
+        ([], {"WHISPERFARM_BACKEND": "fly"}, None),
+        ([], {"WHISPERFARM_WORKERS": "0"}, None),
     ],
 )
-def test_the_layout_comes_from_the_flags_then_the_environment(
-    args: list[str], environ: dict[str, str], layout: tuple[int, int]
+def test_the_environment_comes_after_the_command_line(
+    args: list[str], environ: dict[str, str], expected: tuple[int, int] | None
 ) -> None:
-    assert standby_layout(["transcribe", "a.mp3", *args], environ, cpus=8) == layout
+    assert standby_layout(["transcribe", "a.mp3", *args], environ, cpus=8) == expected
 
 
-@pytest.mark.parametrize(
-    "argv",
-    [
-        [],
-        ["status"],
-        ["serve", "a.mp3"],
-        ["worker", "--url", "http://x"],
-        ["transcribe", "a.mp3", "-w", "0"],
-        ["transcribe", "a.mp3", "--workers", "many"],
-        ["transcribe", "a.mp3", "--threads"],
-        ["transcribe", "a.mp3", "--backend", "fly"],
-        ["transcribe", "a.mp3", "--backend=local"],
-        ["transcribe", "a.mp3", "--dry-run"],
-        ["transcribe", "--help"],
-    ],
-)
-def test_no_standby_where_the_command_line_starts_no_local_fleet_or_is_wrong(
-    argv: list[str],
-) -> None:
+@pytest.mark.parametrize("argv", [[], ["status"], ["serve", "a.mp3"], ["worker", "--url", "x"]])
+def test_no_standby_for_other_commands(argv: list[str]) -> None:
     assert standby_layout(argv, {}, cpus=2) is None
 
 
-def test_no_standby_where_the_environment_names_a_backend() -> None:
-    assert standby_layout(["transcribe", "a.mp3"], {"WHISPERFARM_BACKEND": "fly"}) is None
-
-
-def test_the_layout_flags_and_variables_are_transcribes_own() -> None:
-    """A renamed flag or variable would start standby workers the run can't use."""
-    transcribe = typer.main.get_command(app).commands["transcribe"]  # type: ignore[attr-defined]
-    names = {opt for param in transcribe.params for opt in param.opts}
-    flags = {flag for group in LAYOUT_FLAGS.values() for flag in group}
-    assert flags | set(NO_STANDBY_FLAGS) <= names | {"--help"}
-    fields = Settings.model_fields
+def test_the_launchers_options_and_variables_are_transcribes_own() -> None:
+    """A renamed or added option would make the launcher misread a command line."""
+    flags: set[str] = {"--help"}
+    values: set[str] = set()
+    for param in TRANSCRIBE.params:
+        if param.param_type_name == "option":
+            (flags if param.is_flag else values).update([*param.opts, *param.secondary_opts])
+    assert flags == FLAG_OPTIONS
+    assert values == VALUE_OPTIONS
+    assert set(NO_STANDBY_OPTIONS) <= flags | values
+    by_field = {param.name: set(param.opts) for param in TRANSCRIBE.params}
+    for field, names in LAYOUT_OPTIONS.items():
+        assert set(names) == by_field[field]
+    prefix = Settings.model_config["env_prefix"]
     for field, variable in LAYOUT_VARIABLES.items():
-        assert field in fields and variable == f"WHISPERFARM_{field.upper()}"
-    assert "backend" in fields
+        assert field in Settings.model_fields and variable == f"{prefix}{field}".upper()
+    assert (f"{prefix}backend".upper(),) == NO_STANDBY_VARIABLES
+
+
+def test_both_ways_of_running_the_command_go_through_the_launcher() -> None:
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert 'whisperfarm = "whisperfarm.launch:main"' in pyproject
+    assert (
+        "from whisperfarm.launch import main" in (REPO / "whisperfarm" / "__main__.py").read_text()
+    )
 
 
 # The processes ----------------------------------------------------------------------------
 
 
-def test_a_standby_worker_exits_quietly_when_no_order_comes() -> None:
+def test_a_standby_worker_exits_quietly_at_the_end_of_its_input() -> None:
+    """As when the CLI is gone without a word."""
     standby = StandbyWorkers.start(1, 1)
     [process] = standby.processes
-    standby.dismiss()
+    assert process.stdin is not None
+    process.stdin.close()
     assert process.wait(timeout=TIMEOUT) == 0
-    standby.close()
+    standby.processes = []
+
+
+def test_standbys_not_taken_are_ended_at_once() -> None:
+    standby = StandbyWorkers.start(2, 1)
+    processes = list(standby.processes)
+    standby.dismiss()
+    assert standby.processes == []
+    assert all(process.returncode is not None for process in processes)
+
+
+def test_a_standby_starts_without_the_fly_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLY_API_TOKEN", "secret-fly-token")
+    standby = StandbyWorkers.start(1, 1)
+    try:
+        [process] = standby.processes
+        environ = Path(f"/proc/{process.pid}/environ").read_bytes()
+        assert b"secret-fly-token" not in environ
+        assert b"HF_HUB_OFFLINE=1" in environ
+    finally:
+        standby.close()
 
 
 def test_a_standby_worker_works_as_ordered_and_logs_where_told(tmp_path: Path) -> None:
@@ -207,3 +286,23 @@ def test_the_entry_point_freezes_its_objects_before_exit(monkeypatch: pytest.Mon
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_a_standby_whose_imports_fail_says_why_in_its_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a worker started afresh would: a standby's own output goes nowhere until its
+    order names its log."""
+    broken = tmp_path / "site" / "faster_whisper"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('libctranslate2.so: cannot open')\n")
+    monkeypatch.setenv("PYTHONPATH", f"{broken.parent}{os.pathsep}{REPO}")
+    standby = StandbyWorkers.start(1, 1)
+    log = tmp_path / "worker-0.log"
+    process = standby.take(1, StandbyOrder(env={}, log=str(log)))
+    assert process is not None
+    assert process.wait(timeout=TIMEOUT) == 1
+    text = log.read_text()
+    assert text.startswith("standby worker: ready ")
+    assert "ImportError: libctranslate2.so: cannot open" in text
+    standby.close()

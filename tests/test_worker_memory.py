@@ -79,7 +79,7 @@ def test_a_refused_setting_is_reported() -> None:
     assert keep_freed_memory(FakeLibc(0)) is False
 
 
-def test_a_worker_keeps_freed_memory_before_anything_else(
+def test_a_worker_keeps_freed_memory_first_thing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     calls: list[str] = []

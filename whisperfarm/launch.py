@@ -3,13 +3,14 @@ transcription before anything heavy is imported, then run the CLI.
 
 For ``transcribe``, the local fleet's layout (``spawn.local_layout``: ``--workers`` and
 ``--threads``, else WHISPERFARM_WORKERS and WHISPERFARM_THREADS, else the default) is read
-off the command line and the environment, and its processes start at once as standby
-workers (``spawn.StandbyWorkers``). Their imports then run beside the CLI's (typer, the
-coordinator, the ledger: about a second on 2 cores), and the run hands them their orders
-when its coordinator is up. A config file that changes the fleet is read only later,
-with the settings: the run then takes the standbys that suit it and lets the others go,
-which exit at once. No standby starts for ``--backend``, ``--dry-run``, ``--help``, a
-value that isn't a whole number, or any other command.
+off the command line, parsed as the CLI's parser will, and off the environment; its
+processes start at once as standby workers (``spawn.StandbyWorkers``). Their imports then
+run beside the CLI's (typer, the coordinator, the ledger: about a second on 2 cores), and
+the run hands them their orders when its coordinator is up. A config file that changes
+the fleet is read only later, with the settings: the run then takes the standbys that
+suit it and ends the others. No standby starts for ``--backend``, ``--dry-run``,
+``--help``, a command line this module can't read for certain (an option it doesn't
+know, a value that isn't a whole number), or any other command.
 
 This module imports the standard library and ``whisperfarm.spawn`` only, until the CLI.
 """
@@ -23,13 +24,36 @@ from collections.abc import Mapping, Sequence
 
 from whisperfarm.spawn import StandbyWorkers, local_layout
 
-NO_STANDBY_FLAGS = ("--backend", "--dry-run", "--help")
-"""transcribe's flags that may start no local fleet."""
+FLAG_OPTIONS = frozenset(
+    {
+        *("--dry-run", "--gpu", "--help", "--quiet", "-q", "--yes", "-y"),
+        *("--words", "--no-words", "--highlight-words", "--no-highlight-words"),
+        *("--vad-filter", "--no-vad-filter"),
+    }
+)
+"""transcribe's options that take no value (a test holds them to the command's own)."""
 
-LAYOUT_FLAGS = {"workers": ("--workers", "-w"), "threads": ("--threads",)}
-"""transcribe's flags of the local fleet's layout."""
+VALUE_OPTIONS = frozenset(
+    {
+        *("--workers", "-w", "--threads", "--batch-size", "--model", "-m", "--compute-type"),
+        *("--out", "-o", "--format", "-f", "--max-line-width", "--max-line-count"),
+        *("--language", "--task", "--initial-prompt", "--hotwords", "--beam-size"),
+        *("--temperature", "--host", "--port", "--backend", "--max-machines", "--budget"),
+        *("--machine-size", "--region", "--image", "--app", "--advertise-url"),
+        *("--reach-timeout", "--latest"),
+    }
+)
+"""transcribe's options that take a value."""
+
+NO_STANDBY_OPTIONS = ("--backend", "--dry-run", "--help", "--gpu")
+"""transcribe's options that may start no local fleet."""
+
+LAYOUT_OPTIONS = {"workers": ("--workers", "-w"), "threads": ("--threads",)}
+"""transcribe's options of the local fleet's layout."""
 
 LAYOUT_VARIABLES = {"workers": "WHISPERFARM_WORKERS", "threads": "WHISPERFARM_THREADS"}
+"""The settings' variables for the same, which the options beat."""
+
 NO_STANDBY_VARIABLES = ("WHISPERFARM_BACKEND",)
 
 
@@ -37,51 +61,85 @@ def standby_layout(
     argv: Sequence[str], environ: Mapping[str, str], cpus: int | None = None
 ) -> tuple[int, int] | None:
     """(workers, threads each) to start as standby workers for the command line ``argv``
-    (without the program's name): the local fleet of a ``transcribe``, else None."""
+    (without the program's name): a ``transcribe``'s local fleet, else None. None too
+    wherever the command line isn't plainly one the CLI will run with that fleet."""
     if not argv or argv[0] != "transcribe":
         return None
-    args = argv[1:]
-    if any(arg.split("=", 1)[0] in NO_STANDBY_FLAGS for arg in args):
+    options = _options(argv[1:])
+    if options is None or any(name in options for name in NO_STANDBY_OPTIONS):
         return None
+    environ = {name.upper(): value for name, value in environ.items()}  # as settings read it
     if any(name in environ for name in NO_STANDBY_VARIABLES):
         return None
-    given: dict[str, int | None] = {}
-    for field, flags in LAYOUT_FLAGS.items():
-        value = _last_value(args, flags)
-        if value is None:
-            value = environ.get(LAYOUT_VARIABLES[field])
+    given: list[int | None] = []
+    for field, names in LAYOUT_OPTIONS.items():
+        values = [value for name, value in options.items() if name in names]
+        value = values[-1] if values else environ.get(LAYOUT_VARIABLES[field])
         try:
-            given[field] = None if value is None else int(value)
+            given.append(None if value is None else int(value))
         except ValueError:
             return None  # the CLI will say what is wrong with it
-    workers, threads = local_layout(cpus, given["workers"], given["threads"])
+    workers, threads = local_layout(cpus, *given)
     if workers < 1 or threads < 1:
         return None
     return workers, threads
 
 
-def _last_value(args: Sequence[str], flags: Sequence[str]) -> str | None:
-    """The value of the last of ``flags`` in ``args`` (``--flag V``, ``--flag=V``, or
-    ``-wV`` for a short one), as the command line's parser takes it; None without one,
-    "" for a flag without its value."""
-    value = None
-    for i, arg in enumerate(args):
-        name, equals, attached = arg.partition("=")
-        if name in flags:
-            value = attached if equals else (args[i + 1] if i + 1 < len(args) else "")
-        else:
-            for flag in flags:
-                if len(flag) == 2 and arg.startswith(flag) and len(arg) > 2:
-                    value = arg[2:]
-    return value
+def _options(args: Sequence[str]) -> dict[str, str] | None:
+    """The options in ``args`` as the command line's parser reads them, each with its
+    last value ("" for a flag), in the order last given; None at anything it can't be
+    sure of (an option this module doesn't know, a flag given a value)."""
+    found: dict[str, str] = {}
+
+    def give(name: str, value: str) -> None:
+        found.pop(name, None)  # to the end: the order the options were last given
+        found[name] = value
+
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if arg == "--":
+            break  # the rest are inputs
+        if not arg.startswith("-") or arg == "-":
+            continue  # an input ("-" is standard input)
+        if arg.startswith("--"):
+            name, equals, value = arg.partition("=")
+            if name in FLAG_OPTIONS and not equals:
+                give(name, "")
+            elif name in VALUE_OPTIONS:
+                if not equals:
+                    if i >= len(args):
+                        return None
+                    value, i = args[i], i + 1
+                give(name, value)
+            else:
+                return None
+            continue
+        # -q, -w2, -qw2, -w 2: short options, clustered as the parser allows
+        for at in range(1, len(arg)):
+            name = "-" + arg[at]
+            if name in FLAG_OPTIONS:
+                give(name, "")
+            elif name in VALUE_OPTIONS:
+                value = arg[at + 1 :]
+                if not value:
+                    if i >= len(args):
+                        return None
+                    value, i = args[i], i + 1
+                give(name, value)
+                break
+            else:
+                return None
+    return found
 
 
 def main() -> None:
     layout = standby_layout(sys.argv[1:], os.environ)
     standby = StandbyWorkers.start(*layout) if layout else None
-    from whisperfarm.cli import app
-
     try:
+        from whisperfarm.cli import app
+
         app(obj=standby)
     finally:
         if standby is not None:

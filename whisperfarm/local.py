@@ -78,6 +78,7 @@ class LocalFleet:
     def _process(self, config: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
         """A standby process told to be this worker, else a new one."""
         if self.standby is not None:
+            log_path.touch()  # a log that can't be written fails here, not in the standby
             order = StandbyOrder(env=config, log=str(log_path))
             process = self.standby.take(self.threads, order)
             if process is not None:

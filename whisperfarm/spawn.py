@@ -1,15 +1,14 @@
 """Starting local worker processes: their command, their environment, how many of how
-many threads suit this machine, and standby workers.
+many threads suit this machine, and standby workers. One module because
+``whisperfarm.launch`` imports it before anything heavy: the standard library and
+worker.standby only.
 
 A standby worker (``python -m worker --standby``, worker.standby) is started before the
-CLI has read its settings: ``whisperfarm.launch`` starts the default local fleet's
-processes first thing for a ``transcribe`` whose command line and environment leave the
-fleet at its default, so that the workers' imports (about 0.7 CPU-seconds each) run
-beside the CLI's own (about a second) instead of after them. The run's local fleet
-(``whisperfarm.local``) hands each its order; those it doesn't take are let go.
-
-This module is imported before anything heavy: the standard library and worker.standby
-only.
+CLI has read its settings: ``whisperfarm.launch`` starts a ``transcribe``'s local fleet
+first thing, its layout read off the command line and the environment, so that the
+workers' imports (about 0.7 CPU-seconds each) run beside the CLI's own (about a second)
+instead of after them. The run's local fleet (``whisperfarm.local``) hands each its
+order; those it doesn't take are ended.
 """
 
 from __future__ import annotations
@@ -45,13 +44,11 @@ WORKER_COMMAND = (sys.executable, "-m", "worker")
 class StandbyWorkers:
     """Worker processes started before the run's settings are read (``python -m worker
     --standby``), for a local fleet of ``threads``-thread workers. ``take`` hands one its
-    order; ``dismiss`` lets the rest go (each exits at the end of its input), ``close``
-    ends them."""
+    order; ``dismiss`` ends the rest: one not taken holds nothing (no lease, no file)."""
 
     def __init__(self, processes: list[subprocess.Popen[bytes]], threads: int):
         self.processes = processes
         self.threads = threads
-        self._dismissed: list[subprocess.Popen[bytes]] = []
 
     @classmethod
     def start(cls, count: int, threads: int) -> StandbyWorkers:
@@ -86,23 +83,18 @@ class StandbyWorkers:
         return None
 
     def dismiss(self) -> None:
-        """Let every standby not taken go, without waiting for it."""
+        """End every standby not taken, at once: one still importing would otherwise
+        spend its CPU beside the run's workers."""
         for process in self.processes:
+            process.kill()
+        for process in self.processes:
+            process.wait()
             assert process.stdin is not None
             with contextlib.suppress(OSError):
                 process.stdin.close()
-        self._dismissed += self.processes
         self.processes = []
 
-    def close(self) -> None:
-        """End every standby not taken: one dismissed has exited by now, one never taken
-        (the command failed, or started no local worker) holds nothing and is killed."""
-        self.dismiss()
-        for process in self._dismissed:
-            if process.poll() is None:
-                process.kill()
-            process.wait()
-        self._dismissed = []
+    close = dismiss
 
 
 def default_workers(cpus: int | None = None) -> tuple[int, int]:

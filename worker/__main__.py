@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -46,7 +47,7 @@ def preloaded_transcriber(
 
 def main(env: Mapping[str, str] | None = None) -> int:
     """Run a worker configured by ``env`` (default: this process's environment)."""
-    keep_freed_memory()  # before any thread starts (worker.memory)
+    keep_freed_memory()  # before CTranslate2 starts its threads (worker.memory)
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
@@ -99,10 +100,15 @@ def main(env: Mapping[str, str] | None = None) -> int:
 
 def standby() -> int:
     """``python -m worker --standby`` (worker.standby): import everything a worker needs,
-    then wait for the order that configures it on standard input and work as told."""
-    keep_freed_memory()  # before any thread starts (worker.memory)
-    import faster_whisper  # noqa: F401 - the slow import, done while the CLI starts
-
+    then wait for the order that configures it on standard input and work as told. An
+    import that fails is reported in the ordered log, as a worker started then would."""
+    keep_freed_memory()  # before CTranslate2 starts its threads (worker.memory)
+    try:
+        import faster_whisper  # noqa: F401 - the slow import, done while the CLI starts
+    except Exception:
+        failed: str | None = traceback.format_exc()
+    else:
+        failed = None
     ready = time.monotonic()
     order = read_order(sys.stdin)
     if order is None:
@@ -110,6 +116,9 @@ def standby() -> int:
     log_to(order.log)
     waited = time.monotonic() - ready
     print(f"standby worker: ready {waited:.2f} s before its order", file=sys.stderr, flush=True)
+    if failed is not None:
+        print(failed, file=sys.stderr, flush=True)
+        return 1
     return main({**os.environ, **order.env})
 
 

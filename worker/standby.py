@@ -1,7 +1,7 @@
 """A worker started before its farm exists: ``python -m worker --standby``.
 
 ``whisperfarm transcribe`` starts its local workers' processes first thing
-(``whisperfarm.local.StandbyWorkers``), before its own imports, so that a worker's imports
+(``whisperfarm.spawn.StandbyWorkers``), before its own imports, so that a worker's imports
 (faster-whisper, CTranslate2, httpx, pydantic: about 0.7 CPU-seconds) run beside the CLI's
 instead of after them. A standby worker imports, then waits for one line on its standard
 input: a ``StandbyOrder`` with its configuration (the variables ``python -m worker``

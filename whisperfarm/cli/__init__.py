@@ -15,9 +15,4 @@ from __future__ import annotations
 from whisperfarm.cli import episodes, fleet, run, status  # noqa: F401
 from whisperfarm.cli.root import app
 
-
-def main() -> None:
-    app()
-
-
-__all__ = ["app", "main"]
+__all__ = ["app"]
