@@ -101,8 +101,8 @@ def main(env: Mapping[str, str] | None = None) -> int:
 def standby() -> int:
     """``python -m worker --standby`` (worker.standby): import everything a worker needs,
     then wait for the order that configures it on standard input and work as told. An
-    import that fails is reported in the ordered log, as a worker started then would."""
-    keep_freed_memory()  # before CTranslate2 starts its threads (worker.memory)
+    import that fails is reported in the ordered log, as a worker started then would.
+    (``main`` keeps freed memory, before its model loads.)"""
     try:
         import faster_whisper  # noqa: F401 - the slow import, done while the CLI starts
     except Exception:
