@@ -20,7 +20,7 @@ from tests.fakefly import Faults, LaunchSpec, create_app
 from tests.support.clock import FakeClock
 from tests.support.in_process import BASE_URL, in_process
 from tests.support.paths import REPO as ROOT
-from whisperfarm.fly import MachinesClient, build_worker_config
+from whisperfarm.fly.client import MachinesClient, build_worker_config
 
 if TYPE_CHECKING:
     # What the TestClient answers with: httpx2's Response in recent Starlette, not httpx's.

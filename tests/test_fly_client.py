@@ -19,12 +19,9 @@ from whisperfarm.errors import (
     FlyUnavailable,
     UsageError,
 )
-from whisperfarm.fly import (
+from whisperfarm.fly.client import Machine, MachinesClient, auth_header, build_worker_config
+from whisperfarm.fly.pricing import (
     SIZES,
-    Machine,
-    MachinesClient,
-    auth_header,
-    build_worker_config,
     cost,
     price_table,
     size_named,

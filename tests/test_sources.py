@@ -18,7 +18,7 @@ from whisperfarm.download import Downloader
 from whisperfarm.errors import InputError, UsageError
 from whisperfarm.ledger import Ledger
 from whisperfarm.media import content_hash
-from whisperfarm.sources import Resolved, read_stdin, resolve_inputs
+from whisperfarm.sources import Resolved, needs_downloader, read_stdin, resolve_inputs
 
 MODEL = "tiny.en"
 
@@ -268,3 +268,26 @@ def test_a_url_of_another_scheme_is_refused_by_its_name(
     """ftp://host/ep.mp3 is not a file called 'ftp:/host/ep.mp3' that doesn't exist."""
     with pytest.raises(InputError, match=r"^ftp://127.0.0.1/ep.mp3: ftp:// is not supported"):
         resolve(files, client, home, "ftp://127.0.0.1/ep.mp3")
+
+
+@pytest.mark.parametrize(
+    ("inputs", "needs"),
+    [
+        (["ep.mp3", "show/ep 2.m4a"], False),
+        (["ep.mp3", "-"], True),
+        (["https://example.org/ep.mp3"], True),
+        (["HTTP://example.org/feed"], True),
+        (["ftp://example.org/ep.mp3"], True),  # refused by resolve_inputs, with its line
+    ],
+)
+def test_only_urls_and_standard_input_need_a_downloader(inputs: list[str], needs: bool) -> None:
+    assert needs_downloader(inputs) is needs
+
+
+def test_files_alone_resolve_without_a_downloader(home: Path) -> None:
+    resolved = resolve_inputs(
+        ["a.mp3", "b/c.wav"], None, ledger_path=home / "ledger.db", model=MODEL, options_key=""
+    )
+    assert resolved == Resolved(paths=[Path("a.mp3"), Path("b/c.wav")])
+    with pytest.raises(ValueError, match="need a Downloader"):
+        resolve_inputs(["-"], None, ledger_path=home / "ledger.db", model=MODEL, options_key="")

@@ -16,14 +16,10 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from whisperfarm.calibration import for_settings
 from whisperfarm.errors import InputError
 from whisperfarm.farm import Farm, Fleet, Fleets, Reporter, chunk_format_for
-from whisperfarm.fly.client import MachinesClient
-from whisperfarm.fly.config import FlyConfig, describe_plan, estimate, fly_config, pool_ready
-from whisperfarm.fly.fleet import FlyFleet
-from whisperfarm.fly.policy import Plan
 from whisperfarm.ledger import Ledger
 from whisperfarm.local import LocalFleet
 from whisperfarm.media import check_input
@@ -31,6 +27,12 @@ from whisperfarm.settings import Settings
 from whisperfarm.spawn import StandbyWorkers, local_layout
 from whisperfarm.states import EpisodeState
 from worker.audio import ChunkFormat
+
+if TYPE_CHECKING:  # the Fly layer (httpx and its client) loads only for a run on Fly
+    from whisperfarm.fly.client import MachinesClient
+    from whisperfarm.fly.config import FlyConfig
+    from whisperfarm.fly.fleet import FlyFleet
+    from whisperfarm.fly.policy import Plan
 
 
 def new_run_id(prefix: str = "") -> str:
@@ -50,6 +52,8 @@ class FlyPlan:
     estimate: Plan
 
     def describe(self) -> str:
+        from whisperfarm.fly.config import describe_plan
+
         return describe_plan(self.config, self.estimate, self.audio_seconds, ready=self.ready)
 
 
@@ -185,6 +189,8 @@ def fleets(
     elif standby is not None:
         standby.dismiss()  # a run on Fly alone: no local worker will take one
     if plan.fly is not None:
+        from whisperfarm.fly.fleet import FlyFleet
+
         if client is None:
             raise ValueError("a run on Fly needs a Machines API client")
         fly = FlyFleet(
@@ -209,6 +215,9 @@ def readable(inputs: Sequence[Path]) -> tuple[list[Path], list[str]]:
 
 
 def _plan_fly(settings: Settings, inputs: Sequence[Path]) -> FlyPlan:
+    from whisperfarm.calibration import for_settings
+    from whisperfarm.fly.config import estimate, fly_config, pool_ready
+
     measured = for_settings(settings.model, settings.compute_type, settings.ledger_path)
     config = fly_config(settings, with_local_workers=bool(settings.workers), calibration=measured)
     audio = sum(check_input(path).duration or 0.0 for path in inputs)

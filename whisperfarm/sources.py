@@ -26,18 +26,20 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from whisperfarm.download import Download, Downloader, is_url, safe_name
 from whisperfarm.errors import InputError, UsageError
-from whisperfarm.feeds import FeedEpisodes, parse_feed, unique_stems
 from whisperfarm.ledger import Ledger
 from whisperfarm.media import check_input, content_hash
+
+if TYPE_CHECKING:
+    from whisperfarm.download import Download, Downloader
 
 STDIN = "-"
 FEED_TYPES = ("application/rss+xml", "application/atom+xml", "application/xml", "text/xml")
 FEED_STARTS = (b"<?xml", b"<rss", b"<feed", b"<rdf:rdf")
 PAGE_STARTS = (b"<!doctype html", b"<html")
+SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 
 
 @dataclass
@@ -49,9 +51,15 @@ class Resolved:
     goes on without it, as it does without a bad file (plan.readable)."""
 
 
+def needs_downloader(inputs: list[str]) -> bool:
+    """Whether resolving ``inputs`` needs a Downloader: one names standard input or a URL.
+    Files alone don't, and then a run imports no HTTP client and opens none."""
+    return any(text == STDIN or SCHEME.match(text) for text in inputs)
+
+
 def resolve_inputs(
     inputs: list[str],
-    downloader: Downloader,
+    downloader: Downloader | None,
     *,
     ledger_path: Path,
     model: str,
@@ -59,6 +67,14 @@ def resolve_inputs(
     latest: int = 1,
     stdin: BinaryIO | None = None,
 ) -> Resolved:
+    """The files ``inputs`` name. ``downloader`` may be None where ``needs_downloader``
+    says so."""
+    if downloader is None:
+        if needs_downloader(inputs):
+            raise ValueError("these inputs need a Downloader")
+        return Resolved(paths=[Path(text) for text in inputs])
+    from whisperfarm.download import is_url
+
     resolved = Resolved()
     for text in inputs:
         try:
@@ -71,7 +87,7 @@ def resolve_inputs(
                     _add_feed(resolved, download, downloader, ledger_path, made_with, latest)
                 else:
                     resolved.paths.append(_checked(download))
-            elif re.match(r"^[a-z][a-z0-9+.-]*://", text, re.IGNORECASE):
+            elif SCHEME.match(text):
                 scheme = text.partition("://")[0]
                 raise InputError(f"{text}: {scheme}:// is not supported: give an http(s) URL")
             else:
@@ -115,6 +131,9 @@ def _add_feed(
     made_with: tuple[str, str],
     latest: int,
 ) -> None:
+    from whisperfarm.download import safe_name
+    from whisperfarm.feeds import FeedEpisodes, parse_feed, unique_stems
+
     feed = parse_feed(download.url, download.path.read_bytes())
     ledger = Ledger(ledger_path)
     try:

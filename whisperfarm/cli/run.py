@@ -230,7 +230,6 @@ def transcribe(
     """
     from whisperfarm.console import RunReporter
     from whisperfarm.errors import FlyGPUUnsupported
-    from whisperfarm.fly.config import ask_fly_first, fly_client
     from whisperfarm.fly.pricing import GPU_GONE_MESSAGE
     from whisperfarm.fly.store import MachineStore
     from whisperfarm.interrupts import stop_signals
@@ -294,6 +293,8 @@ def transcribe(
             )
         if not yes and not typer.confirm("Start the machines?", default=True):
             raise typer.Exit(1)
+        from whisperfarm.fly.config import ask_fly_first, fly_client
+
         client = fly_client(settings)
         ask_fly_first(client)
     # Standby workers the launcher started (whisperfarm.launch), if it did
@@ -400,15 +401,22 @@ def _resolve_inputs(
 ) -> tuple[list[Path], list[str]]:
     """Local files for the arguments (URLs and feeds downloaded, '-' read: sources.py),
     and a line for each that gave none."""
-    from whisperfarm.decoding import options_key
-    from whisperfarm.download import BarProgress, Downloader, http_client
-    from whisperfarm.sources import resolve_inputs
+    from contextlib import ExitStack
 
-    progress = BarProgress(err) if err.is_terminal and not quiet else None
-    with http_client() as client:
+    from whisperfarm.decoding import options_key
+    from whisperfarm.sources import needs_downloader, resolve_inputs
+
+    with ExitStack() as stack:
+        downloader = None
+        if needs_downloader(inputs):  # files alone: no HTTP client imported or opened
+            from whisperfarm.download import BarProgress, Downloader, http_client
+
+            progress = BarProgress(err) if err.is_terminal and not quiet else None
+            client = stack.enter_context(http_client())
+            downloader = Downloader(client, settings.downloads_dir, progress=progress)
         resolved = resolve_inputs(
             inputs,
-            Downloader(client, settings.downloads_dir, progress=progress),
+            downloader,
             ledger_path=settings.ledger_path,
             model=settings.model,
             options_key=options_key(settings.decoding().options()),

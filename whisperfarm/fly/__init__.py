@@ -1,16 +1,4 @@
-"""whisperfarm's Fly.io layer: the Machines API client and the price table."""
-
-from whisperfarm.fly.client import Machine, MachinesClient, auth_header, build_worker_config
-from whisperfarm.fly.pricing import SIZES, Size, cost, price_table, size_named
-
-__all__ = [
-    "SIZES",
-    "Machine",
-    "MachinesClient",
-    "Size",
-    "auth_header",
-    "build_worker_config",
-    "cost",
-    "price_table",
-    "size_named",
-]
+"""whisperfarm's Fly.io layer: the Machines API client (``client``), the price table
+(``pricing``), the fleet and its policy. Nothing is imported here: a local run loads none
+of it but the little its ledger and plan read (``store``, ``policy``, ``pricing``), and
+not httpx."""
