@@ -26,9 +26,6 @@ from whisperfarm.assembly import text_so_far
 from whisperfarm.coordinator_config import CoordinatorConfig
 from whisperfarm.status import snapshot
 
-QUERY_TOKEN_PATHS = frozenset({"/"})
-"""Paths that accept the run token as ``?token=``: the page alone, never the API."""
-
 PRIVATE = {
     "Cache-Control": "no-store",
     "Referrer-Policy": "no-referrer",

@@ -80,13 +80,15 @@ class Reply:
     content_type: bytes = b"application/json"
 
 
-def _json(payload: Any) -> Reply:
+def json_reply(payload: Any) -> Reply:
+    """``payload`` as a compact JSON reply."""
     return Reply(json.dumps(payload, separators=(",", ":")).encode())
 
 
-async def _send(
+async def send_reply(
     send: Send, status: int, reply: Reply, headers: tuple[tuple[bytes, bytes], ...] = ()
 ) -> None:
+    """Answer an HTTP request with ``reply`` as plain ASGI."""
     await send(
         {
             "type": "http.response.start",
@@ -213,14 +215,14 @@ async def heartbeat(call: Call) -> Reply:
         )
     except LeaseLost:
         raise _lost() from None
-    return _json({"lease_expires_in": expires - call.ledger.clock()})
+    return json_reply({"lease_expires_in": expires - call.ledger.clock()})
 
 
 async def result(call: Call) -> Reply:
     chunk = call.chunk()
     body: ResultRequest = call.body
     if chunk["state"] == ChunkState.DONE and chunk["lease_token"] == body.lease_token:
-        return _json({"status": "duplicate"})
+        return json_reply({"status": "duplicate"})
     if not holds_lease(chunk, body.lease_token):
         raise _lost()
     expected = call.ledger.episode(chunk["episode_id"])["model"]
@@ -241,7 +243,7 @@ async def result(call: Call) -> Reply:
     except LeaseLost:
         raise _lost() from None
     call.config.settled.set()
-    return _json({"status": status})
+    return json_reply({"status": status})
 
 
 async def failure(call: Call) -> Reply:
@@ -256,7 +258,7 @@ async def failure(call: Call) -> Reply:
     except LeaseLost:
         raise _lost() from None
     call.config.settled.set()
-    return _json({"state": state})
+    return json_reply({"state": state})
 
 
 async def release(call: Call) -> Reply:
@@ -265,7 +267,7 @@ async def release(call: Call) -> Reply:
         call.ledger.release(call.chunk_id, call.body.lease_token)
     except LeaseLost:
         raise _lost() from None
-    return _json({"state": ChunkState.QUEUED})
+    return json_reply({"state": ChunkState.QUEUED})
 
 
 @dataclass(frozen=True)
@@ -356,9 +358,10 @@ class WorkerAPI:
             call = Call(self.config, self.config.ledger(), chunk_id, body, dict(scope["headers"]))
             reply = await route.handler(call)
         except ApiError as error:
-            await _send(send, error.status, _json({"detail": error.detail}), error.headers)
+            reply = json_reply({"detail": error.detail})
+            await send_reply(send, error.status, reply, error.headers)
             return
-        await _send(send, 200, reply)
+        await send_reply(send, 200, reply)
 
 
 # OpenAPI ---------------------------------------------------------------------------------
