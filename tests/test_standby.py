@@ -5,6 +5,7 @@ before its own imports and hands them their orders when the run starts."""
 from __future__ import annotations
 
 import gc
+import io
 import os
 import subprocess
 import sys
@@ -23,11 +24,12 @@ from whisperfarm.launch import (
     NO_STANDBY_VARIABLES,
     VALUE_OPTIONS,
     main,
+    preload_env,
     standby_layout,
 )
 from whisperfarm.settings import Settings
 from whisperfarm.spawn import StandbyWorkers, default_workers, local_layout
-from worker.standby import StandbyOrder
+from worker.standby import Preload, StandbyOrder, read_message
 
 CLIP = REPO / "samples" / "real" / "sb-spk1_snt1.flac"  # "The child almost hurt the small dog."
 TIMEOUT = 300
@@ -152,6 +154,52 @@ def test_both_ways_of_running_the_command_go_through_the_launcher() -> None:
     )
 
 
+# The model they load before their order ----------------------------------------------------
+
+
+def tiny_en(threads: int = 1, compute_type: str = "int8", model: str = "tiny.en") -> dict[str, str]:
+    return {
+        "WHISPERFARM_THREADS": str(threads),
+        "WHISPERFARM_MODEL": model,
+        "WHISPERFARM_COMPUTE_TYPE": compute_type,
+    }
+
+
+def test_the_standbys_are_told_the_model_the_command_line_names() -> None:
+    assert preload_env(["transcribe", "a.mp3", "-m", "tiny.en"], threads=1) == tiny_en()
+    assert preload_env(
+        ["transcribe", "a.mp3", "--model=base.en", "--compute-type", "int8_float32", "-w2"], 2
+    ) == tiny_en(2, "int8_float32", "base.en")
+
+
+def test_the_standbys_are_told_the_model_as_the_settings_read_it(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The config file, then the environment, then the command line: the CLI's order."""
+    home.mkdir()
+    (home / "config.toml").write_text('model = "base.en"\ncompute_type = "int8_float32"\n')
+    assert preload_env(["transcribe", "a.mp3"], 1) == tiny_en(1, "int8_float32", "base.en")
+    monkeypatch.setenv("WHISPERFARM_MODEL", "small.en")
+    assert preload_env(["transcribe", "a.mp3"], 1) == tiny_en(1, "int8_float32", "small.en")
+    assert preload_env(["transcribe", "a.mp3", "-m", "tiny.en"], 1) == tiny_en(1, "int8_float32")
+
+
+def test_no_model_is_preloaded_from_settings_the_cli_will_refuse(home: Path) -> None:
+    home.mkdir()
+    (home / "config.toml").write_text("model = [\n")
+    assert preload_env(["transcribe", "a.mp3"], 1) is None
+    (home / "config.toml").write_text('compute_type = "int3"\n')
+    assert preload_env(["transcribe", "a.mp3"], 1) is None
+
+
+def test_a_preload_and_an_order_travel_as_lines_of_their_own() -> None:
+    order = StandbyOrder(env={"A": "1"}, log="/tmp/w.log")
+    lines = io.StringIO((Preload(tiny_en()).to_line() + order.to_line()).decode())
+    assert read_message(lines) == Preload(tiny_en())
+    assert read_message(lines) == order
+    assert read_message(lines) is None
+
+
 # The processes ----------------------------------------------------------------------------
 
 
@@ -207,6 +255,16 @@ def test_a_standby_worker_works_as_ordered_and_logs_where_told(tmp_path: Path) -
     assert standby.take(1, order) is None  # none left
 
 
+def test_a_standby_loads_the_model_it_is_told_before_its_order(tmp_path: Path) -> None:
+    standby = StandbyWorkers.start(1, 1)
+    standby.preload(tiny_en())
+    log = tmp_path / "worker-0.log"
+    process = standby.take(1, StandbyOrder(env={}, log=str(log)))  # no coordinator
+    assert process is not None
+    assert process.wait(timeout=TIMEOUT) == 2
+    assert log.read_text().startswith("standby worker: ready with tiny.en loaded ")
+
+
 def test_a_standby_that_died_is_passed_over(tmp_path: Path) -> None:
     standby = StandbyWorkers.start(2, 1)
     dead, alive = standby.processes
@@ -248,7 +306,7 @@ def test_a_plain_transcribe_runs_on_its_standby_workers(tmp_path: Path) -> None:
     assert "dog" in (tmp_path / "out" / "sb-spk1_snt1.txt").read_text().lower()
     logs = worker_logs(home)
     assert len(logs) == default_workers()[0]
-    assert all(log.startswith("standby worker: ready ") for log in logs), logs
+    assert all(log.startswith("standby worker: ready with tiny.en loaded ") for log in logs), logs
 
 
 @pytest.mark.parametrize(

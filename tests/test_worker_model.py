@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from worker.__main__ import preloaded_transcriber
+from worker.__main__ import preload, preloaded_transcriber
 from worker.config import WorkerConfig
 from worker.models import ModelLoadError, load_model
+from worker.standby import Preload
 from worker.transcriber import Transcriber
 
 AUDIO = np.zeros(16_000, dtype=np.float32)
@@ -80,6 +81,72 @@ def test_a_model_that_cannot_be_preloaded_leaves_the_worker_able_to_run_others(
         transcriber = preloaded_transcriber(config(WHISPERFARM_MODEL="large-v3"), loader)
     assert "'large-v3' is not available on this worker" in caplog.text
     assert transcriber.transcribe(AUDIO, model="tiny.en").model == "tiny.en"
+
+
+# A standby worker's model, loaded before its order (worker.standby) ----------------------
+
+TINY = {"WHISPERFARM_MODEL": "tiny.en", "WHISPERFARM_THREADS": "1"}
+
+
+def test_a_standbys_preloaded_model_serves_its_order_without_a_second_load() -> None:
+    loader = Loader({"tiny.en"})
+    ready = preload(Preload({**TINY, "WHISPERFARM_COMPUTE_TYPE": "int8"}), {}, loader)
+    assert ready is not None and ready.loaded == "tiny.en"
+    order = config(**TINY, WHISPERFARM_COMPUTE_TYPE="int8", WHISPERFARM_WORKER_ID="w0")
+    assert preloaded_transcriber(order, loader, ready=ready) is ready
+    assert ready.transcribe(AUDIO, model="tiny.en").model == "tiny.en"
+    assert loader.loads == ["tiny.en"]
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        {"WHISPERFARM_THREADS": "2"},
+        {"WHISPERFARM_COMPUTE_TYPE": "int8_float32"},
+        {"WHISPERFARM_MODEL_DIR": "/models"},
+    ],
+)
+def test_an_order_for_other_threads_or_compute_type_gets_its_own_model(
+    order: dict[str, str],
+) -> None:
+    loader = Loader({"tiny.en"})
+    ready = preload(Preload(TINY), {}, loader)
+    transcriber = preloaded_transcriber(config(**{**TINY, **order}), loader, ready=ready)
+    assert transcriber is not ready
+    assert transcriber.holds("tiny.en")
+    assert loader.loads == ["tiny.en", "tiny.en"]
+
+
+def test_an_order_for_another_model_swaps_the_preloaded_one() -> None:
+    loader = Loader({"tiny.en", "base.en"})
+    ready = preload(Preload(TINY), {}, loader)
+    order = config(**{**TINY, "WHISPERFARM_MODEL": "base.en"})
+    assert preloaded_transcriber(order, loader, ready=ready) is ready
+    assert ready.loaded == "base.en"
+    assert loader.loads == ["tiny.en", "base.en"]
+
+
+def test_a_preload_that_cannot_be_had_is_not_kept_and_the_order_loads_afresh() -> None:
+    """A hub model the CLI is still fetching: the standby downloads nothing, and its
+    failure must not be remembered for the worker's life (Transcriber's refusals are)."""
+    loader = Loader(set())
+    assert preload(Preload({**TINY, "WHISPERFARM_MODEL": "small.en"}), {}, loader) is None
+    loader.have.add("small.en")  # fetched by the CLI meanwhile
+    transcriber = preloaded_transcriber(config(WHISPERFARM_MODEL="small.en"), loader, ready=None)
+    assert transcriber.holds("small.en")
+    assert loader.loads == ["small.en", "small.en"]
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"WHISPERFARM_THREADS": "many"}, {"WHISPERFARM_DEVICE": "tpu"}, {"WHISPERFARM_THREADS": "1"}],
+)
+def test_a_preload_without_a_model_or_with_a_bad_value_loads_nothing(
+    env: dict[str, str],
+) -> None:
+    loader = Loader({"tiny.en"})
+    assert preload(Preload(env), {}, loader) is None
+    assert loader.loads == []
 
 
 def test_a_model_that_failed_to_load_fails_again_at_once_and_others_still_load() -> None:

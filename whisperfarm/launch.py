@@ -6,13 +6,17 @@ For ``transcribe``, the local fleet's layout (``spawn.local_layout``: ``--worker
 off the command line, parsed as the CLI's parser will, and off the environment; its
 processes start at once as standby workers (``spawn.StandbyWorkers``). Their imports then
 run beside the CLI's (typer, the coordinator, the ledger: about a second on 2 cores), and
-the run hands them their orders when its coordinator is up. A config file that changes
-the fleet is read only later, with the settings: the run then takes the standbys that
-suit it and ends the others. No standby starts for ``--backend``, ``--dry-run``,
+the run hands them their orders when its coordinator is up. Between the two, once the
+settings are read (the command line's model and compute type, then the environment and
+the config file, as the CLI reads them), the standbys are told the model to load, which
+they do while the CLI starts the run. A config file that changes the fleet is read only
+later, with the run's settings: the run then takes the standbys that suit it and ends
+the others. No standby starts for ``--backend``, ``--dry-run``,
 ``--help``, a command line this module can't read for certain (an option it doesn't
 know, a value that isn't a whole number), or any other command.
 
-This module imports the standard library and ``whisperfarm.spawn`` only, until the CLI.
+This module imports the standard library and ``whisperfarm.spawn`` only until the
+standbys are started; then the settings, to tell them their model; then the CLI.
 """
 
 from __future__ import annotations
@@ -51,6 +55,9 @@ NO_STANDBY_OPTIONS = ("--backend", "--dry-run", "--help", "--gpu")
 LAYOUT_OPTIONS = {"workers": ("--workers", "-w"), "threads": ("--threads",)}
 """transcribe's options of the local fleet's layout."""
 
+MODEL_OPTIONS = {"model": ("--model", "-m"), "compute_type": ("--compute-type",)}
+"""transcribe's options of the model its workers load (``Settings`` fields)."""
+
 LAYOUT_VARIABLES = {"workers": "WHISPERFARM_WORKERS", "threads": "WHISPERFARM_THREADS"}
 """The settings' variables for the same, which the options beat."""
 
@@ -73,8 +80,9 @@ def standby_layout(
         return None
     given: list[int | None] = []
     for field, names in LAYOUT_OPTIONS.items():
-        values = [value for name, value in options.items() if name in names]
-        value = values[-1] if values else environ.get(LAYOUT_VARIABLES[field])
+        value = _last(options, names)
+        if value is None:
+            value = environ.get(LAYOUT_VARIABLES[field])
         try:
             given.append(None if value is None else int(value))
         except ValueError:
@@ -83,6 +91,34 @@ def standby_layout(
     if workers < 1 or threads < 1:
         return None
     return workers, threads
+
+
+def preload_env(argv: Sequence[str], threads: int) -> dict[str, str] | None:
+    """The model part of a ``transcribe``'s local workers' orders (WHISPERFARM_MODEL,
+    WHISPERFARM_COMPUTE_TYPE and WHISPERFARM_THREADS, as ``LocalFleet`` writes them) for
+    the command line ``argv``, with the settings read as the CLI reads them; None where
+    they can't be read (the CLI will say why)."""
+    from whisperfarm.errors import UsageError
+    from whisperfarm.settings import load_settings
+    from worker.config import WorkerConfig
+
+    options = _options(argv[1:]) or {}
+    try:
+        settings = load_settings(
+            **{field: _last(options, names) for field, names in MODEL_OPTIONS.items()}
+        )
+    except UsageError:
+        return None
+    config = WorkerConfig.for_worker(
+        threads=threads, preload_model=settings.model, compute_type=settings.compute_type
+    )
+    return config.to_env()
+
+
+def _last(options: dict[str, str], names: Sequence[str]) -> str | None:
+    """The value last given to any of the option's ``names``."""
+    values = [value for name, value in options.items() if name in names]
+    return values[-1] if values else None
 
 
 def _options(args: Sequence[str]) -> dict[str, str] | None:
@@ -138,6 +174,10 @@ def main() -> None:
     layout = standby_layout(sys.argv[1:], os.environ)
     standby = StandbyWorkers.start(*layout) if layout else None
     try:
+        if standby is not None and layout is not None:
+            env = preload_env(sys.argv[1:], threads=layout[1])
+            if env is not None:
+                standby.preload(env)
         from whisperfarm.cli import app
 
         app(obj=standby)

@@ -7,8 +7,9 @@ A standby worker (``python -m worker --standby``, worker.standby) is started bef
 CLI has read its settings: ``whisperfarm.launch`` starts a ``transcribe``'s local fleet
 first thing, its layout read off the command line and the environment, so that the
 workers' imports (about 0.7 CPU-seconds each) run beside the CLI's own (about a second)
-instead of after them. The run's local fleet (``whisperfarm.local``) hands each its
-order; those it doesn't take are ended.
+instead of after them. Once the CLI has read its settings it tells them the model to
+load (``preload``), which they do while it starts the run. The run's local fleet
+(``whisperfarm.local``) hands each its order; those it doesn't take are ended.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 import subprocess
 import sys
 
-from worker.standby import StandbyOrder
+from worker.standby import Preload, StandbyOrder
 
 FLY_SECRETS = ("FLY_API_TOKEN", "FLY_ACCESS_TOKEN", "WHISPERFARM_FLY_API_TOKEN")
 """The Fly API token, under every name settings read it from: the CLI needs it to manage
@@ -64,6 +65,16 @@ class StandbyWorkers:
             for _ in range(count)
         ]
         return cls(processes, threads)
+
+    def preload(self, env: dict[str, str]) -> None:
+        """Tell every standby the model part of its coming order (worker.standby's
+        ``Preload``), to load it now. One that died is left to ``take``."""
+        line = Preload(env).to_line()
+        for process in self.processes:
+            assert process.stdin is not None
+            with contextlib.suppress(OSError):
+                process.stdin.write(line)
+                process.stdin.flush()
 
     def take(self, threads: int, order: StandbyOrder) -> subprocess.Popen[bytes] | None:
         """A standby process now working as ``order`` says, or None when none is left

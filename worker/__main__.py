@@ -17,7 +17,7 @@ from worker.device import Device, DeviceError, resolve
 from worker.loop import EXIT_PROTOCOL, EXIT_UNAUTHORIZED, EXIT_UNREACHABLE, Worker
 from worker.memory import keep_freed_memory
 from worker.models import ModelLoadError, load_model
-from worker.standby import log_to, read_order
+from worker.standby import Preload, StandbyOrder, log_to, read_message
 from worker.transcriber import Transcriber
 
 
@@ -26,17 +26,30 @@ def preloaded_transcriber(
     loader: Callable[..., Any] = load_model,
     *,
     device: Device = Device.CPU,
+    ready: Transcriber | None = None,
 ) -> Transcriber:
     """The worker's transcriber on ``device``, with WHISPERFARM_MODEL loaded while the
-    first chunks are cut. Each job still runs the model it names; a job whose model this
+    first chunks are cut: ``ready`` (a standby's, its model loaded ahead of the order)
+    where it was made for the same threads, compute type, device and model directory,
+    else a new one. Each job still runs the model it names; a job whose model this
     worker can't load fails with the reason, and the worker then leaves the farm (exit 4)."""
-    transcriber = Transcriber(
-        threads=config.threads,
-        compute_type=config.compute_type_on(device),
-        device=device.value,
-        model_dir=config.model_dir,
-        loader=loader,
-    )
+    compute_type = config.compute_type_on(device)
+    made_for = (config.threads, compute_type, device.value, config.model_dir)
+    if ready is not None and made_for == (
+        ready.threads,
+        ready.compute_type,
+        ready.device,
+        ready.model_dir,
+    ):
+        transcriber = ready
+    else:
+        transcriber = Transcriber(
+            threads=config.threads,
+            compute_type=compute_type,
+            device=device.value,
+            model_dir=config.model_dir,
+            loader=loader,
+        )
     if config.preload_model:
         try:
             transcriber.model(config.preload_model)
@@ -45,8 +58,28 @@ def preloaded_transcriber(
     return transcriber
 
 
-def main(env: Mapping[str, str] | None = None) -> int:
-    """Run a worker configured by ``env`` (default: this process's environment)."""
+def preload(
+    given: Preload, env: Mapping[str, str], loader: Callable[..., Any] = load_model
+) -> Transcriber | None:
+    """A standby's transcriber with the model ``given`` names loaded (on top of ``env``),
+    or None where it can't be had yet: a hub model the CLI has still to fetch (a standby
+    downloads nothing), a bad value (the order will say so)."""
+    keep_freed_memory()  # before CTranslate2 starts its threads (worker.memory)
+    try:
+        config = WorkerConfig.read({**env, **given.env})
+        device = resolve(config.device)
+    except (ConfigError, DeviceError):
+        return None
+    if not config.preload_model:
+        return None
+    transcriber = preloaded_transcriber(config, loader, device=device)
+    # A failed load is remembered for the transcriber's life: not one to keep.
+    return transcriber if transcriber.holds(config.preload_model) else None
+
+
+def main(env: Mapping[str, str] | None = None, ready: Transcriber | None = None) -> int:
+    """Run a worker configured by ``env`` (default: this process's environment), with
+    ``ready``'s model if it suits (``preloaded_transcriber``)."""
     keep_freed_memory()  # before CTranslate2 starts its threads (worker.memory)
     logging.basicConfig(
         level=logging.INFO,
@@ -66,7 +99,7 @@ def main(env: Mapping[str, str] | None = None) -> int:
         print(f"worker: {error}", file=sys.stderr)
         return 2
     client = CoordinatorClient(config.url, config.token, give_up_seconds=config.give_up_seconds)
-    transcriber = preloaded_transcriber(config, device=device)
+    transcriber = preloaded_transcriber(config, device=device, ready=ready)
     batch_size = config.batch_size_on(device)
     worker = Worker(
         client, transcriber, config.info(), batch_size=batch_size, prefetch=config.prefetch
@@ -100,26 +133,35 @@ def main(env: Mapping[str, str] | None = None) -> int:
 
 def standby() -> int:
     """``python -m worker --standby`` (worker.standby): import everything a worker needs,
-    then wait for the order that configures it on standard input and work as told. An
-    import that fails is reported in the ordered log, as a worker started then would.
-    (``main`` keeps freed memory, before its model loads.)"""
+    load the model of a ``Preload`` if one comes, then wait for the order that configures
+    it on standard input and work as told. An import that fails is reported in the
+    ordered log, as a worker started then would."""
     try:
         import faster_whisper  # noqa: F401 - the slow import, done while the CLI starts
     except Exception:
         failed: str | None = traceback.format_exc()
     else:
         failed = None
-    ready = time.monotonic()
-    order = read_order(sys.stdin)
-    if order is None:
-        return 0
-    log_to(order.log)
-    waited = time.monotonic() - ready
-    print(f"standby worker: ready {waited:.2f} s before its order", file=sys.stderr, flush=True)
+    message = read_message(sys.stdin)
+    ready = None
+    if isinstance(message, Preload):
+        ready = preload(message, os.environ) if failed is None else None
+        message = read_message(sys.stdin)
+    waiting_since = time.monotonic()
+    if not isinstance(message, StandbyOrder):
+        return 0  # the end of its input: no order came
+    log_to(message.log)
+    waited = time.monotonic() - waiting_since
+    loaded = f" with {ready.loaded} loaded" if ready is not None and ready.loaded else ""
+    print(
+        f"standby worker: ready{loaded} {waited:.2f} s before its order",
+        file=sys.stderr,
+        flush=True,
+    )
     if failed is not None:
         print(failed, file=sys.stderr, flush=True)
         return 1
-    return main({**os.environ, **order.env})
+    return main({**os.environ, **message.env}, ready)
 
 
 def exit_now(code: int) -> NoReturn:

@@ -134,20 +134,26 @@ class WorkerConfig(BaseSettings):
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerConfig:
         """The configuration in ``env`` (default: this process's environment), or
         ConfigError naming what to set."""
-        try:
-            with _reading(os.environ if env is None else env):
-                config = cls()
-        except ValidationError as error:
-            first = error.errors(include_url=False)[0]
-            raise ConfigError(
-                f"bad number in the environment: {first['loc'][0]}={first['input']!r}"
-            ) from None
+        config = cls.read(env)
         if not config.url or not config.token:
             raise ConfigError(
                 "set WHISPERFARM_URL and WHISPERFARM_TOKEN to the coordinator's URL and token "
                 "(printed by 'whisperfarm transcribe' and 'whisperfarm serve')"
             )
         return config
+
+    @classmethod
+    def read(cls, env: Mapping[str, str] | None = None) -> WorkerConfig:
+        """What ``env`` sets, with or without a coordinator to join (a standby worker
+        reads its model's part ahead of its order), or ConfigError for a bad value."""
+        try:
+            with _reading(os.environ if env is None else env):
+                return cls()
+        except ValidationError as error:
+            first = error.errors(include_url=False)[0]
+            raise ConfigError(
+                f"bad number in the environment: {first['loc'][0]}={first['input']!r}"
+            ) from None
 
     @classmethod
     def for_worker(cls, **fields: Any) -> WorkerConfig:

@@ -3,9 +3,16 @@
 ``whisperfarm transcribe`` starts its local workers' processes first thing
 (``whisperfarm.spawn.StandbyWorkers``), before its own imports, so that a worker's imports
 (faster-whisper, CTranslate2, httpx, pydantic: about 0.7 CPU-seconds) run beside the CLI's
-instead of after them. A standby worker imports, then waits for one line on its standard
-input: a ``StandbyOrder`` with its configuration (the variables ``python -m worker``
-reads) and its log file. It then works as ``python -m worker`` would in that environment.
+instead of after them. A standby worker imports, then reads its standard input, one
+line of JSON each:
+
+- a ``Preload`` first, maybe: the model part of its coming order (the model, its compute
+  type, the threads), sent once the CLI has read its settings. The standby loads that
+  model while the CLI starts its run;
+- a ``StandbyOrder``: its configuration (the variables ``python -m worker`` reads) and
+  its log file. It then works as ``python -m worker`` would in that environment, with the
+  preloaded model if the order wants that one.
+
 At the end of its input (the run took no local worker, or the CLI is gone) it exits 0.
 """
 
@@ -35,11 +42,26 @@ class StandbyOrder:
         return cls(env={str(k): str(v) for k, v in fields["env"].items()}, log=str(fields["log"]))
 
 
-def read_order(stdin: IO[str]) -> StandbyOrder | None:
-    """The order on ``stdin``'s next line; None at the end of input."""
+@dataclass(frozen=True)
+class Preload:
+    """The variables of a standby's coming order that choose its model
+    (WHISPERFARM_MODEL, WHISPERFARM_COMPUTE_TYPE, WHISPERFARM_THREADS), as one line of
+    JSON under the key "preload"."""
+
+    env: dict[str, str]
+
+    def to_line(self) -> bytes:
+        return json.dumps({"preload": self.env}).encode() + b"\n"
+
+
+def read_message(stdin: IO[str]) -> StandbyOrder | Preload | None:
+    """The order or preload on ``stdin``'s next line; None at the end of input."""
     line = stdin.readline()
     if not line.strip():
         return None
+    fields = json.loads(line)
+    if "preload" in fields:
+        return Preload({str(k): str(v) for k, v in fields["preload"].items()})
     return StandbyOrder.from_line(line)
 
 

@@ -61,6 +61,15 @@ class Transcriber:
         # once would cost its time-out again on every chunk of the episode.
         self._unavailable: dict[str, str] = {}
 
+    @property
+    def loaded(self) -> str | None:
+        """The name of the model held, if any."""
+        return self._loaded[0] if self._model is not None and self._loaded else None
+
+    def holds(self, name: str) -> bool:
+        """Whether the model ``name`` is loaded, as this worker's compute type."""
+        return self._model is not None and self._loaded == (name, self.compute_type)
+
     def model(self, name: str, compute_type: str | None = None) -> Any:
         """The model ``name`` loaded as ``compute_type`` (a job's; None: this worker's own,
         WHISPERFARM_COMPUTE_TYPE), loading it unless it is the one held."""
