@@ -9,6 +9,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -168,7 +169,16 @@ def tiny_en(threads: int = 1, compute_type: str = "int8", model: str = "tiny.en"
 def test_the_standbys_are_told_the_model_the_command_line_names() -> None:
     assert preload_env(["transcribe", "a.mp3", "-m", "tiny.en"], threads=1) == tiny_en()
     assert preload_env(
-        ["transcribe", "a.mp3", "--model=base.en", "--compute-type", "int8_float32", "-w2"], 2
+        [
+            "transcribe",
+            "a.mp3",
+            "--model=base.en",
+            "--compute-type",
+            "int8_float32",
+            "-w2",
+            "--threads=2",
+        ],
+        2,
     ) == tiny_en(2, "int8_float32", "base.en")
 
 
@@ -182,6 +192,45 @@ def test_the_standbys_are_told_the_model_as_the_settings_read_it(
     monkeypatch.setenv("WHISPERFARM_MODEL", "small.en")
     assert preload_env(["transcribe", "a.mp3"], 1) == tiny_en(1, "int8_float32", "small.en")
     assert preload_env(["transcribe", "a.mp3", "-m", "tiny.en"], 1) == tiny_en(1, "int8_float32")
+
+
+@pytest.mark.parametrize(
+    ("config", "args", "threads"),
+    [
+        ('backend = "fly"\n', [], 1),  # a Fly run: its standbys are dismissed
+        ("threads = 2\n", [], 1),  # the run will take none of these 1-thread standbys
+        ("", ["--threads", "2"], 1),
+        ("workers = 0\n", [], 1),
+        ("", ["-w", "2", "--threads", "1"], 1),  # the same layout: preloaded
+    ],
+)
+def test_only_standbys_the_run_will_take_are_told_to_load_a_model(
+    home: Path, config: str, args: list[str], threads: int
+) -> None:
+    home.mkdir()
+    (home / "config.toml").write_text(config + 'model = "tiny.en"\n')
+    env = preload_env(["transcribe", "a.mp3", *args], threads)
+    taken = config == "" and args[-1] == "1"
+    assert env == (tiny_en(threads) if taken else None)
+
+
+def test_settings_that_fail_to_read_only_cost_the_preload(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever goes wrong reading the settings for the standbys (the CLI reads them next
+    and says what is wrong) stops nothing: the run goes on without a preload."""
+
+    def unreadable(argv: list[str], threads: int) -> dict[str, str]:
+        raise PermissionError(13, "Permission denied", "config.toml")
+
+    monkeypatch.setattr("whisperfarm.launch.preload_env", unreadable)
+    out = tmp_path / "out"
+    argv = ["transcribe", str(CLIP), "-m", "tiny.en", "-o", str(out), "-f", "txt", "-q"]
+    monkeypatch.setattr(sys, "argv", ["whisperfarm", *argv])
+    with pytest.raises(SystemExit) as end:
+        main()
+    assert end.value.code == 0
+    assert "dog" in (out / f"{CLIP.stem}.txt").read_text().lower()
 
 
 def test_no_model_is_preloaded_from_settings_the_cli_will_refuse(home: Path) -> None:
@@ -263,6 +312,19 @@ def test_a_standby_loads_the_model_it_is_told_before_its_order(tmp_path: Path) -
     assert process is not None
     assert process.wait(timeout=TIMEOUT) == 2
     assert log.read_text().startswith("standby worker: ready with tiny.en loaded ")
+
+
+def test_a_standbys_log_says_how_long_it_waited_for_its_order(tmp_path: Path) -> None:
+    standby = StandbyWorkers.start(1, 1)
+    standby.preload(tiny_en())
+    time.sleep(4)  # the model is loaded well before this: the rest is waiting
+    log = tmp_path / "worker-0.log"
+    process = standby.take(1, StandbyOrder(env={}, log=str(log)))
+    assert process is not None
+    assert process.wait(timeout=TIMEOUT) == 2
+    first = log.read_text().splitlines()[0]
+    waited = float(first.removeprefix("standby worker: ready with tiny.en loaded ").split()[0])
+    assert 1.0 < waited < 4.5, first
 
 
 def test_a_standby_that_died_is_passed_over(tmp_path: Path) -> None:

@@ -96,18 +96,22 @@ def standby_layout(
 def preload_env(argv: Sequence[str], threads: int) -> dict[str, str] | None:
     """The model part of a ``transcribe``'s local workers' orders (WHISPERFARM_MODEL,
     WHISPERFARM_COMPUTE_TYPE and WHISPERFARM_THREADS, as ``LocalFleet`` writes them) for
-    the command line ``argv``, with the settings read as the CLI reads them; None where
-    they can't be read (the CLI will say why)."""
+    the command line ``argv``, with the settings read as the CLI reads them (the command
+    line, the environment, the config file). None where the run will take no standby of
+    ``threads`` threads (a config file that says Fly, or another layout) or the settings
+    can't be read (the CLI will say why)."""
     from whisperfarm.errors import UsageError
     from whisperfarm.settings import load_settings
     from worker.config import WorkerConfig
 
     options = _options(argv[1:]) or {}
+    given = {**LAYOUT_OPTIONS, **MODEL_OPTIONS}
     try:
-        settings = load_settings(
-            **{field: _last(options, names) for field, names in MODEL_OPTIONS.items()}
-        )
+        settings = load_settings(**{field: _last(options, names) for field, names in given.items()})
     except UsageError:
+        return None
+    workers, layout_threads = local_layout(None, settings.workers, settings.threads)
+    if settings.backend != "local" or workers < 1 or layout_threads != threads:
         return None
     config = WorkerConfig.for_worker(
         threads=threads, preload_model=settings.model, compute_type=settings.compute_type
@@ -175,7 +179,10 @@ def main() -> None:
     standby = StandbyWorkers.start(*layout) if layout else None
     try:
         if standby is not None and layout is not None:
-            env = preload_env(sys.argv[1:], threads=layout[1])
+            try:
+                env = preload_env(sys.argv[1:], threads=layout[1])
+            except Exception:  # preloading only saves time; the CLI reads the settings next
+                env = None
             if env is not None:
                 standby.preload(env)
         from whisperfarm.cli import app

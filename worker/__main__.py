@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -142,12 +143,13 @@ def standby() -> int:
         failed: str | None = traceback.format_exc()
     else:
         failed = None
+    waiting_since = time.monotonic()
     message = read_message(sys.stdin)
     ready = None
     if isinstance(message, Preload):
         ready = preload(message, os.environ) if failed is None else None
+        waiting_since = time.monotonic()
         message = read_message(sys.stdin)
-    waiting_since = time.monotonic()
     if not isinstance(message, StandbyOrder):
         return 0  # the end of its input: no order came
     log_to(message.log)
@@ -171,8 +173,9 @@ def exit_now(code: int) -> NoReturn:
     exit (``LocalFleet.stop``). Nothing is left to it: the coordinator client is closed,
     the batch posted or handed back, and the log flushed here."""
     logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: keep the code
+            stream.flush()
     os._exit(code)
 
 
