@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import worker.transcriber
 from tests.support.paths import SAMPLE
 from whisperfarm.cli import app
 from whisperfarm.decoding import Decoding, describe
@@ -160,7 +161,16 @@ class Recorder:
         return iter([]), SimpleNamespace(language="de", duration=1.0)
 
 
-def test_the_worker_decodes_with_every_option_the_job_carries() -> None:
+def test_the_worker_decodes_with_every_option_the_job_carries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    batched: list[dict[str, Any]] = []
+
+    def decode_batch(whisper: Any, audios: list[np.ndarray], **kwargs: Any) -> Any:
+        batched.append(kwargs)
+        return [[] for _ in audios], "en"
+
+    monkeypatch.setattr(worker.transcriber, "decode_batch", decode_batch)
     recorder = Recorder()
     transcriber = Transcriber(threads=1, loader=lambda *a, **k: recorder)
     job = Job.model_validate(
@@ -174,7 +184,7 @@ def test_the_worker_decodes_with_every_option_the_job_carries() -> None:
     )  # fmt: skip
     transcriber.transcribe(np.zeros(16_000, np.float32), model="small", options=job)
     transcriber.transcribe(np.zeros(16_000, np.float32), model="small")
-    asked, plain = recorder.calls
+    (asked,) = recorder.calls  # options worker.batched doesn't run: faster-whisper's own
     assert asked == {
         "language": "de",
         "beam_size": 2,
@@ -185,8 +195,9 @@ def test_the_worker_decodes_with_every_option_the_job_carries() -> None:
         "vad_filter": True,
         "temperature": (0.4, 0.6, 0.8, 1.0),
     }
-    assert "temperature" not in plain  # faster-whisper's own fallback, 0 … 1.0
-    assert (plain["task"], plain["beam_size"], plain["vad_filter"]) == ("transcribe", 5, False)
+    # The defaults: worker.batched, with faster-whisper's own fallback (0 … 1.0)
+    (plain,) = batched
+    assert (plain["language"], plain["beam_size"]) == (None, 5)
 
 
 def test_the_worker_loads_the_model_as_the_jobs_compute_type() -> None:
@@ -201,9 +212,12 @@ def test_the_worker_loads_the_model_as_the_jobs_compute_type() -> None:
 
     transcriber = Transcriber(threads=1, compute_type="int8", loader=loader)
     audio = np.zeros(16_000, np.float32)
-    transcriber.transcribe(audio, model="small", options=DecodeOptions(compute_type="float32"))
-    transcriber.transcribe(audio, model="small", options=DecodeOptions(compute_type="float32"))
-    transcriber.transcribe(audio, model="small")
+    # Word timestamps: decoded by the model's own transcribe, which Recorder answers.
+    words = DecodeOptions(word_timestamps=True)
+    float32 = DecodeOptions(compute_type="float32", word_timestamps=True)
+    transcriber.transcribe(audio, model="small", options=float32)
+    transcriber.transcribe(audio, model="small", options=float32)
+    transcriber.transcribe(audio, model="small", options=words)
     assert loads == [("small", "float32"), ("small", "int8")]  # kept while it's the same
 
 

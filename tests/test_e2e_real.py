@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -84,8 +85,13 @@ def test_every_format_keeps_the_timeline(outputs: Path, recording: Path) -> None
     assert repetition_loops(txt) == 0
 
 
+def words_of(text: str) -> str:
+    """The words alone, lower case: punctuation and line breaks move with the cuts."""
+    return " ".join(re.findall(r"[a-z']+", text.lower()))
+
+
 def test_the_real_speech_is_still_there(outputs: Path) -> None:
-    tail = read(outputs, REAL / "radio-tail.flac", "txt").lower()
+    tail = words_of(read(outputs, REAL / "radio-tail.flac", "txt"))
     assert "ask not what your country can do for you" in tail
-    licence = read(outputs, REAL / "multilingual.mp3", "txt").lower()
+    licence = words_of(read(outputs, REAL / "multilingual.mp3", "txt"))
     assert "permission is hereby granted" in licence

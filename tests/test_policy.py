@@ -85,7 +85,7 @@ def test_plan_estimates_time_and_cost_with_machines_created_at_flys_rate() -> No
     assert p.machines == 20
     ramp = sum([0, 0, 0, *range(1, 18)])  # 153
     done = (360 + 20 * 45 + ramp) / 20
-    assert p.wall_seconds == pytest.approx(done + 2.9)  # + the longest chunk at 10×
+    assert p.wall_seconds == pytest.approx(done + 2.7)  # + the longest chunk (27 s) at 10×
     assert p.cost == pytest.approx((20 * (done + 30) - ramp) * PRICE)
     assert p.fits_budget
     capped = plan(3600, 140, FleetLimits(20, budget=0.01, price_per_second=PRICE, speed=10.0))
@@ -94,7 +94,7 @@ def test_plan_estimates_time_and_cost_with_machines_created_at_flys_rate() -> No
 
 def test_a_warm_pool_removes_the_create_ramp_from_the_plan() -> None:
     created, pooled = plan(3600, 140, LIMITS), plan(3600, 140, LIMITS, ready=20)
-    assert pooled.wall_seconds == pytest.approx(45 + 3600 / 200 + 2.9)
+    assert pooled.wall_seconds == pytest.approx(45 + 3600 / 200 + 2.7)
     assert pooled.cost == pytest.approx(20 * (45 + 18 + 30) * PRICE)
     assert pooled.wall_seconds < created.wall_seconds
     some = plan(3600, 140, LIMITS, ready=10)
@@ -110,7 +110,7 @@ def test_the_plan_counts_no_machine_that_would_join_after_the_work_is_done() -> 
     # before the 15th could join (57 s).
     done = (100 + 3 * 45 + sum(range(46, 57))) / 14
     assert p.machines == 14
-    assert p.wall_seconds == pytest.approx(done + 2.9)
+    assert p.wall_seconds == pytest.approx(done + 2.7)
     assert p.cost == pytest.approx((14 * (done + 30) - sum(range(1, 12))) * PRICE)
 
 
@@ -162,7 +162,7 @@ def test_the_plan_counts_the_probe_wait_in_time_and_money() -> None:
     requests = [0, *(45 + at for at in [0, 0, 0, *range(1, 17)])]
     done = (360 + sum(at + 45 for at in requests)) / 20
     assert probed.machines == 20
-    assert probed.wall_seconds == pytest.approx(done + 2.9)
+    assert probed.wall_seconds == pytest.approx(done + 2.7)
     assert probed.cost == pytest.approx(sum(done - at + 30 for at in requests) * PRICE)
     assert probed.wall_seconds > direct.wall_seconds
     one = FleetLimits(max_machines=1, budget=None, price_per_second=PRICE, speed=10.0)

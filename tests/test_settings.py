@@ -42,7 +42,7 @@ def test_defaults(home: Path) -> None:
     assert (settings.host, settings.port) == ("127.0.0.1", 0)
     assert parse_formats(settings.formats) == list(DEFAULT_FORMATS)
     assert (settings.lease_seconds, settings.max_attempts) == (60.0, 3)
-    assert (settings.chunk_min_seconds, settings.chunk_max_seconds) == (12.0, 29.0)
+    assert (settings.chunk_min_seconds, settings.chunk_max_seconds) == (12.0, 27.0)
     assert settings.overlap_seconds == 3.0
     assert settings.fly_api_token is None
     assert settings.fly_app is None

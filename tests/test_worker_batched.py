@@ -1,6 +1,8 @@
 """The batched decode (worker.batched) against the sequential one it stands for, with the
 real tiny.en on real speech: chunks decoded together read as each decoded alone, the
-ones that take a second window included."""
+ones that take a second window included; with faster-whisper's padding the loop reads
+as faster-whisper's own ``transcribe``; silence after a long chunk saves its second
+window."""
 
 from __future__ import annotations
 
@@ -12,12 +14,13 @@ import pytest
 import worker.batched
 from whisperfarm.chunking import CutterConfig, cut
 from whisperfarm.media import Decoder
-from worker.batched import Stopped
+from worker.batched import SILENCE_AFTER, Stopped, decode_batch
 from worker.models import bundled_tiny_en
 from worker.transcriber import Transcriber
 from worker.wire import DecodeOptions
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+ENGLISH = DecodeOptions(language="en", beam_size=5)
 
 
 def speech(path: Path) -> np.ndarray:
@@ -30,8 +33,10 @@ def speech(path: Path) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def chunks() -> list[np.ndarray]:
-    """The sample episode's first three chunks as the cutter cuts them (28.7, 27.4 and
-    27.7 s), and JFK's 11 s: float32 as the worker decodes them."""
+    """The sample episode's first three chunks as the cutter cuts them (26.6, 26.3 and
+    26.6 s; with faster-whisper's padding the first two leave their last sentence to a
+    second window, and with silence after them the second still does), and JFK's 11 s:
+    float32 as the worker decodes them."""
     cut_chunks = [audio for _, audio in cut([speech(SAMPLES / "episode.mp3")], CutterConfig())]
     picked = [*cut_chunks[:3], speech(SAMPLES / "real" / "fw-jfk.flac")]
     return [audio.astype(np.float32) / 32768.0 for audio in picked]
@@ -43,9 +48,8 @@ def transcriber() -> Transcriber:
     return Transcriber(threads=2)
 
 
-def test_a_batch_reads_as_each_chunk_decoded_alone(
-    chunks: list[np.ndarray], transcriber: Transcriber, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def counting_rounds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many chunks each round of the batched decode takes, from now on."""
     rounds: list[int] = []
     real_round = worker.batched._round
 
@@ -54,18 +58,76 @@ def test_a_batch_reads_as_each_chunk_decoded_alone(
         real_round(whisper, tokenizer, options, going)
 
     monkeypatch.setattr(worker.batched, "_round", counting)
-    english = DecodeOptions(language="en", beam_size=5)
-    batched = transcriber.transcribe_batch(chunks, model="tiny.en", options=english)
-    alone = [transcriber.transcribe(audio, model="tiny.en", options=english) for audio in chunks]
-    assert rounds[0] == len(chunks)  # one encode and one generate for every first window
-    assert len(rounds) > 1, "no chunk took a second window: the test lost its point"
+    return rounds
+
+
+def texts_and_times(segments: list) -> list[tuple[str, float, float]]:
+    return [(s.text, round(s.start, 3), round(s.end, 3)) for s in segments]
+
+
+def test_a_batch_reads_as_each_chunk_decoded_alone(
+    chunks: list[np.ndarray], transcriber: Transcriber
+) -> None:
+    """A chunk claimed with others reads as the same chunk claimed alone."""
+    batched = transcriber.transcribe_batch(chunks, model="tiny.en", options=ENGLISH)
+    alone = [transcriber.transcribe(audio, model="tiny.en", options=ENGLISH) for audio in chunks]
     for together, single, audio in zip(batched, alone, chunks, strict=True):
-        assert [s.text for s in together.segments] == [s.text for s in single.segments]
-        assert [(s.start, s.end) for s in together.segments] == [
-            (s.start, s.end) for s in single.segments
-        ]
+        assert texts_and_times(together.segments) == texts_and_times(single.segments)
         assert (together.model, together.language) == ("tiny.en", "en")
         assert together.duration == pytest.approx(len(audio) / 16_000)
+
+
+def test_with_faster_whispers_padding_the_batch_reads_as_faster_whisper(
+    chunks: list[np.ndarray], transcriber: Transcriber, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batched loop is faster-whisper's sequential decode, second windows included,
+    when its windows are padded as faster-whisper pads them."""
+    whisper = transcriber.model("tiny.en")
+    rounds = counting_rounds(monkeypatch)
+    batched, language = decode_batch(
+        whisper, chunks, language="en", beam_size=5, silence_after=None
+    )
+    assert language == "en"
+    assert rounds[0] == len(chunks)  # one encode and one generate for every first window
+    assert len(rounds) > 1, "no chunk took a second window: the test lost its point"
+    for segments, audio in zip(batched, chunks, strict=True):
+        sequential, _ = whisper.transcribe(audio, language="en", beam_size=5)
+        assert texts_and_times(segments) == texts_and_times(list(sequential))
+
+
+def test_silence_after_a_long_chunk_spares_its_second_window(
+    chunks: list[np.ndarray], transcriber: Transcriber, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With faster-whisper's padding, the sample's first chunk leaves its last sentence
+    ("The car made a strange noise on the way to work.") to a second 30-s window; with
+    silence after it, the model finishes the sentence in the first."""
+    whisper = transcriber.model("tiny.en")
+    first = chunks[0]
+    assert len(first) >= SILENCE_AFTER * 16_000
+    rounds = counting_rounds(monkeypatch)
+    (padded,), _ = decode_batch(whisper, [first], language="en", beam_size=5, silence_after=None)
+    assert len(rounds) == 2  # the second window
+    rounds.clear()
+    (silent,), _ = decode_batch(whisper, [first], language="en", beam_size=5)
+    assert len(rounds) == 1
+    for segments in (padded, silent):
+        assert segments[-1].text.strip() == "The car made a strange noise on the way to work."
+        assert segments[-1].end <= len(first) / 16_000 + 0.5
+    assert " ".join(s.text for s in silent) == " ".join(s.text for s in padded)
+
+
+def test_a_short_chunk_keeps_faster_whispers_padding(
+    chunks: list[np.ndarray], transcriber: Transcriber
+) -> None:
+    """Under SILENCE_AFTER seconds (JFK's 11 s), a window is padded as faster-whisper
+    pads it: the same segments, to the hundredth of a second, either way."""
+    whisper = transcriber.model("tiny.en")
+    jfk = chunks[-1]
+    assert len(jfk) < SILENCE_AFTER * 16_000
+    (default,), _ = decode_batch(whisper, [jfk], language="en", beam_size=5)
+    (padded,), _ = decode_batch(whisper, [jfk], language="en", beam_size=5, silence_after=None)
+    assert texts_and_times(default) == texts_and_times(padded)
+    assert "ask not what your country can do for you" in " ".join(s.text for s in default)
 
 
 def test_a_batch_stops_between_windows_when_asked(

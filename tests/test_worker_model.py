@@ -18,8 +18,12 @@ from worker.config import WorkerConfig
 from worker.models import ModelLoadError, load_model
 from worker.standby import Preload
 from worker.transcriber import Transcriber
+from worker.wire import DecodeOptions
 
 AUDIO = np.zeros(16_000, dtype=np.float32)
+WORDS = DecodeOptions(word_timestamps=True)
+"""Options decoded by the model's own transcribe, which FakeWhisper answers (the defaults
+go to worker.batched, which a fake model can't run)."""
 
 
 @dataclass
@@ -30,7 +34,12 @@ class FakeWhisper:
 
     def transcribe(self, audio: np.ndarray, **_: Any) -> tuple[Any, Any]:
         segment = SimpleNamespace(
-            start=0.0, end=1.0, text=f" by {self.name}", avg_logprob=-0.1, no_speech_prob=0.0
+            start=0.0,
+            end=1.0,
+            text=f" by {self.name}",
+            avg_logprob=-0.1,
+            no_speech_prob=0.0,
+            words=[],
         )
         return iter([segment]), SimpleNamespace(language="en", duration=len(audio) / 16_000)
 
@@ -58,7 +67,7 @@ def test_a_worker_that_preloaded_another_model_runs_the_jobs_model() -> None:
     transcriber = preloaded_transcriber(config(WHISPERFARM_MODEL="small.en"), loader)
     assert loader.loads == ["small.en"]  # loaded before the first job
 
-    result = transcriber.transcribe(AUDIO, model="tiny.en")
+    result = transcriber.transcribe(AUDIO, model="tiny.en", options=WORDS)
 
     assert result.model == "tiny.en"
     assert result.segments[0].text == " by tiny.en"
@@ -69,7 +78,7 @@ def test_the_preloaded_model_serves_the_jobs_that_name_it_without_a_second_load(
     loader = Loader({"tiny.en"})
     transcriber = preloaded_transcriber(config(WHISPERFARM_MODEL="tiny.en"), loader)
     for _ in range(3):
-        assert transcriber.transcribe(AUDIO, model="tiny.en").model == "tiny.en"
+        assert transcriber.transcribe(AUDIO, model="tiny.en", options=WORDS).model == "tiny.en"
     assert loader.loads == ["tiny.en"]
 
 
@@ -80,7 +89,7 @@ def test_a_model_that_cannot_be_preloaded_leaves_the_worker_able_to_run_others(
     with caplog.at_level(logging.WARNING, logger="worker"):
         transcriber = preloaded_transcriber(config(WHISPERFARM_MODEL="large-v3"), loader)
     assert "'large-v3' is not available on this worker" in caplog.text
-    assert transcriber.transcribe(AUDIO, model="tiny.en").model == "tiny.en"
+    assert transcriber.transcribe(AUDIO, model="tiny.en", options=WORDS).model == "tiny.en"
 
 
 # A standby worker's model, loaded before its order (worker.standby) ----------------------
@@ -94,7 +103,7 @@ def test_a_standbys_preloaded_model_serves_its_order_without_a_second_load() -> 
     assert ready is not None and ready.loaded == "tiny.en"
     order = config(**TINY, WHISPERFARM_COMPUTE_TYPE="int8", WHISPERFARM_WORKER_ID="w0")
     assert preloaded_transcriber(order, loader, ready=ready) is ready
-    assert ready.transcribe(AUDIO, model="tiny.en").model == "tiny.en"
+    assert ready.transcribe(AUDIO, model="tiny.en", options=WORDS).model == "tiny.en"
     assert loader.loads == ["tiny.en"]
 
 
@@ -154,16 +163,16 @@ def test_a_model_that_failed_to_load_fails_again_at_once_and_others_still_load()
     transcriber = Transcriber(threads=1, loader=loader)
     for _ in range(2):
         with pytest.raises(ModelLoadError, match=r"'small\.en' is not available"):
-            transcriber.transcribe(AUDIO, model="small.en")
+            transcriber.transcribe(AUDIO, model="small.en", options=WORDS)
     assert loader.loads == ["small.en"]  # a failed download is not paid for on every chunk
-    assert transcriber.transcribe(AUDIO, model="tiny.en").model == "tiny.en"
+    assert transcriber.transcribe(AUDIO, model="tiny.en", options=WORDS).model == "tiny.en"
 
 
 def test_switching_models_keeps_one_in_memory() -> None:
     loader = Loader({"tiny.en", "base.en"})
     transcriber = Transcriber(threads=1, loader=loader)
     for name in ["tiny.en", "base.en", "tiny.en"]:
-        assert transcriber.transcribe(AUDIO, model=name).model == name
+        assert transcriber.transcribe(AUDIO, model=name, options=WORDS).model == name
     assert loader.loads == ["tiny.en", "base.en", "tiny.en"]
 
 

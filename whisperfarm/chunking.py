@@ -11,7 +11,8 @@ workers then hear the words at the seam whole, and the stitcher (``stitch.py``) 
 word once by aligning the two transcripts of the overlap.
 
 ``max_seconds`` stays under Whisper's 30-second window, so each chunk is one decoder
-window, with no window boundary inside it.
+window, with no window boundary inside it, and room after it for the silence that lets the
+model finish the chunk's last sentence there (``chunk_limits``).
 
 With a speech model (``CutterConfig.speech``, on by default; see ``speech.py``):
 
@@ -38,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from whisperfarm import speech
+from whisperfarm import chunk_limits, speech
 from whisperfarm.ledger import ChunkPlan
 from whisperfarm.media import SAMPLE_RATE
 from whisperfarm.speech import WINDOW, SpeechConfig
@@ -48,9 +49,9 @@ FRAME = 320  # 20 ms at 16 kHz
 
 @dataclass(frozen=True)
 class CutterConfig:
-    min_seconds: float = 12.0
-    max_seconds: float = 29.0
-    overlap_seconds: float = 3.0
+    min_seconds: float = chunk_limits.MIN_SECONDS
+    max_seconds: float = chunk_limits.MAX_SECONDS
+    overlap_seconds: float = chunk_limits.OVERLAP_SECONDS
     min_pause: float = 0.3
     silence_dbfs: float = -50.0
     speech: SpeechConfig | None = field(default_factory=SpeechConfig)  # None: loudness alone

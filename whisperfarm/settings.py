@@ -33,6 +33,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from whisperfarm import chunk_limits
 from whisperfarm.decoding import Decoding, Task
 from whisperfarm.errors import UsageError
 from whisperfarm.languages import english_only, language_code
@@ -104,13 +105,11 @@ class Settings(BaseSettings):
     # backup would slow the chunk it races (ledger.queue).
     backups: bool = True
 
-    # Chunking: cut at a pause between min and max seconds; max stays under Whisper's
-    # 30-second window so each chunk is decoded in one window.
-    chunk_min_seconds: float = Field(12.0, gt=0)
-    chunk_max_seconds: float = Field(29.0, gt=0)
-    # 3 s, not less: with 1.5 s the seams bench lost words where a model skipped a phrase
-    # near the cut (9 over 12 overlapped seams); with 3 s it lost none.
-    overlap_seconds: float = Field(3.0, ge=0)
+    # Chunking: cut at a pause between min and max seconds (whisperfarm/chunk_limits.py:
+    # why these defaults).
+    chunk_min_seconds: float = Field(chunk_limits.MIN_SECONDS, gt=0)
+    chunk_max_seconds: float = Field(chunk_limits.MAX_SECONDS, gt=0)
+    overlap_seconds: float = Field(chunk_limits.OVERLAP_SECONDS, ge=0)
     # Speech detection by the Silero VAD model (whisperfarm/speech.py): cut where nobody
     # speaks, send no chunk without speech, drop words placed away from speech. Off: by
     # loudness alone, as before.

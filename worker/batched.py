@@ -22,7 +22,20 @@ Whisper's 30-s window, and each is decoded as the sequential decode would:
   shorter context than the sequential decode's for the few chunks that take a second
   window.
 
-Word timestamps are not batched (the transcriber decodes such chunks one by one).
+One thing differs from faster-whisper on purpose: what fills a window after a long chunk's
+audio. faster-whisper (like OpenAI's ``transcribe``) pads the window's log-Mel features
+with zeros, which is not silence but a steady hum to the model (faster-whisper#1084). With
+speech running to within a second or two of that padding, the model often leaves the
+chunk's last sentence unfinished, and it costs a second window: a whole 30-s encoder pass
+for 2-4 s of audio (4 of the sample's 13 windows, 20 of the 20-minute episode's 64). After
+a chunk of ``SILENCE_AFTER`` seconds or more, the window is filled with the features of
+true silence instead (the audio padded with zeros), as Whisper heard the end of a
+recording in training: the model then finishes the sentence in the first window. Shorter
+chunks keep faster-whisper's padding: under 16 s of silence tiny.en was seen to end a 14-s
+chunk after its first sentence. Measured in the README ("Silence after a chunk").
+
+Word timestamps are not batched (the transcriber decodes such chunks one by one, with
+faster-whisper's padding).
 """
 
 from __future__ import annotations
@@ -32,6 +45,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+SILENCE_AFTER = 20.0
+"""Seconds: the window of a chunk this long or longer is filled with silence after its
+audio, not with faster-whisper's zero features (the module's docstring)."""
 
 
 class Stopped(Exception):
@@ -49,8 +66,8 @@ class Segment:
 
 @dataclass
 class _Chunk:
-    features: np.ndarray
-    content_frames: int
+    features: np.ndarray  # the frames a window may take: the audio's, and any silence after
+    content_frames: int  # the audio's frames
     seek: int = 0
     tokens: list[int] = field(default_factory=list)
     prompt_reset_since: int = 0
@@ -68,10 +85,12 @@ def decode_batch(
     language: str | None,
     beam_size: int,
     should_stop: Callable[[], bool] = lambda: False,
+    silence_after: float | None = SILENCE_AFTER,
 ) -> tuple[list[list[Segment]], str]:
     """Each chunk's segments (times in seconds into the chunk) and the language, decoding
     the chunks' windows in batches of all of them. ``should_stop`` is asked between
-    rounds; True raises Stopped."""
+    rounds; True raises Stopped. ``silence_after``: the chunk length from which a window
+    is filled with silence after the audio (None: never, as faster-whisper does)."""
     from faster_whisper.tokenizer import Tokenizer
     from faster_whisper.transcribe import TranscriptionOptions, get_suppressed_tokens
 
@@ -106,15 +125,24 @@ def decode_batch(
         hallucination_silence_threshold=None,
         hotwords=None,
     )
-    chunks = []
-    for audio in audios:
-        features = whisper.feature_extractor(audio)
-        chunks.append(_Chunk(features, features.shape[-1] - 1))
+    chunks = [_chunk(whisper.feature_extractor, audio, silence_after) for audio in audios]
     while going := [chunk for chunk in chunks if chunk.seek < chunk.content_frames]:
         if should_stop():
             raise Stopped()
         _round(whisper, tokenizer, options, going)
     return [chunk.segments for chunk in chunks], language
+
+
+def _chunk(extractor: Any, audio: np.ndarray, silence_after: float | None) -> _Chunk:
+    """A chunk's features, followed by silence's up to the end of its first window when
+    the chunk is ``silence_after`` seconds long or longer."""
+    samples = len(audio)
+    if silence_after is not None and samples >= silence_after * extractor.sampling_rate:
+        audio = np.pad(audio, (0, max(0, extractor.n_samples - samples)))
+    features = extractor(audio)
+    # The extractor pads a hop's worth of zeros and makes one frame more than the audio's;
+    # that frame is left out, as faster-whisper leaves it out.
+    return _Chunk(features[:, :-1], samples // extractor.hop_length)
 
 
 def _language(whisper: Any, audios: list[np.ndarray], language: str | None) -> str:
@@ -135,9 +163,10 @@ def _round(whisper: Any, tokenizer: Any, options: Any, going: list[_Chunk]) -> N
     nb_max_frames = whisper.feature_extractor.nb_max_frames
     time_per_frame = whisper.feature_extractor.time_per_frame
     sizes = [min(nb_max_frames, chunk.content_frames - chunk.seek) for chunk in going]
+    # A window takes the frames from its seek: the audio's, then any silence after it,
+    # then pad_or_trim's zero features up to 30 s. The seek moves by the audio's alone.
     windows = [
-        pad_or_trim(chunk.features[:, chunk.seek : chunk.seek + size])
-        for chunk, size in zip(going, sizes, strict=True)
+        pad_or_trim(chunk.features[:, chunk.seek : chunk.seek + nb_max_frames]) for chunk in going
     ]
     context = min(len(chunk.previous) for chunk in going)
     prompts = [

@@ -1,5 +1,7 @@
-"""Transcribing chunks with faster-whisper, the model loaded once per worker: one chunk at a
-time (``transcribe``), or several in one batched decode (``transcribe_batch``)."""
+"""Transcribing chunks with faster-whisper, the model loaded once per worker: one chunk
+(``transcribe``) or several (``transcribe_batch``), decoded by worker.batched; chunks
+whose options it doesn't run (word timestamps above all) by faster-whisper's own
+``transcribe``, one at a time."""
 
 from __future__ import annotations
 
@@ -102,7 +104,26 @@ class Transcriber:
         options: DecodeOptions = DEFAULTS,
         should_stop: Callable[[], bool] = lambda: False,
     ) -> ResultModel:
-        """Decode with ``options`` (a job's: language, beam size, task, prompt …)."""
+        """Decode one chunk with ``options`` (a job's: language, beam size, task, prompt
+        …): as a batch of one where the batched decode runs those options, so a chunk
+        reads the same whether it was claimed alone or with others."""
+        if _batchable(options):
+            (result,) = self.transcribe_batch(
+                [audio], model=model, options=options, should_stop=should_stop
+            )
+            return result
+        return self._sequential(audio, model=model, options=options, should_stop=should_stop)
+
+    def _sequential(
+        self,
+        audio: np.ndarray,
+        *,
+        model: str,
+        options: DecodeOptions,
+        should_stop: Callable[[], bool],
+    ) -> ResultModel:
+        """faster-whisper's own ``transcribe``, for the options the batched decode doesn't
+        run (word timestamps above all)."""
         whisper = self.model(model, options.compute_type)
         started = time.monotonic()
         job = options
@@ -161,13 +182,13 @@ class Transcriber:
         options: DecodeOptions = DEFAULTS,
         should_stop: Callable[[], bool] = lambda: False,
     ) -> list[ResultModel]:
-        """One result per chunk, as ``transcribe`` makes it, the chunks decoded together
-        (worker.batched). One chunk, or chunks whose options the batched decode doesn't
-        run (word timestamps, a task, prompt, hotwords, temperature or VAD filter of their
-        own), are decoded one by one with ``transcribe``."""
-        if len(audios) == 1 or not _batchable(options):
+        """One result per chunk, the chunks decoded together (worker.batched). Chunks
+        whose options the batched decode doesn't run (word timestamps, a task, prompt,
+        hotwords, temperature or VAD filter of their own) are decoded one by one with
+        faster-whisper's ``transcribe``."""
+        if not _batchable(options):
             return [
-                self.transcribe(audio, model=model, options=options, should_stop=should_stop)
+                self._sequential(audio, model=model, options=options, should_stop=should_stop)
                 for audio in audios
             ]
         whisper = self.model(model, options.compute_type)

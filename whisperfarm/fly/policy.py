@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from whisperfarm.chunk_limits import MAX_SECONDS
+
 # Measured or estimated × realtime per performance CPU with int8 on CPU (beam 5). The
 # tiny.en figure is measured by scripts/bench on this project's reference machine; the
 # others scale it by the models' relative decoder cost. ``speed`` in settings overrides.
@@ -30,7 +32,6 @@ SPEED_PER_CPU: dict[str, float] = {
 }
 DEFAULT_SPEED_PER_CPU = 0.3  # large models and unknown directories: assume slow
 THREAD_EFFICIENCY = 0.8  # a worker with N threads is not N times faster
-CHUNK_SECONDS = 29.0  # the longest chunk (see chunking.py)
 CREATES_PER_SECOND = 1.0  # Fly's create limit per app ...
 CREATE_BURST = 3  # ... with this burst (a hundred machines take about 100 s to create)
 
@@ -135,7 +136,7 @@ def machines_to_start(state: FleetState, limits: FleetLimits) -> int:
     if affordable == 0 and state.machines == 0:
         # Not enough for the whole job: one machine still does part of it if the budget
         # pays for its start, one chunk of work and its stop; the run stops at the cap.
-        one_chunk = CHUNK_SECONDS / limits.speed
+        one_chunk = MAX_SECONDS / limits.speed
         if (
             left
             >= (limits.start_latency + one_chunk + limits.stop_margin) * limits.price_per_second
@@ -166,7 +167,7 @@ def plan(
     audio_seconds: float,
     chunks: int,
     limits: FleetLimits,
-    longest_chunk: float = 29.0,
+    longest_chunk: float = MAX_SECONDS,
     *,
     ready: int = 0,
     probe: bool = False,
