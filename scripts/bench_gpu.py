@@ -10,9 +10,12 @@ chunk decoded alone; the farm's WER is `scripts/bench local`'s to measure, stitc
 
     python scripts/bench_gpu.py [--audio samples/episode.mp3] [--sizes 1,4,8,16,32]
                                 [--model tiny.en] [--compute-type float16] [--repeat 3]
+                                [--device cuda]
 
 It needs a CUDA device that CTranslate2 can use, and says so and stops (exit 2) without
-one. The README's GPU section says how the default batch size was chosen.
+one. ``--device cpu`` runs the same steps on the CPU (``--compute-type int8``), so the
+script is tested where there is no GPU (tests/test_worker_device.py). The README's GPU
+section says how the default batch size was chosen.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ from whisperfarm.chunking import CutterConfig, cut  # noqa: E402
 from whisperfarm.media import Decoder  # noqa: E402
 from worker.device import Device, DeviceError, resolve  # noqa: E402
 from worker.transcriber import Transcriber  # noqa: E402
+from worker.wire import DecodeOptions  # noqa: E402
+
+ENGLISH = DecodeOptions(language="en")
 
 
 def main() -> int:
@@ -41,9 +47,10 @@ def main() -> int:
     parser.add_argument("--model", default="tiny.en")
     parser.add_argument("--compute-type", default="float16")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--device", choices=[Device.CUDA.value, Device.CPU.value], default="cuda")
     args = parser.parse_args()
     try:
-        resolve(Device.CUDA.value)
+        device = resolve(args.device)
     except DeviceError as error:
         print(f"bench_gpu: {error}", file=sys.stderr)
         return 2
@@ -53,7 +60,7 @@ def main() -> int:
     decoder.close()
     chunks = [audio.astype(np.float32) / 32768.0 for _, audio in cut([samples], CutterConfig())]
     seconds = len(samples) / 16_000
-    transcriber = Transcriber(threads=4, compute_type=args.compute_type, device="cuda")
+    transcriber = Transcriber(threads=4, compute_type=args.compute_type, device=device.value)
     whisper = transcriber.model(args.model)
     transcriber.transcribe_batch(chunks[:2], model=args.model)  # warm the GPU up
 
@@ -66,19 +73,21 @@ def main() -> int:
             out: list[str] = []
             for first in range(0, len(chunks), size):
                 results = transcriber.transcribe_batch(
-                    chunks[first : first + size], model=args.model, language="en"
+                    chunks[first : first + size], model=args.model, options=ENGLISH
                 )
                 out += ["".join(s.text for s in r.segments) for r in results]
             walls[size].append(time.perf_counter() - started)
             texts[size] = out
         started = time.perf_counter()
-        segments, _ = whisper.transcribe(samples.astype(np.float32) / 32768.0, beam_size=5)
+        segments, _ = whisper.transcribe(
+            samples.astype(np.float32) / 32768.0, language="en", beam_size=5
+        )
         list(segments)  # a generator: decoding happens as it is read
         single.append(time.perf_counter() - started)
 
     print(
         f"{args.audio.name}: {seconds:.0f} s of audio in {len(chunks)} chunks, {args.model} "
-        f"{args.compute_type} on cuda, beam 5, median of {args.repeat}"
+        f"{args.compute_type} on {device.value}, beam 5, median of {args.repeat}"
     )
     base = statistics.median(walls[sizes[0]])
     print(f"{'batch':>6} {'decode s':>9} {'× realtime':>11} {'vs first':>9}  same text")

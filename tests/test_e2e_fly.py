@@ -20,9 +20,10 @@ from tests.fakefly.process import FakeFlyProcess
 from tests.support import ledger_db
 from tests.support.fly_runs import APP, assert_all_destroyed, billed, fly_args, free_port
 from tests.support.ledger_db import DONE_WITH_RESULTS
-from tests.support.paths import SAMPLE_TEXT
+from tests.support.paths import SAMPLE, SAMPLE_TEXT
 from whisperfarm.evaluation import word_error_rate
 from whisperfarm.fly.pricing import SIZES
+from whisperfarm.media import ffmpeg_exe
 
 TIMEOUT = 300
 TOKEN = "fake-token"
@@ -99,16 +100,39 @@ def test_fly_run_transcribes_within_machine_and_budget_caps(
     assert workers[0][0] == "fly" and workers[0][1] >= 1
 
 
+def three_samples(tmp_path: Path) -> Path:
+    """The sample three times over (12 minutes, 30 chunks): more machine time than any
+    machine fast enough to run these tests spends in 7 s."""
+    audio = tmp_path / "episode-x3.mp3"
+    subprocess.run(
+        [
+            ffmpeg_exe(),
+            "-v",
+            "error",
+            "-stream_loop",
+            "2",
+            "-i",
+            str(SAMPLE),
+            "-c",
+            "copy",
+            str(audio),
+        ],
+        check=True,
+    )
+    return audio
+
+
 def test_budget_cap_stops_machines_and_leaves_the_episode_resumable(
     tmp_path: Path, fake: FakeFlyProcess
 ) -> None:
-    # Machines cost a tenth of a cent a second: the budget pays for part of the work only
-    # (7 s of the machine; the whole sample took it 10 s here).
+    # Machines cost a tenth of a cent a second: the budget pays for 7 s of the machine,
+    # a part of the work only (the whole took it 30 s here).
     prices = json.dumps({"performance-2x": 0.001})
     env = fly_env(tmp_path, fake, WHISPERFARM_PRICES=prices)
+    audio = three_samples(tmp_path)
     budget = 0.007
     result = subprocess.run(
-        fly_args(tmp_path, "--max-machines", "1", "--budget", str(budget)),
+        fly_args(tmp_path, "--max-machines", "1", "--budget", str(budget), audio=audio),
         env=env,
         capture_output=True,
         text=True,
@@ -123,10 +147,10 @@ def test_budget_cap_stops_machines_and_leaves_the_episode_resumable(
     assert billed(state, 0.001) <= budget
     assert ledger_db.rows(tmp_path / "home", "SELECT spent FROM runs")[0][0] <= budget
     done_before = {idx: rest for idx, *rest in ledger_db.rows(tmp_path / "home", DONE_WITH_RESULTS)}
-    assert not (tmp_path / "out" / "episode.txt").exists()
+    assert not (tmp_path / "out" / "episode-x3.txt").exists()
 
     rerun = subprocess.run(
-        fly_args(tmp_path, "--max-machines", "2", "--budget", "1"),
+        fly_args(tmp_path, "--max-machines", "2", "--budget", "1", audio=audio),
         env=env,
         capture_output=True,
         text=True,
@@ -135,7 +159,7 @@ def test_budget_cap_stops_machines_and_leaves_the_episode_resumable(
     assert rerun.returncode == 0, rerun.stderr
     after = {idx: rest for idx, *rest in ledger_db.rows(tmp_path / "home", DONE_WITH_RESULTS)}
     assert all(after[idx] == kept for idx, kept in done_before.items()), "a chunk was redone"
-    assert (tmp_path / "out" / "episode.txt").exists()
+    assert (tmp_path / "out" / "episode-x3.txt").exists()
     assert_all_destroyed(fake.state())
 
 

@@ -66,10 +66,14 @@ def texts_and_times(segments: list) -> list[tuple[str, float, float]]:
 
 
 def test_a_batch_reads_as_each_chunk_decoded_alone(
-    chunks: list[np.ndarray], transcriber: Transcriber
+    chunks: list[np.ndarray], transcriber: Transcriber, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A chunk claimed with others reads as the same chunk claimed alone."""
+    """A chunk claimed with others reads as the same chunk claimed alone, the one that
+    takes a second window (its prompt cut to the batch's shortest) included."""
+    rounds = counting_rounds(monkeypatch)
     batched = transcriber.transcribe_batch(chunks, model="tiny.en", options=ENGLISH)
+    assert rounds[0] == len(chunks)  # decoded together
+    assert len(rounds) > 1, "no chunk took a second window: the test lost its point"
     alone = [transcriber.transcribe(audio, model="tiny.en", options=ENGLISH) for audio in chunks]
     for together, single, audio in zip(batched, alone, chunks, strict=True):
         assert texts_and_times(together.segments) == texts_and_times(single.segments)
@@ -93,6 +97,31 @@ def test_with_faster_whispers_padding_the_batch_reads_as_faster_whisper(
     for segments, audio in zip(batched, chunks, strict=True):
         sequential, _ = whisper.transcribe(audio, language="en", beam_size=5)
         assert texts_and_times(segments) == texts_and_times(list(sequential))
+
+
+def test_a_long_chunks_window_is_its_audio_then_silence() -> None:
+    """The features ``_chunk`` makes, without a model: a chunk of SILENCE_AFTER seconds or
+    more fills its 30-s window with silence's features after its audio (one steady
+    value, not faster-whisper's zero features); a shorter one, or any with
+    ``silence_after=None``, has its audio's frames only, for pad_or_trim to pad with
+    zeros. Either way the seek runs over the audio's frames alone."""
+    from faster_whisper.feature_extractor import FeatureExtractor
+
+    extractor = FeatureExtractor()
+    tone = np.sin(np.arange(25 * 16_000) * 2 * np.pi * 440 / 16_000).astype(np.float32)
+
+    long = worker.batched._chunk(extractor, tone, silence_after=SILENCE_AFTER)
+    assert long.features.shape == (80, 3000)
+    assert long.content_frames == 2500
+    after = long.features[:, 2510:]
+    assert np.ptp(after) == pytest.approx(0.0, abs=1e-6)
+    assert after.min() != 0.0
+    assert np.ptp(long.features[:, :2490]) > 1.0
+
+    unpadded = worker.batched._chunk(extractor, tone, silence_after=None)
+    assert unpadded.features.shape == (80, 2500) and unpadded.content_frames == 2500
+    short = worker.batched._chunk(extractor, tone[: 14 * 16_000], silence_after=SILENCE_AFTER)
+    assert short.features.shape == (80, 1400) and short.content_frames == 1400
 
 
 def test_silence_after_a_long_chunk_spares_its_second_window(

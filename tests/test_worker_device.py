@@ -3,8 +3,12 @@ count of CUDA devices is injected."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
+from tests.support.paths import REPO
 from worker.__main__ import main
 from worker.device import Device, DeviceError, cuda_devices, resolve
 
@@ -44,3 +48,23 @@ def test_a_worker_asked_for_cuda_on_a_machine_without_one_exits_with_one_line(
     err = capsys.readouterr().err
     assert err.startswith("worker: --device cuda, but CTranslate2 sees no CUDA device here")
     assert "Traceback" not in err
+
+
+def test_the_gpu_benchmark_runs_its_steps_on_the_cpu() -> None:
+    """scripts/bench_gpu.py is for a CUDA machine, which these tests don't have; with
+    ``--device cpu`` it runs the same steps (the worker's batched decode at each size, one
+    faster-whisper pass), so a broken call in it fails here, not on a borrowed GPU."""
+    bench = REPO / "scripts" / "bench_gpu.py"
+    args = ["--device", "cpu", "--compute-type", "int8", "--sizes", "1,2", "--repeat", "1"]
+    result = subprocess.run(
+        [sys.executable, str(bench), *args, "--audio", str(REPO / "samples/real/fw-jfk.flac")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "tiny.en int8 on cpu" in result.stdout
+    rows = [line.split() for line in result.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert [row[0] for row in rows] == ["1", "2"]
+    assert all(row[-1] == "True" for row in rows), result.stdout
+    assert "one faster-whisper pass over the file" in result.stdout

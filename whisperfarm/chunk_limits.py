@@ -9,10 +9,8 @@ MIN_SECONDS = 12.0
 MAX_SECONDS = 27.0
 """A chunk's audio, overlap included, stays within this: under Whisper's 30-s window, with
 room for the silence after it that lets the model finish the last sentence in the first
-window (``worker.batched``). At 29 s, tiny.en still left a sentence to a second window in
-the sample's chunks and the 20-minute episode's (12 and 56 windows for 9 and 44 chunks);
-at 27 s, 11 and 50 windows for 10 and 47 chunks, the same words or fewer errors (README,
-"Silence after a chunk")."""
+window (``worker.batched.SILENCE_AFTER``); at 29 s tiny.en still left more sentences to a
+second window (README, "Silence after a chunk", has the windows, CPU and WER of both)."""
 
 OVERLAP_SECONDS = 3.0
 """Audio shared by two chunks cut where there is no pause. 3 s, not less: with 1.5 s the

@@ -27,10 +27,10 @@ audio. faster-whisper (like OpenAI's ``transcribe``) pads the window's log-Mel f
 with zeros, which is not silence but a steady hum to the model (faster-whisper#1084). With
 speech running to within a second or two of that padding, the model often leaves the
 chunk's last sentence unfinished, and it costs a second window: a whole 30-s encoder pass
-for 2-4 s of audio (4 of the sample's 13 windows, 20 of the 20-minute episode's 64). After
-a chunk of ``SILENCE_AFTER`` seconds or more, the window is filled with the features of
-true silence instead (the audio padded with zeros), as Whisper heard the end of a
-recording in training: the model then finishes the sentence in the first window. Shorter
+for 2-4 s of audio. After a chunk of ``SILENCE_AFTER`` seconds or more, the window is
+filled with the features of true silence instead (the audio padded with zeros), as Whisper
+heard the end of a recording in training: the model then finishes the sentence in the
+first window. Shorter
 chunks keep faster-whisper's padding: under 16 s of silence tiny.en was seen to end a 14-s
 chunk after its first sentence. Measured in the README ("Silence after a chunk").
 
@@ -48,7 +48,8 @@ import numpy as np
 
 SILENCE_AFTER = 20.0
 """Seconds: the window of a chunk this long or longer is filled with silence after its
-audio, not with faster-whisper's zero features (the module's docstring)."""
+audio, not with faster-whisper's zero features (the module's docstring). The cutter's
+longest chunk (``whisperfarm.chunk_limits.MAX_SECONDS``) leaves room for at least 3 s of it."""
 
 
 class Stopped(Exception):

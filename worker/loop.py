@@ -7,7 +7,7 @@ attempt spent) and exits: staying would fail the farm's chunks one after another
 faster than healthy workers finish them, until every chunk is dead.
 
 Signal handlers only set the ``stopping`` flag. The transcription checks it between
-segments (a batch: between windows); a stopping worker hands its chunks back at once
+windows (with word timestamps: between segments); a stopping worker hands its chunks back at once
 (release), the prefetched ones too, instead of leaving them to a lease expiry.
 """
 

@@ -19,15 +19,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def fly_args(tmp_path: Path, *extra: str) -> list[str]:
-    """``whisperfarm transcribe --backend fly`` on the sample, into ``tmp_path / "out"``."""
+def fly_args(tmp_path: Path, *extra: str, audio: Path = SAMPLE) -> list[str]:
+    """``whisperfarm transcribe --backend fly`` on ``audio`` (the sample), into
+    ``tmp_path / "out"``."""
     port = free_port()
     return [
         sys.executable,
         "-m",
         "whisperfarm",
         "transcribe",
-        str(SAMPLE),
+        str(audio),
         "--model",
         "tiny.en",
         "--backend",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from whisperfarm.chunk_limits import MAX_SECONDS
+from whisperfarm import chunk_limits
 
 # Measured or estimated × realtime per performance CPU with int8 on CPU (beam 5). The
 # tiny.en figure is measured by scripts/bench on this project's reference machine; the
@@ -136,7 +136,7 @@ def machines_to_start(state: FleetState, limits: FleetLimits) -> int:
     if affordable == 0 and state.machines == 0:
         # Not enough for the whole job: one machine still does part of it if the budget
         # pays for its start, one chunk of work and its stop; the run stops at the cap.
-        one_chunk = MAX_SECONDS / limits.speed
+        one_chunk = chunk_limits.MAX_SECONDS / limits.speed
         if (
             left
             >= (limits.start_latency + one_chunk + limits.stop_margin) * limits.price_per_second
@@ -167,7 +167,7 @@ def plan(
     audio_seconds: float,
     chunks: int,
     limits: FleetLimits,
-    longest_chunk: float = MAX_SECONDS,
+    longest_chunk: float = chunk_limits.MAX_SECONDS,
     *,
     ready: int = 0,
     probe: bool = False,
