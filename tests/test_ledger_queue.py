@@ -4,6 +4,7 @@ that finding it walks the queue index instead of sorting the queue on every clai
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from tests.support.clock import FakeClock
 from tests.support.episodes import make_episode
@@ -129,6 +130,55 @@ def test_a_batched_claim_takes_no_more_than_its_share_of_the_tail(ledger: Ledger
         ledger.complete(job.chunk_id, job.lease_token, result='{"segments": []}')
     last = ledger.claim(["a"], WorkerInfo("w1"), lease_seconds=LEASE, max_attempts=3, limit=4)
     assert len(last.jobs) == 1  # 2 claimable, w2 and w3 working: a third, rounded up
+
+
+def test_once_chunks_are_done_a_share_counts_what_the_others_have_left(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    """With the run's speed known (seconds of decoding per second of audio, from the
+    results' busy time), a worker that has just claimed a batch is not free: the next
+    claim takes a full batch of the 5 left, not 3."""
+    make_episode(ledger, "a", [25.0] * 10)
+
+    def claim(worker: str) -> list[Any]:
+        return list(
+            ledger.claim(
+                ["a"],
+                WorkerInfo(worker),
+                lease_seconds=LEASE,
+                max_attempts=3,
+                limit=4,
+                fleet_size=2,
+            ).jobs
+        )
+
+    (first,) = ledger.claim(["a"], WorkerInfo("w1"), lease_seconds=LEASE, max_attempts=3).jobs
+    clock.advance(1.0)
+    # 25 s of audio decoded in 1 s: 0.04 s a second of audio, 4 s for a batch of 4
+    ledger.complete(first.chunk_id, first.lease_token, result='{"segments": []}', busy_seconds=1.0)
+    batch = claim("w1")
+    assert len(batch) == 4  # 9 claimable, nobody else at work: a full batch
+    clock.advance(0.3)
+    assert len(claim("w2")) == 4  # 5 claimable; w1 has 3.7 s of its batch left
+
+
+def test_a_batch_nearly_decoded_is_almost_free(ledger: Ledger, clock: FakeClock) -> None:
+    """The other side: the other worker's batch is 3.5 of its 4 s in, so the claim takes
+    half of the 4 left, not all of them (it would decode them alone for 4 s while the other
+    idled)."""
+    make_episode(ledger, "a", [25.0] * 9)
+    (first,) = ledger.claim(["a"], WorkerInfo("w1"), lease_seconds=LEASE, max_attempts=3).jobs
+    clock.advance(1.0)
+    ledger.complete(first.chunk_id, first.lease_token, result='{"segments": []}', busy_seconds=1.0)
+    batch = ledger.claim(
+        ["a"], WorkerInfo("w1"), lease_seconds=LEASE, max_attempts=3, limit=4, fleet_size=2
+    )
+    assert len(batch.jobs) == 4
+    clock.advance(3.5)
+    tail = ledger.claim(
+        ["a"], WorkerInfo("w2"), lease_seconds=LEASE, max_attempts=3, limit=4, fleet_size=2
+    )
+    assert len(tail.jobs) == 2
 
 
 def test_a_batched_claim_shares_the_queue_with_the_fleet_still_booting(ledger: Ledger) -> None:

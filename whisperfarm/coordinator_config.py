@@ -67,7 +67,7 @@ class CoordinatorConfig:
     fleet_size: int = 0
     """The workers the run expects at most (its local workers and the Fly machines it
     plans, ``plan.RunPlan.fleet_size``); a batched claim takes no more than its share of
-    the queue among them (0: among the workers holding leases)."""
+    the queue among them (0: among the workers holding leases; ``ledger.shares``)."""
     clock: Clock | None = None
     attached: Attached = field(default_factory=Attached)
     settled: threading.Event = field(default_factory=threading.Event)

@@ -96,7 +96,7 @@ class RunPlan:
     @property
     def fleet_size(self) -> int:
         """The workers the run expects at most: its local workers and the Fly machines it
-        plans. Batched claims are shared among them (``ledger.queue``), so the first of a
+        plans. Batched claims are shared among them (``ledger.shares``), so the first of a
         hundred planned machines takes 2 of a 1-hour episode's 144 chunks, not 4."""
         return self.workers + (self.fly.estimate.machines if self.fly is not None else 0)
 

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from whisperfarm.ledger.chunks import _NO_BACKUP, ChunkStore, UnknownChunk
 from whisperfarm.ledger.rows import ChunkRecord
+from whisperfarm.ledger.shares import Holding, fair_share
 from whisperfarm.ledger.workers import WorkerInfo, touch_worker
 from whisperfarm.states import ChunkState, EpisodeState
 from worker.wire import WorkerKind
@@ -169,7 +170,7 @@ class QueueStore(ChunkStore):
         fleet_size: int = 0,
     ) -> Claim:
         """Up to ``limit`` chunks (no more than the worker's fair share of the work left
-        among ``fleet_size`` workers or those at work: ``_fair_share``), longest first,
+        among ``fleet_size`` workers or those at work: ``shares.fair_share``), longest first,
         each leased as a claim of one would be (its own attempt and token, so each is
         fenced and heartbeated on its own), in one transaction; with ``backups``, when
         nothing else is left, a backup lease on a straggler (the module's docstring)."""
@@ -216,30 +217,49 @@ class QueueStore(ChunkStore):
     def _fair_share(
         conn: sqlite3.Connection, worker_id: str, now: float, scope: str, limit: int, fleet: int
     ) -> int:
-        """At most ``limit`` chunks, and no more than this worker's share of the work left
-        (what is claimable and what it holds already, as a prefetching worker does) split
-        evenly between it and the other workers holding live leases in scope, or the
-        ``fleet`` the run expects if that is more (machines still booting hold no lease).
-        A batch decodes as one, so a worker that took the whole tail would finish it alone
-        while the others sit idle. Never less than one: a worker is not told to wait while
-        chunks are queued."""
-        claimable, held, others = conn.execute(
-            # CROSS JOIN: each count walks the (state, episode_id) index episode by episode
-            "SELECT"
-            f" (SELECT count(*) FROM json_each(?3) AS e CROSS JOIN chunks AS c"
-            f"   ON c.state = '{QUEUED}' AND c.episode_id = e.value)"
-            f" + (SELECT count(*) FROM json_each(?3) AS e CROSS JOIN chunks AS c"
-            f"   ON c.state = '{LEASED}' AND c.episode_id = e.value AND c.lease_expires_at < ?2),"
-            " (SELECT count(*) FROM json_each(?3) AS e CROSS JOIN chunks AS c"
-            f"   ON c.state = '{LEASED}' AND c.episode_id = e.value"
-            "   AND c.lease_expires_at >= ?2 AND c.worker_id = ?1),"
-            " (SELECT count(DISTINCT c.worker_id) FROM json_each(?3) AS e CROSS JOIN chunks AS c"
-            f"   ON c.state = '{LEASED}' AND c.episode_id = e.value"
-            "   AND c.lease_expires_at >= ?2 AND c.worker_id != ?1)",
-            (worker_id, now, scope),
+        """At most ``limit`` chunks, and no more than this worker's fair share of the work
+        left (``shares.fair_share``) among it, the other workers holding live leases in
+        scope and the ``fleet`` the run expects."""
+        claimable = [
+            seconds
+            for (seconds,) in conn.execute(
+                # CROSS JOIN: each walks the (state, episode_id) index episode by episode
+                "SELECT c.end - c.start FROM json_each(?2) AS e CROSS JOIN chunks AS c"
+                f" ON c.episode_id = e.value AND (c.state = '{QUEUED}'"
+                f"  OR (c.state = '{LEASED}' AND c.lease_expires_at < ?1))",
+                (now, scope),
+            )
+        ]
+        holdings = {
+            holder: Holding(chunks, audio, claimed_at, busy / decoded if busy > 0 else None)
+            for holder, chunks, audio, claimed_at, busy, decoded in conn.execute(
+                "SELECT c.worker_id, count(*), sum(c.end - c.start), min(c.claimed_at),"
+                "  CASE WHEN w.audio_seconds > 0 THEN w.busy_seconds ELSE 0 END, w.audio_seconds"
+                " FROM json_each(?2) AS e CROSS JOIN chunks AS c"
+                f" ON c.state = '{LEASED}' AND c.episode_id = e.value"
+                "  AND c.lease_expires_at >= ?1"
+                " LEFT JOIN workers AS w ON w.id = c.worker_id GROUP BY c.worker_id",
+                (now, scope),
+            )
+        }
+        mine = holdings.pop(worker_id, None)
+        busy, audio = conn.execute(
+            # the run's speed: the workers that have finished chunks in scope
+            "SELECT sum(busy_seconds), sum(audio_seconds) FROM workers WHERE busy_seconds > 0"
+            " AND id IN (SELECT c.worker_id FROM json_each(?1) AS e CROSS JOIN chunks AS c"
+            f"  ON c.state = '{DONE}' AND c.episode_id = e.value)",
+            (scope,),
         ).fetchone()
-        share = -(-(claimable + held) // max(others + 1, fleet))
-        return min(limit, max(1, share - held))
+        speed = busy / audio if busy and audio else None
+        return fair_share(
+            claimable,
+            mine,
+            list(holdings.values()),
+            now=now,
+            speed=speed,
+            fleet=fleet,
+            limit=limit,
+        )
 
     @staticmethod
     def _lease_next(
