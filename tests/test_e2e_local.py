@@ -236,7 +236,7 @@ def test_sigterm_and_sighup_stop_the_local_workers_as_ctrl_c_does(
     args = [sys.executable, "-m", "whisperfarm", "transcribe", str(SAMPLE)]
     args += ["--model", "tiny.en", "--workers", "2", "--out", str(out)]
     process = subprocess.Popen(
-        args,
+        [*args, "--batch-size", "1"],
         env=env | {"WHISPERFARM_CHUNK_FORMAT": "wav"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -263,7 +263,9 @@ def test_sigterm_and_sighup_stop_the_local_workers_as_ctrl_c_does(
 
 def test_ctrl_c_then_resume_keeps_finished_chunks(tmp_path: Path) -> None:
     """The first run writes WAV chunks, as versions before compact chunk audio did: the
-    resumed run, set to Opus, still serves and transcribes them."""
+    resumed run, set to Opus, still serves and transcribes them. The first run claims one
+    chunk at a time, so chunks are still to do when Ctrl-C arrives (with batches of four,
+    the second batch can finish between two looks at the ledger)."""
     home, out = tmp_path / "home", tmp_path / "out"
     env = {**os.environ, "WHISPERFARM_HOME": str(home)}
     args = [
@@ -280,7 +282,7 @@ def test_ctrl_c_then_resume_keeps_finished_chunks(tmp_path: Path) -> None:
         str(out),
     ]
     process = subprocess.Popen(
-        args,
+        [*args, "--batch-size", "1"],
         env=env | {"WHISPERFARM_CHUNK_FORMAT": "wav"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
