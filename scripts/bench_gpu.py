@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from whisperfarm.chunking import CutterConfig, cut  # noqa: E402
+from whisperfarm.errors import InputError  # noqa: E402
 from whisperfarm.media import Decoder  # noqa: E402
 from worker.device import Device, DeviceError, resolve  # noqa: E402
 from worker.transcriber import Transcriber  # noqa: E402
@@ -56,8 +57,13 @@ def main() -> int:
         return 2
     sizes = [int(size) for size in args.sizes.split(",")]
     decoder = Decoder(args.audio)
-    samples = np.concatenate(list(decoder.blocks()))
-    decoder.close()
+    blocks = list(decoder.blocks())
+    try:
+        decoder.close()  # ffmpeg's verdict first: a missing file gives no blocks at all
+    except InputError as error:
+        print(f"bench_gpu: {error}", file=sys.stderr)
+        return 2
+    samples = np.concatenate(blocks)
     chunks = [audio.astype(np.float32) / 32768.0 for _, audio in cut([samples], CutterConfig())]
     seconds = len(samples) / 16_000
     transcriber = Transcriber(threads=4, compute_type=args.compute_type, device=device.value)

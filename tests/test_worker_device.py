@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +69,19 @@ def test_the_gpu_benchmark_runs_its_steps_on_the_cpu() -> None:
     assert [row[0] for row in rows] == ["1", "2"]
     assert all(row[-1] == "True" for row in rows), result.stdout
     assert "one faster-whisper pass over the file" in result.stdout
+
+
+def test_the_gpu_benchmark_names_a_missing_audio_file(tmp_path: Path) -> None:
+    """ffmpeg's verdict comes before the blocks are joined: a missing file is one line
+    naming it, not numpy's 'need at least one array to concatenate'."""
+    missing = tmp_path / "nowhere.mp3"
+    bench = REPO / "scripts" / "bench_gpu.py"
+    result = subprocess.run(
+        [sys.executable, str(bench), "--device", "cpu", "--audio", str(missing)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"bench_gpu: {missing}: ffmpeg could not decode"), result.stderr
+    assert "Traceback" not in result.stderr
