@@ -98,3 +98,15 @@ def test_looking_up_a_calibration_never_creates_a_ledger(tmp_path: Path) -> None
     path = tmp_path / "none" / "ledger.db"
     assert for_settings("small.en", "int8", path) is None
     assert not path.exists()
+
+
+def test_the_plan_counts_chunks_as_long_as_the_run_cuts_them() -> None:
+    """WHISPERFARM_CHUNK_MAX_SECONDS reaches the plan: its last chunk is that long (the
+    policy's one-machine rule, tests/test_policy.py, reads the same limit)."""
+    base = {"model": "tiny.en", "fly_app": "app", "advertise_url": "http://x:1", "speed": 1.0}
+    short, long = (
+        fly_config(load_settings(**base, chunk_max_seconds=seconds)) for seconds in (27, 60)
+    )
+    assert long.limits.longest_chunk == 60
+    gap = (60 - 27) / long.limits.speed
+    assert estimate(long, 30).wall_seconds == pytest.approx(estimate(short, 30).wall_seconds + gap)

@@ -68,6 +68,18 @@ def test_a_budget_too_small_for_the_whole_job_still_buys_one_machine_for_part_of
     assert machines_to_start(state(audio=36_000, chunks=1400), tiny) == 0
 
 
+def test_the_one_machine_a_small_budget_buys_must_pay_for_a_chunk_as_long_as_the_run_cuts() -> None:
+    """Start (45 s), one chunk at 10× and the stop margin (30 s): 77.7 s of a machine for a
+    27-s chunk, 81 s for a 60-s one; a budget of 79 s pays for the first only."""
+    budget = 79 * PRICE
+    cut_27, cut_60 = (
+        FleetLimits(5, budget=budget, price_per_second=PRICE, speed=10.0, longest_chunk=seconds)
+        for seconds in (27, 60)
+    )
+    assert machines_to_start(state(audio=36_000, chunks=1400), cut_27) == 1
+    assert machines_to_start(state(audio=36_000, chunks=1400), cut_60) == 0
+
+
 def test_must_stop_before_the_cap_counting_the_stop_margin() -> None:
     limits = FleetLimits(10, budget=0.10, price_per_second=0.001, speed=10.0, stop_margin=10)
     assert not must_stop(state(machines=2, spent=0.07), limits)

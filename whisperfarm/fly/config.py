@@ -101,6 +101,7 @@ def fly_config(
         speed=machine_speed(settings.model, size.cpus, per_cpu),
         start_latency=settings.fly_start_latency,
         stop_margin=settings.fly_stop_margin,
+        longest_chunk=settings.chunk_max_seconds,
     )
     return FlyConfig(
         app=settings.fly_app,
@@ -164,7 +165,8 @@ def estimate(config: FlyConfig, audio_seconds: float, *, ready: int = 0) -> Plan
     """The plan printed before a run: machines, wall time and cost; one machine first
     (reachability first), then ``ready`` machines of the warm pool at once and the rest
     created at Fly's create rate."""
-    chunks = max(1, math.ceil(audio_seconds / 25))
+    # The cutter ends a chunk at a pause, a little before its longest (25 s of 27).
+    chunks = max(1, math.ceil(audio_seconds / max(1.0, config.limits.longest_chunk - 2)))
     return plan(audio_seconds, chunks, config.limits, ready=ready, probe=config.reach is not None)
 
 

@@ -102,6 +102,7 @@ class FleetLimits:
     speed: float  # one machine, × realtime
     start_latency: float = 45.0  # create → worker claiming (image, boot, model load)
     stop_margin: float = 30.0  # seconds a machine may bill after we ask it to stop
+    longest_chunk: float = chunk_limits.MAX_SECONDS  # seconds of audio, as the run cuts
 
 
 def machines_to_start(state: FleetState, limits: FleetLimits) -> int:
@@ -136,7 +137,7 @@ def machines_to_start(state: FleetState, limits: FleetLimits) -> int:
     if affordable == 0 and state.machines == 0:
         # Not enough for the whole job: one machine still does part of it if the budget
         # pays for its start, one chunk of work and its stop; the run stops at the cap.
-        one_chunk = chunk_limits.MAX_SECONDS / limits.speed
+        one_chunk = limits.longest_chunk / limits.speed
         if (
             left
             >= (limits.start_latency + one_chunk + limits.stop_margin) * limits.price_per_second
@@ -167,7 +168,6 @@ def plan(
     audio_seconds: float,
     chunks: int,
     limits: FleetLimits,
-    longest_chunk: float = chunk_limits.MAX_SECONDS,
     *,
     ready: int = 0,
     probe: bool = False,
@@ -190,7 +190,7 @@ def plan(
     )
     # A machine that could only join once the work is done is never made.
     used = [at for at in requests if at + limits.start_latency < done] or requests[:1]
-    wall = done + longest_chunk / limits.speed
+    wall = done + limits.longest_chunk / limits.speed
     cost = sum(done - at + limits.stop_margin for at in used) * limits.price_per_second
     fits = limits.budget is None or cost <= limits.budget
     return Plan(len(used), wall, cost, fits)
