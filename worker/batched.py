@@ -16,11 +16,11 @@ Whisper's 30-s window, and each is decoded as the sequential decode would:
 - a silent window (no-speech probability over the threshold, low log probability) is
   skipped;
 - a chunk whose first window ends in an unfinished segment goes on from that segment's
-  start in the next round, prompted with its own text so far. CTranslate2 wants the
-  start-of-transcript token at one position across a batch, so a round prompts every
-  chunk with the same number of its previous tokens (the fewest any of them has): a
-  shorter context than the sequential decode's for the few chunks that take a second
-  window.
+  start in the next round, prompted with its whole text so far. CTranslate2 wants the
+  start-of-transcript token at one position across a batch, so a round generates for
+  the chunks whose prompts are as long as each other's together, the others in their own
+  calls: every chunk reads as it reads decoded alone, whatever else is in its batch.
+  (First windows have no previous text, so they all go together; second windows are few.)
 
 One thing differs from faster-whisper on purpose: what fills a window after a long chunk's
 audio. faster-whisper (like OpenAI's ``transcribe``) pads the window's log-Mel features
@@ -169,27 +169,35 @@ def _round(whisper: Any, tokenizer: Any, options: Any, going: list[_Chunk]) -> N
     windows = [
         pad_or_trim(chunk.features[:, chunk.seek : chunk.seek + nb_max_frames]) for chunk in going
     ]
-    context = min(len(chunk.previous) for chunk in going)
-    prompts = [
-        whisper.get_prompt(tokenizer, chunk.previous[len(chunk.previous) - context :])
-        for chunk in going
-    ]
-    encoder_output = whisper.encode(np.stack(windows))
-    results = whisper.model.generate(
-        encoder_output,
-        prompts,
-        beam_size=options.beam_size,
-        patience=options.patience,
-        length_penalty=options.length_penalty,
-        repetition_penalty=options.repetition_penalty,
-        no_repeat_ngram_size=options.no_repeat_ngram_size,
-        max_length=whisper.max_length,
-        return_scores=True,
-        return_no_speech_prob=True,
-        suppress_blank=options.suppress_blank,
-        suppress_tokens=options.suppress_tokens,
-        max_initial_timestamp_index=round(options.max_initial_timestamp / whisper.time_precision),
-    )
+    prompts = [whisper.get_prompt(tokenizer, chunk.previous) for chunk in going]
+    # CTranslate2 decodes a batch only with <|startoftranscript|> at one position in every
+    # prompt: chunks whose previous text differs in length (second windows) go in separate
+    # calls, each with its whole prompt, so a chunk reads the same in any batch as alone.
+    together: dict[int, list[int]] = {}
+    for index, prompt in enumerate(prompts):
+        together.setdefault(len(prompt), []).append(index)
+    results: list[Any] = [None] * len(going)
+    for indexes in together.values():
+        encoder_output = whisper.encode(np.stack([windows[i] for i in indexes]))
+        generated = whisper.model.generate(
+            encoder_output,
+            [prompts[i] for i in indexes],
+            beam_size=options.beam_size,
+            patience=options.patience,
+            length_penalty=options.length_penalty,
+            repetition_penalty=options.repetition_penalty,
+            no_repeat_ngram_size=options.no_repeat_ngram_size,
+            max_length=whisper.max_length,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=options.suppress_blank,
+            suppress_tokens=options.suppress_tokens,
+            max_initial_timestamp_index=round(
+                options.max_initial_timestamp / whisper.time_precision
+            ),
+        )
+        for i, result in zip(indexes, generated, strict=True):
+            results[i] = result
     for chunk, size, window, prompt, result in zip(
         going, sizes, windows, prompts, results, strict=True
     ):
