@@ -161,7 +161,7 @@ def ensure_long(path: Path, minutes: int) -> None:
 
 
 def bench(audios: list[Path], args: argparse.Namespace) -> None:
-    reference = "".join(audio.with_suffix(".txt").read_text(encoding="utf-8") for audio in audios)
+    reference = "\n".join(audio.with_suffix(".txt").read_text(encoding="utf-8") for audio in audios)
     duration = sum(check_input(audio).duration or 0.0 for audio in audios)
     name = audios[0].name if len(audios) == 1 else " + ".join(audio.name for audio in audios)
     contenders = args.contenders.split(",")
@@ -233,6 +233,9 @@ def main() -> None:
         long = LONG.with_name(f"episode-{args.long_minutes}min.mp3")
         ensure_long(long, args.long_minutes)
         audios.append(long)
+    stems = [audio.stem for audio in audios]
+    if args.together and len(set(stems)) < len(stems):
+        parser.error("--together: each file needs its own name (the farm writes NAME.txt)")
     for job in [audios] if args.together else [[audio] for audio in audios]:
         bench(job, args)
 

@@ -37,3 +37,27 @@ def test_files_together_are_one_job_for_each_contender(tmp_path: Path) -> None:
     for contender in ("farm-2", "single"):
         wer = float(rows[contender][7])
         assert wer < 10, result.stdout
+
+
+def test_files_together_need_their_own_names(tmp_path: Path) -> None:
+    """The farm writes NAME.txt for each input and refuses two of one name: the benchmark
+    says so before any contender runs, not after the single pass's rounds."""
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(REAL / "fw-jfk.flac", tmp_path / folder / "jfk.flac")
+    bench = [sys.executable, str(REPO / "scripts" / "bench_local.py"), "--together"]
+    twins = [
+        "--audio",
+        str(tmp_path / "a" / "jfk.flac"),
+        "--audio",
+        str(tmp_path / "b" / "jfk.flac"),
+    ]
+    result = subprocess.run(
+        [*bench, *twins],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "each file needs its own name" in result.stderr
+    assert "Traceback" not in result.stderr
