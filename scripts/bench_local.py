@@ -165,7 +165,7 @@ def bench(audios: list[Path], args: argparse.Namespace) -> None:
     duration = sum(check_input(audio).duration or 0.0 for audio in audios)
     name = audios[0].name if len(audios) == 1 else " + ".join(audio.name for audio in audios)
     contenders = args.contenders.split(",")
-    results = {name: Measured(name) for name in contenders}
+    results = {contender: Measured(contender) for contender in contenders}
     WORKDIR.mkdir(parents=True, exist_ok=True)
     for round_ in range(args.repeat):
         for contender in contenders:
