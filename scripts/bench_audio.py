@@ -12,7 +12,9 @@ scripts/make_real.py). Two measurements per file and format:
     cut CPU   the same cut's CPU seconds (the process and its ffmpeg children) per audio
               hour: what it takes from workers on the same machine, whatever the load
     enc s/h   encoding alone, one chunk after another on one thread: seconds per audio hour
-    MB/h      bytes of the chunks sent to workers (those with speech), per audio hour
+    MB/h      bytes of the chunks sent to workers (those with speech), per audio hour: the
+              files the cut above wrote, checked to be the run's own chunks (a run
+              deletes its chunk audio once the episode is done)
     WER %     a whole ``whisperfarm transcribe`` run (tiny.en, int8, beam 5, 2 local
               workers × 1 thread, real processes) with WHISPERFARM_CHUNK_FORMAT set;
               ``--repeat N`` gives the median (Whisper's temperature fallback samples)
@@ -38,6 +40,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -68,21 +71,32 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def cut_and_write(audio: Path, chunk_format: ChunkFormat, out: Path) -> tuple[float, float, float]:
-    """(seconds of audio, wall and CPU seconds to decode, cut and write every chunk), as
-    ``ingest.chunk_episode`` does it, without the ledger."""
+class Cut(NamedTuple):
+    seconds: float  # of audio
+    wall: float  # to decode, cut and write every chunk
+    cpu: float
+    plans: list[ChunkPlan]
+    sizes: list[int]  # each chunk file's bytes, in plan order
+
+
+def cut_and_write(audio: Path, chunk_format: ChunkFormat, out: Path) -> Cut:
+    """Decode, cut and write every chunk as ``ingest.chunk_episode`` does, without the
+    ledger."""
     started, cpu = time.perf_counter(), cpu_seconds()
     decoder = Decoder(audio)
-    writer: ChunkWriter[ChunkPlan] = ChunkWriter(chunk_format)
+    writer: ChunkWriter[tuple[ChunkPlan, Path]] = ChunkWriter(chunk_format)
+    written: list[tuple[ChunkPlan, Path]] = []
     try:
         for plan, samples in cut(decoder.blocks(), CutterConfig()):
             path = chunk_path(out, plan.idx, chunk_format)
-            list(writer.submit(plan, path, samples))
-        list(writer.drain())
+            written += writer.submit((plan, path), path, samples)
+        written += writer.drain()
     finally:
         writer.close()
     decoder.close()
-    return decoder.samples / SAMPLE_RATE, time.perf_counter() - started, cpu_seconds() - cpu
+    wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu
+    sizes = [path.stat().st_size for _, path in written]
+    return Cut(decoder.samples / SAMPLE_RATE, wall, cpu, [plan for plan, _ in written], sizes)
 
 
 def encode_alone(audio: Path, chunk_format: ChunkFormat, out: Path) -> float:
@@ -96,8 +110,10 @@ def encode_alone(audio: Path, chunk_format: ChunkFormat, out: Path) -> float:
     return time.perf_counter() - started
 
 
-def farm_run(audio: Path, chunk_format: ChunkFormat, work: Path) -> tuple[float, int]:
-    """(WER %, bytes of the chunks sent to workers) of one whole transcribe run."""
+def farm_run(audio: Path, chunk_format: ChunkFormat, work: Path, made: Cut) -> tuple[float, int]:
+    """(WER %, bytes of the chunks sent to workers) of one whole transcribe run. The bytes
+    are those of ``made``'s files (the run deletes its own), once the run's chunks are
+    found to be ``made``'s: the same times, the same ones with speech."""
     home, out = work / "home", work / "out"
     env = os.environ | {
         "WHISPERFARM_HOME": str(home),
@@ -114,10 +130,13 @@ def farm_run(audio: Path, chunk_format: ChunkFormat, work: Path) -> tuple[float,
     ledger = Ledger(home / "ledger.db")
     try:
         (episode,) = ledger.episodes()
-        sent = [c for c in ledger.chunks(episode["id"]) if c["speech"]]
-        suffixes = {Path(c["audio_path"]).suffix for c in sent}
+        chunks = ledger.chunks(episode["id"])
+        suffixes = {Path(c["audio_path"]).suffix for c in chunks}
         assert suffixes == {chunk_format.suffix}, f"chunks written as {suffixes}"
-        size = sum(Path(c["audio_path"]).stat().st_size for c in sent)
+        ran = [(c["idx"], c["start"], c["end"], bool(c["speech"])) for c in chunks]
+        mine = [(p.idx, p.start, p.end, p.speech) for p in made.plans]
+        assert ran == mine, f"{audio.name}: the run cut other chunks than the bench's cut"
+        size = sum(n for n, plan in zip(made.sizes, made.plans, strict=True) if plan.speech)
     finally:
         ledger.close()
     return 100 * word_error_rate(reference, text), size
@@ -163,13 +182,14 @@ def main() -> None:
         for chunk_format in formats:
             with tempfile.TemporaryDirectory(prefix="bench-audio-") as scratch:
                 work = Path(scratch)
-                seconds, cut_wall, cut_cpu = cut_and_write(audio, chunk_format, work / "cut")
+                done = cut_and_write(audio, chunk_format, work / "cut")
+                seconds, cut_wall, cut_cpu = done.seconds, done.wall, done.cpu
                 encode_wall = encode_alone(audio, chunk_format, work / "enc")
                 wers, sizes = [], []
                 if args.cut_only:
-                    sizes.append(sum(p.stat().st_size for p in (work / "cut").iterdir()))
+                    sizes.append(sum(done.sizes))
                 for run in range(0 if args.cut_only else args.repeat):
-                    wer, size = farm_run(audio, chunk_format, work / f"run{run}")
+                    wer, size = farm_run(audio, chunk_format, work / f"run{run}", done)
                     wers.append(wer)
                     sizes.append(size)
             per_hour = 3600 / seconds
