@@ -866,3 +866,22 @@ def test_wait_takes_version_and_still_the_deprecated_instance_id(fake, clock, na
     params = {"state": "started", "timeout": "5", name: machine["instance_id"]}
     assert fake.get(f"{BASE}/{machine['id']}/wait", params=params).status_code == 200
     assert fake.get("/_fake/state").json()["wait_params"] == {name: 1}
+
+
+def test_the_fake_served_in_its_own_process_stops_quietly_on_sigint():
+    """FakeFlyProcess.close sends SIGINT: the fake ends with exit 0 and no traceback, so a
+    benchmark's output (scripts/bench lifecycle) ends with its own lines."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakefly", "--port", "0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    url = process.stdout.readline().strip().split("=", 1)[1]
+    assert httpx.get(f"{url}/_fake/state", timeout=10).status_code == 200
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr

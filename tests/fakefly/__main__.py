@@ -7,6 +7,7 @@ Prints ``FAKEFLY_URL=http://HOST:PORT`` on stdout once the socket is listening (
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
 import socket
 import sys
@@ -175,7 +176,10 @@ def main(argv: list[str] | None = None) -> None:
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     print(f"FAKEFLY_URL=http://{shown}:{port}", flush=True)
     config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
-    uvicorn.Server(config).run(sockets=[sock])
+    # Ctrl-C or FakeFlyProcess.close's SIGINT: uvicorn shuts down, then raises the signal
+    # again as KeyboardInterrupt; the fake has nothing more to say about it than exit 0.
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.Server(config).run(sockets=[sock])
     sys.exit(0)
 
 
