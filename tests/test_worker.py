@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,6 +24,7 @@ from fastapi.testclient import TestClient
 
 from tests.support.clock import FakeClock
 from tests.support.in_process import in_process
+from tests.support.paths import REPO
 from tests.support.results import result_object
 from whisperfarm.chunk_audio import chunk_path, write_chunk
 from whisperfarm.coordinator import create_app
@@ -807,6 +813,88 @@ def test_client_keeps_retrying_until_give_up_seconds_pass() -> None:
     assert len(script.requests) > 1
     assert len(sleeps) == len(script.requests) - 1
     client.close()
+
+
+def test_client_stops_retrying_once_the_worker_is_stopping() -> None:
+    """A signal during a retry's pause ends the retries there: the worker used to go on
+    trying an unreachable coordinator for give_up_seconds (120 s) after Ctrl-C."""
+    stopping = threading.Event()
+    script = Script([httpx.ConnectError("refused")])
+    http = httpx.Client(transport=httpx.MockTransport(script), base_url="http://coord")
+    pauses: list[float] = []
+
+    def signal_during_pause(seconds: float) -> None:
+        pauses.append(seconds)
+        stopping.set()
+
+    client = CoordinatorClient(
+        "http://coord", TOKEN, http=http, sleep=signal_during_pause, stopping=stopping
+    )
+    with pytest.raises(Unreachable, match="stopping as asked"):
+        client.claim(WorkerModel(id="w"))
+    assert len(script.requests) == 1
+    assert len(pauses) == 1
+    client.close()
+
+
+def test_client_of_a_stopping_worker_tries_once() -> None:
+    """Stopping already (handing chunks back on SIGTERM): one try, no pause."""
+    stopping = threading.Event()
+    stopping.set()
+    script = Script([503, DONE])
+    http = httpx.Client(transport=httpx.MockTransport(script), base_url="http://coord")
+    client = CoordinatorClient("http://coord", TOKEN, http=http, stopping=stopping)
+    with pytest.raises(Unreachable, match="stopping as asked"):
+        client.claim(WorkerModel(id="w"))
+    assert len(script.requests) == 1
+    client.close()
+
+
+def test_the_worker_shares_its_stop_request_with_its_client() -> None:
+    client = CoordinatorClient("http://coord", TOKEN)
+    worker = Worker(client, Transcriber(threads=1), WorkerModel(id="w"))
+    worker.request_stop()
+    assert client.stopping.is_set()
+    client.close()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_worker_that_cant_reach_its_coordinator_stops_when_told(signum: int) -> None:
+    """`whisperfarm worker` pointed at a coordinator that doesn't answer, then Ctrl-C or
+    SIGTERM: it exits 0 at once instead of retrying until WHISPERFARM_GIVE_UP_SECONDS."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    env = {
+        **os.environ,
+        "WHISPERFARM_URL": f"http://127.0.0.1:{port}",
+        "WHISPERFARM_TOKEN": TOKEN,
+        "WHISPERFARM_GIVE_UP_SECONDS": "120",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "worker"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    lines = []
+    for line in process.stderr:  # the first retry: the worker is in its backoff now
+        lines.append(line)
+        if "retrying" in line:
+            break
+    process.send_signal(signum)
+    try:
+        _, rest = process.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        pytest.fail("the worker was still retrying 20 s after the signal")
+    assert process.returncode == 0, "".join(lines) + rest
+    assert "stopping as asked" in rest
+    assert "giving up" not in rest
 
 
 def test_client_401_is_unauthorized_at_once() -> None:

@@ -15,7 +15,13 @@ from typing import Any, NoReturn
 from worker.client import CoordinatorClient, CoordinatorError, Unauthorized, Unreachable
 from worker.config import ConfigError, WorkerConfig
 from worker.device import Device, DeviceError, resolve
-from worker.loop import EXIT_PROTOCOL, EXIT_UNAUTHORIZED, EXIT_UNREACHABLE, Worker
+from worker.loop import (
+    EXIT_PROTOCOL,
+    EXIT_STOPPED,
+    EXIT_UNAUTHORIZED,
+    EXIT_UNREACHABLE,
+    Worker,
+)
 from worker.memory import keep_freed_memory
 from worker.models import ModelLoadError, load_model
 from worker.standby import Preload, StandbyOrder, log_to, read_message
@@ -123,6 +129,9 @@ def main(env: Mapping[str, str] | None = None, ready: Transcriber | None = None)
         log.error("%s", error)
         return EXIT_UNAUTHORIZED
     except Unreachable as error:
+        if worker.stopping.is_set():  # told to stop while the coordinator didn't answer
+            log.info("%s; stopped after %d chunks", error, worker.chunks_done)
+            return EXIT_STOPPED
         log.error("%s", error)
         return EXIT_UNREACHABLE
     except CoordinatorError as error:

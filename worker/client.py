@@ -4,7 +4,8 @@ coordinator that is briefly unreachable or restarting, and a bounded time before
     CoordinatorError
     ├── Unauthorized        401: wrong token (never retried)
     ├── LeaseLostError      409: another attempt owns the chunk now
-    └── Unreachable         transport errors / 5xx past ``give_up_seconds``
+    └── Unreachable         transport errors / 5xx past ``give_up_seconds``, or once the
+                            worker is stopping (``stopping``: its retries end at once)
 
 Bodies and the claim's answer are the wire contract's models (``worker.wire``); a claim
 answer that isn't one is a CoordinatorError too.
@@ -14,13 +15,19 @@ from __future__ import annotations
 
 import logging
 import random
-import time
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 from pydantic import BaseModel, ValidationError
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_delay,
+    stop_when_event_set,
+)
 
 from worker.audio import ChunkAudio, ChunkFormat
 from worker.wire import (
@@ -54,6 +61,10 @@ class Unreachable(CoordinatorError):
     pass
 
 
+class _StopRetrying(Exception):
+    """The worker began to stop during a retry's pause."""
+
+
 def _transient(error: BaseException) -> bool:
     if isinstance(error, httpx.TransportError):
         return True
@@ -79,12 +90,18 @@ class CoordinatorClient:
         *,
         give_up_seconds: float = 120.0,
         http: httpx.Client | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], object] | None = None,
+        stopping: threading.Event | None = None,
     ):
+        """``stopping``: the worker's stop request (a signal): once it is set, a request
+        that fails is not tried again, and a retry's pause ends at once, so a worker
+        that can't reach its coordinator still stops when told. ``sleep``: a retry's
+        pause (default: waiting for ``stopping``, at most the backoff)."""
         self.http = http or httpx.Client(base_url=url, timeout=httpx.Timeout(30.0, connect=5.0))
         self.http.headers["Authorization"] = f"Bearer {token}"
         self.give_up_seconds = give_up_seconds
-        self.sleep = sleep
+        self.stopping = stopping or threading.Event()
+        self.sleep = sleep or self.stopping.wait
 
     def close(self) -> None:
         self.http.close()
@@ -111,14 +128,16 @@ class CoordinatorClient:
             return once()
         retrying = Retrying(
             retry=retry_if_exception(_transient),
-            stop=stop_after_delay(self.give_up_seconds),
+            stop=stop_after_delay(self.give_up_seconds) | stop_when_event_set(self.stopping),
             wait=backoff,
-            sleep=self.sleep,
+            sleep=self._pause,
             reraise=True,
             before_sleep=self._log_retry,
         )
         try:
             return retrying(once)
+        except _StopRetrying:
+            raise self._unreachable(None) from None
         except httpx.HTTPStatusError as error:
             if not _transient(error):
                 raise CoordinatorError(
@@ -148,7 +167,18 @@ class CoordinatorClient:
             self.give_up_seconds,
         )
 
-    def _unreachable(self, error: Exception) -> Unreachable:
+    def _pause(self, seconds: float) -> None:
+        self.sleep(seconds)
+        if self.stopping.is_set():
+            raise _StopRetrying()
+
+    def _unreachable(self, error: Exception | None) -> Unreachable:
+        if self.stopping.is_set():
+            why = f" ({error})" if error is not None else ""
+            return Unreachable(
+                f"coordinator at {self.http.base_url} did not answer{why}; "
+                "stopping as asked, without retrying"
+            )
         return Unreachable(
             f"coordinator at {self.http.base_url} unreachable for "
             f"{self.give_up_seconds:.0f}s ({error}); giving up"

@@ -94,13 +94,15 @@ class Worker:
         prefetch: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ):
+        """The worker stops when ``request_stop`` is called (a signal): it sets the
+        client's ``stopping``, which also ends the client's retries."""
         self.client = client
         self.transcriber = transcriber
         self.info = info
         self.batch_size = batch_size
         self.prefetch = prefetch
         self.clock = clock
-        self.stopping = threading.Event()
+        self.stopping = client.stopping
         self.chunks_done = 0
         self.exit_code = EXIT_STOPPED
 
