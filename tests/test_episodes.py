@@ -71,6 +71,18 @@ def test_resolve_by_id_prefix_or_name(farm: Ledger) -> None:
     assert resolve(farm, LECTURE)["id"] == LECTURE, "a full id always wins"
 
 
+def test_a_name_wins_over_the_start_of_another_episodes_id(farm: Ledger) -> None:
+    """An episode named "b" beside one whose id starts with "b": the name was refused as
+    matching 2 episodes, depending on the ids' luck."""
+    farm_state.add_episode(farm, "b51ad9753fa6", "trunc", 1)
+    farm_state.add_episode(farm, "c127a4f16da1", "b", 1)
+    assert resolve(farm, "b")["id"] == "c127a4f16da1"
+    assert resolve(farm, "b5")["id"] == "b51ad9753fa6"
+    farm_state.add_episode(farm, "d00000000000", "b", 1)
+    with pytest.raises(UsageError, match=r"'b' matches 2 episodes: c127a4f16da1 .*give its id"):
+        resolve(farm, "b")
+
+
 # Export -------------------------------------------------------------------------------
 
 

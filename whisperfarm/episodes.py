@@ -59,23 +59,25 @@ class RetryResult:
 
 
 def resolve(ledger: Ledger, ref: str) -> EpisodeRecord:
-    """The one episode ``ref`` names: its id, the start of its id, or its name."""
+    """The one episode ``ref`` names: its id, its name, or the start of its id, in that
+    order (a name that is also the start of another episode's id names its episode)."""
     ref = ref.strip()
     matches = ledger.find_episodes(ref) if ref else []
     exact = [e for e in matches if e["id"] == ref]
     if exact:
         return exact[0]
+    named = [e for e in matches if e["name"] == ref]
     if not matches:
         raise EpisodeNotFound(
             f"no episode {ref!r}: 'whisperfarm episodes' lists what the ledger holds"
         )
-    if len(matches) > 1:
-        listed = ", ".join(f"{e['id']} ({e['name']}, {e['model']})" for e in matches[:5])
-        more = f" and {len(matches) - 5} more" if len(matches) > 5 else ""
-        raise UsageError(
-            f"{ref!r} matches {len(matches)} episodes: {listed}{more}; give more of the id"
-        )
-    return matches[0]
+    candidates = named or matches
+    if len(candidates) > 1:
+        listed = ", ".join(f"{e['id']} ({e['name']}, {e['model']})" for e in candidates[:5])
+        more = f" and {len(candidates) - 5} more" if len(candidates) > 5 else ""
+        how = "give its id (or the start of it)" if named else "give more of the id"
+        raise UsageError(f"{ref!r} matches {len(candidates)} episodes: {listed}{more}; {how}")
+    return candidates[0]
 
 
 def list_episodes(ledger: Ledger) -> list[EpisodeInfo]:

@@ -29,8 +29,9 @@ from whisperfarm.errors import EpisodeNotFound
 from whisperfarm.ledger import Ledger
 
 EPISODE = typer.Argument(
-    help="The episode: its id, the start of its id, or its name (that of the file it was "
-    "last transcribed from, as 'whisperfarm episodes' lists it)."
+    help="The episode: its id, its name (that of the file it was last transcribed from, as "
+    "'whisperfarm episodes' lists it), or the start of its id; a name wins over the start "
+    "of another episode's id."
 )
 
 
