@@ -106,6 +106,18 @@ def test_worker_without_a_coordinator_gives_up(
     assert result.exit_code == 3
 
 
+def test_worker_takes_its_coordinator_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """WHISPERFARM_URL and WHISPERFARM_TOKEN, as the README says workers are configured:
+    the URL was refused as a missing --url."""
+    monkeypatch.setenv("WHISPERFARM_GIVE_UP_SECONDS", "0")
+    monkeypatch.setenv("WHISPERFARM_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("WHISPERFARM_TOKEN", "x")
+    result = runner.invoke(app, ["worker"])
+    assert result.exit_code == 3, result.output  # it tried that coordinator, and gave up
+
+
 @pytest.mark.parametrize("command", ["transcribe", "worker"])
 def test_batch_size_help_gives_the_defaults_the_worker_uses(command: str) -> None:
     """The help said 1 on a CPU after the default became 4."""

@@ -337,7 +337,11 @@ def transcribe(
 @friendly
 def worker(
     url: Annotated[
-        str, typer.Option(help="Coordinator URL, as 'transcribe' or 'serve' printed it.")
+        str,
+        typer.Option(
+            help="Coordinator URL, as 'transcribe' or 'serve' printed it.",
+            envvar="WHISPERFARM_URL",
+        ),
     ],
     token: Annotated[
         str, typer.Option(help="The run's token, as printed.", envvar="WHISPERFARM_TOKEN")
