@@ -244,8 +244,11 @@ def test_sigterm_and_sighup_stop_the_local_workers_as_ctrl_c_does(
     )
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
-        time.sleep(0.5)
-        if ledger_db.count(home, "SELECT count(*) FROM workers") >= 2:
+        time.sleep(0.1)
+        # both workers in, one decoding a chunk: it finishes that chunk on its way out
+        if ledger_db.count(home, "SELECT count(*) FROM workers") >= 2 and ledger_db.count(
+            home, "SELECT count(*) FROM chunks WHERE state = 'leased'"
+        ):
             break
     workers = [pid for pid in children_of(process.pid) if is_worker(pid)]
     assert len(workers) == 2, workers
@@ -256,6 +259,9 @@ def test_sigterm_and_sighup_stop_the_local_workers_as_ctrl_c_does(
     (line,) = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert f"stopped by {name} with " in line
     assert ": stopped 2 local workers; run the same command again to resume" in line
+    # counted after the workers stopped: a chunk a worker finished on its way out counts
+    said = int(line.split(" with ", 1)[1].split(" of ", 1)[0])
+    assert said == ledger_db.count(home, "SELECT count(*) FROM chunks WHERE state = 'done'")
     assert not [pid for pid in workers if alive(pid)], "a local worker outlived the run"
     assert ledger_db.rows(home, "SELECT count(*) FROM chunks WHERE state = 'leased'") == [(0,)]
     assert ledger_db.rows(home, "SELECT state FROM runs") == [("interrupted",)]

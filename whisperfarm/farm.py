@@ -289,7 +289,7 @@ class Farm:
         cancel = threading.Event()
         ingest_errors: dict[str, str] = {}
         state = RunState.FAILED
-        stopped_by: tuple[StopSignal, int, int] | None = None  # signal, chunks done, total
+        stopped_by: StopSignal | None = None
         try:
             server.start()
             url = f"http://{_url_host(settings.host)}:{server.port}"
@@ -317,9 +317,7 @@ class Farm:
         except KeyboardInterrupt as interrupt:  # Ctrl-C, SIGTERM, SIGHUP (interrupts.py)
             state = RunState.INTERRUPTED
             cancel.set()
-            progress = [ledger.progress(e) for e in episode_ids]
-            done = sum(p.done for p in progress)
-            stopped_by = (as_stop_signal(interrupt), done, sum(p.total for p in progress))
+            stopped_by = as_stop_signal(interrupt)
         finally:
             with held():  # a second signal must not cut the cleanup short
                 cancel.set()
@@ -333,12 +331,15 @@ class Farm:
                 _measure(ledger, run_id)
                 ledger.end_run(run_id, state, spent=MachineStore(ledger).spend(run_id))
         if stopped_by is not None:
-            stop, done, total = stopped_by
+            # Counted once the workers have stopped: the chunks they finished on their way
+            # out (a batch's last window) are done too.
+            progress = [ledger.progress(e) for e in episode_ids]
+            done, total = sum(p.done for p in progress), sum(p.total for p in progress)
             ended = self.fleet.stopped()
             raise Interrupted(
-                f"stopped by {stop.label} with {done} of {total} chunks done"
+                f"stopped by {stopped_by.label} with {done} of {total} chunks done"
                 f"{f': {ended}' if ended else ''}; run the same command again to resume",
-                exit_code=stop.exit_code,
+                exit_code=stopped_by.exit_code,
             )
         return statuses
 
