@@ -198,8 +198,22 @@ def test_invalid_env_values_are_usage_errors(
         load_settings()
     field = name.removeprefix("WHISPERFARM_").lower()
     assert field in str(raised.value) and name in str(raised.value)  # where to fix it
-    assert f"--{field.replace('_', '-')}" in str(raised.value)
     assert "\n" not in str(raised.value) and raised.value.exit_code == 2
+
+
+def test_a_bad_variable_names_no_flag_it_may_not_have(monkeypatch: pytest.MonkeyPatch) -> None:
+    """WHISPERFARM_VAD=maybe was told to fix '--vad', a flag no command has."""
+    monkeypatch.setenv("WHISPERFARM_VAD", "maybe")
+    with pytest.raises(UsageError) as raised:
+        load_settings()
+    message = str(raised.value)
+    assert "WHISPERFARM_VAD or vad in the config" in message
+    assert "--" not in message
+
+
+def test_a_bad_flag_says_it_came_from_the_command_line() -> None:
+    with pytest.raises(UsageError, match=r"threads \(given on the command line\)"):
+        load_settings(threads=0)
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ app data directory.
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal
 
@@ -266,16 +267,20 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**given)
     except ValidationError as error:
-        raise UsageError(_invalid(error)) from error
+        raise UsageError(_invalid(error, flags=set(given))) from error
     except ValueError as error:  # the config file is not TOML
         raise UsageError(f"invalid setting in {config_path()}: {_first_line(error)}") from error
 
 
-def _invalid(error: ValidationError) -> str:
-    """One line for a refused setting: its flag, variable and config key, and why."""
+def _invalid(error: ValidationError, *, flags: Collection[str]) -> str:
+    """One line for a refused setting: where it was given (``flags``: the settings the
+    command line gave; the others come from the variable or the config key), and why."""
     first = error.errors(include_url=False)[0]
     name = str(first["loc"][0]) if first["loc"] else "?"
-    where = f"--{name.replace('_', '-')}, WHISPERFARM_{name.upper()} or {name} in the config"
+    if name in flags:
+        where = "given on the command line"
+    else:
+        where = f"WHISPERFARM_{name.upper()} or {name} in the config"
     return f"invalid setting {name} ({where}): {first['msg']}, not {first['input']!r}"
 
 
