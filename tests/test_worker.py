@@ -720,6 +720,19 @@ def test_config_bad_numbers(extra: dict[str, str]) -> None:
         WorkerConfig.from_env(env)
 
 
+@pytest.mark.parametrize("url", ["notaurl", "127.0.0.1:8765", "ftp://host/", "http://"])
+def test_config_refuses_a_coordinator_url_that_is_no_http_url(url: str) -> None:
+    """It was retried as unreachable for WHISPERFARM_GIVE_UP_SECONDS (120 s)."""
+    with pytest.raises(ConfigError, match="not an http"):
+        WorkerConfig.from_env({"WHISPERFARM_URL": url, "WHISPERFARM_TOKEN": "t"})
+
+
+def test_config_takes_http_and_https_urls() -> None:
+    for url in ("http://10.0.0.5:8765", "https://farm.example.com/"):
+        env = {"WHISPERFARM_URL": url, "WHISPERFARM_TOKEN": "t"}
+        assert WorkerConfig.from_env(env).url == url.rstrip("/")
+
+
 # The client's retry policy ---------------------------------------------------------------------
 
 

@@ -113,8 +113,9 @@ class CoordinatorClient:
             response = self.http.request(method, path, **kwargs)
             if response.status_code == 401:
                 raise Unauthorized(
-                    "the coordinator rejected the token: check WHISPERFARM_TOKEN "
-                    "against the one 'whisperfarm transcribe' or 'serve' printed"
+                    "the coordinator rejected the token: check the worker's token "
+                    "(--token or WHISPERFARM_TOKEN) against the one 'whisperfarm "
+                    "transcribe' or 'serve' printed"
                 )
             if response.status_code == 409 or (
                 response.status_code == 404 and path.startswith("/v1/jobs/")

@@ -31,6 +31,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, PrivateAttr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
@@ -139,6 +140,12 @@ class WorkerConfig(BaseSettings):
             raise ConfigError(
                 "set WHISPERFARM_URL and WHISPERFARM_TOKEN to the coordinator's URL and token "
                 "(printed by 'whisperfarm transcribe' and 'whisperfarm serve')"
+            )
+        parts = urlsplit(config.url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(
+                f"coordinator URL {config.url!r} is not an http(s) URL: give it as "
+                "'whisperfarm transcribe' or 'serve' printed it, e.g. http://10.0.0.5:8765"
             )
         return config
 
