@@ -238,7 +238,33 @@ def test_a_config_file_that_is_not_toml_is_a_usage_error(home: Path) -> None:
 
 
 def test_a_missing_config_file_is_fine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WHISPERFARM_CONFIG", raising=False)
+    monkeypatch.setenv("WHISPERFARM_HOME", str(tmp_path))  # no config.toml in it
+    assert load_settings().model == "small.en"
+
+
+def test_a_config_file_named_that_is_not_there_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """WHISPERFARM_CONFIG with a typo was ignored: the run went on with the defaults."""
     monkeypatch.setenv("WHISPERFARM_CONFIG", str(tmp_path / "nope.toml"))
+    with pytest.raises(UsageError, match=r"WHISPERFARM_CONFIG names .*nope.toml, which is no file"):
+        load_settings()
+
+
+def test_a_misspelt_key_in_the_config_file_is_a_usage_error(home: Path) -> None:
+    """It was ignored without a word."""
+    write_config(home / "config.toml", 'modle = "tiny.en"\n')
+    with pytest.raises(UsageError, match=r"unknown setting 'modle' in .*did you mean model"):
+        load_settings()
+
+
+def test_unknown_variables_with_the_prefix_are_left_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The workers' own variables (WHISPERFARM_URL, WHISPERFARM_TOKEN …) share the prefix."""
+    monkeypatch.setenv("WHISPERFARM_URL", "http://somewhere:1")
+    monkeypatch.setenv("WHISPERFARM_GIVE_UP_SECONDS", "5")
     assert load_settings().model == "small.en"
 
 

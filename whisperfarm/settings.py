@@ -13,6 +13,7 @@ app data directory.
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Collection
 from pathlib import Path
@@ -62,7 +63,7 @@ def config_path() -> Path:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="WHISPERFARM_",
-        extra="ignore",
+        extra="forbid",  # a misspelt key in the config file is refused, not ignored
         populate_by_name=True,
     )
 
@@ -264,6 +265,12 @@ def parse_formats(value: str) -> list[str]:
 def load_settings(**overrides: Any) -> Settings:
     """Settings with the flags the user actually gave (``None`` means not given)."""
     given = {key: value for key, value in overrides.items() if value is not None}
+    explicit = os.environ.get("WHISPERFARM_CONFIG")
+    if explicit and not config_path().is_file():
+        raise UsageError(
+            f"WHISPERFARM_CONFIG names {explicit}, which is no file: fix the path, or unset "
+            "it to read <home>/config.toml"
+        )
     try:
         return Settings(**given)
     except ValidationError as error:
@@ -277,6 +284,10 @@ def _invalid(error: ValidationError, *, flags: Collection[str]) -> str:
     command line gave; the others come from the variable or the config key), and why."""
     first = error.errors(include_url=False)[0]
     name = str(first["loc"][0]) if first["loc"] else "?"
+    if first["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(name, Settings.model_fields, n=1)
+        hint = f": did you mean {close[0]}?" if close else ": see the README's Configuration"
+        return f"unknown setting {name!r} in {config_path()}{hint}"
     if name in flags:
         where = "given on the command line"
     else:
