@@ -48,6 +48,26 @@ def test_content_disposition_names_the_file_and_content_type_gives_the_extension
     assert downloader(client, tmp_path).fetch(files.url("/dl")).path.name == "My Show Ep 1.mp3"
 
 
+def test_a_url_keeps_its_own_name_after_a_feed_named_its_file(
+    files: Files, client: httpx.Client, tmp_path: Path, audio: bytes
+) -> None:
+    """A feed's episode whose enclosure was fetched before as a plain URL renames the
+    cached file after the episode's title; the plain URL, asked for again, took the
+    title ("Intro (2).txt") instead of its own name."""
+    files.resources["/ep1.mp3"] = Resource(audio)
+    files.resources["/dl"] = Resource(
+        audio, headers={"Content-Disposition": 'attachment; filename="My Show: Ep 1.mp3"'}
+    )
+    for path, own in (("/ep1.mp3", "ep1.mp3"), ("/dl", "My Show Ep 1.mp3")):
+        url = files.url(path)
+        assert downloader(client, tmp_path).fetch(url).path.name == own
+        titled = downloader(client, tmp_path).fetch(url, stem="Intro (2)")
+        assert titled.path.name == "Intro (2).mp3"
+        again = downloader(client, tmp_path).fetch(url)
+        assert again.path.name == own
+        assert again.path.read_bytes() == audio
+
+
 def test_names_are_sanitised() -> None:
     assert safe_name('a/b\\c:d*e?f"g<h>i|j') == "a b c d e f g h i j"
     assert safe_name("..hidden. ") == "hidden"

@@ -290,7 +290,7 @@ class _Attempt:
             if status >= 400:
                 raise InputError(_refusal(self.url, response))
             content_type = _media_type(response.headers.get("content-type"))
-            name = self._name(response, content_type)
+            name, served = self._names(response, content_type)
             if status == 206:
                 start, self.total = _content_range(response.headers.get("content-range"))
                 if start != offset:
@@ -311,6 +311,7 @@ class _Attempt:
                 {
                     "url": self.url,
                     "name": name,
+                    "served": served,
                     "etag": response.headers.get("etag"),
                     "last_modified": response.headers.get("last-modified"),
                     "content_type": content_type,
@@ -340,28 +341,36 @@ class _Attempt:
     def _reuse(self, meta: dict[str, Any]) -> Download:
         path = self.folder / str(meta["name"])
         content_type = str(meta.get("content_type") or "")
-        wanted = self._name(None, content_type, current=str(meta["name"]))
+        # the server's name from the first download (a cache from before "served" was
+        # kept: the file's name), never the name a feed's title gave the file since
+        served = str(meta.get("served") or meta["name"])
+        wanted, served = self._names(None, content_type, served=served)
         if wanted != path.name:
             path = path.rename(self.folder / wanted)
-            _write_meta(self.folder, {**meta, "name": wanted})
+        if (wanted, served) != (meta["name"], meta.get("served")):
+            _write_meta(self.folder, {**meta, "name": wanted, "served": served})
         return Download(self.url, path, content_type)
 
-    def _name(
-        self, response: httpx.Response | None, content_type: str, *, current: str = ""
-    ) -> str:
+    def _names(
+        self, response: httpx.Response | None, content_type: str, *, served: str = ""
+    ) -> tuple[str, str]:
+        """(the file's name, the name the server gives it): from Content-Disposition (or,
+        without a response, ``served``, as the first download found it), else the URL's
+        last segment, with an extension from the content type where it has none; the
+        file's name is the feed episode's title (``stem``) where there is one."""
         from_url = unquote(PurePosixPath(urlsplit(self.url).path).name)
         given = _disposition_name(response.headers.get("content-disposition")) if response else ""
-        name = safe_name(given or current or from_url)
+        name = safe_name(given or served or from_url)
         suffix = PurePosixPath(name).suffix
         if not _EXTENSION.match(suffix) or suffix[1:].isdigit():
             suffix = _extension(content_type)
             name = f"{name}{suffix}"
-        if self.stem is not None:
-            url_suffix = PurePosixPath(from_url).suffix
-            if _EXTENSION.match(url_suffix) and not url_suffix[1:].isdigit():
-                suffix = url_suffix
-            name = f"{safe_name(self.stem, 'episode')}{suffix}"
-        return name
+        if self.stem is None:
+            return name, name
+        url_suffix = PurePosixPath(from_url).suffix
+        if _EXTENSION.match(url_suffix) and not url_suffix[1:].isdigit():
+            suffix = url_suffix
+        return f"{safe_name(self.stem, 'episode')}{suffix}", name
 
 
 def _refusal(url: str, response: httpx.Response) -> str:
