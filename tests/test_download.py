@@ -73,6 +73,9 @@ def test_names_are_sanitised() -> None:
     assert safe_name("..hidden. ") == "hidden"
     assert safe_name("\x00\x1f") == "download"
     assert len(safe_name("x" * 500)) == 120
+    assert safe_name("My Show: ep?.wav") == "My Show ep.wav"  # was "My Show ep .wav"
+    assert safe_name("take 2 ..mp3") == "take 2.mp3"
+    assert safe_name("v1.2 final") == "v1.2 final"
 
 
 def test_a_dropped_connection_resumes_where_it_stopped(

@@ -163,6 +163,8 @@ def safe_name(text: str, fallback: str = "download") -> str:
     text = unicodedata.normalize("NFC", text)
     text = _UNSAFE.sub(" ", text)
     text = re.sub(r"\s+", " ", text).strip(" .")[:120].strip(" .")
+    # "ep?.wav" → "ep .wav" → "ep.wav": the stem names the transcripts ("ep.txt")
+    text = re.sub(r"[ .]+(\.[A-Za-z0-9]{1,5})$", r"\1", text)
     return text or fallback
 
 
