@@ -346,6 +346,17 @@ def test_serve_with_nothing_to_serve_says_so() -> None:
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("given", ["http://127.0.0.1:8731/ep1.mp3", "-"])
+def test_serve_of_a_url_or_standard_input_names_the_command_that_serves_it(given: str) -> None:
+    """A URL was taken for a path ('http:/127.0.0.1:8731/ep1.mp3: no such file')."""
+    result = runner.invoke(app, ["serve", given, "-m", "tiny.en"])
+    assert result.exit_code == 1
+    line = " ".join(result.output.split())
+    assert f"serve takes files, not {given}" in line
+    assert f"whisperfarm transcribe {given} --workers 0" in line
+    assert "Traceback" not in result.output
+
+
 def test_serve_finishes_with_a_worker_that_joins_by_the_printed_command(tmp_path: Path) -> None:
     home, out_dir = tmp_path / "home", tmp_path / "out"
     env = {**os.environ, "WHISPERFARM_HOME": str(home)}

@@ -48,7 +48,11 @@ AppOption = Annotated[str | None, typer.Option("--app", help="The worker app [de
 @friendly
 def serve(
     inputs: Annotated[
-        list[Path] | None, typer.Argument(help="Files to add to the queue (optional).")
+        list[str] | None,
+        typer.Argument(
+            help="Files to add to the queue (optional); for a URL or standard input, "
+            "'whisperfarm transcribe … --workers 0' serves it the same way."
+        ),
     ] = None,
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="Model of the episodes to serve.")
@@ -84,14 +88,22 @@ def serve(
     from whisperfarm.interrupts import stop_signals
     from whisperfarm.plan import fleets, plan_run
     from whisperfarm.settings import load_settings, parse_formats
+    from whisperfarm.sources import needs_downloader
     from whisperfarm.transcripts import check_out_dir
 
+    not_files = [given for given in inputs or [] if needs_downloader([given])]
+    if not_files:
+        fail(
+            f"serve takes files, not {not_files[0]}: run 'whisperfarm transcribe "
+            f"{not_files[0]} --workers 0', which downloads it and serves it the same way"
+        )
     settings = load_settings(
         model=model, formats=formats, host=host, port=port
     ).checked_for_transcription()
     format_list = parse_formats(settings.formats)
     check_out_dir(out_dir)
-    plan = plan_run(settings, inputs or [], serving=True, queue=queue, workers=workers)
+    files = [Path(given) for given in inputs or []]
+    plan = plan_run(settings, files, serving=True, queue=queue, workers=workers)
     if not plan.inputs:
         if plan.rejected:  # the files given: each one's line says why
             report_errors(plan.rejected)
