@@ -246,6 +246,15 @@ def test_the_pool_help_says_what_reap_destroys_and_how_to_change_the_image() -> 
 # -- machines warm -----------------------------------------------------------------------------
 
 
+def test_check_without_an_app_names_no_flag_it_was_not_given() -> None:
+    """'machines check' said '--backend fly needs the worker app' to one who gave none."""
+    result = runner.invoke(app, ["machines", "check"])
+    assert result.exit_code == 2
+    (line,) = error_lines(result.output)
+    assert "FLY_APP" in line and "--app" in line
+    assert "--backend" not in line
+
+
 def test_warm_without_an_app_is_one_line_naming_the_fix() -> None:
     result = runner.invoke(app, ["machines", "warm", "3"])
     assert result.exit_code == 2

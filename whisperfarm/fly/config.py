@@ -78,10 +78,10 @@ def fly_config(
 ) -> FlyConfig:
     """Everything a Fly run needs from settings, checked before any API call."""
     if not settings.fly_app:
-        raise UsageError("--backend fly needs the worker app: set FLY_APP or pass --app")
+        raise UsageError("Fly machines need the worker app: set FLY_APP or pass --app")
     if not settings.advertise_url:
         raise UsageError(
-            "--backend fly needs --advertise-url: the address Fly machines reach this "
+            "Fly machines need --advertise-url: the address they reach this "
             "coordinator at, e.g. http://laptop._peer.internal:8765 over a Fly WireGuard "
             "peer, with --host :: --port 8765 (see the README)"
         )
