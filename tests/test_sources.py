@@ -233,7 +233,7 @@ def test_a_download_that_is_not_audio_names_its_url(
         resolve(files, client, home, files.url("/ep.mp3"))
     message = str(caught.value)
     assert message.startswith(f"{files.url('/ep.mp3')} (downloaded as ")
-    assert "is not audio ffmpeg can read" in message
+    assert ") is not audio ffmpeg can read" in message  # not "): is not audio"
 
 
 def test_standard_input_is_read_into_the_cache(home: Path, clips: list[bytes]) -> None:
@@ -247,7 +247,7 @@ def test_empty_or_missing_standard_input_fails_in_one_line(home: Path) -> None:
         read_stdin(io.BytesIO(b""), home / "downloads")
     with pytest.raises(UsageError, match="nothing is piped in"):
         read_stdin(None, home / "downloads")
-    with pytest.raises(InputError, match=r"^standard input: is not audio"):
+    with pytest.raises(InputError, match=r"^standard input is not audio"):
         read_stdin(io.BytesIO(b"hello" * 100), home / "downloads")
 
 

@@ -118,9 +118,18 @@ def _checked(download: Download) -> Path:
     try:
         check_input(download.path)
     except InputError as error:
-        reason = str(error).replace(str(download.path), "").strip(" :")
-        raise InputError(f"{download.url} (downloaded as {download.path}): {reason}") from error
+        label = f"{download.url} (downloaded as {download.path})"
+        raise _named(error, download.path, label) from error
     return download.path
+
+
+def _named(error: InputError, path: Path, label: str) -> InputError:
+    """``error`` about ``path`` told of ``label`` instead ("standard input is not audio
+    …", not "standard input: is not audio …")."""
+    text = str(error)
+    return InputError(
+        text.replace(str(path), label, 1) if str(path) in text else f"{label}: {text}"
+    )
 
 
 def _add_feed(
@@ -179,6 +188,5 @@ def read_stdin(stream: BinaryIO | None, cache_dir: Path) -> Path:
     try:
         check_input(target)
     except InputError as error:
-        reason = str(error).replace(str(target), "").strip(" :")
-        raise InputError(f"standard input: {reason}") from error
+        raise _named(error, target, "standard input") from error
     return target
